@@ -1,0 +1,244 @@
+"""Native pixel I/O: DICOM in, integer arrays at native bit depth out, and back.
+
+The one place where MVMIC turns DICOM into pixels and pixels into DICOM; training,
+the benchmarks, the CLI and the service all go through it.
+
+    DICOM file/bytes --read_dicom--> NativeImage(header, pixels, format)
+                                          |
+                 new pixels (same format) v
+    DICOM (Explicit VR Little Endian) <--to_dataset / write_dicom--
+
+``pixels`` always has shape (frames, rows, columns, samples) and the signed or
+unsigned integer dtype of the stored values; nothing is rescaled or windowed, so
+a round trip is bit exact. Rescale slope/intercept stay in the header.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import get_decoder
+from pydicom.uid import UID, ExplicitVRLittleEndian
+
+DicomSource = str | PathLike[str] | bytes | BinaryIO
+
+MAX_BITS_STORED = 16
+SUPPORTED_BITS_ALLOCATED = (8, 16)
+SUPPORTED_SAMPLES = (1, 3)
+REQUIRED_PIXEL_ATTRIBUTES = (
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+)
+# Elements tied to the encoding of the old Pixel Data; they are wrong once the
+# pixels are written uncompressed.
+ENCODING_ELEMENTS = ("ExtendedOffsetTable", "ExtendedOffsetTableLengths", "DataSetTrailingPadding")
+# Byte size of the words in "other" binary VRs, which pydicom keeps as raw bytes in
+# the file's byte order.
+WORD_BYTES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+
+
+class DicomInputError(ValueError):
+    """The input is not a DICOM image MVMIC can read; the message names the attribute."""
+
+
+@dataclass(frozen=True)
+class PixelFormat:
+    """How stored values are represented: what a codec must preserve."""
+
+    bits_stored: int
+    signed: bool
+    samples_per_pixel: int = 1
+    photometric: str = "MONOCHROME2"
+
+    @property
+    def peak(self) -> int:
+        """Width of the native range, the PSNR peak: 2**BitsStored - 1."""
+        return (1 << self.bits_stored) - 1
+
+    @property
+    def min_value(self) -> int:
+        return -(1 << (self.bits_stored - 1)) if self.signed else 0
+
+    @property
+    def max_value(self) -> int:
+        return (1 << (self.bits_stored - 1)) - 1 if self.signed else self.peak
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Smallest little-endian integer dtype that holds the stored values."""
+        size = 1 if self.bits_stored <= 8 else 2
+        return np.dtype(f"<{'i' if self.signed else 'u'}{size}")
+
+
+@dataclass
+class NativeImage:
+    """Decoded DICOM image: the header without Pixel Data plus the stored values."""
+
+    header: Dataset
+    pixels: np.ndarray  # (frames, rows, columns, samples), stored integer values
+    format: PixelFormat
+
+    @property
+    def frames(self) -> int:
+        return self.pixels.shape[0]
+
+    def frame(self, index: int) -> np.ndarray:
+        """One frame as (rows, columns) for one sample, (rows, columns, samples) otherwise."""
+        frame = self.pixels[index]
+        return frame[..., 0] if self.format.samples_per_pixel == 1 else frame
+
+
+def read_dicom(source: DicomSource) -> NativeImage:
+    """Read a DICOM image into stored integer values at native bit depth.
+
+    Raises DicomInputError, naming the attribute at fault, for anything that is not
+    a single- or multi-frame integer image of at most 16 bits stored.
+    """
+    dataset = _parse(source)
+    _check_pixel_module(dataset)
+    pixels, photometric = _decode(dataset)
+    header = _header_after_decoding(dataset, photometric)
+    pixel_format = PixelFormat(
+        bits_stored=int(header.BitsStored),
+        signed=bool(header.PixelRepresentation),
+        samples_per_pixel=int(header.SamplesPerPixel),
+        photometric=photometric,
+    )
+    return NativeImage(header=header, pixels=pixels.astype(pixel_format.dtype, copy=False), format=pixel_format)
+
+
+def to_dataset(image: NativeImage, pixels: np.ndarray | None = None) -> Dataset:
+    """Header of ``image`` with ``pixels`` (default: its own) as Explicit VR Little Endian."""
+    pixels = image.pixels if pixels is None else pixels
+    _check_pixels_fit(pixels, image)
+    dataset = copy.deepcopy(image.header)
+    container = np.dtype(f"<{'i' if image.format.signed else 'u'}{dataset.BitsAllocated // 8}")
+    data = np.ascontiguousarray(pixels, dtype=container).tobytes()
+    dataset.PixelData = data + b"\x00" * (len(data) % 2)  # values have even length
+    dataset["PixelData"].VR = "OB" if dataset.BitsAllocated == 8 else "OW"
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return dataset
+
+
+def write_dicom(path: str | PathLike[str], image: NativeImage, pixels: np.ndarray | None = None) -> None:
+    """Write ``image`` (or its header with new ``pixels``) as an uncompressed DICOM file."""
+    to_dataset(image, pixels).save_as(Path(path), enforce_file_format=True)
+
+
+def dicom_bytes(image: NativeImage, pixels: np.ndarray | None = None) -> bytes:
+    """The DICOM file that write_dicom would write, in memory."""
+    buffer = io.BytesIO()
+    to_dataset(image, pixels).save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _parse(source: DicomSource) -> Dataset:
+    stream = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
+    try:
+        return pydicom.dcmread(stream)
+    except InvalidDicomError as exc:
+        raise DicomInputError(f"not a DICOM file: {exc}") from exc
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # pydicom raises many types on malformed files
+        raise DicomInputError(f"not a readable DICOM file: {type(exc).__name__}: {exc}") from exc
+
+
+def _check_pixel_module(dataset: Dataset) -> None:
+    for keyword in ("FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in dataset:
+            raise DicomInputError(f"{keyword}: floating-point pixel data is not supported, only integer PixelData")
+    if "PixelData" not in dataset:
+        raise DicomInputError("PixelData (7FE0,0010) is missing: the file holds no image")
+    for keyword in REQUIRED_PIXEL_ATTRIBUTES:
+        if dataset.get(keyword) in (None, ""):
+            raise DicomInputError(f"{keyword} is missing: required to interpret PixelData")
+    if not dataset.get("file_meta", Dataset()).get("TransferSyntaxUID"):
+        raise DicomInputError("TransferSyntaxUID (0002,0010) is missing from the file meta information")
+    if dataset.BitsAllocated not in SUPPORTED_BITS_ALLOCATED:
+        raise DicomInputError(f"BitsAllocated {dataset.BitsAllocated} is not supported (8 or 16)")
+    if not 1 <= dataset.BitsStored <= min(MAX_BITS_STORED, dataset.BitsAllocated):
+        raise DicomInputError(
+            f"BitsStored {dataset.BitsStored} is not supported "
+            f"(1 to {min(MAX_BITS_STORED, dataset.BitsAllocated)} with BitsAllocated {dataset.BitsAllocated})"
+        )
+    if dataset.SamplesPerPixel not in SUPPORTED_SAMPLES:
+        raise DicomInputError(f"SamplesPerPixel {dataset.SamplesPerPixel} is not supported (1 or 3)")
+
+
+def _decode(dataset: Dataset) -> tuple[np.ndarray, str]:
+    """All frames as (frames, rows, columns, samples) and the photometric of the result."""
+    syntax = UID(dataset.file_meta.TransferSyntaxUID)
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError as exc:
+        raise DicomInputError(f"TransferSyntaxUID {syntax} ({syntax.name}) cannot be decoded") from exc
+    if not decoder.is_available:
+        raise DicomInputError(f"TransferSyntaxUID {syntax.name}: no decoder plugin is installed")
+    # Compressed colour (JPEG YCbCr) comes out as RGB, as a decompressing PACS stores it;
+    # uncompressed data is never colour-converted, so it round-trips bit for bit.
+    as_rgb = syntax.is_compressed
+    frames, photometric = [], str(dataset.PhotometricInterpretation)
+    try:
+        for array, pixel_module in decoder.iter_array(dataset, as_rgb=as_rgb):
+            frames.append(array.reshape(array.shape[0], array.shape[1], -1).astype(array.dtype.newbyteorder("<")))
+            photometric = pixel_module["photometric_interpretation"]
+    except Exception as exc:  # decoders raise ValueError, RuntimeError, struct errors...
+        raise DicomInputError(f"PixelData cannot be decoded ({syntax.name}): {exc}") from exc
+    # A decoder upsamples YBR_FULL_422 chroma: the array it returns is YBR_FULL.
+    return np.stack(frames), "YBR_FULL" if photometric == "YBR_FULL_422" else photometric
+
+
+def _header_after_decoding(dataset: Dataset, photometric: str) -> Dataset:
+    """The dataset without Pixel Data, its pixel description updated to the decoded array."""
+    del dataset.PixelData
+    for keyword in ENCODING_ELEMENTS:
+        if keyword in dataset:
+            delattr(dataset, keyword)
+    dataset.PhotometricInterpretation = photometric
+    if dataset.SamplesPerPixel > 1:
+        dataset.PlanarConfiguration = 0  # arrays are colour-by-pixel
+    _make_little_endian(dataset)
+    return dataset
+
+
+def _make_little_endian(dataset: Dataset) -> None:
+    """Decode every element and mark the header as Explicit VR Little Endian.
+
+    Elements stay raw until first accessed, and a raw element whose VR was left to
+    inference cannot be written; binary words from a big-endian file are swapped.
+    """
+    swap = not dataset.original_encoding[1]
+    for element in dataset.iterall():
+        size = WORD_BYTES.get(element.VR)
+        if swap and size and isinstance(element.value, bytes):
+            element.value = np.frombuffer(element.value, f">u{size}").astype(f"<u{size}").tobytes()
+    dataset.set_original_encoding(False, True, dataset.original_character_set)
+
+
+def _check_pixels_fit(pixels: np.ndarray, image: NativeImage) -> None:
+    if pixels.shape != image.pixels.shape:
+        raise ValueError(f"pixels have shape {pixels.shape}, the image has {image.pixels.shape}")
+    if not np.issubdtype(pixels.dtype, np.integer):
+        raise ValueError(f"pixels must be integers, got {pixels.dtype}")
+    low, high = int(pixels.min()), int(pixels.max())
+    fmt = image.format
+    if low < fmt.min_value or high > fmt.max_value:
+        raise ValueError(
+            f"pixel values {low}..{high} exceed BitsStored {fmt.bits_stored} "
+            f"({'signed' if fmt.signed else 'unsigned'} range {fmt.min_value}..{fmt.max_value})"
+        )
