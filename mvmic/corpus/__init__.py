@@ -1,0 +1,1 @@
+"""The real-image corpus: sources, fixed split, manifest and the `prepare` command."""
