@@ -1,0 +1,130 @@
+"""The classical baselines and the rate-distortion harness on real corpus images."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.codecs import CODECS, Codec, OperatingPoint, register, registered_codecs
+from bench.metrics import bits_per_pixel, max_abs_error, psnr
+from mvmic.corpus.manifest import CorpusEntry, Manifest
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO / "data" / "corpus"
+
+
+def _corpus_entries() -> list[CorpusEntry]:
+    manifest_path = CORPUS / "manifest.json"
+    if not manifest_path.exists():
+        pytest.fail(f"no corpus at {CORPUS}: run `mvmic data prepare` (make test does)")
+    return Manifest.load(manifest_path).entries
+
+
+def _one_per_format() -> list[CorpusEntry]:
+    """One image of each (bits stored, signedness, samples) found in the corpus."""
+    chosen: dict[tuple[int, bool, int], CorpusEntry] = {}
+    for entry in sorted(_corpus_entries(), key=lambda e: e.rows * e.columns):
+        chosen.setdefault((entry.bits_stored, entry.signed, entry.samples_per_pixel), entry)
+    return list(chosen.values())
+
+
+FORMAT_SAMPLES = _one_per_format() if (CORPUS / "manifest.json").exists() else []
+
+
+def test_corpus_covers_the_pixel_formats_the_baselines_must_handle() -> None:
+    formats = {(e.bits_stored, e.signed, e.samples_per_pixel) for e in _one_per_format()}
+    assert (12, False, 1) in formats and (8, False, 3) in formats
+    assert any(signed for _, signed, _ in formats), "no signed image to test the level shift"
+    assert len({bits for bits, _, _ in formats}) >= 4
+
+
+@pytest.mark.parametrize("codec", registered_codecs(), ids=lambda c: c.name)
+@pytest.mark.parametrize("entry", FORMAT_SAMPLES, ids=lambda e: f"{e.id}-{e.bits_stored}bit")
+def test_lossless_points_are_exact_and_lossy_points_compress(codec: Codec, entry: CorpusEntry) -> None:
+    image = entry.read(CORPUS)
+    frame, fmt = image.frame(0), image.format
+    raw_bpp = 8 * frame.dtype.itemsize * fmt.samples_per_pixel
+    for point in codec.points:
+        encoded = codec.encode(frame, fmt, point)
+        decoded = codec.decode(encoded, fmt, point)
+        assert decoded.shape == frame.shape and decoded.dtype == frame.dtype
+        if point.lossless:
+            assert np.array_equal(decoded, frame), f"{codec.name} {point.label} is not exact on {entry.id}"
+        else:
+            assert bits_per_pixel(encoded, frame) < raw_bpp
+            assert fmt.min_value <= decoded.min() and decoded.max() <= fmt.max_value
+
+
+def test_jpeg_ls_near_bounds_the_error() -> None:
+    jpeg_ls = CODECS["JPEG-LS"]
+    for entry in FORMAT_SAMPLES:
+        image = entry.read(CORPUS)
+        frame = image.frame(0)
+        for point in jpeg_ls.points:
+            decoded = jpeg_ls.decode(jpeg_ls.encode(frame, image.format, point), image.format, point)
+            assert max_abs_error(frame, decoded) <= point.param, f"NEAR={point.param} on {entry.id}"
+
+
+def test_jpeg2000_hits_its_target_rates() -> None:
+    jpeg2000 = CODECS["JPEG 2000"]
+    entry = next(e for e in _corpus_entries() if e.id == "pyradiomics-lung1-030")
+    image = entry.read(CORPUS)
+    frame = image.frame(0)
+    for point in (p for p in jpeg2000.points if not p.lossless):
+        encoded = jpeg2000.encode(frame, image.format, point)
+        assert bits_per_pixel(encoded, frame) == pytest.approx(point.param, rel=0.1)
+
+
+def test_psnr_uses_the_native_peak() -> None:
+    original = np.zeros((4, 4), np.uint16)
+    decoded = original.copy()
+    decoded[0, 0] = 16  # MSE = 16**2 / 16 = 16
+    assert psnr(original, decoded, peak=4095) == pytest.approx(10 * np.log10(4095**2 / 16))
+    assert psnr(original, original, peak=255) == float("inf")
+
+
+def test_registering_a_codec_twice_is_an_error() -> None:
+    class Duplicate(Codec):
+        name = "JPEG 2000"
+        points = (OperatingPoint("lossless", lossless=True),)
+
+        def encode(self, frame, fmt, point):  # pragma: no cover - never called
+            raise AssertionError
+
+        def decode(self, data, fmt, point):  # pragma: no cover - never called
+            raise AssertionError
+
+    registered_codecs()  # make sure the classical codecs are registered first
+    with pytest.raises(ValueError, match="registered twice"):
+        register(Duplicate)
+
+
+def test_unknown_codec_name_is_a_clear_cli_error(tmp_path: Path) -> None:
+    result = _mvmic("bench", "rd", "--corpus", str(CORPUS), "--codec", "JPEG 3000", "--out", str(tmp_path))
+    assert result.returncode == 1
+    assert "unknown codec JPEG 3000" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bench_rd_writes_json_table_and_plot(tmp_path: Path) -> None:
+    result = _mvmic("bench", "rd", "--corpus", str(CORPUS), "--split", "val", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    payload = json.loads((tmp_path / "rd.json").read_text())
+    val_frames = sum(e.frames for e in _corpus_entries() if e.split == "val")
+    assert payload["frames"] == val_frames
+    points = {(row["codec"], row["point"]) for row in payload["summary"]}
+    assert {("JPEG 2000", "5/3 lossless"), ("JPEG-LS", "NEAR=2"), ("HTJ2K", "lossless"), ("JPEG XL", "d=1")} <= points
+    assert all(row["max_abs_error"] == 0 for row in payload["summary"] if row["lossless"])
+    assert {row["codec"] for row in payload["bd_vs_reference"]} == {"HTJ2K", "JPEG-LS", "JPEG XL"}
+    assert "| JPEG 2000 | 9/7 0.5 bpp |" in (tmp_path / "rd.md").read_text()
+    assert (tmp_path / "rd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| codec | point | bpp |" in result.stdout
+
+
+def _mvmic(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "mvmic.cli", *args]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
