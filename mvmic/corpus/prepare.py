@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -48,8 +49,11 @@ def prepare_corpus(out_dir: Path, cache_dir: Path, force: bool = False) -> Prepa
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "images").mkdir(parents=True)
     (staging / "labels").mkdir()
-    images, skipped = select_pydicom_images()
-    entries = [_add_image(staging, _pydicom_id(p.source), p.source, p.group, p.image) for p in images]
+    with warnings.catch_warnings():
+        # pydicom's test files are malformed on purpose, and it warns about each one.
+        warnings.simplefilter("ignore", UserWarning)
+        images, skipped = select_pydicom_images()
+        entries = [_add_image(staging, _pydicom_id(p.source), p.source, p.group, p.image) for p in images]
     for volume in pyradiomics_volumes(archive):
         entries.extend(_add_volume(staging, volume))
     manifest = Manifest(
