@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: Callable[[argparse.Namespace], int] = args.run
     try:
         return command(args)
-    except (DicomInputError, FileNotFoundError, RuntimeError, ValueError) as exc:
+    except (DicomInputError, OSError, RuntimeError, ValueError) as exc:
         print(f"mvmic: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
