@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import io
+import itertools
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -26,6 +27,8 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
@@ -112,6 +115,7 @@ def read_dicom(source: DicomSource) -> NativeImage:
     _check_pixel_module(dataset)
     pixels, photometric = _decode(dataset)
     header = _header_after_decoding(dataset, photometric)
+    _check_writable(header)
     pixel_format = PixelFormat(
         bits_stored=int(header.BitsStored),
         signed=bool(header.PixelRepresentation),
@@ -223,11 +227,37 @@ def _make_little_endian(dataset: Dataset) -> None:
     inference cannot be written; binary words from a big-endian file are swapped.
     """
     swap = not dataset.original_encoding[1]
-    for element in dataset.iterall():
-        size = WORD_BYTES.get(element.VR)
-        if swap and size and isinstance(element.value, bytes):
-            element.value = np.frombuffer(element.value, f">u{size}").astype(f"<u{size}").tobytes()
+    try:
+        for element in itertools.chain(dataset.file_meta.iterall(), dataset.iterall()):
+            size = WORD_BYTES.get(element.VR)
+            if swap and size and isinstance(element.value, bytes):
+                element.value = np.frombuffer(element.value, f">u{size}").astype(f"<u{size}").tobytes()
+    except Exception as exc:  # pydicom decodes lazily: a malformed element fails only here
+        raise DicomInputError(f"header element cannot be decoded: {exc}") from exc
     dataset.set_original_encoding(False, True, dataset.original_character_set)
+
+
+def _check_writable(header: Dataset) -> None:
+    """Refuse now a header that could not be written back after coding the pixels."""
+    trial = copy.copy(header)
+    trial.file_meta = copy.deepcopy(header.file_meta)
+    trial.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    try:
+        trial.save_as(io.BytesIO(), enforce_file_format=True)
+    except Exception as exc:  # pydicom raises many types, not always naming the element
+        raise DicomInputError(f"header cannot be written back as DICOM: {_element_at_fault(trial)}{exc}") from exc
+
+
+def _element_at_fault(dataset: Dataset) -> str:
+    """'(gggg,eeee) Keyword: ' of the first top-level element that cannot be written, or ''."""
+    stream = DicomBytesIO()
+    stream.is_little_endian, stream.is_implicit_VR = True, False
+    for element in [*dataset.file_meta, *dataset]:
+        try:
+            write_data_element(stream, element, dataset._character_set)
+        except Exception:  # noqa: BLE001 - any failure marks the element we are looking for
+            return f"{element.tag} {element.keyword or 'private'}: "
+    return ""
 
 
 def _check_pixels_fit(pixels: np.ndarray, image: NativeImage) -> None:
