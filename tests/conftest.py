@@ -59,3 +59,21 @@ def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield base_url
     finally:
         _stop(proc)
+
+
+CORPUS_DIR = REPO_ROOT / "data" / "corpus"
+
+
+@pytest.fixture(scope="session")
+def corpus_dir() -> Path:
+    """The corpus built by `mvmic data prepare` (make test runs it before pytest)."""
+    if not (CORPUS_DIR / "manifest.json").is_file():
+        pytest.fail(f"no corpus at {CORPUS_DIR}: run `mvmic data prepare` (make test does) before pytest")
+    return CORPUS_DIR
+
+
+@pytest.fixture(scope="session")
+def corpus_manifest(corpus_dir: Path):  # -> mvmic.corpus.manifest.Manifest, imported lazily for the service tests
+    from mvmic.corpus.manifest import Manifest
+
+    return Manifest.load(corpus_dir / "manifest.json")
