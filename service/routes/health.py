@@ -1,9 +1,6 @@
 """Liveness endpoint for container health checks and load balancers."""
 
-from functools import cache
-from importlib.metadata import version
-
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
 router = APIRouter(tags=["health"])
@@ -14,12 +11,7 @@ class Health(BaseModel):
     version: str
 
 
-@cache
-def _package_version() -> str:
-    # Installed metadata cannot change while the process runs; read it once.
-    return version("mvmic")
-
-
 @router.get("/healthz")
-def healthz() -> Health:
-    return Health(status="ok", version=_package_version())
+def healthz(request: Request) -> Health:
+    # The app factory sets its version from the installed package metadata.
+    return Health(status="ok", version=request.app.version)
