@@ -1,0 +1,86 @@
+"""The building blocks of MVMICNet on real corpus images: wavelet, quantiser, integer network."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model.integer_net import IndexNetwork
+from model.lifting import analysis, max_levels, synthesis
+from model.subbands import band_gains, dequantize, quantize
+
+
+def _normalised(corpus_manifest, corpus_dir, entry_id: str) -> torch.Tensor:
+    entry = next(e for e in corpus_manifest.entries if e.id == entry_id)
+    image = entry.read(corpus_dir)
+    frame = image.frame(0).astype(np.float64)
+    return torch.from_numpy(frame / 2**image.format.bits_stored)[None, None]
+
+
+@pytest.mark.parametrize("entry_id", ["pyradiomics-lung1-030", "pydicom-RG3_UNCR", "pyradiomics-breast1-010"])
+def test_wavelet_reconstructs_real_images_perfectly(corpus_manifest, corpus_dir, entry_id: str) -> None:
+    image = _normalised(corpus_manifest, corpus_dir, entry_id)
+    levels = max_levels(*image.shape[-2:])
+    assert levels >= 2
+    bands = analysis(image, levels)
+    assert torch.allclose(synthesis(bands), image, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(2, 2), (3, 5), (17, 64), (64, 17), (45, 120)])
+def test_wavelet_handles_odd_and_tiny_sizes(shape: tuple[int, int]) -> None:
+    image = torch.rand(1, 1, *shape, dtype=torch.float64)
+    bands = analysis(image, max(1, max_levels(*shape, smallest=1)))
+    assert torch.allclose(synthesis(bands), image, atol=1e-12, rtol=0)
+
+
+def test_wavelet_keeps_a_constant_in_the_low_band() -> None:
+    # DC gain 1 (JPEG 2000 normalisation); border extension must not create detail.
+    bands = analysis(torch.full((1, 1, 37, 52), 0.25, dtype=torch.float64), 3)
+    assert torch.allclose(bands.low, torch.full_like(bands.low, 0.25))
+    assert all(float(b.abs().max()) < 1e-12 for level in bands.details for b in level)
+
+
+def test_quantiser_error_is_bounded_by_the_step(corpus_manifest, corpus_dir) -> None:
+    image = _normalised(corpus_manifest, corpus_dir, "pyradiomics-lung1-030")
+    levels = max_levels(*image.shape[-2:])
+    mse = []
+    for step in (2.0**-6, 2.0**-9):
+        decoded = synthesis(dequantize(quantize(analysis(image, levels), step), step))
+        mse.append(float(((decoded - image) ** 2).mean()))
+        # A uniform quantiser with equal-MSE band weights keeps the error near step**2 / 12.
+        assert mse[-1] < step**2 / 4
+    assert mse[1] < mse[0] / 16  # 8x finer step, far smaller error
+
+
+def test_band_gains_follow_the_wavelet_scaling() -> None:
+    low, details = band_gains(4)
+    assert low == pytest.approx(16, rel=0.1)  # a low coefficient spreads over 16 x 16 pixels, DC gain 1
+    finest_hh = details[-1][2]
+    coarsest_hh = details[0][2]
+    assert coarsest_hh == pytest.approx(8 * finest_hh, rel=0.1)
+
+
+def test_index_network_is_exact_across_thread_counts_and_precisions() -> None:
+    torch.manual_seed(0)
+    net = IndexNetwork(in_channels=4, hidden=16, table_size=64)
+    features = torch.randint(0, 256, (1, 4, 96, 80)).double()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_thread = net.indexes(features)
+        torch.set_num_threads(2)
+        two_threads = net.indexes(features)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one_thread, two_threads)
+    assert one_thread.dtype == torch.int32 and 0 <= int(one_thread.min()) and int(one_thread.max()) < 64
+    # The training path is the same arithmetic: its rounded output is the coding index.
+    training = torch.clamp(net(features.float()), 0, 63).to(torch.int32)
+    assert torch.equal(training, one_thread)
+
+
+def test_index_network_refuses_fractional_features() -> None:
+    net = IndexNetwork(in_channels=1, hidden=4, table_size=8)
+    with pytest.raises(ValueError, match="integers"):
+        net.indexes(torch.full((1, 1, 4, 4), 0.5, dtype=torch.float64))
