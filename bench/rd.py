@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.codecs import Codec, registered_codecs
-from bench.metrics import bits_per_pixel, max_abs_error, psnr
+from bench.codecs.mvmicnet import MvmicNet, record_test_metrics
 from bench.report import bd_against_reference, markdown_report, plot_rd, summarize
 from mvmic.corpus.manifest import CorpusEntry, Manifest
+from mvmic.metrics import bits_per_pixel, max_abs_error, psnr
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,10 @@ def _write_outputs(out_dir: Path, split: str, codecs: list[Codec], measurements:
     (out_dir / "rd.json").write_text(json.dumps(payload, indent=1) + "\n")
     print(report)
     print(f"written: {out_dir / 'rd.json'}, {out_dir / 'rd.md'}, {out_dir / 'rd.png'}")
+    if split == "test" and any(codec.name == MvmicNet.name for codec in codecs):
+        manifest = record_test_metrics(summary, bd, "mvmic " + " ".join(sys.argv[1:]))
+        if manifest:
+            print(f"test metrics recorded in {manifest}")
 
 
 def _json_safe(row: dict) -> dict:

@@ -32,7 +32,7 @@ at most 10 bytes, below 2**64; svarint = zigzag-encoded varint, 0 -1 1 -2 -> 0 1
     | 2      | quality             | u16                      | model-defined, e.g. quality index*256 |
     | 1-10   | layer count L       | varint                   |                                       |
     |        | L times:            |                          |                                       |
-    | 1      |   kind              | u8                       | 0 base, 1 residual                    |
+    | 1      |   kind              | u8                       | 0 base, 1 residual, 2 DICOM header    |
     | 1-3    |   frame index       | varint                   | 0..frames-1                           |
     | 1-10   |   payload length m  | varint                   | at most the bytes left                |
     | m      |   payload           | bytes                    |                                       |
@@ -129,6 +129,7 @@ class WeightsMismatchError(BitstreamError):
 class LayerKind(IntEnum):
     BASE = 0
     RESIDUAL = 1  # refines the base layer of the same frame (later issue)
+    DICOM_HEADER = 2  # the source instance without Pixel Data, deflated; frame 0; lets decoding rebuild it
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,17 @@ def max_levels(height: int, width: int, smallest: int = 8) -> int:
     return levels
 
 
+def zero_subbands(height: int, width: int, levels: int, dtype: torch.dtype = torch.float64) -> Subbands:
+    """Subbands of zeros with the shapes :func:`analysis` gives a (1, 1, height, width) image."""
+    details = []
+    for _ in range(levels):
+        low_h, low_w, high_h, high_w = (height + 1) // 2, (width + 1) // 2, height // 2, width // 2
+        details.append(tuple(torch.zeros(1, 1, h, w, dtype=dtype)
+                             for h, w in ((high_h, low_w), (low_h, high_w), (high_h, high_w))))
+        height, width = low_h, low_w
+    return Subbands(low=torch.zeros(1, 1, height, width, dtype=dtype), details=details[::-1])
+
+
 def analysis(image: Tensor, levels: int) -> Subbands:
     """Forward 2-D transform of (N, C, H, W) images."""
     details = []

@@ -53,6 +53,40 @@ def _parser() -> argparse.ArgumentParser:
                     help="only this codec (repeatable; default: all registered)")
     rd.add_argument("--jobs", type=int, default=None, help="worker processes (default: CPU count)")
     rd.set_defaults(run=_bench_rd)
+    speed = bench.add_parser("speed", help="compress/decompress time of a 512x512 CT, MVMICNet vs OpenJPEG")
+    speed.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder (default: %(default)s)")
+    speed.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "speed", help="output folder")
+    speed.add_argument("--quality", type=int, default=4, help="MVMICNet quality 1..8 (default: %(default)s)")
+    speed.add_argument("--repeat", type=int, default=5, help="timed runs per codec (default: %(default)s)")
+    speed.set_defaults(run=_bench_speed)
+
+    compress = commands.add_parser("compress", help="DICOM -> .mvm bitstream")
+    compress.add_argument("source", type=Path, metavar="IN.dcm")
+    compress.add_argument("target", type=Path, metavar="OUT.mvm")
+    rate = compress.add_mutually_exclusive_group()
+    rate.add_argument("--quality", type=int, help="operating point 1 (smallest) to 8 (default 4)")
+    rate.add_argument("--target-bpp", type=float, help="largest quality within this many bits per pixel")
+    rate.add_argument("--target-psnr", type=float, help="smallest quality reaching this PSNR (dB, native peak)")
+    compress.add_argument("--weights", type=Path, default=None, help="weights file (default: the shipped one)")
+    compress.set_defaults(run=_compress)
+
+    decompress = commands.add_parser("decompress", help=".mvm bitstream -> DICOM")
+    decompress.add_argument("source", type=Path, metavar="IN.mvm")
+    decompress.add_argument("target", type=Path, metavar="OUT.dcm")
+    decompress.add_argument("--weights", type=Path, default=None, help="weights file (default: the shipped one)")
+    decompress.set_defaults(run=_decompress)
+
+    train = commands.add_parser("train", help="training").add_subparsers(dest="train_command", required=True)
+    codec = train.add_parser("codec", help="stage 1: train the codec's entropy model on the train split")
+    codec.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder (default: %(default)s)")
+    codec.add_argument("--checkpoint", type=Path, default=Path("checkpoints/codec.pt"),
+                       help="checkpoint file (default: %(default)s)")
+    codec.add_argument("--minutes", type=float, default=30.0, help="training time (default: %(default)s)")
+    codec.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    codec.add_argument("--learning-rate", type=float, default=2e-3, help="Adam step size (default: %(default)s)")
+    codec.add_argument("--export", type=Path, default=None, metavar="WEIGHTS",
+                       help="after training, write the model as this weights file")
+    codec.set_defaults(run=_train_codec)
 
     serve = commands.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", default=None, help="bind address (default: MVMIC_HOST or 127.0.0.1)")
@@ -81,6 +115,50 @@ def _bench_rd(args: argparse.Namespace) -> int:
     from bench.rd import run_rd_benchmark
 
     run_rd_benchmark(args.corpus, args.split, args.out, codec_names=args.codecs, jobs=args.jobs)
+    return 0
+
+
+def _load_codec(weights: Path | None):
+    from model.codec import DEFAULT_WEIGHTS, MvmicCodec
+
+    return MvmicCodec.load(weights or DEFAULT_WEIGHTS)
+
+
+def _compress(args: argparse.Namespace) -> int:
+    from mvmic.transcode import dicom_to_mvm
+
+    result = dicom_to_mvm(args.source, _load_codec(args.weights), args.quality, args.target_bpp, args.target_psnr)
+    args.target.write_bytes(result.data)
+    print(f"{args.target}: {len(result.data)} bytes, {result.bits_per_pixel:.4f} bits per pixel, "
+          f"ratio {result.ratio:.1f}:1, quality code {result.quality_code}")
+    return 0
+
+
+def _decompress(args: argparse.Namespace) -> int:
+    from mvmic.transcode import mvm_to_dicom
+
+    dataset = mvm_to_dicom(args.source.read_bytes(), _load_codec(args.weights))
+    dataset.save_as(args.target, enforce_file_format=True)
+    print(f"{args.target}: {dataset.Rows} x {dataset.Columns}, SOP Instance UID {dataset.SOPInstanceUID}")
+    return 0
+
+
+def _train_codec(args: argparse.Namespace) -> int:
+    from model.train import TrainConfig, export_weights, train
+
+    command = "mvmic " + " ".join(sys.argv[1:])
+    state = train(TrainConfig(corpus_dir=args.corpus, checkpoint=args.checkpoint, minutes=args.minutes,
+                              resume=args.resume, learning_rate=args.learning_rate, command=command))
+    print(f"step {state['step']}: validation bits per pixel {state['history'][-1]['val_bpp']}")
+    if args.export:
+        print(f"weights {args.export} sha256 {export_weights(args.checkpoint, args.export, command, args.corpus)}")
+    return 0
+
+
+def _bench_speed(args: argparse.Namespace) -> int:
+    from bench.speed import run_speed_benchmark
+
+    run_speed_benchmark(args.corpus, args.out, args.quality, args.repeat)
     return 0
 
 

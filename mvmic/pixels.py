@@ -237,15 +237,22 @@ def _make_little_endian(dataset: Dataset) -> None:
     dataset.set_original_encoding(False, True, dataset.original_character_set)
 
 
+def header_bytes(header: Dataset) -> bytes:
+    """A header (no Pixel Data) as a DICOM file in Explicit VR Little Endian."""
+    copied = copy.copy(header)  # shallow: only the file meta changes
+    copied.file_meta = copy.deepcopy(header.file_meta)
+    copied.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    copied.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
 def _check_writable(header: Dataset) -> None:
     """Refuse now a header that could not be written back after coding the pixels."""
-    trial = copy.copy(header)
-    trial.file_meta = copy.deepcopy(header.file_meta)
-    trial.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     try:
-        trial.save_as(io.BytesIO(), enforce_file_format=True)
+        header_bytes(header)
     except Exception as exc:  # pydicom raises many types, not always naming the element
-        raise DicomInputError(f"header cannot be written back as DICOM: {_element_at_fault(trial)}{exc}") from exc
+        raise DicomInputError(f"header cannot be written back as DICOM: {_element_at_fault(header)}{exc}") from exc
 
 
 def _element_at_fault(dataset: Dataset) -> str:

@@ -1,0 +1,70 @@
+"""Choosing the quality code: a named quality, a target rate or a target PSNR.
+
+    --quality Q      Q in 1..8 -> QUALITY_CODES[Q]
+    --target-bpp B   largest code whose bitstream has at most B bits per pixel
+    --target-psnr P  smallest code whose reconstruction reaches P dB (native peak)
+
+Rate and PSNR grow with the code, so both targets are found by bisection over the
+integer codes, encoding (and for PSNR decoding) once per probe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+
+from model.bitstream import Bitstream, Layer
+from model.codec import MAX_CODE, MIN_CODE, QUALITY_CODES, MvmicCodec
+from mvmic.metrics import psnr
+from mvmic.pixels import PixelFormat
+
+
+def compress_at(codec: MvmicCodec, pixels: np.ndarray, fmt: PixelFormat, quality: int | None = None,
+                target_bpp: float | None = None, target_psnr: float | None = None,
+                extra_layers: tuple[Layer, ...] = ()) -> Bitstream:
+    """Exactly one of ``quality``, ``target_bpp``, ``target_psnr`` (default: quality 4).
+
+    ``extra_layers`` (e.g. the DICOM header) are appended, and count against a rate target.
+    """
+    chosen = [name for name, value in (("quality", quality), ("target_bpp", target_bpp),
+                                       ("target_psnr", target_psnr)) if value is not None]
+    if len(chosen) > 1:
+        raise ValueError(f"give one of quality, target bpp or target PSNR, not {' and '.join(chosen)}")
+    def encode(code: int) -> Bitstream:
+        stream = codec.compress_pixels(pixels, fmt, code)
+        return replace(stream, layers=(*stream.layers, *extra_layers))
+
+    if target_bpp is not None:
+        return _bisect(encode, lambda s: _bpp(s, pixels) <= target_bpp, want_largest=True)
+    if target_psnr is not None:
+        return _bisect(encode, lambda s: psnr(pixels, codec.decompress(s), fmt.peak) >= target_psnr,
+                       want_largest=False)
+    quality = 4 if quality is None else quality
+    if quality not in QUALITY_CODES:
+        raise ValueError(f"quality {quality} out of range {min(QUALITY_CODES)}..{max(QUALITY_CODES)}")
+    return encode(QUALITY_CODES[quality])
+
+
+def _bpp(stream: Bitstream, pixels: np.ndarray) -> float:
+    return 8 * len(stream.to_bytes()) / (pixels.shape[0] * pixels.shape[1] * pixels.shape[2])
+
+
+def _bisect(encode: Callable[[int], Bitstream], good: Callable[[Bitstream], bool], want_largest: bool) -> Bitstream:
+    """Largest code still ``good`` (rate budgets) or smallest code already ``good`` (quality floors).
+
+    When no code qualifies, the nearest end of the range is returned: the smallest
+    bitstream for a budget that cannot be met, the best quality for an unreachable PSNR.
+    """
+    low, high = MIN_CODE, MAX_CODE
+    best: Bitstream | None = None
+    while low <= high:
+        middle = (low + high) // 2
+        stream = encode(middle)
+        if good(stream):
+            best = stream
+            low, high = (middle + 1, high) if want_largest else (low, middle - 1)
+        else:
+            low, high = (low, middle - 1) if want_largest else (middle + 1, high)
+    return best or encode(MIN_CODE if want_largest else MAX_CODE)

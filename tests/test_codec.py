@@ -1,0 +1,184 @@
+"""MVMICNet end to end on real corpus images: rates, exact entropy decoding, damaged input, CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from model import lifting
+from model.bitstream import Bitstream, BitstreamError, WeightsMismatchError, unpack_payloads
+from model.codec import QUALITY_CODES, CodecInputError, MvmicCodec
+from model.lifting import zero_subbands
+from model.rate_control import compress_at
+from mvmic.metrics import psnr
+from mvmic.pixels import NativeImage, PixelFormat, read_dicom
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def codec() -> MvmicCodec:
+    return MvmicCodec.load()
+
+
+def _image(corpus_dir: Path, entry_id: str) -> NativeImage:
+    return read_dicom(corpus_dir / "images" / f"{entry_id}.dcm")
+
+
+@pytest.mark.parametrize("entry_id", ["pyradiomics-lung1-030", "pydicom-693_UNCR", "pydicom-US1_UNCR",
+                                      "pydicom-emri_small", "pyradiomics-breast1-010"])
+def test_round_trip_keeps_format_and_rate_grows_with_quality(codec, corpus_dir, entry_id) -> None:
+    image = _image(corpus_dir, entry_id)
+    rates, qualities = [], []
+    for quality in (1, 4, 8):
+        data = compress_at(codec, image.pixels, image.format, quality=quality).to_bytes()
+        decoded = codec.decompress(Bitstream.from_bytes(data))
+        assert decoded.shape == image.pixels.shape and decoded.dtype == image.pixels.dtype
+        rates.append(len(data))
+        qualities.append(psnr(image.pixels, decoded, image.format.peak))
+    assert rates == sorted(rates) and rates[0] < rates[-1]
+    assert qualities == sorted(qualities) and qualities[-1] > qualities[0] + 6
+
+
+def test_operating_points_span_the_low_rate_range(codec, corpus_dir) -> None:
+    image = _image(corpus_dir, "pyradiomics-lung1-030")
+    pixels = image.pixels.shape[1] * image.pixels.shape[2]
+    bpp = [8 * len(codec.compress(image, code).to_bytes()) / pixels for code in QUALITY_CODES.values()]
+    assert len(bpp) >= 6 and bpp == sorted(bpp)
+    assert bpp[0] < 0.1 and bpp[-1] > 0.8
+
+
+def test_rate_targets_are_met(codec, corpus_dir) -> None:
+    image = _image(corpus_dir, "pyradiomics-brain2-010")
+    pixels = image.pixels.shape[1] * image.pixels.shape[2]
+    stream = compress_at(codec, image.pixels, image.format, target_bpp=0.5)
+    assert 0.3 < 8 * len(stream.to_bytes()) / pixels <= 0.5
+    stream = compress_at(codec, image.pixels, image.format, target_psnr=45.0)
+    assert psnr(image.pixels, codec.decompress(stream), image.format.peak) >= 45.0
+    with pytest.raises(ValueError, match="not quality and target_bpp"):
+        compress_at(codec, image.pixels, image.format, quality=2, target_bpp=0.5)
+
+
+def _latents(codec: MvmicCodec, stream: Bitstream) -> list[torch.Tensor]:
+    """The entropy-decoded integer subbands of the first frame, flattened."""
+    part = unpack_payloads(stream.layers[0].payload)[0]
+    levels = lifting.max_levels(stream.rows, stream.columns)
+    shapes = zero_subbands(stream.rows, stream.columns, min(levels, 5))
+    bands = codec.context.decode(part, shapes, stream.quality)
+    return [bands.low.flatten()] + [b.flatten() for level in bands.details for b in level]
+
+
+def test_entropy_decoding_is_exact_under_float_noise_and_thread_changes(corpus_dir, corpus_manifest) -> None:
+    # 20 real test-split frames (128 x 128 centre crops keep it fast); encode once, then decode the
+    # latents with every float parameter of the model perturbed by 1e-5 relative noise, the
+    # wavelet constants perturbed too, and another thread count: the latents must not change.
+    entries = [e for e in corpus_manifest.select("test") if e.samples_per_pixel == 1][::3][:20]
+    assert len(entries) == 20
+    reference = MvmicCodec.load()
+    perturbed = MvmicCodec.load()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in perturbed.context.parameters():
+            parameter.mul_(1 + 1e-5 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+    constants = {name: getattr(lifting, name) for name in ("ALPHA", "BETA", "GAMMA", "DELTA", "KAPPA")}
+    threads = torch.get_num_threads()
+    for entry in entries:
+        image = entry.read(corpus_dir)
+        top, left = max(0, (entry.rows - 128) // 2), max(0, (entry.columns - 128) // 2)
+        crop = np.ascontiguousarray(image.pixels[:1, top : top + 128, left : left + 128])
+        stream = reference.compress_pixels(crop, image.format, QUALITY_CODES[5])
+        torch.set_num_threads(1)
+        expected = _latents(reference, stream)
+        try:
+            torch.set_num_threads(2)
+            for name, value in constants.items():
+                setattr(lifting, name, value * (1 + 1e-5))
+            got = _latents(perturbed, stream)
+        finally:
+            torch.set_num_threads(threads)
+            for name, value in constants.items():
+                setattr(lifting, name, value)
+        assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True)), entry.id
+
+
+def test_damaged_and_foreign_bitstreams_are_rejected(codec, corpus_dir) -> None:
+    image = _image(corpus_dir, "pyradiomics-brain2-010")
+    data = codec.compress(image, QUALITY_CODES[4]).to_bytes()
+    for cut in (0, 10, len(data) // 2, len(data) - 1):
+        with pytest.raises(BitstreamError):
+            Bitstream.from_bytes(data[:cut])
+    for position in (60, len(data) // 2, len(data) - 10):
+        damaged = bytearray(data)
+        damaged[position] ^= 0x10
+        with pytest.raises(BitstreamError):
+            Bitstream.from_bytes(bytes(damaged))
+    stream = Bitstream.from_bytes(data)
+    other = dataclasses.replace(stream, weights_fingerprint=bytes(8)).to_bytes()
+    with pytest.raises(WeightsMismatchError):
+        Bitstream.from_bytes(other, expected_model_id=codec.model_id,
+                             expected_fingerprint=stream.weights_fingerprint)
+
+
+def test_garbage_payload_with_a_valid_crc_decodes_without_crashing(codec, corpus_dir) -> None:
+    # Only a deliberate forgery gets past the CRC; it may decode to noise, never crash or hang.
+    image = _image(corpus_dir, "pyradiomics-brain2-010")
+    stream = codec.compress(image, QUALITY_CODES[4])
+    layer = stream.layers[0]
+    noise = np.random.default_rng(0).integers(0, 256, len(layer.payload), dtype=np.uint8).tobytes()
+    forged = dataclasses.replace(stream, layers=(dataclasses.replace(layer, payload=layer.payload[:6] + noise[6:]),))
+    try:
+        decoded = codec.decompress(Bitstream.from_bytes(forged.to_bytes()))
+    except ValueError:
+        return
+    assert decoded.shape == image.pixels.shape
+
+
+def test_uncodeable_images_are_refused(codec) -> None:
+    palette = PixelFormat(bits_stored=8, signed=False, photometric="PALETTE COLOR")
+    with pytest.raises(CodecInputError, match="PALETTE COLOR"):
+        codec.compress_pixels(np.zeros((1, 8, 8, 1), np.uint8), palette, 40)
+    with pytest.raises(CodecInputError, match="too small"):
+        codec.compress_pixels(np.zeros((1, 1, 8, 1), np.uint8), PixelFormat(8, False), 40)
+
+
+def test_cli_compress_decompress_writes_a_lossy_derivative(tmp_path, corpus_dir) -> None:
+    source = corpus_dir / "images" / "pyradiomics-brain2-010.dcm"
+    compressed, decoded = tmp_path / "mr.mvm", tmp_path / "mr.dcm"
+    run = _mvmic("compress", str(source), str(compressed), "--target-bpp", "1.0")
+    assert run.returncode == 0, run.stderr
+    assert 8 * compressed.stat().st_size / (256 * 256) <= 1.0
+    run = _mvmic("decompress", str(compressed), str(decoded))
+    assert run.returncode == 0, run.stderr
+    original, result = pydicom.dcmread(source), pydicom.dcmread(decoded)
+    assert result.SOPInstanceUID != original.SOPInstanceUID
+    assert result.file_meta.MediaStorageSOPInstanceUID == result.SOPInstanceUID
+    assert result.LossyImageCompression == "01"
+    assert result.LossyImageCompressionMethod == "MVMICNET" and float(result.LossyImageCompressionRatio) > 8
+    assert result.SourceImageSequence[0].ReferencedSOPInstanceUID == original.SOPInstanceUID
+    assert result.DerivationCodeSequence[0].CodeValue == "113040"
+    for keyword in ("PatientID", "PatientName", "StudyInstanceUID", "SeriesInstanceUID", "Rows", "BitsStored"):
+        assert result.get(keyword) == original.get(keyword), keyword
+    assert psnr(original.pixel_array, result.pixel_array, 4095) > 40
+
+
+def test_cli_errors_are_one_line(tmp_path) -> None:
+    not_dicom = tmp_path / "x.dcm"
+    not_dicom.write_bytes(b"hello")
+    run = _mvmic("compress", str(not_dicom), str(tmp_path / "x.mvm"))
+    assert run.returncode == 1 and "mvmic: error: not a DICOM file" in run.stderr and "Traceback" not in run.stderr
+    garbage = tmp_path / "x.mvm"
+    garbage.write_bytes(b"MVM\x01" + bytes(40))
+    run = _mvmic("decompress", str(garbage), str(tmp_path / "y.dcm"))
+    assert run.returncode == 1 and "mvmic: error:" in run.stderr and "Traceback" not in run.stderr
+
+
+def _mvmic(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mvmic.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, check=False)
