@@ -17,6 +17,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
 from bench.codecs import Codec, registered_codecs
 from bench.codecs.mvmicnet import MvmicNet, record_test_metrics
 from bench.report import bd_against_reference, markdown_report, plot_rd, summarize
@@ -71,8 +73,14 @@ def _run(tasks: list[FrameTask], jobs: int) -> list[Measurement]:
         return [m for task in tasks for m in measure_frame(task)]
     # Largest frames first, so that no worker is left with a big one at the end.
     tasks = sorted(tasks, key=lambda t: -t.entry.rows * t.entry.columns)
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_one_thread_per_worker) as pool:
         return [m for rows in pool.map(measure_frame, tasks) for m in rows]
+
+
+def _one_thread_per_worker() -> None:
+    # The pool already fills the cores; torch threads on top of it oversubscribe them,
+    # which slowed MVMICNet here several times over.
+    torch.set_num_threads(1)
 
 
 def measure_frame(task: FrameTask) -> list[Measurement]:
