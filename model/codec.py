@@ -113,10 +113,9 @@ class MvmicCodec:
         planes_expected = 3 if fmt.samples_per_pixel == 3 else 1
         if len(parts) != planes_expected:
             raise ValueError(f"frame payload has {len(parts)} planes, expected {planes_expected}")
-        levels = _levels(stream.rows, stream.columns)
+        shapes = zero_subbands(stream.rows, stream.columns, _levels(stream.rows, stream.columns))
         planes = []
         for index, part in enumerate(parts):
-            shapes = zero_subbands(stream.rows, stream.columns, levels)
             bands = self.context.decode(part, shapes, stream.quality)
             decoded = synthesis(dequantize(bands, step_of(stream.quality)))[0, 0].numpy()
             planes.append(np.round(decoded * 2.0**fmt.bits_stored + plane_offset(fmt, index)))

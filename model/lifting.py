@@ -66,9 +66,9 @@ def analysis(image: Tensor, levels: int) -> Subbands:
     details = []
     low = image
     for _ in range(levels):
-        low_columns, high_columns = _forward_1d(low, dim=-1)
-        low, lh = _forward_1d(low_columns, dim=-2)
-        hl, hh = _forward_1d(high_columns, dim=-2)
+        low_columns, high_columns = forward_1d(low, dim=-1)
+        low, lh = forward_1d(low_columns, dim=-2)
+        hl, hh = forward_1d(high_columns, dim=-2)
         details.append((lh, hl, hh))
     return Subbands(low=low, details=details[::-1])
 
@@ -77,9 +77,9 @@ def synthesis(bands: Subbands) -> Tensor:
     """Inverse of :func:`analysis`."""
     low = bands.low
     for lh, hl, hh in bands.details:
-        low_columns = _inverse_1d(low, lh, dim=-2)
-        high_columns = _inverse_1d(hl, hh, dim=-2)
-        low = _inverse_1d(low_columns, high_columns, dim=-1)
+        low_columns = inverse_1d(low, lh, dim=-2)
+        high_columns = inverse_1d(hl, hh, dim=-2)
+        low = inverse_1d(low_columns, high_columns, dim=-1)
     return low
 
 
@@ -103,7 +103,7 @@ def _split(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
     return x.index_select(dim, index[0::2]), x.index_select(dim, index[1::2])
 
 
-def _forward_1d(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+def forward_1d(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
     s, d = _split(x, dim)
     n_even, n_odd = s.shape[dim], d.shape[dim]
     d = d + ALPHA * (s.narrow(dim, 0, n_odd) + _next_even(s, n_odd, dim))
@@ -113,7 +113,7 @@ def _forward_1d(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
     return s / KAPPA, d * (KAPPA / 2)
 
 
-def _inverse_1d(s: Tensor, d: Tensor, dim: int) -> Tensor:
+def inverse_1d(s: Tensor, d: Tensor, dim: int) -> Tensor:
     s, d = s * KAPPA, d * (2 / KAPPA)
     n_even, n_odd = s.shape[dim], d.shape[dim]
     s = s - DELTA * _neighbour_odds(d, n_even, dim)

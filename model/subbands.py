@@ -15,7 +15,7 @@ from functools import cache
 import torch
 from torch import Tensor
 
-from model.lifting import Subbands, _forward_1d, _inverse_1d
+from model.lifting import Subbands, forward_1d, inverse_1d
 
 DEADZONE = 0.3  # round |c|/step down by this much: small coefficients go to 0
 RECONSTRUCTION = 0.3  # decoded |q| sits this far above the integer, nearer the mass of a Laplacian
@@ -28,7 +28,7 @@ def _gains_1d(level: int) -> tuple[float, float]:
     signal = torch.zeros(1, length, dtype=torch.float64)
     highs = []
     for _ in range(level):
-        signal, high = _forward_1d(signal, dim=-1)
+        signal, high = forward_1d(signal, dim=-1)
         highs.append(high)
     norms = []
     for band in ("low", "high"):
@@ -37,7 +37,7 @@ def _gains_1d(level: int) -> tuple[float, float]:
         target = low if band == "low" else details[-1]
         target[0, target.shape[-1] // 2] = 1.0
         for high in reversed(details):
-            low = _inverse_1d(low, high, dim=-1)
+            low = inverse_1d(low, high, dim=-1)
         norms.append(float(low.norm()))
     return norms[0], norms[1]
 
