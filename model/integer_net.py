@@ -46,16 +46,19 @@ def _floor_ste(x: Tensor) -> Tensor:
 
 
 def _exact_conv(x: Tensor, weight: Tensor) -> Tensor:
-    """Convolution as im2col and one matrix product.
+    """Convolution as a sum of one small matrix product per kernel tap.
 
     Convolution libraries may use Winograd or FFT algorithms, whose intermediate
-    values are not integers; a plain matrix product of small integers is exact.
+    values are not integers; plain matrix products of small integers are exact in any
+    order (and, unlike im2col, this never holds a k*k times larger copy of the input).
     """
-    n, _, height, width = x.shape
-    out_channels, _, k, _ = weight.shape
-    columns = F.unfold(x, k)  # (N, C*k*k, L)
-    acc = weight.reshape(out_channels, -1) @ columns
-    return acc.reshape(n, out_channels, height - k + 1, width - k + 1)
+    height, width = x.shape[-2] - weight.shape[-2] + 1, x.shape[-1] - weight.shape[-1] + 1
+    acc = None
+    for dy in range(weight.shape[-2]):
+        for dx in range(weight.shape[-1]):
+            tap = torch.einsum("oc,nchw->nohw", weight[:, :, dy, dx], x[:, :, dy : dy + height, dx : dx + width])
+            acc = tap if acc is None else acc + tap
+    return acc
 
 
 class IntegerConv2d(nn.Module):
