@@ -17,7 +17,7 @@ at most 10 bytes, below 2**64; svarint = zigzag-encoded varint, 0 -1 1 -2 -> 0 1
     | 3      | magic               | b"MVM"                   |                                       |
     | 1      | format version      | u8                       | 1                                     |
     | 1      | model id length n   | u8                       | 1..64                                 |
-    | n      | model id            | ASCII                    | printable, no spaces: mvmicnet-w97-v1 |
+    | n      | model id            | ASCII                    | printable, no spaces: mvmicnet-w97-v2 |
     | 8      | weights fingerprint | bytes                    | sha256(weights file)[:8]              |
     | 1-3    | rows                | varint                   | 1..65535                              |
     | 1-3    | columns             | varint                   | 1..65535                              |
@@ -44,7 +44,7 @@ mapping is exact and the same on every machine. The fingerprint is 8 bytes, not 
 two different weight files share 8 bytes with probability 2**-64, which only has to rule
 out accidents, not forgery (the CRC is not a signature either).
 
-A 1-frame 512x512 image from model "mvmicnet-w97-v1" with offset 0 and a payload of
+A 1-frame 512x512 image from model "mvmicnet-w97-v2" with offset 0 and a payload of
 128 B to 16 KiB costs 50 bytes beyond its payload; the model id is 16 of them.
 
 Reading checks, in this order: magic, version, CRC over the whole buffer (so damage

@@ -28,7 +28,7 @@ from model.lifting import analysis, max_levels, synthesis, zero_subbands
 from model.subbands import dequantize, quantize
 from mvmic.pixels import NativeImage, PixelFormat
 
-MODEL_ID = "mvmicnet-w97-v1"
+MODEL_ID = "mvmicnet-w97-v2"
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / f"{MODEL_ID}.pt"
 MAX_LEVELS = 5
 # --quality 1..8 (1 = smallest) -> quality code; spans about 0.02 to 1 bit per pixel on 12-bit CT/MR.

@@ -1,86 +1,94 @@
-"""Entropy model of the wavelet subbands: integer contexts -> CDF table -> rANS.
+"""Entropy model of the wavelet subbands: integer contexts -> table index -> rANS.
 
-Bands are coded coarse to fine, (LH, HL, HH) within a level, and each band in two
-checkerboard passes: anchors (row + column even) first, then the rest, which also
-see their decoded anchor neighbours. An integer network per orientation maps the
-already-decoded context to a scale index of a Laplacian table:
+Bands are coded coarse to fine, (LH, HL, HH) within a level, and each band in four
+passes over the 2 x 2 phases of its grid, so that three quarters of the coefficients
+see decoded neighbours of their own band (a checkerboard would leave half blind):
+
+    pass 0: (even row, even column)   no neighbours yet          . . . .
+    pass 1: (odd, odd)                4 diagonal ones            . 0 . 0
+    pass 2: (even, odd)               4 direct ones              . . 1 .
+    pass 3: (odd, even)               all 8                      . 0 . 0
+
+An integer network per orientation maps the already-decoded context to a table index:
 
     |parent band| (x2 upsampled) ----+
-    |LH|, |HL| of the same level -----+--> IndexNetwork --> index --> Laplace(0, scale[index])
-    |anchors| (second pass) ----------+        (exact integers)          |
-    pass, depth, quantiser step ------+                                   v
-                                                            CompressAI rANS (one stream per frame)
+    |LH|, |HL| of the same level -----+--> IndexNetwork --> index --> table[index] --> rANS
+    |decoded coefficients, this band| +        (exact integers)       (model.entropy_coder)
+    pass, depth, quantiser step ------+
 
+Training sees table i as a Laplacian of scale[i] (differentiable in the index); the
+shipped tables are then refitted to the symbols each index really gets.
 The coarsest low band is coded as horizontal/vertical differences (DPCM) with one
-scale index that the encoder picks and writes in front of the stream.
+table index that the encoder picks and writes in front of the stream.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from compressai.ans import BufferedRansEncoder, RansDecoder
-from compressai.entropy_models import GaussianConditional
 from torch import Tensor, nn
 
+from model.entropy_coder import SCALE_MAX, SCALE_MIN, TABLE_COUNT, CodingTables, RansReader, RansWriter
 from model.integer_net import IndexNetwork
 from model.lifting import Subbands
 
-SCALE_MIN, SCALE_MAX, SCALE_COUNT = 0.02, 256.0, 72  # small scales make runs of zeros nearly free
-FEATURES = 7  # parent, sibling LH, sibling HL, anchors, pass, depth, step
+FEATURES = 7  # parent, sibling LH, sibling HL, decoded neighbours, pass, depth, step
 FEATURE_MAX = 255
-
-
-def scale_table() -> list[float]:
-    ratio = (SCALE_MAX / SCALE_MIN) ** (1 / (SCALE_COUNT - 1))
-    return [SCALE_MIN * ratio**k for k in range(SCALE_COUNT)]
-
-
-class LaplaceConditional(GaussianConditional):
-    """CompressAI's conditional entropy model with a Laplacian instead of a Gaussian.
-
-    Wavelet coefficients are heavy-tailed; a Laplacian fits them better at equal scale.
-    """
-
-    def _standardized_cumulative(self, inputs: Tensor) -> Tensor:
-        return torch.where(inputs < 0, 0.5 * torch.exp(inputs), 1 - 0.5 * torch.exp(-inputs))
-
-    @staticmethod
-    def _standardized_quantile(quantile: float) -> float:
-        return math.log(2 * quantile) if quantile < 0.5 else -math.log(2 * (1 - quantile))
+PHASES = ((0, 0), (1, 1), (0, 1), (1, 0))  # (row, column) parity of each pass, in coding order
 
 
 @dataclass(frozen=True)
 class BandPass:
     level: int  # 0 = coarsest detail level
     orientation: int  # 0 LH, 1 HL, 2 HH
-    second: bool  # False: anchors, True: the other half of the checkerboard
+    phase: int  # index into PHASES
 
 
 def coding_order(levels: int) -> Iterator[BandPass]:
     for level in range(levels):
         for orientation in range(3):
-            yield BandPass(level, orientation, False)
-            yield BandPass(level, orientation, True)
+            for phase in range(len(PHASES)):
+                yield BandPass(level, orientation, phase)
 
 
-def anchor_mask(shape: torch.Size) -> Tensor:
-    rows = torch.arange(shape[-2])[:, None]
-    columns = torch.arange(shape[-1])[None, :]
-    return (rows + columns) % 2 == 0
+def phase_mask(shape: torch.Size, phase: int, device: torch.device | None = None) -> Tensor:
+    """True where (row, column) parity is that of ``phase``; shape (H, W)."""
+    rows = torch.arange(shape[-2], device=device)[:, None] % 2
+    columns = torch.arange(shape[-1], device=device)[None, :] % 2
+    row_parity, column_parity = PHASES[phase]
+    return (rows == row_parity) & (columns == column_parity)
+
+
+def decoded_mask(shape: torch.Size, phase: int, device: torch.device | None = None) -> Tensor:
+    """True where the passes before ``phase`` have already decoded the band."""
+    mask = torch.zeros(shape[-2], shape[-1], dtype=torch.bool, device=device)
+    for earlier in range(phase):
+        mask |= phase_mask(shape, earlier, device)
+    return mask
 
 
 class SubbandContextModel(nn.Module):
     def __init__(self, hidden: int = 16) -> None:
         super().__init__()
-        self.nets = nn.ModuleList([IndexNetwork(FEATURES, hidden, SCALE_COUNT) for _ in range(3)])
-        self.conditional = LaplaceConditional(scale_table())
-        self.conditional.update_scale_table(torch.tensor(scale_table()), force=True)
+        self.nets = nn.ModuleList([IndexNetwork(FEATURES, hidden, TABLE_COUNT) for _ in range(3)])
         self.log_min = math.log(SCALE_MIN)
-        self.log_ratio = math.log(SCALE_MAX / SCALE_MIN) / (SCALE_COUNT - 1)
+        self.log_ratio = math.log(SCALE_MAX / SCALE_MIN) / (TABLE_COUNT - 1)
+        self.set_tables(CodingTables.laplacian())
+
+    def set_tables(self, tables: CodingTables) -> None:
+        self.tables = tables
+        for name, value in tables.state().items():
+            self.register_buffer(f"table_{name}", value)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        # Fitted tables have their own length: take them as they are, then load the rest.
+        self.set_tables(CodingTables(state_dict["table_cdfs"], state_dict["table_lengths"],
+                                     state_dict["table_offsets"]))
+        return super().load_state_dict(state_dict, strict, assign)
 
     # -- contexts ----------------------------------------------------------------------------
     def features(self, q: Subbands, where: BandPass, step_code: int) -> Tensor:
@@ -93,98 +101,74 @@ class SubbandContextModel(nn.Module):
         # Odd sizes make LH, HL and HH differ by a row or a column.
         sibling_lh = _fit_to(level[0], band) if where.orientation > 0 else zeros
         sibling_hl = _fit_to(level[1], band) if where.orientation > 1 else zeros
-        anchors = band * anchor_mask(band.shape) if where.second else zeros
+        decoded = band * decoded_mask(band.shape, where.phase, band.device)
         depth = len(q.details) - where.level
-        constant = [64.0 * where.second, 16.0 * depth, float(step_code)]
-        planes = [parent.abs(), sibling_lh.abs(), sibling_hl.abs(), anchors.abs()]
+        constant = [48.0 * where.phase, 16.0 * depth, float(step_code)]
+        planes = [parent.abs(), sibling_lh.abs(), sibling_hl.abs(), decoded.abs()]
         planes += [torch.full_like(band, value) for value in constant]
         return torch.clamp(torch.stack(planes, dim=1), 0, FEATURE_MAX)
 
     def pass_mask(self, band: Tensor, where: BandPass) -> Tensor:
-        mask = anchor_mask(band.shape)
-        return ~mask if where.second else mask
+        """Where this pass codes, broadcast to ``band`` (N, H, W)."""
+        return phase_mask(band.shape, where.phase, band.device).expand_as(band)
 
     # -- training -----------------------------------------------------------------------------
     def detail_bits(self, q: Subbands, step_code: int) -> Tensor:
-        """Ideal code length in bits of all detail bands (differentiable in the networks)."""
+        """Ideal code length in bits of all detail bands under Laplacian tables (differentiable)."""
         total = q.low.new_zeros(())
         for where in coding_order(len(q.details)):
             band = q.details[where.level][where.orientation][:, 0]
             index = self.nets[where.orientation](self.features(q, where, step_code))
             # Clamped as coding clamps it, but the gradient passes, so an index outside
             # the table can still learn its way back.
-            index = index + (torch.clamp(index, 0, SCALE_COUNT - 1) - index).detach()
+            index = index + (torch.clamp(index, 0, TABLE_COUNT - 1) - index).detach()
             scale = torch.exp(self.log_min + self.log_ratio * index)
-            mask = self.pass_mask(band, where).expand_as(band)
+            mask = self.pass_mask(band, where)
             total = total + _laplace_bits(band[mask], scale[mask])
         return total
 
+    @torch.no_grad()
+    def assigned_indexes(self, q: Subbands, step_code: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """(symbols, exact table indexes) of every detail band pass, as coding assigns them."""
+        for where in coding_order(len(q.details)):
+            band = q.details[where.level][where.orientation][:, 0]
+            indexes = self.nets[where.orientation].indexes(self.features(q, where, step_code))
+            mask = self.pass_mask(band, where)
+            yield band[mask], indexes[mask]
+
     # -- coding -------------------------------------------------------------------------------
     def encode(self, q: Subbands, step_code: int) -> bytes:
-        encoder = BufferedRansEncoder()
+        writer = RansWriter(self.tables)
         low_index = self._best_low_index(q.low)
-        self._encode_symbols(encoder, _dpcm(q.low).flatten(), torch.full((q.low.numel(),), low_index))
-        for where in coding_order(len(q.details)):
-            band = q.details[where.level][where.orientation]
-            indexes = self.nets[where.orientation].indexes(self.features(q, where, step_code))
-            mask = self.pass_mask(band[:, 0], where).expand_as(band[:, 0])
-            self._encode_symbols(encoder, band[:, 0][mask], indexes[mask])
-        return bytes([low_index]) + encoder.flush()
+        writer.write(_dpcm(q.low).flatten(), torch.full((q.low.numel(),), low_index))
+        for symbols, indexes in self.assigned_indexes(q, step_code):
+            writer.write(symbols, indexes)
+        return bytes([low_index]) + writer.finish()
 
     def decode(self, data: bytes, shapes: Subbands, step_code: int) -> Subbands:
         """Integer subbands from ``data``; ``shapes`` gives the band sizes (its values are ignored)."""
         if not data:
             raise ValueError("empty subband stream")
         low_index, stream = data[0], data[1:]
-        if low_index >= SCALE_COUNT:
-            raise ValueError(f"low-band scale index {low_index} out of range")
-        decoder = RansDecoder()
-        decoder.set_stream(stream + bytes(_guard_bytes(stream, shapes)))
-        low = self._decode_symbols(decoder, torch.full((shapes.low.numel(),), low_index))
+        if low_index >= TABLE_COUNT:
+            raise ValueError(f"low-band table index {low_index} out of range")
+        symbol_count = shapes.low.numel() + sum(band.numel() for level in shapes.details for band in level)
+        reader = RansReader(self.tables, stream, symbol_count)
+        low = reader.read(torch.full((shapes.low.numel(),), low_index))
         q = Subbands(low=_undo_dpcm(low.reshape(shapes.low.shape)),
                      details=[tuple(torch.zeros_like(b) for b in level) for level in shapes.details])
         for where in coding_order(len(q.details)):
-            band = q.details[where.level][where.orientation]
+            band = q.details[where.level][where.orientation][:, 0]
             indexes = self.nets[where.orientation].indexes(self.features(q, where, step_code))
-            mask = self.pass_mask(band[:, 0], where).expand_as(band[:, 0])
-            band[:, 0][mask] = self._decode_symbols(decoder, indexes[mask])
+            mask = self.pass_mask(band, where)
+            band[mask] = reader.read(indexes[mask])
         return q
 
-    def _tables(self) -> tuple[list[list[int]], list[int], list[int]]:
-        """The rANS tables as Python lists, converted once per set of weights (it is slow)."""
-        c = self.conditional
-        key = (c._quantized_cdf.data_ptr(), c._quantized_cdf._version)
-        if getattr(self, "_table_key", None) != key:
-            self._table_lists = (c._quantized_cdf.tolist(), c._cdf_length.reshape(-1).int().tolist(),
-                                 c._offset.reshape(-1).int().tolist())
-            self._table_key = key
-        return self._table_lists
-
-    def _encode_symbols(self, encoder: BufferedRansEncoder, symbols: Tensor, indexes: Tensor) -> None:
-        cdfs, lengths, offsets = self._tables()
-        encoder.encode_with_indexes(symbols.to(torch.int32).tolist(), indexes.to(torch.int32).tolist(),
-                                    cdfs, lengths, offsets)
-
-    def _decode_symbols(self, decoder: RansDecoder, indexes: Tensor) -> Tensor:
-        cdfs, lengths, offsets = self._tables()
-        values = decoder.decode_stream(indexes.to(torch.int32).tolist(), cdfs, lengths, offsets)
-        return torch.tensor(values, dtype=torch.float64)
-
     def _best_low_index(self, low: Tensor) -> int:
-        residuals = _dpcm(low).flatten().to(torch.float64)
-        costs = [float(_laplace_bits(residuals, torch.full_like(residuals, s))) for s in scale_table()]
-        return min(range(SCALE_COUNT), key=costs.__getitem__)
-
-
-def _guard_bytes(stream: bytes, shapes: Subbands) -> int:
-    """Zeros to append so that a damaged stream can never make rANS read past its buffer.
-
-    CompressAI's decoder does not check bounds. A valid stream needs none of this; for
-    garbage, zeros decode as the first table entry (at most one 32-bit refill per
-    symbol), and escapes can consume at most a bounded multiple of the stream's own bits.
-    """
-    symbols = shapes.low.numel() + sum(band.numel() for level in shapes.details for band in level)
-    return 4 * symbols + 32 * len(stream) + 64
+        residuals = _dpcm(low).flatten()
+        costs = [float(self.tables.bits(residuals, torch.full_like(residuals, i, dtype=torch.long)).sum())
+                 for i in range(TABLE_COUNT)]
+        return min(range(TABLE_COUNT), key=costs.__getitem__)
 
 
 def _laplace_bits(values: Tensor, scale: Tensor) -> Tensor:

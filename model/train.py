@@ -1,13 +1,17 @@
 """`mvmic train codec`: stage-1 (rate) training of MVMICNet's entropy model.
 
-    train split frames --random crop, flip, transpose--> planes (as the codec sees them)
+    train split frames --random crops, flips, transpose--> a batch of planes (as the codec sees them)
       --CDF 9/7 analysis, quantiser step from a random quality code-->
       integer subbands --SubbandContextModel.detail_bits--> bits per pixel --Adam--> update
 
 With the CDF 9/7 transform fixed, distortion depends only on the quantiser step,
 so minimising the ideal code length at random steps is rate-distortion training at
-every operating point at once. Checkpoints (model, optimiser, step, RNG) are written
+every operating point at once. The loss is log2 of the rate: BD-rate averages log-rate
+differences, and a plain bit count would let the high rates (tens of times more bits)
+drown the low ones. Checkpoints (model, optimiser, step, RNG) are written
 every ``checkpoint_seconds`` and at the end; ``--resume`` continues from one.
+Exporting fits the coding tables to the symbols each table index receives on the
+train split (model.entropy_coder) and writes the weights with their manifest.
 """
 
 from __future__ import annotations
@@ -26,13 +30,16 @@ from tqdm import tqdm
 
 from model.codec import MAX_LEVELS, MODEL_ID, plane_offset, to_planes
 from model.context_model import SubbandContextModel
-from model.lifting import analysis, max_levels
+from model.entropy_coder import SCALE_MAX, TABLE_COUNT, CodingTables, table_radius
+from model.lifting import Subbands, analysis, max_levels
 from model.subbands import quantize
 from mvmic.corpus.manifest import Manifest
 
 CROP = 256
 CODE_RANGE = (4, 100)  # quantiser steps 2**-0.5 .. 2**-12.5 of the native range
 VALIDATION_CODES = (40, 64, 88)
+RATE_FLOOR = 1e-3  # bits per pixel; keeps the log loss finite on crops of empty background
+TABLE_FIT_CODES = tuple(range(4, 101, 12))  # the rates whose symbols the shipped tables are fitted to
 
 
 @dataclass
@@ -42,6 +49,8 @@ class TrainConfig:
     minutes: float
     resume: bool = False
     learning_rate: float = 2e-3
+    batch: int = 1
+    device: str = "cpu"
     checkpoint_seconds: float = 120.0
     validate_every: int = 500
     seed: int = 0
@@ -60,25 +69,33 @@ def load_planes(corpus_dir: Path, split: str) -> list[torch.Tensor]:
     return planes
 
 
-def random_crop(plane: torch.Tensor, rng: random.Random) -> torch.Tensor:
-    rows, columns = plane.shape
-    height, width = min(rows, CROP), min(columns, CROP)
-    top, left = rng.randint(0, rows - height), rng.randint(0, columns - width)
-    crop = plane[top : top + height, left : left + width]
-    if rng.random() < 0.5:
-        crop = crop.flip(-1)
-    if rng.random() < 0.5:
-        crop = crop.flip(-2)
-    if rng.random() < 0.5:
-        crop = crop.T
-    return crop.contiguous()
+def random_batch(planes: list[torch.Tensor], size: int, rng: random.Random) -> torch.Tensor:
+    """``size`` random crops, (size, 1, H, W), of one shape: the largest all chosen planes allow."""
+    chosen = [rng.choice(planes) for _ in range(size)]
+    height = min(CROP, *(p.shape[0] for p in chosen))
+    width = min(CROP, *(p.shape[1] for p in chosen))
+    transpose = height == width and rng.random() < 0.5
+    crops = []
+    for plane in chosen:
+        top, left = rng.randint(0, plane.shape[0] - height), rng.randint(0, plane.shape[1] - width)
+        crop = plane[top : top + height, left : left + width]
+        if rng.random() < 0.5:
+            crop = crop.flip(-1)
+        if rng.random() < 0.5:
+            crop = crop.flip(-2)
+        crops.append(crop.T if transpose else crop)
+    return torch.stack(crops)[:, None].contiguous()
 
 
-def bits_per_pixel(model: SubbandContextModel, plane: torch.Tensor, code: int) -> torch.Tensor:
-    levels = min(MAX_LEVELS, max_levels(*plane.shape))
+def quantized_subbands(planes: torch.Tensor, code: int) -> Subbands:
+    levels = min(MAX_LEVELS, max_levels(*planes.shape[-2:]))
     with torch.no_grad():
-        q = quantize(analysis(plane[None, None], levels), 2.0 ** (-code / 8))
-    return model.detail_bits(q, code) / plane.numel()
+        return quantize(analysis(planes, levels), 2.0 ** (-code / 8))
+
+
+def bits_per_pixel(model: SubbandContextModel, planes: torch.Tensor, code: int) -> torch.Tensor:
+    """Mean ideal code length of the detail bands of (N, 1, H, W) planes."""
+    return model.detail_bits(quantized_subbands(planes, code), code) / planes.numel()
 
 
 def validate(model: SubbandContextModel, planes: list[torch.Tensor]) -> dict[int, float]:
@@ -86,7 +103,8 @@ def validate(model: SubbandContextModel, planes: list[torch.Tensor]) -> dict[int
     result = {}
     with torch.no_grad():
         for code in VALIDATION_CODES:
-            values = [float(bits_per_pixel(model, _centre_crop(p), code)) for p in planes if min(p.shape) >= 16]
+            values = [float(bits_per_pixel(model, _centre_crop(p)[None, None], code))
+                      for p in planes if min(p.shape) >= 16]
             result[code] = sum(values) / len(values)
     return result
 
@@ -100,7 +118,8 @@ def _centre_crop(plane: torch.Tensor) -> torch.Tensor:
 def train(config: TrainConfig) -> dict:
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
-    model = SubbandContextModel()
+    device = torch.device(config.device)
+    model = SubbandContextModel().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     state = {"step": 0, "history": []}
     if config.resume and config.checkpoint.exists():
@@ -108,23 +127,24 @@ def train(config: TrainConfig) -> dict:
     for group in optimizer.param_groups:  # a resumed run may continue with a smaller step
         group["lr"] = config.learning_rate
     state.setdefault("commands", []).append(config.command)
-    train_planes = [p for p in load_planes(config.corpus_dir, "train") if min(p.shape) >= 16]
-    val_planes = load_planes(config.corpus_dir, "val")
+    train_planes = [p.to(device) for p in load_planes(config.corpus_dir, "train") if min(p.shape) >= 16]
+    val_planes = [p.to(device) for p in load_planes(config.corpus_dir, "val")]
     deadline = time.monotonic() + 60 * config.minutes
     last_save = time.monotonic()
     progress = tqdm(desc="train codec", unit="step", initial=state["step"], mininterval=10)
     running = None
     while time.monotonic() < deadline:
-        plane = random_crop(rng.choice(train_planes), rng)
+        planes = random_batch(train_planes, config.batch, rng)
         code = rng.randint(*CODE_RANGE)
-        loss = bits_per_pixel(model, plane, code)
+        rate = bits_per_pixel(model, planes, code)
+        loss = torch.log2(rate + RATE_FLOOR)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         state["step"] += 1
-        running = float(loss) if running is None else 0.98 * running + 0.02 * float(loss)
+        running = rate.item() if running is None else 0.98 * running + 0.02 * rate.item()
         progress.update()
-        progress.set_postfix(bpp=f"{running:.3f}")
+        progress.set_postfix(bpp=f"{running:.3f}", refresh=False)
         if state["step"] % config.validate_every == 0:
             state["history"].append({"step": state["step"], "val_bpp": validate(model, val_planes)})
             progress.write(f"step {state['step']}: validation bpp {state['history'][-1]['val_bpp']}")
@@ -146,21 +166,36 @@ def _save_checkpoint(path: Path, model, optimizer, rng: random.Random, state: di
 
 
 def _load_checkpoint(path: Path, model, optimizer, rng: random.Random) -> dict:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     rng.setstate(checkpoint["rng"])
-    torch.set_rng_state(checkpoint["torch_rng"])
+    torch.set_rng_state(checkpoint["torch_rng"].cpu())
     return checkpoint["state"]
 
 
+def fit_tables(model: SubbandContextModel, planes: list[torch.Tensor]) -> CodingTables:
+    """Coding tables refitted to the symbols each index gets on ``planes`` at TABLE_FIT_CODES."""
+    radius = table_radius(SCALE_MAX)
+    counts = torch.zeros(TABLE_COUNT, 2 * radius + 1, dtype=torch.float64)
+    for plane in tqdm(planes, desc="fit tables", unit="plane", mininterval=10):
+        for code in TABLE_FIT_CODES:
+            for symbols, indexes in model.assigned_indexes(quantized_subbands(plane[None, None], code), code):
+                inside = symbols.abs() <= radius
+                flat = indexes[inside].long().cpu() * (2 * radius + 1) + symbols[inside].long().cpu() + radius
+                counts.view(-1).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float64))
+    return CodingTables.fitted(counts)
+
+
 def export_weights(checkpoint: Path, out: Path, command: str, corpus_dir: Path) -> str:
-    """Write the model of a checkpoint as a weights file with its manifest; return its sha256."""
+    """Write the model of a checkpoint, with tables fitted on the train split, as a weights file
+    with its manifest; return its sha256."""
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
     model = SubbandContextModel()
     model.load_state_dict(saved["model"])
     for net in model.nets:
         net.snap()
+    model.set_tables(fit_tables(model, [p for p in load_planes(corpus_dir, "train") if min(p.shape) >= 16]))
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out)
     sha256 = hashlib.sha256(out.read_bytes()).hexdigest()

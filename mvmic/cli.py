@@ -84,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     codec.add_argument("--minutes", type=float, default=30.0, help="training time (default: %(default)s)")
     codec.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     codec.add_argument("--learning-rate", type=float, default=2e-3, help="Adam step size (default: %(default)s)")
+    codec.add_argument("--batch", type=int, default=1, help="crops per step (default: %(default)s)")
+    codec.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: %(default)s)")
     codec.add_argument("--export", type=Path, default=None, metavar="WEIGHTS",
                        help="after training, write the model as this weights file")
     codec.set_defaults(run=_train_codec)
@@ -148,7 +150,8 @@ def _train_codec(args: argparse.Namespace) -> int:
 
     command = "mvmic " + " ".join(sys.argv[1:])
     state = train(TrainConfig(corpus_dir=args.corpus, checkpoint=args.checkpoint, minutes=args.minutes,
-                              resume=args.resume, learning_rate=args.learning_rate, command=command))
+                              resume=args.resume, learning_rate=args.learning_rate, batch=args.batch,
+                              device=args.device, command=command))
     print(f"step {state['step']}: validation bits per pixel {state['history'][-1]['val_bpp']}")
     if args.export:
         print(f"weights {args.export} sha256 {export_weights(args.checkpoint, args.export, command, args.corpus)}")

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from model.context_model import PHASES, decoded_mask, phase_mask
+from model.entropy_coder import PRECISION, TABLE_COUNT, CodingTables, RansReader, RansWriter, scale_table
 from model.integer_net import IndexNetwork
 from model.lifting import analysis, max_levels, synthesis
 from model.subbands import band_gains, dequantize, quantize
@@ -84,3 +86,39 @@ def test_index_network_refuses_fractional_features() -> None:
     net = IndexNetwork(in_channels=1, hidden=4, table_size=8)
     with pytest.raises(ValueError, match="integers"):
         net.indexes(torch.full((1, 1, 4, 4), 0.5, dtype=torch.float64))
+
+
+def test_the_four_passes_cover_a_band_once_and_see_only_earlier_passes() -> None:
+    shape = torch.Size([7, 6])
+    masks = [phase_mask(shape, phase) for phase in range(len(PHASES))]
+    assert torch.equal(sum(m.int() for m in masks), torch.ones(7, 6, dtype=torch.int32))
+    for phase, mask in enumerate(masks):
+        assert not (decoded_mask(shape, phase) & mask).any()
+        assert int(decoded_mask(shape, phase).sum()) == sum(int(m.sum()) for m in masks[:phase])
+
+
+def test_fitted_tables_are_valid_cdfs_and_cheaper_on_the_data_they_fit() -> None:
+    generator = torch.Generator().manual_seed(0)
+    # Gaussian symbols of scale ~3 all land on one index: a Laplacian fits them less well than their own counts.
+    index = min(range(TABLE_COUNT), key=lambda i: abs(scale_table()[i] - 3.0))
+    symbols = torch.round(3.0 * torch.randn(50_000, generator=generator, dtype=torch.float64))
+    radius = 5000
+    counts = torch.zeros(TABLE_COUNT, 2 * radius + 1, dtype=torch.float64)
+    counts[index].index_add_(0, symbols.long() + radius, torch.ones_like(symbols))
+    laplacian, fitted = CodingTables.laplacian(), CodingTables.fitted(counts)
+    for tables in (laplacian, fitted):
+        for row, length in zip(tables.cdfs, tables.lengths, strict=True):
+            cdf = row[: int(length)]
+            assert int(cdf[0]) == 0 and int(cdf[-1]) == 1 << PRECISION and bool((cdf.diff() >= 1).all())
+    indexes = torch.full_like(symbols, index, dtype=torch.long)
+    assert float(fitted.bits(symbols, indexes).sum()) < 0.98 * float(laplacian.bits(symbols, indexes).sum())
+
+
+def test_rans_round_trips_symbols_far_outside_their_table() -> None:
+    tables = CodingTables.laplacian()
+    symbols = torch.tensor([0, 1, -1, 3, -70_000, 123_456, 0, 2], dtype=torch.float64)
+    indexes = torch.tensor([0, 0, 5, 10, 0, 71, 40, 20])
+    writer = RansWriter(tables)
+    writer.write(symbols, indexes)
+    stream = writer.finish()
+    assert torch.equal(RansReader(tables, stream, len(symbols)).read(indexes), symbols)

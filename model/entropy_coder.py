@@ -1,0 +1,159 @@
+"""Coding tables and CompressAI's rANS coder: integer symbols + table indexes <-> bytes.
+
+    table index i --> pmf over -R_i..R_i (+ an escape bin) --> 16-bit integer CDF --> rANS
+
+A table is a discrete distribution of one quantised coefficient. The tables start as
+discretised Laplacians of geometric scales and are then refitted to the symbols that
+the context model actually assigns to each index in the training data, which also
+absorbs what a Laplacian misses (the quantiser's wider zero bin, Gaussian-like noise).
+The integer CDFs are stored inside the weights file, so an encoder and a decoder never
+rebuild them from floats and cannot disagree. Values outside a table's range take the
+escape bin and are then written raw (CompressAI's bypass coding).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+PRECISION = 16  # CompressAI's rANS works with CDFs that sum to 2**16
+TAIL_MASS = 1e-9  # Laplace mass left outside a table's range
+SCALE_MIN, SCALE_MAX, TABLE_COUNT = 0.02, 256.0, 72  # small scales make runs of zeros nearly free
+PRIOR_COUNT = 64.0  # pseudo-observations of the Laplacian behind every fitted table
+
+
+def scale_table() -> list[float]:
+    ratio = (SCALE_MAX / SCALE_MIN) ** (1 / (TABLE_COUNT - 1))
+    return [SCALE_MIN * ratio**k for k in range(TABLE_COUNT)]
+
+
+def table_radius(scale: float) -> int:
+    """Largest |symbol| a table of this Laplace scale codes without escaping."""
+    return max(1, math.ceil(-math.log(TAIL_MASS) * scale))
+
+
+def laplace_pmf(scale: float, radius: int) -> np.ndarray:
+    """Probabilities of the integers -radius..radius under a Laplacian of ``scale``."""
+    edges = np.arange(-radius, radius + 2, dtype=np.float64) - 0.5
+    cdf = np.where(edges < 0, 0.5 * np.exp(np.minimum(edges, 0) / scale),
+                   1 - 0.5 * np.exp(-np.maximum(edges, 0) / scale))
+    return np.diff(cdf)
+
+
+def quantized_cdf(pmf: np.ndarray) -> np.ndarray:
+    """Integer CDF (length len(pmf) + 2, last entry 2**PRECISION) of ``pmf`` plus an escape bin.
+
+    Every bin gets at least one count, so any symbol stays codable; the rounding slack
+    goes to the most probable bin. Pure integer arithmetic after one float scaling.
+    """
+    total = 1 << PRECISION
+    probabilities = np.append(pmf / pmf.sum(), 0.0)  # the escape bin
+    bins = len(probabilities)
+    if bins >= total:
+        raise ValueError(f"a table of {bins} bins does not fit {PRECISION}-bit precision")
+    frequencies = np.floor(probabilities * (total - bins)).astype(np.int64) + 1
+    frequencies[np.argmax(frequencies)] += total - int(frequencies.sum())
+    return np.concatenate([[0], np.cumsum(frequencies)]).astype(np.int32)
+
+
+@dataclass
+class CodingTables:
+    """The integer tables rANS codes with, as stored in the weights file."""
+
+    cdfs: Tensor  # int32 (TABLE_COUNT, longest CDF), zero padded
+    lengths: Tensor  # int32 (TABLE_COUNT,): CDF length = pmf length + 2
+    offsets: Tensor  # int32 (TABLE_COUNT,): the symbol of each pmf's first entry
+
+    @classmethod
+    def from_pmfs(cls, pmfs: list[np.ndarray]) -> CodingTables:
+        """Tables from symmetric pmfs of odd length (centred on symbol 0)."""
+        rows = [quantized_cdf(pmf) for pmf in pmfs]
+        cdfs = np.zeros((len(rows), max(len(r) for r in rows)), dtype=np.int32)
+        for index, row in enumerate(rows):
+            cdfs[index, : len(row)] = row
+        return cls(torch.from_numpy(cdfs), torch.tensor([len(r) for r in rows], dtype=torch.int32),
+                   torch.tensor([-(len(p) // 2) for p in pmfs], dtype=torch.int32))
+
+    @classmethod
+    def laplacian(cls) -> CodingTables:
+        return cls.from_pmfs([laplace_pmf(s, table_radius(s)) for s in scale_table()])
+
+    @classmethod
+    def fitted(cls, counts: Tensor) -> CodingTables:
+        """Tables fitted to symbol counts, (TABLE_COUNT, 2 * R + 1) for symbols -R..R.
+
+        Counts are made symmetric (the sign of a wavelet coefficient is a coin flip)
+        and smoothed with PRIOR_COUNT observations of each table's Laplacian, so rare
+        large symbols keep a sensible cost.
+        """
+        counts = counts.double().cpu().numpy()
+        centre = counts.shape[1] // 2
+        pmfs = []
+        for index, scale in enumerate(scale_table()):
+            radius = min(table_radius(scale), centre)
+            observed = counts[index, centre - radius : centre + radius + 1]
+            observed = 0.5 * (observed + observed[::-1])
+            prior = laplace_pmf(scale, radius)
+            pmfs.append(observed + PRIOR_COUNT * prior / prior.sum())
+        return cls.from_pmfs(pmfs)
+
+    def bits(self, symbols: Tensor, indexes: Tensor) -> Tensor:
+        """Code length in bits of each symbol under its table (escapes cost their bin plus ~20 bits)."""
+        indexes = indexes.long()
+        position = symbols.long() - self.offsets.to(symbols.device)[indexes].long()
+        last = self.lengths.to(symbols.device)[indexes].long() - 2  # the escape bin
+        escaped = (position < 0) | (position >= last)
+        position = torch.where(escaped, last, position)
+        cdfs = self.cdfs.to(symbols.device)
+        frequency = cdfs[indexes, position + 1] - cdfs[indexes, position]
+        return PRECISION - torch.log2(frequency.double()) + 20.0 * escaped
+
+    def state(self) -> dict[str, Tensor]:
+        return {"cdfs": self.cdfs, "lengths": self.lengths, "offsets": self.offsets}
+
+    def as_lists(self) -> tuple[list[list[int]], list[int], list[int]]:
+        """What CompressAI's coder takes; converted once per set of weights (it is slow)."""
+        if not hasattr(self, "_lists"):
+            lengths = self.lengths.tolist()
+            self._lists = ([row[:n] for row, n in zip(self.cdfs.tolist(), lengths, strict=True)],
+                           lengths, self.offsets.tolist())
+        return self._lists
+
+
+class RansWriter:
+    """Symbols with their table indexes in, one rANS byte string out."""
+
+    def __init__(self, tables: CodingTables) -> None:
+        from compressai.ans import BufferedRansEncoder  # the C++ coder is only needed to code
+
+        self.tables, self.encoder = tables, BufferedRansEncoder()
+
+    def write(self, symbols: Tensor, indexes: Tensor) -> None:
+        cdfs, lengths, offsets = self.tables.as_lists()
+        self.encoder.encode_with_indexes(symbols.to(torch.int32).tolist(), indexes.to(torch.int32).tolist(),
+                                         cdfs, lengths, offsets)
+
+    def finish(self) -> bytes:
+        return self.encoder.flush()
+
+
+class RansReader:
+    """The inverse of :class:`RansWriter`; ``symbol_count`` bounds the symbols it will be asked for."""
+
+    def __init__(self, tables: CodingTables, stream: bytes, symbol_count: int) -> None:
+        from compressai.ans import RansDecoder
+
+        self.tables, self.decoder = tables, RansDecoder()
+        # CompressAI's decoder does not check bounds. A valid stream needs none of this;
+        # for garbage, zeros decode as the first table entry (at most one 32-bit refill
+        # per symbol), and escapes consume at most a bounded multiple of the stream's bits.
+        self.decoder.set_stream(stream + bytes(4 * symbol_count + 32 * len(stream) + 64))
+
+    def read(self, indexes: Tensor) -> Tensor:
+        cdfs, lengths, offsets = self.tables.as_lists()
+        values = self.decoder.decode_stream(indexes.to(torch.int32).tolist(), cdfs, lengths, offsets)
+        return torch.tensor(values, dtype=torch.float64)
