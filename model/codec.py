@@ -89,10 +89,8 @@ class MvmicCodec:
 
     def _encode_frame(self, frame: np.ndarray, fmt: PixelFormat, code: int) -> bytes:
         parts = []
-        for plane in to_planes(frame, fmt):
-            normalised = torch.from_numpy((plane - plane_offset(fmt, len(parts))) / 2.0**fmt.bits_stored)
-            image = normalised[None, None]
-            bands = quantize(analysis(image, _levels(*plane.shape)), step_of(code))
+        for plane in normalised_planes(frame, fmt):
+            bands = quantize(analysis(torch.from_numpy(plane)[None, None], _levels(*plane.shape)), step_of(code))
             parts.append(self.context.encode(bands, code))
         return pack_payloads(parts)
 
@@ -152,6 +150,11 @@ def to_planes(frame: np.ndarray, fmt: PixelFormat) -> list[np.ndarray]:
     red, green, blue = values[..., 0], values[..., 1], values[..., 2]
     luma = (red + 2 * green + blue) >> 2
     return [p.astype(np.float64) for p in (luma, blue - green, red - green)]
+
+
+def normalised_planes(frame: np.ndarray, fmt: PixelFormat) -> list[np.ndarray]:
+    """The planes the wavelet sees: (value - offset) / 2**BitsStored, float64."""
+    return [(plane - plane_offset(fmt, index)) / 2.0**fmt.bits_stored for index, plane in enumerate(to_planes(frame, fmt))]
 
 
 def from_planes(planes: list[np.ndarray], fmt: PixelFormat) -> np.ndarray:

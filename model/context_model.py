@@ -32,7 +32,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from model.entropy_coder import SCALE_MAX, SCALE_MIN, TABLE_COUNT, CodingTables, RansReader, RansWriter
+from model.entropy_coder import (
+    SCALE_MAX,
+    SCALE_MIN,
+    TABLE_COUNT,
+    CodingTables,
+    RansReader,
+    RansWriter,
+    laplace_cdf,
+)
 from model.integer_net import IndexNetwork
 from model.lifting import Subbands
 
@@ -172,13 +180,9 @@ class SubbandContextModel(nn.Module):
 
 
 def _laplace_bits(values: Tensor, scale: Tensor) -> Tensor:
-    upper = _laplace_cdf((values.abs() + 0.5) / scale)
-    lower = _laplace_cdf((values.abs() - 0.5) / scale)
+    upper = laplace_cdf((values.abs() + 0.5) / scale)
+    lower = laplace_cdf((values.abs() - 0.5) / scale)
     return -torch.log2(torch.clamp(upper - lower, min=1e-9)).sum()
-
-
-def _laplace_cdf(x: Tensor) -> Tensor:
-    return torch.where(x < 0, 0.5 * torch.exp(torch.clamp(x, max=0)), 1 - 0.5 * torch.exp(-torch.clamp(x, min=0)))
 
 
 def _upsample(plane: Tensor) -> Tensor:

@@ -36,12 +36,15 @@ def table_radius(scale: float) -> int:
     return max(1, math.ceil(-math.log(TAIL_MASS) * scale))
 
 
+def laplace_cdf(x: Tensor) -> Tensor:
+    """CDF of the unit Laplacian, differentiable (training) and exact at any |x| (tables)."""
+    return torch.where(x < 0, 0.5 * torch.exp(torch.clamp(x, max=0)), 1 - 0.5 * torch.exp(-torch.clamp(x, min=0)))
+
+
 def laplace_pmf(scale: float, radius: int) -> np.ndarray:
     """Probabilities of the integers -radius..radius under a Laplacian of ``scale``."""
-    edges = np.arange(-radius, radius + 2, dtype=np.float64) - 0.5
-    cdf = np.where(edges < 0, 0.5 * np.exp(np.minimum(edges, 0) / scale),
-                   1 - 0.5 * np.exp(-np.maximum(edges, 0) / scale))
-    return np.diff(cdf)
+    edges = torch.arange(-radius, radius + 2, dtype=torch.float64) - 0.5
+    return torch.diff(laplace_cdf(edges / scale)).numpy()
 
 
 def quantized_cdf(pmf: np.ndarray) -> np.ndarray:

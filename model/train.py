@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.codec import MAX_LEVELS, MODEL_ID, plane_offset, to_planes
+from model.codec import MAX_LEVELS, MODEL_ID, normalised_planes
 from model.context_model import SubbandContextModel
 from model.entropy_coder import SCALE_MAX, TABLE_COUNT, CodingTables, table_radius
 from model.lifting import Subbands, analysis, max_levels
@@ -63,9 +63,7 @@ def load_planes(corpus_dir: Path, split: str) -> list[torch.Tensor]:
     for entry in Manifest.load(corpus_dir / "manifest.json").select(split):
         image = entry.read(corpus_dir)
         for frame in range(image.frames):
-            for index, plane in enumerate(to_planes(image.frame(frame), image.format)):
-                normalised = (plane - plane_offset(image.format, index)) / 2.0**image.format.bits_stored
-                planes.append(torch.from_numpy(normalised.astype(np.float32)))
+            planes += [torch.from_numpy(p.astype(np.float32)) for p in normalised_planes(image.frame(frame), image.format)]
     return planes
 
 
