@@ -59,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     speed.add_argument("--quality", type=int, default=4, help="MVMICNet quality 1..8 (default: %(default)s)")
     speed.add_argument("--repeat", type=int, default=5, help="timed runs per codec (default: %(default)s)")
     speed.set_defaults(run=_bench_speed)
+    memory = bench.add_parser("memory", help="peak memory of MVMICNet on 2000x2000 and 3000x2600 radiographs")
+    memory.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder (default: %(default)s)")
+    memory.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "memory", help="output folder")
+    memory.set_defaults(run=_bench_memory)
 
     compress = commands.add_parser("compress", help="DICOM -> .mvm bitstream")
     compress.add_argument("source", type=Path, metavar="IN.dcm")
@@ -162,6 +166,13 @@ def _bench_speed(args: argparse.Namespace) -> int:
     from bench.speed import run_speed_benchmark
 
     run_speed_benchmark(args.corpus, args.out, args.quality, args.repeat)
+    return 0
+
+
+def _bench_memory(args: argparse.Namespace) -> int:
+    from bench.memory import run_memory_benchmark
+
+    run_memory_benchmark(args.corpus, args.out)
     return 0
 
 
