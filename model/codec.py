@@ -24,7 +24,7 @@ import torch
 
 from model.bitstream import Bitstream, Layer, LayerKind, fingerprint, pack_payloads, unpack_payloads
 from model.context_model import SubbandContextModel
-from model.lifting import analysis, max_levels, synthesis, zero_subbands
+from model.lifting import Subbands, analysis, max_levels, synthesis, zero_subbands
 from model.subbands import dequantize, quantize
 from mvmic.pixels import NativeImage, PixelFormat
 
@@ -97,11 +97,7 @@ class MvmicCodec:
     # -- decoding -----------------------------------------------------------------------------------
     def decompress(self, stream: Bitstream) -> np.ndarray:
         """Stored values, (frames, rows, columns, samples), in the image's own dtype."""
-        if not MIN_CODE <= stream.quality <= MAX_CODE:
-            raise ValueError(f"quality code {stream.quality} out of range {MIN_CODE}..{MAX_CODE}")
-        if stream.rows * stream.columns * stream.samples_per_pixel > MAX_SAMPLES_PER_FRAME:
-            raise ValueError(f"frames of {stream.rows} x {stream.columns} x {stream.samples_per_pixel} "
-                             f"exceed this decoder's limit of {MAX_SAMPLES_PER_FRAME} samples")
+        _check_decodable(stream)
         fmt = stream.pixel_format
         frames = [self._decode_frame(layer.payload, stream, fmt) for layer in _base_layers(stream)]
         return np.stack(frames)
@@ -120,6 +116,30 @@ class MvmicCodec:
         return from_planes(planes, fmt)
 
 
+    def decode_coarse(self, stream: Bitstream, skipped_levels: int = 1) -> list[torch.Tensor]:
+        """Partial decoding for analysis: per frame, the low band ``skipped_levels`` levels above
+        full resolution, (1, 1, H', W') in normalised units, from the first plane (luma for colour).
+        The skipped finest levels are not even entropy decoded."""
+        _check_decodable(stream)
+        levels = _levels(stream.rows, stream.columns)
+        if levels < skipped_levels:
+            raise ValueError(f"a {stream.rows} x {stream.columns} image has {levels} wavelet levels, "
+                             f"too few to skip {skipped_levels}")
+        shapes = zero_subbands(stream.rows, stream.columns, levels)
+        coarse = []
+        for layer in _base_layers(stream):
+            bands = self.context.decode(unpack_payloads(layer.payload)[0], shapes, stream.quality,
+                                        levels=levels - skipped_levels)
+            coarse.append(coarse_reconstruction(bands, stream.quality, skipped_levels))
+        return coarse
+
+
+def coarse_reconstruction(bands: Subbands, code: int, skipped_levels: int) -> torch.Tensor:
+    """The low band ``skipped_levels`` above full resolution, from integer subbands (first synthesis steps)."""
+    kept = len(bands.details) - skipped_levels
+    return synthesis(dequantize(Subbands(bands.low, bands.details[:kept]), step_of(code)))
+
+
 def _check_codeable(pixels: np.ndarray, fmt: PixelFormat) -> None:
     if fmt.photometric not in CODEABLE_PHOTOMETRICS:
         raise CodecInputError(f"PhotometricInterpretation {fmt.photometric} cannot be coded lossily "
@@ -127,6 +147,14 @@ def _check_codeable(pixels: np.ndarray, fmt: PixelFormat) -> None:
     rows, columns = pixels.shape[1:3]
     if min(rows, columns) < 2:
         raise CodecInputError(f"image of {rows} x {columns} pixels is too small (at least 2 x 2)")
+
+
+def _check_decodable(stream: Bitstream) -> None:
+    if not MIN_CODE <= stream.quality <= MAX_CODE:
+        raise ValueError(f"quality code {stream.quality} out of range {MIN_CODE}..{MAX_CODE}")
+    if stream.rows * stream.columns * stream.samples_per_pixel > MAX_SAMPLES_PER_FRAME:
+        raise ValueError(f"frames of {stream.rows} x {stream.columns} x {stream.samples_per_pixel} "
+                         f"exceed this decoder's limit of {MAX_SAMPLES_PER_FRAME} samples")
 
 
 def _levels(rows: int, columns: int) -> int:

@@ -153,8 +153,10 @@ class SubbandContextModel(nn.Module):
             writer.write(symbols, indexes)
         return bytes([low_index]) + writer.finish()
 
-    def decode(self, data: bytes, shapes: Subbands, step_code: int) -> Subbands:
-        """Integer subbands from ``data``; ``shapes`` gives the band sizes (its values are ignored)."""
+    def decode(self, data: bytes, shapes: Subbands, step_code: int, levels: int | None = None) -> Subbands:
+        """Integer subbands from ``data``; ``shapes`` gives the band sizes (its values are ignored).
+        With ``levels``, only the coarsest that many detail levels are decoded (the finer ones come
+        later in the stream and stay zero): partial decoding for analysis."""
         if not data:
             raise ValueError("empty subband stream")
         low_index, stream = data[0], data[1:]
@@ -166,6 +168,8 @@ class SubbandContextModel(nn.Module):
         q = Subbands(low=_undo_dpcm(low.reshape(shapes.low.shape)),
                      details=[tuple(torch.zeros_like(b) for b in level) for level in shapes.details])
         for where in coding_order(len(q.details)):
+            if levels is not None and where.level >= levels:
+                break
             band = q.details[where.level][where.orientation][:, 0]
             indexes = self.nets[where.orientation].indexes(self.features(q, where, step_code))
             mask = self.pass_mask(band, where)

@@ -121,7 +121,7 @@ def train(config: TrainConfig) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     state = {"step": 0, "history": []}
     if config.resume and config.checkpoint.exists():
-        state = _load_checkpoint(config.checkpoint, model, optimizer, rng)
+        state = load_checkpoint(config.checkpoint, model, optimizer, rng)
     for group in optimizer.param_groups:  # a resumed run may continue with a smaller step
         group["lr"] = config.learning_rate
     state.setdefault("commands", []).append(config.command)
@@ -147,15 +147,15 @@ def train(config: TrainConfig) -> dict:
             state["history"].append({"step": state["step"], "val_bpp": validate(model, val_planes)})
             progress.write(f"step {state['step']}: validation bpp {state['history'][-1]['val_bpp']}")
         if time.monotonic() - last_save > config.checkpoint_seconds:
-            _save_checkpoint(config.checkpoint, model, optimizer, rng, state)
+            save_checkpoint(config.checkpoint, model, optimizer, rng, state)
             last_save = time.monotonic()
     progress.close()
     state["history"].append({"step": state["step"], "val_bpp": validate(model, val_planes)})
-    _save_checkpoint(config.checkpoint, model, optimizer, rng, state)
+    save_checkpoint(config.checkpoint, model, optimizer, rng, state)
     return state
 
 
-def _save_checkpoint(path: Path, model, optimizer, rng: random.Random, state: dict) -> None:
+def save_checkpoint(path: Path, model, optimizer, rng: random.Random, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
@@ -163,7 +163,7 @@ def _save_checkpoint(path: Path, model, optimizer, rng: random.Random, state: di
     partial.replace(path)  # never leave a half-written checkpoint
 
 
-def _load_checkpoint(path: Path, model, optimizer, rng: random.Random) -> dict:
+def load_checkpoint(path: Path, model, optimizer, rng: random.Random) -> dict:
     checkpoint = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
@@ -194,24 +194,32 @@ def export_weights(checkpoint: Path, out: Path, command: str, corpus_dir: Path) 
     for net in model.nets:
         net.snap()
     model.set_tables(fit_tables(model, [p for p in load_planes(corpus_dir, "train") if min(p.shape) >= 16]))
+    return write_weights(model.state_dict(), out, command, saved["state"], corpus_dir, {
+        "model_id": MODEL_ID,
+        "validation_bits_per_pixel": saved["state"]["history"][-1]["val_bpp"],
+        "test_metrics": None,  # written by `mvmic bench rd` for these weights
+    })
+
+
+def write_weights(state_dict: dict, out: Path, command: str, training_state: dict, corpus_dir: Path,
+                  details: dict) -> str:
+    """Save ``state_dict`` as a weights file with its JSON manifest beside it; return its sha256."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out)
+    torch.save(state_dict, out)
     sha256 = hashlib.sha256(out.read_bytes()).hexdigest()
     manifest = Manifest.load(corpus_dir / "manifest.json")
     record = {
-        "model_id": MODEL_ID,
         "file": out.name,
         "sha256": sha256,
         "command": command,
-        "training_commands": saved["state"].get("commands", []),
+        "training_commands": training_state.get("commands", []),
         "git_commit": _git_commit(),
-        "trained_steps": saved["state"]["step"],
+        "trained_steps": training_state["step"],
         "data": {"corpus_sources": manifest.sources,
                  "train_groups": sorted({e.group for e in manifest.select("train")}),
                  "train_slices": sum(e.frames for e in manifest.select("train")),
                  "validation_groups": sorted({e.group for e in manifest.select("val")})},
-        "validation_bits_per_pixel": saved["state"]["history"][-1]["val_bpp"],
-        "test_metrics": None,  # written by `mvmic bench rd` for these weights
+        **details,
     }
     out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
     return sha256

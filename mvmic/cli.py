@@ -94,6 +94,22 @@ def _parser() -> argparse.ArgumentParser:
                        help="after training, write the model as this weights file")
     codec.set_defaults(run=_train_codec)
 
+    for name, network, default_checkpoint, help_text in (
+            ("heads", "latent", "checkpoints/heads.pt", "stage 2: train the task heads on the frozen codec's latent"),
+            ("pixel-reference", "pixel", "checkpoints/pixel_reference.pt",
+             "train the pixel-domain reference network on uncompressed images")):
+        tasks = train.add_parser(name, help=help_text)
+        tasks.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder (default: %(default)s)")
+        tasks.add_argument("--checkpoint", type=Path, default=Path(default_checkpoint),
+                           help="checkpoint file (default: %(default)s)")
+        tasks.add_argument("--minutes", type=float, default=30.0, help="training time (default: %(default)s)")
+        tasks.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+        tasks.add_argument("--learning-rate", type=float, default=1e-3, help="Adam step size (default: %(default)s)")
+        tasks.add_argument("--batch", type=int, default=8, help="crops per step (default: %(default)s)")
+        tasks.add_argument("--export", type=Path, default=None, metavar="WEIGHTS",
+                           help="after training, write the network as this weights file with a manifest")
+        tasks.set_defaults(run=_train_tasks, network=network)
+
     serve = commands.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", default=None, help="bind address (default: MVMIC_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default: MVMIC_PORT or 8000)")
@@ -159,6 +175,19 @@ def _train_codec(args: argparse.Namespace) -> int:
     print(f"step {state['step']}: validation bits per pixel {state['history'][-1]['val_bpp']}")
     if args.export:
         print(f"weights {args.export} sha256 {export_weights(args.checkpoint, args.export, command, args.corpus)}")
+    return 0
+
+
+def _train_tasks(args: argparse.Namespace) -> int:
+    from model.tasks.train import TaskTrainConfig, export_task_weights, train_tasks
+
+    command = "mvmic " + " ".join(sys.argv[1:])
+    state = train_tasks(TaskTrainConfig(corpus_dir=args.corpus, checkpoint=args.checkpoint, network=args.network,
+                                        minutes=args.minutes, resume=args.resume, learning_rate=args.learning_rate,
+                                        batch=args.batch, command=command))
+    print(f"step {state['step']}: validation Dice {state['history'][-1]['val_dice']:.3f}")
+    if args.export:
+        print(f"weights {args.export} sha256 {export_task_weights(args.checkpoint, args.export, command, args.corpus)}")
     return 0
 
 
