@@ -63,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     memory.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder (default: %(default)s)")
     memory.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "memory", help="output folder")
     memory.set_defaults(run=_bench_memory)
+    tasks = bench.add_parser("tasks", help="lesion Dice/IoU/AP50 per rate: heads on the bitstream vs pixel routes")
+    tasks.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder (default: %(default)s)")
+    tasks.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "tasks", help="output folder")
+    tasks.add_argument("--heads", type=Path, default=None, help="task heads weights (default: the shipped ones)")
+    tasks.add_argument("--pixel-reference", type=Path, default=None,
+                       help="pixel reference weights (default: the shipped ones)")
+    tasks.set_defaults(run=_bench_tasks)
 
     compress = commands.add_parser("compress", help="DICOM -> .mvm bitstream")
     compress.add_argument("source", type=Path, metavar="IN.dcm")
@@ -72,7 +79,18 @@ def _parser() -> argparse.ArgumentParser:
     rate.add_argument("--target-bpp", type=float, help="largest quality within this many bits per pixel")
     rate.add_argument("--target-psnr", type=float, help="smallest quality reaching this PSNR (dB, native peak)")
     compress.add_argument("--weights", type=Path, default=None, help="weights file (default: the shipped one)")
+    compress.add_argument("--analysis", type=Path, default=None, metavar="OUT.json",
+                          help="also write the lesion analysis of the bitstream (as `mvmic analyze --json`)")
+    compress.add_argument("--heads", type=Path, default=None, help="task heads weights (default: the shipped ones)")
     compress.set_defaults(run=_compress)
+
+    analyze = commands.add_parser("analyze", help="lesion boxes and segmentation from a .mvm, without decoding pixels")
+    analyze.add_argument("source", type=Path, metavar="IN.mvm")
+    analyze.add_argument("--json", type=Path, default=None, metavar="OUT.json",
+                         help="write the analysis here and print only the boxes (default: print it all)")
+    analyze.add_argument("--weights", type=Path, default=None, help="weights file (default: the shipped one)")
+    analyze.add_argument("--heads", type=Path, default=None, help="task heads weights (default: the shipped ones)")
+    analyze.set_defaults(run=_analyze)
 
     decompress = commands.add_parser("decompress", help=".mvm bitstream -> DICOM")
     decompress.add_argument("source", type=Path, metavar="IN.mvm")
@@ -149,11 +167,35 @@ def _load_codec(weights: Path | None):
 def _compress(args: argparse.Namespace) -> int:
     from mvmic.transcode import dicom_to_mvm
 
-    result = dicom_to_mvm(args.source, _load_codec(args.weights), args.quality, args.target_bpp, args.target_psnr)
+    codec = _load_codec(args.weights)
+    result = dicom_to_mvm(args.source, codec, args.quality, args.target_bpp, args.target_psnr)
     args.target.write_bytes(result.data)
     print(f"{args.target}: {len(result.data)} bytes, {result.bits_per_pixel:.4f} bits per pixel, "
           f"ratio {result.ratio:.1f}:1, quality code {result.quality_code}")
+    if args.analysis:
+        _write_analysis(result.data, codec, args.heads, args.analysis)
     return 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    _write_analysis(args.source.read_bytes(), _load_codec(args.weights), args.heads, args.json)
+    return 0
+
+
+def _write_analysis(data: bytes, codec, heads: Path | None, target: Path | None) -> None:
+    import json
+
+    from model.tasks.analysis import DEFAULT_HEADS, Analyzer
+    from mvmic.transcode import analyze_mvm
+
+    document = analyze_mvm(data, Analyzer.load(codec, heads or DEFAULT_HEADS))
+    if target is None:
+        print(json.dumps(document))
+        return
+    target.write_text(json.dumps(document, indent=1) + "\n")
+    for frame in document["frames"]:
+        boxes = ", ".join(f"{b['label']} {b['score']:.2f} at {b['box']}" for b in frame["boxes"]) or "no lesion"
+        print(f"frame {frame['frame']}: {boxes}; {frame['segmented_pixels']} pixels segmented")
 
 
 def _decompress(args: argparse.Namespace) -> int:
@@ -202,6 +244,15 @@ def _bench_memory(args: argparse.Namespace) -> int:
     from bench.memory import run_memory_benchmark
 
     run_memory_benchmark(args.corpus, args.out)
+    return 0
+
+
+def _bench_tasks(args: argparse.Namespace) -> int:
+    from bench.tasks import DEFAULT_PIXEL_REFERENCE, run_tasks_benchmark
+    from model.tasks.analysis import DEFAULT_HEADS
+
+    run_tasks_benchmark(args.corpus, args.out, args.heads or DEFAULT_HEADS,
+                        args.pixel_reference or DEFAULT_PIXEL_REFERENCE)
     return 0
 
 

@@ -5,6 +5,8 @@
 
     .mvm --Bitstream.from_bytes(this model, these weights)--> decompress --> pixels
           + DICOM_HEADER layer --lossy_derivative--> DICOM (Explicit VR Little Endian)
+
+    .mvm --Bitstream.from_bytes--> Analyzer (partial decoding, task heads) --> analysis JSON
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pydicom.dataset import Dataset
 from model.bitstream import Bitstream, Layer, LayerKind, fingerprint
 from model.codec import MvmicCodec
 from model.rate_control import compress_at
+from model.tasks.analysis import Analyzer
 from mvmic.derivative import lossy_derivative
 from mvmic.pixels import DicomSource, NativeImage, PixelFormat, header_bytes, read_dicom, to_dataset
 
@@ -45,8 +48,7 @@ def dicom_to_mvm(source: DicomSource, codec: MvmicCodec, quality: int | None = N
 
 
 def mvm_to_dicom(data: bytes, codec: MvmicCodec) -> Dataset:
-    stream = Bitstream.from_bytes(data, expected_model_id=codec.model_id,
-                                  expected_fingerprint=fingerprint(codec.weights.sha256))
+    stream = _parse(data, codec)
     source = _source_header(stream)
     pixels = codec.decompress(stream)
     ratio = pixels.size * source.BitsAllocated / 8 / len(data)
@@ -54,6 +56,18 @@ def mvm_to_dicom(data: bytes, codec: MvmicCodec) -> Dataset:
                               f"Lossy compression with {codec.model_id}, quality code {stream.quality}")
     fmt = PixelFormat(stream.bits_stored, stream.signed, stream.samples_per_pixel, stream.photometric)
     return to_dataset(NativeImage(header=header, pixels=pixels, format=fmt))
+
+
+def analyze_mvm(data: bytes, analyzer: Analyzer) -> dict:
+    """The analysis document of a bitstream: lesion boxes and COCO-RLE segmentation per frame."""
+    stream = _parse(data, analyzer.codec)
+    return {"model_id": stream.model_id, "rows": stream.rows, "columns": stream.columns,
+            "quality_code": stream.quality, "frames": [frame.to_json() for frame in analyzer.analyze(stream)]}
+
+
+def _parse(data: bytes, codec: MvmicCodec) -> Bitstream:
+    return Bitstream.from_bytes(data, expected_model_id=codec.model_id,
+                                expected_fingerprint=fingerprint(codec.weights.sha256))
 
 
 def _source_header(stream: Bitstream) -> Dataset:

@@ -1,0 +1,185 @@
+"""`mvmic bench tasks`: lesion segmentation and detection per rate, from the bitstream and from pixels.
+
+    test split frame --synthetic lesions (fixed seed per frame)--> case   | real: frames with an expert lesion
+      per quality: MVMICNet .mvm --Analyzer (partial decoding, heads)-----> scores "MVMICNet heads"
+                               --decode--> pixels --PixelReference---------> scores "pixel ref on MVMICNet"
+                   JPEG 2000 at the same bits per pixel --decode--> pixels --PixelReference --> "pixel ref on JPEG 2000"
+      once: uncompressed pixels --PixelReference-------------------------> "pixel ref, uncompressed"
+    BD-rate at equal Dice: MVMICNet heads against the JPEG 2000 route
+    time per frame at the middle quality: analyse the bitstream vs decode then analyse pixels
+
+Scores are pooled over the set (model.tasks.evaluation). Tables in tasks.md, rows in tasks.json.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.bdrate import bd_rate
+from bench.codecs import CODECS, OperatingPoint, registered_codecs
+from model.codec import QUALITY_CODES, MvmicCodec, normalised_planes
+from model.tasks.analysis import DEFAULT_HEADS, Analyzer
+from model.tasks.evaluation import TaskScores
+from model.tasks.heads import PixelReference
+from model.tasks.lesions import boxes_of, insert_lesions
+from model.tasks.objectives import decode_detections, segmentation_masks
+from mvmic.corpus.manifest import Manifest
+from mvmic.metrics import bits_per_pixel
+from mvmic.pixels import PixelFormat
+
+QUALITIES = (1, 2, 4, 6, 8)
+MIDDLE_QUALITY = 4
+DEFAULT_PIXEL_REFERENCE = Path(__file__).resolve().parents[1] / "weights" / "pixel-reference.pt"
+
+
+@dataclass
+class TaskCase:
+    id: str
+    frame: np.ndarray  # (rows, columns) stored integers, lesions included
+    format: PixelFormat
+    mask: np.ndarray
+    boxes: np.ndarray
+
+
+def synthetic_cases(corpus_dir: Path, split: str) -> list[TaskCase]:
+    """Every one-sample frame of the split with synthetic lesions, the same on every run."""
+    cases = []
+    for entry in Manifest.load(corpus_dir / "manifest.json").select(split):
+        image = entry.read(corpus_dir)
+        if image.format.samples_per_pixel != 1:
+            continue
+        for frame in range(image.frames):
+            generator = np.random.default_rng(zlib.crc32(f"{entry.id}/{frame}".encode()))
+            lesions = insert_lesions(image.pixels[frame, ..., 0], generator)
+            stored = np.clip(np.round(lesions.image), image.format.min_value, image.format.max_value)
+            cases.append(TaskCase(f"{entry.id}/{frame}", stored.astype(image.format.dtype), image.format,
+                                  lesions.mask, lesions.boxes))
+    return cases
+
+
+def real_cases(corpus_dir: Path, split: str) -> list[TaskCase]:
+    """Frames of the split whose expert mask holds a lesion, unmodified."""
+    cases = []
+    for entry in Manifest.load(corpus_dir / "manifest.json").select(split):
+        if not entry.label:
+            continue
+        mask = np.load(corpus_dir / entry.label)["mask"]
+        if mask.any():
+            image = entry.read(corpus_dir)
+            cases.append(TaskCase(entry.id, image.pixels[0, ..., 0], image.format, mask, boxes_of(mask)))
+    return cases
+
+
+class PixelAnalyzer:
+    """The pixel-domain reference applied to stored integers, as the heads' benchmark needs it."""
+
+    def __init__(self, path: Path = DEFAULT_PIXEL_REFERENCE) -> None:
+        self.network = PixelReference()
+        self.network.load_state_dict(torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True))
+        self.network.eval()
+
+    @torch.no_grad()
+    def score(self, frame: np.ndarray, fmt: PixelFormat, case: TaskCase, scores: TaskScores) -> None:
+        plane = torch.from_numpy(normalised_planes(frame, fmt)[0].astype(np.float32))[None, None]
+        outputs = self.network(plane)
+        found = decode_detections(outputs, frame.shape)[0]
+        scores.add(segmentation_masks(outputs, frame.shape)[0], case.mask, found.boxes, found.scores, case.boxes)
+
+
+def run_tasks_benchmark(corpus_dir: Path, out_dir: Path, heads: Path = DEFAULT_HEADS,
+                        pixel_reference: Path = DEFAULT_PIXEL_REFERENCE, split: str = "test") -> dict:
+    registered_codecs(["JPEG 2000"])
+    codec = MvmicCodec.load()
+    analyzer, pixels = Analyzer.load(codec, heads), PixelAnalyzer(pixel_reference)
+    result = {"split": split, "qualities": list(QUALITIES), "sets": {}}
+    for name, cases in (("synthetic", synthetic_cases(corpus_dir, split)), ("real", real_cases(corpus_dir, split))):
+        result["sets"][name] = _run_set(cases, codec, analyzer, pixels)
+        print(f"{name}: {len(cases)} frames done", flush=True)
+    result["timing"] = _timing(synthetic_cases(corpus_dir, split)[::8], codec, analyzer, pixels)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "tasks.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out_dir / "tasks.md").write_text(markdown(result) + "\n")
+    print(markdown(result))
+    return result
+
+
+def _run_set(cases: list[TaskCase], codec: MvmicCodec, analyzer: Analyzer, pixels: PixelAnalyzer) -> dict:
+    uncompressed = TaskScores()
+    for case in cases:
+        pixels.score(case.frame, case.format, case, uncompressed)
+    rows = []
+    jpeg2000 = CODECS["JPEG 2000"]
+    for quality in QUALITIES:
+        heads, on_mvmic, on_jpeg2000 = TaskScores(), TaskScores(), TaskScores()
+        rates = []
+        for case in cases:
+            stream = codec.compress_pixels(case.frame[None, ..., None], case.format, QUALITY_CODES[quality])
+            bpp = bits_per_pixel(stream.to_bytes(), case.frame)
+            rates.append(bpp)
+            analysis = analyzer.analyze(stream, min_score=0.0)[0]
+            heads.add(analysis.mask, case.mask, analysis.boxes, analysis.scores, case.boxes)
+            pixels.score(codec.decompress(stream)[0, ..., 0], case.format, case, on_mvmic)
+            point = OperatingPoint(f"{bpp:.3f} bpp", param=bpp)
+            decoded = jpeg2000.decode(jpeg2000.encode(case.frame, case.format, point), case.format, point)
+            pixels.score(decoded, case.format, case, on_jpeg2000)
+        rows.append({"quality": quality, "bpp": float(np.mean(rates)), "mvmicnet_heads": heads.as_dict(),
+                     "pixel_ref_on_mvmicnet": on_mvmic.as_dict(), "pixel_ref_on_jpeg2000": on_jpeg2000.as_dict()})
+    return {"frames": len(cases), "pixel_ref_uncompressed": uncompressed.as_dict(), "rows": rows,
+            "bd_rate_dice_vs_jpeg2000": _bd_rate_at_equal_dice(rows)}
+
+
+def _bd_rate_at_equal_dice(rows: list[dict]) -> float | str:
+    rates = [r["bpp"] for r in rows]
+    try:
+        return bd_rate(rates, [r["pixel_ref_on_jpeg2000"]["dice"] for r in rows],
+                       rates, [r["mvmicnet_heads"]["dice"] for r in rows])
+    except ValueError as exc:
+        return f"n/a: {exc}"
+
+
+def _timing(cases: list[TaskCase], codec: MvmicCodec, analyzer: Analyzer, pixels: PixelAnalyzer) -> dict:
+    from_bitstream, from_pixels = [], []
+    for case in cases:
+        stream = codec.compress_pixels(case.frame[None, ..., None], case.format, QUALITY_CODES[MIDDLE_QUALITY])
+        started = time.perf_counter()
+        analyzer.analyze(stream)
+        from_bitstream.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        pixels.score(codec.decompress(stream)[0, ..., 0], case.format, case, TaskScores())
+        from_pixels.append(time.perf_counter() - started)
+    analyse_ms, decode_ms = 1000 * statistics.median(from_bitstream), 1000 * statistics.median(from_pixels)
+    return {"frames": len(cases), "quality": MIDDLE_QUALITY, "analyse_bitstream_ms": analyse_ms,
+            "decode_then_analyse_ms": decode_ms, "speedup": decode_ms / analyse_ms}
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# Task benchmark ({result['split']} split)"]
+    for name, data in result["sets"].items():
+        ref = data["pixel_ref_uncompressed"]
+        lines += ["", f"## {name} lesions: {data['frames']} frames, {ref['true_boxes']} lesions", "",
+                  (f"Pixel reference on uncompressed images: Dice {ref['dice']:.3f}, IoU {ref['iou']:.3f}, "
+                  f"AP50 {ref['ap50']:.3f}"), "",
+                  ("| quality | bpp | heads Dice | heads IoU | heads AP50 | pixel ref on MVMICNet Dice | "
+                  "pixel ref on JPEG 2000 Dice | pixel ref on JPEG 2000 AP50 |"),
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for row in data["rows"]:
+            heads, mvmic, j2k = row["mvmicnet_heads"], row["pixel_ref_on_mvmicnet"], row["pixel_ref_on_jpeg2000"]
+            lines.append(f"| {row['quality']} | {row['bpp']:.3f} | {heads['dice']:.3f} | {heads['iou']:.3f} | "
+                         f"{heads['ap50']:.3f} | {mvmic['dice']:.3f} | {j2k['dice']:.3f} | {j2k['ap50']:.3f} |")
+        bd = data["bd_rate_dice_vs_jpeg2000"]
+        lines += ["", "BD-rate at equal Dice, MVMICNet heads vs pixel reference on JPEG 2000: "
+                  + (f"{bd:+.1f} %" if isinstance(bd, float) else bd)]
+    timing = result["timing"]
+    lines += ["", (f"Time per frame (quality {timing['quality']}, median of {timing['frames']}): analyse the "
+              f"bitstream {timing['analyse_bitstream_ms']:.0f} ms, decode then analyse pixels "
+              f"{timing['decode_then_analyse_ms']:.0f} ms ({timing['speedup']:.1f}x)")]
+    return "\n".join(lines)
