@@ -26,10 +26,11 @@ import torch
 
 from bench.bdrate import bd_rate
 from bench.codecs import CODECS, OperatingPoint, registered_codecs
-from model.codec import QUALITY_CODES, MvmicCodec, normalised_planes
+from model.codec import DEFAULT_WEIGHTS, QUALITY_CODES, MvmicCodec, normalised_planes
 from model.tasks.analysis import DEFAULT_HEADS, Analyzer
 from model.tasks.evaluation import TaskScores
 from model.tasks.heads import PixelReference
+from model.tasks.joint import STAGE2_CODEC, STAGE2_HEADS
 from model.tasks.lesions import boxes_of, insert_lesions
 from model.tasks.objectives import decode_detections, segmentation_masks
 from mvmic.corpus.manifest import Manifest
@@ -51,18 +52,20 @@ class TaskCase:
 
 
 def synthetic_cases(corpus_dir: Path, split: str) -> list[TaskCase]:
-    """Every one-sample frame of the split with synthetic lesions, the same on every run."""
+    """Every one-sample frame of the split with synthetic lesions, the same on every run. A real
+    lesion of the frame stays a lesion to find: finding it is no false positive."""
     cases = []
     for entry in Manifest.load(corpus_dir / "manifest.json").select(split):
         image = entry.read(corpus_dir)
         if image.format.samples_per_pixel != 1:
             continue
+        real = np.load(corpus_dir / entry.label)["mask"] if entry.label else np.zeros(image.pixels.shape[1:3], bool)
         for frame in range(image.frames):
             generator = np.random.default_rng(zlib.crc32(f"{entry.id}/{frame}".encode()))
             lesions = insert_lesions(image.pixels[frame, ..., 0], generator)
             stored = np.clip(np.round(lesions.image), image.format.min_value, image.format.max_value)
             cases.append(TaskCase(f"{entry.id}/{frame}", stored.astype(image.format.dtype), image.format,
-                                  lesions.mask, lesions.boxes))
+                                  lesions.mask | real, np.concatenate([lesions.boxes, boxes_of(real)])))
     return cases
 
 
@@ -95,16 +98,26 @@ class PixelAnalyzer:
         scores.add(segmentation_masks(outputs, frame.shape)[0], case.mask, found.boxes, found.scores, case.boxes)
 
 
-def run_tasks_benchmark(corpus_dir: Path, out_dir: Path, heads: Path = DEFAULT_HEADS,
-                        pixel_reference: Path = DEFAULT_PIXEL_REFERENCE, split: str = "test") -> dict:
+def default_stages() -> dict[str, tuple[Path, Path]]:
+    """(codec weights, heads weights) of each training stage that exists; the last one is served."""
+    stages = {"stage 2": (STAGE2_CODEC, STAGE2_HEADS), "stage 3": (DEFAULT_WEIGHTS, DEFAULT_HEADS)}
+    return {name: paths for name, paths in stages.items() if all(p.exists() for p in paths)}
+
+
+def run_tasks_benchmark(corpus_dir: Path, out_dir: Path, stages: dict[str, tuple[Path, Path]] | None = None,
+                        pixel_reference: Path = DEFAULT_PIXEL_REFERENCE, split: str = "test", every: int = 1) -> dict:
     registered_codecs(["JPEG 2000"])
-    codec = MvmicCodec.load()
-    analyzer, pixels = Analyzer.load(codec, heads), PixelAnalyzer(pixel_reference)
-    result = {"split": split, "qualities": list(QUALITIES), "sets": {}}
-    for name, cases in (("synthetic", synthetic_cases(corpus_dir, split)), ("real", real_cases(corpus_dir, split))):
-        result["sets"][name] = _run_set(cases, codec, analyzer, pixels)
+    analyzers = {name: Analyzer.load(MvmicCodec.load(codec), heads)
+                 for name, (codec, heads) in (stages or default_stages()).items()}
+    pixels = PixelAnalyzer(pixel_reference)
+    result = {"split": split, "qualities": list(QUALITIES), "sets": {}, "every": every,
+              "weights": {name: [str(p) for p in paths] for name, paths in (stages or default_stages()).items()}}
+    synthetic = synthetic_cases(corpus_dir, split)[::every]  # every: a quicker run on a subset
+    for name, cases in (("synthetic", synthetic), ("real", real_cases(corpus_dir, split))):
+        result["sets"][name] = _run_set(cases, analyzers, pixels)
         print(f"{name}: {len(cases)} frames done", flush=True)
-    result["timing"] = _timing(synthetic_cases(corpus_dir, split)[::8], codec, analyzer, pixels)
+    served = list(analyzers.values())[-1]
+    result["timing"] = _timing(synthetic[:: max(1, 8 // every)], served, pixels)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "tasks.json").write_text(json.dumps(result, indent=1) + "\n")
     (out_dir / "tasks.md").write_text(markdown(result) + "\n")
@@ -112,49 +125,60 @@ def run_tasks_benchmark(corpus_dir: Path, out_dir: Path, heads: Path = DEFAULT_H
     return result
 
 
-def _run_set(cases: list[TaskCase], codec: MvmicCodec, analyzer: Analyzer, pixels: PixelAnalyzer) -> dict:
+def _run_set(cases: list[TaskCase], analyzers: dict[str, Analyzer], pixels: PixelAnalyzer) -> dict:
+    """Scores per quality: each stage's heads on its own bitstreams; the pixel reference on the
+    served codec's decoded pixels and on JPEG 2000 at the served codec's rate."""
     uncompressed = TaskScores()
     for case in cases:
         pixels.score(case.frame, case.format, case, uncompressed)
-    rows = []
+    served = list(analyzers)[-1]
     jpeg2000 = CODECS["JPEG 2000"]
+    rows = []
     for quality in QUALITIES:
-        heads, on_mvmic, on_jpeg2000 = TaskScores(), TaskScores(), TaskScores()
-        rates = []
+        stage_scores = {name: TaskScores() for name in analyzers}
+        stage_rates: dict[str, list[float]] = {name: [] for name in analyzers}
+        on_mvmic, on_jpeg2000 = TaskScores(), TaskScores()
         for case in cases:
-            stream = codec.compress_pixels(case.frame[None, ..., None], case.format, QUALITY_CODES[quality])
-            bpp = bits_per_pixel(stream.to_bytes(), case.frame)
-            rates.append(bpp)
-            analysis = analyzer.analyze(stream, min_score=0.0)[0]
-            heads.add(analysis.mask, case.mask, analysis.boxes, analysis.scores, case.boxes)
-            pixels.score(codec.decompress(stream)[0, ..., 0], case.format, case, on_mvmic)
-            point = OperatingPoint(f"{bpp:.3f} bpp", param=bpp)
+            streams = {}
+            for name, analyzer in analyzers.items():
+                streams[name] = analyzer.codec.compress_pixels(case.frame[None, ..., None], case.format,
+                                                               QUALITY_CODES[quality])
+                stage_rates[name].append(bits_per_pixel(streams[name].to_bytes(), case.frame))
+                analysis = analyzer.analyze(streams[name], min_score=0.0)[0]
+                stage_scores[name].add(analysis.mask, case.mask, analysis.boxes, analysis.scores, case.boxes)
+            decoded = analyzers[served].codec.decompress(streams[served])[0, ..., 0]
+            pixels.score(decoded, case.format, case, on_mvmic)
+            point = OperatingPoint(f"{stage_rates[served][-1]:.3f} bpp", param=stage_rates[served][-1])
             decoded = jpeg2000.decode(jpeg2000.encode(case.frame, case.format, point), case.format, point)
             pixels.score(decoded, case.format, case, on_jpeg2000)
-        rows.append({"quality": quality, "bpp": float(np.mean(rates)), "mvmicnet_heads": heads.as_dict(),
+        rows.append({"quality": quality,
+                     "stages": {name: {"bpp": float(np.mean(stage_rates[name])), **stage_scores[name].as_dict()}
+                                for name in analyzers},
                      "pixel_ref_on_mvmicnet": on_mvmic.as_dict(), "pixel_ref_on_jpeg2000": on_jpeg2000.as_dict()})
     return {"frames": len(cases), "pixel_ref_uncompressed": uncompressed.as_dict(), "rows": rows,
-            "bd_rate_dice_vs_jpeg2000": _bd_rate_at_equal_dice(rows)}
+            "bd_rate_dice_vs_jpeg2000": {name: _bd_rate_at_equal_dice(rows, name) for name in analyzers}}
 
 
-def _bd_rate_at_equal_dice(rows: list[dict]) -> float | str:
-    rates = [r["bpp"] for r in rows]
+def _bd_rate_at_equal_dice(rows: list[dict], stage: str) -> float | str:
+    """Rate change of the stage's heads against the JPEG 2000 route at equal Dice (JPEG 2000 ran at
+    the served codec's rates, the last stage's)."""
+    served = list(rows[0]["stages"])[-1]
     try:
-        return bd_rate(rates, [r["pixel_ref_on_jpeg2000"]["dice"] for r in rows],
-                       rates, [r["mvmicnet_heads"]["dice"] for r in rows])
+        return bd_rate([r["stages"][served]["bpp"] for r in rows], [r["pixel_ref_on_jpeg2000"]["dice"] for r in rows],
+                       [r["stages"][stage]["bpp"] for r in rows], [r["stages"][stage]["dice"] for r in rows])
     except ValueError as exc:
         return f"n/a: {exc}"
 
 
-def _timing(cases: list[TaskCase], codec: MvmicCodec, analyzer: Analyzer, pixels: PixelAnalyzer) -> dict:
+def _timing(cases: list[TaskCase], analyzer: Analyzer, pixels: PixelAnalyzer) -> dict:
     from_bitstream, from_pixels = [], []
     for case in cases:
-        stream = codec.compress_pixels(case.frame[None, ..., None], case.format, QUALITY_CODES[MIDDLE_QUALITY])
+        stream = analyzer.codec.compress_pixels(case.frame[None, ..., None], case.format, QUALITY_CODES[MIDDLE_QUALITY])
         started = time.perf_counter()
         analyzer.analyze(stream)
         from_bitstream.append(time.perf_counter() - started)
         started = time.perf_counter()
-        pixels.score(codec.decompress(stream)[0, ..., 0], case.format, case, TaskScores())
+        pixels.score(analyzer.codec.decompress(stream)[0, ..., 0], case.format, case, TaskScores())
         from_pixels.append(time.perf_counter() - started)
     analyse_ms, decode_ms = 1000 * statistics.median(from_bitstream), 1000 * statistics.median(from_pixels)
     return {"frames": len(cases), "quality": MIDDLE_QUALITY, "analyse_bitstream_ms": analyse_ms,
@@ -165,21 +189,27 @@ def markdown(result: dict) -> str:
     lines = [f"# Task benchmark ({result['split']} split)"]
     for name, data in result["sets"].items():
         ref = data["pixel_ref_uncompressed"]
+        stages = list(data["rows"][0]["stages"])
+        header = ["quality"] + [f"{stage} {column}" for stage in stages for column in ("bpp", "Dice", "IoU", "AP50")]
+        header += ["pixel ref on MVMICNet Dice", "pixel ref on JPEG 2000 Dice", "pixel ref on JPEG 2000 AP50"]
         lines += ["", f"## {name} lesions: {data['frames']} frames, {ref['true_boxes']} lesions", "",
                   (f"Pixel reference on uncompressed images: Dice {ref['dice']:.3f}, IoU {ref['iou']:.3f}, "
-                  f"AP50 {ref['ap50']:.3f}"), "",
-                  ("| quality | bpp | heads Dice | heads IoU | heads AP50 | pixel ref on MVMICNet Dice | "
-                  "pixel ref on JPEG 2000 Dice | pixel ref on JPEG 2000 AP50 |"),
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                   f"AP50 {ref['ap50']:.3f}"), "",
+                  "| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
         for row in data["rows"]:
-            heads, mvmic, j2k = row["mvmicnet_heads"], row["pixel_ref_on_mvmicnet"], row["pixel_ref_on_jpeg2000"]
-            lines.append(f"| {row['quality']} | {row['bpp']:.3f} | {heads['dice']:.3f} | {heads['iou']:.3f} | "
-                         f"{heads['ap50']:.3f} | {mvmic['dice']:.3f} | {j2k['dice']:.3f} | {j2k['ap50']:.3f} |")
-        bd = data["bd_rate_dice_vs_jpeg2000"]
-        lines += ["", "BD-rate at equal Dice, MVMICNet heads vs pixel reference on JPEG 2000: "
-                  + (f"{bd:+.1f} %" if isinstance(bd, float) else bd)]
+            cells = [str(row["quality"])]
+            for stage in stages:
+                scores = row["stages"][stage]
+                cells += [f"{scores['bpp']:.3f}", f"{scores['dice']:.3f}", f"{scores['iou']:.3f}", f"{scores['ap50']:.3f}"]
+            cells += [f"{row['pixel_ref_on_mvmicnet']['dice']:.3f}", f"{row['pixel_ref_on_jpeg2000']['dice']:.3f}",
+                      f"{row['pixel_ref_on_jpeg2000']['ap50']:.3f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        for stage, bd in data["bd_rate_dice_vs_jpeg2000"].items():
+            lines.append(f"BD-rate at equal Dice, {stage} heads vs the pixel reference on JPEG 2000: "
+                         + (f"{bd:+.1f} %" if isinstance(bd, float) else bd))
     timing = result["timing"]
     lines += ["", (f"Time per frame (quality {timing['quality']}, median of {timing['frames']}): analyse the "
-              f"bitstream {timing['analyse_bitstream_ms']:.0f} ms, decode then analyse pixels "
-              f"{timing['decode_then_analyse_ms']:.0f} ms ({timing['speedup']:.1f}x)")]
+                   f"bitstream {timing['analyse_bitstream_ms']:.0f} ms, decode then analyse pixels "
+                   f"{timing['decode_then_analyse_ms']:.0f} ms ({timing['speedup']:.1f}x)")]
     return "\n".join(lines)

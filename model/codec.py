@@ -58,6 +58,8 @@ class MvmicCodec:
     def __init__(self, context: SubbandContextModel, weights: Weights) -> None:
         self.context = context.eval()
         self.weights = weights
+        with torch.no_grad():
+            self.scales = context.band_scales()  # learned band step multipliers (1 before stage 3)
 
     @classmethod
     def load(cls, path: Path = DEFAULT_WEIGHTS) -> MvmicCodec:
@@ -90,7 +92,8 @@ class MvmicCodec:
     def _encode_frame(self, frame: np.ndarray, fmt: PixelFormat, code: int) -> bytes:
         parts = []
         for plane in normalised_planes(frame, fmt):
-            bands = quantize(analysis(torch.from_numpy(plane)[None, None], _levels(*plane.shape)), step_of(code))
+            bands = quantize(analysis(torch.from_numpy(plane)[None, None], _levels(*plane.shape)), step_of(code),
+                             self.scales)
             parts.append(self.context.encode(bands, code))
         return pack_payloads(parts)
 
@@ -111,7 +114,7 @@ class MvmicCodec:
         planes = []
         for index, part in enumerate(parts):
             bands = self.context.decode(part, shapes, stream.quality)
-            decoded = synthesis(dequantize(bands, step_of(stream.quality)))[0, 0].numpy()
+            decoded = synthesis(dequantize(bands, step_of(stream.quality), self.scales))[0, 0].numpy()
             planes.append(np.round(decoded * 2.0**fmt.bits_stored + plane_offset(fmt, index)))
         return from_planes(planes, fmt)
 
@@ -130,14 +133,18 @@ class MvmicCodec:
         for layer in _base_layers(stream):
             bands = self.context.decode(unpack_payloads(layer.payload)[0], shapes, stream.quality,
                                         levels=levels - skipped_levels)
-            coarse.append(coarse_reconstruction(bands, stream.quality, skipped_levels))
+            coarse.append(coarse_reconstruction(bands, stream.quality, skipped_levels, self.scales))
         return coarse
 
 
-def coarse_reconstruction(bands: Subbands, code: int, skipped_levels: int) -> torch.Tensor:
-    """The low band ``skipped_levels`` above full resolution, from integer subbands (first synthesis steps)."""
+def coarse_reconstruction(bands: Subbands, code: int, skipped_levels: int,
+                          scales: torch.Tensor | None = None) -> torch.Tensor:
+    """The low band ``skipped_levels`` above full resolution, from integer subbands (first synthesis
+    steps). Every band is dequantised with the step of its depth in the full decomposition; the
+    skipped levels' values are not used (partial decoding leaves them zero)."""
+    coefficients = dequantize(bands, step_of(code), scales)
     kept = len(bands.details) - skipped_levels
-    return synthesis(dequantize(Subbands(bands.low, bands.details[:kept]), step_of(code)))
+    return synthesis(Subbands(coefficients.low, coefficients.details[:kept]))
 
 
 def _check_codeable(pixels: np.ndarray, fmt: PixelFormat) -> None:

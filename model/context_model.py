@@ -43,6 +43,7 @@ from model.entropy_coder import (
 )
 from model.integer_net import IndexNetwork
 from model.lifting import Subbands
+from model.subbands import BandStepScales
 
 FEATURES = 7  # parent, sibling LH, sibling HL, decoded neighbours, pass, depth, step
 FEATURE_MAX = 255
@@ -86,6 +87,7 @@ class SubbandContextModel(nn.Module):
         self.log_min = math.log(SCALE_MIN)
         self.log_ratio = math.log(SCALE_MAX / SCALE_MIN) / (TABLE_COUNT - 1)
         self.set_tables(CodingTables.laplacian())
+        self.band_scales = BandStepScales()  # the quantiser's learned band steps travel with these weights
 
     def set_tables(self, tables: CodingTables) -> None:
         self.tables = tables
@@ -96,15 +98,17 @@ class SubbandContextModel(nn.Module):
         # Fitted tables have their own length: take them as they are, then load the rest.
         self.set_tables(CodingTables(state_dict["table_cdfs"], state_dict["table_lengths"],
                                      state_dict["table_offsets"]))
+        if "band_scales.log_scales" not in state_dict:  # weights from before stage 3: unscaled steps
+            state_dict = {**state_dict, "band_scales.log_scales": self.band_scales.log_scales.detach()}
         return super().load_state_dict(state_dict, strict, assign)
 
     # -- contexts ----------------------------------------------------------------------------
     def features(self, q: Subbands, where: BandPass, step_code: int) -> Tensor:
         """Integer context of one band pass, (N, FEATURES, H, W); only decoded values are used."""
-        level = [b[:, 0] for b in q.details[where.level]]  # (N, H, W) planes
+        level = [b[:, 0].detach() for b in q.details[where.level]]  # (N, H, W) planes; contexts pass no gradient
         band = level[where.orientation]
         zeros = torch.zeros_like(band)
-        parent = q.details[where.level - 1][where.orientation][:, 0] if where.level else None
+        parent = q.details[where.level - 1][where.orientation][:, 0].detach() if where.level else None
         parent = _fit_to(_upsample(parent), band) if parent is not None else zeros
         # Odd sizes make LH, HL and HH differ by a row or a column.
         sibling_lh = _fit_to(level[0], band) if where.orientation > 0 else zeros

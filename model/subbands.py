@@ -13,10 +13,11 @@ from __future__ import annotations
 from functools import cache
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from model.lifting import Subbands, forward_1d, inverse_1d
 
+SCALED_DEPTHS = 6  # BandStepScales covers decompositions up to this deep (the codec uses 5)
 DEADZONE = 0.3  # round |c|/step down by this much: small coefficients go to 0
 RECONSTRUCTION = 0.3  # decoded |q| sits this far above the integer, nearer the mass of a Laplacian
 
@@ -52,27 +53,65 @@ def band_gains(levels: int) -> tuple[float, list[tuple[float, float, float]]]:
     return low_gain, details
 
 
-def quantize(bands: Subbands, step: float) -> Subbands:
-    low_gain, gains = band_gains(len(bands.details))
+def band_steps(levels: int, step: float, scales: Tensor | None = None) -> tuple[Tensor | float, list[tuple]]:
+    """Quantiser step of the low band and of (LH, HL, HH) per level, coarsest first: step / gain_b,
+    times the band's learned scale when ``scales`` (BandStepScales) is given."""
+    low_gain, gains = band_gains(levels)
+    if scales is None:
+        return step / low_gain, [tuple(step / g for g in level) for level in gains]
+    details = [tuple(step / g * scales[scale_index(levels - i, orientation)] for orientation, g in enumerate(level))
+               for i, level in enumerate(gains)]
+    return step / low_gain * scales[0], details
+
+
+def scale_index(depth: int, orientation: int) -> int:
+    """Position in BandStepScales of a detail band at ``depth`` (1 = finest); 0 is the low band."""
+    return 1 + 3 * (depth - 1) + orientation
+
+
+class BandStepScales(nn.Module):
+    """Learned multipliers of the band steps (stage 3); all 1, the MSE-optimal choice, until trained."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log_scales = nn.Parameter(torch.zeros(scale_index(SCALED_DEPTHS, 2) + 1, dtype=torch.float64))
+
+    def forward(self) -> Tensor:
+        return torch.exp(self.log_scales)
+
+
+def in_steps(bands: Subbands, step: float, scales: Tensor | None = None) -> Subbands:
+    """Every band divided by its own quantiser step: what quantisation rounds."""
+    low_step, steps = band_steps(len(bands.details), step, scales)
+    return Subbands(low=bands.low / low_step,
+                    details=[tuple(b / s for b, s in zip(level, level_steps, strict=True))
+                             for level, level_steps in zip(bands.details, steps, strict=True)])
+
+
+def quantize(bands: Subbands, step: float, scales: Tensor | None = None) -> Subbands:
+    scaled = in_steps(bands, step, scales)
     return Subbands(
-        low=torch.round(bands.low / (step / low_gain)),  # no deadzone: the low band is rarely near 0
-        details=[tuple(_quantize(b, step / g) for b, g in zip(level, level_gains, strict=True))
-                 for level, level_gains in zip(bands.details, gains, strict=True)],
+        low=torch.round(scaled.low),  # no deadzone: the low band is rarely near 0
+        details=[tuple(_deadzone_round(b) for b in level) for level in scaled.details],
     )
 
 
-def dequantize(indices: Subbands, step: float) -> Subbands:
-    low_gain, gains = band_gains(len(indices.details))
+def quantize_straight_through(bands: Subbands, step: float, scales: Tensor) -> Subbands:
+    """quantize() whose gradient passes as if rounding were the identity (training the scales)."""
+    scaled = in_steps(bands, step, scales)
+    through = lambda x, rounded: x + (rounded - x).detach()
+    return Subbands(low=through(scaled.low, torch.round(scaled.low)),
+                    details=[tuple(through(b, _deadzone_round(b)) for b in level) for level in scaled.details])
+
+
+def dequantize(indices: Subbands, step: float, scales: Tensor | None = None) -> Subbands:
+    low_step, steps = band_steps(len(indices.details), step, scales)
     return Subbands(
-        low=indices.low * (step / low_gain),
-        details=[tuple(_dequantize(b, step / g) for b, g in zip(level, level_gains, strict=True))
-                 for level, level_gains in zip(indices.details, gains, strict=True)],
+        low=indices.low * low_step,
+        details=[tuple(torch.sign(q.detach()) * (q.abs() + RECONSTRUCTION) * s for q, s in zip(level, level_steps, strict=True))
+                 for level, level_steps in zip(indices.details, steps, strict=True)],
     )
 
 
-def _quantize(coefficients: Tensor, step: float) -> Tensor:
-    return torch.sign(coefficients) * torch.floor(torch.clamp(coefficients.abs() / step + 0.5 - DEADZONE, min=0))
-
-
-def _dequantize(q: Tensor, step: float) -> Tensor:
-    return torch.sign(q) * (q.abs() + RECONSTRUCTION) * step
+def _deadzone_round(scaled: Tensor) -> Tensor:
+    return torch.sign(scaled) * torch.floor(torch.clamp(scaled.abs() + 0.5 - DEADZONE, min=0))

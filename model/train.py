@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.codec import MAX_LEVELS, MODEL_ID, normalised_planes
+from model.codec import MAX_LEVELS, MODEL_ID, normalised_planes, step_of
 from model.context_model import SubbandContextModel
 from model.entropy_coder import SCALE_MAX, TABLE_COUNT, CodingTables, table_radius
 from model.lifting import Subbands, analysis, max_levels
@@ -85,15 +85,15 @@ def random_batch(planes: list[torch.Tensor], size: int, rng: random.Random) -> t
     return torch.stack(crops)[:, None].contiguous()
 
 
-def quantized_subbands(planes: torch.Tensor, code: int) -> Subbands:
+def quantized_subbands(planes: torch.Tensor, code: int, scales: torch.Tensor | None = None) -> Subbands:
     levels = min(MAX_LEVELS, max_levels(*planes.shape[-2:]))
     with torch.no_grad():
-        return quantize(analysis(planes, levels), 2.0 ** (-code / 8))
+        return quantize(analysis(planes, levels), step_of(code), scales)
 
 
 def bits_per_pixel(model: SubbandContextModel, planes: torch.Tensor, code: int) -> torch.Tensor:
     """Mean ideal code length of the detail bands of (N, 1, H, W) planes."""
-    return model.detail_bits(quantized_subbands(planes, code), code) / planes.numel()
+    return model.detail_bits(quantized_subbands(planes, code, model.band_scales().detach()), code) / planes.numel()
 
 
 def validate(model: SubbandContextModel, planes: list[torch.Tensor]) -> dict[int, float]:
@@ -178,7 +178,8 @@ def fit_tables(model: SubbandContextModel, planes: list[torch.Tensor]) -> Coding
     counts = torch.zeros(TABLE_COUNT, 2 * radius + 1, dtype=torch.float64)
     for plane in tqdm(planes, desc="fit tables", unit="plane", mininterval=10):
         for code in TABLE_FIT_CODES:
-            for symbols, indexes in model.assigned_indexes(quantized_subbands(plane[None, None], code), code):
+            bands = quantized_subbands(plane[None, None], code, model.band_scales().detach())
+            for symbols, indexes in model.assigned_indexes(bands, code):
                 inside = symbols.abs() <= radius
                 flat = indexes[inside].long().cpu() * (2 * radius + 1) + symbols[inside].long().cpu() + radius
                 counts.view(-1).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float64))
@@ -191,12 +192,19 @@ def export_weights(checkpoint: Path, out: Path, command: str, corpus_dir: Path) 
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
     model = SubbandContextModel()
     model.load_state_dict(saved["model"])
+    return export_codec(model, saved["state"], out, command, corpus_dir,
+                        {"validation_bits_per_pixel": saved["state"]["history"][-1]["val_bpp"]})
+
+
+def export_codec(model: SubbandContextModel, training_state: dict, out: Path, command: str, corpus_dir: Path,
+                 details: dict) -> str:
+    """Snap the integer networks, fit the coding tables on the train split, write weights and manifest."""
     for net in model.nets:
         net.snap()
     model.set_tables(fit_tables(model, [p for p in load_planes(corpus_dir, "train") if min(p.shape) >= 16]))
-    return write_weights(model.state_dict(), out, command, saved["state"], corpus_dir, {
-        "model_id": MODEL_ID,
-        "validation_bits_per_pixel": saved["state"]["history"][-1]["val_bpp"],
+    return write_weights(model.state_dict(), out, command, training_state, corpus_dir, {
+        "model_id": MODEL_ID, **details,
+        "band_step_scales": [round(v, 4) for v in model.band_scales().tolist()],
         "test_metrics": None,  # written by `mvmic bench rd` for these weights
     })
 

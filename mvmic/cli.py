@@ -66,9 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     tasks = bench.add_parser("tasks", help="lesion Dice/IoU/AP50 per rate: heads on the bitstream vs pixel routes")
     tasks.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder (default: %(default)s)")
     tasks.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "tasks", help="output folder")
-    tasks.add_argument("--heads", type=Path, default=None, help="task heads weights (default: the shipped ones)")
     tasks.add_argument("--pixel-reference", type=Path, default=None,
                        help="pixel reference weights (default: the shipped ones)")
+    tasks.add_argument("--every", type=int, default=1,
+                       help="only every N-th synthetic frame, for a quicker run (default: all)")
     tasks.set_defaults(run=_bench_tasks)
 
     compress = commands.add_parser("compress", help="DICOM -> .mvm bitstream")
@@ -127,6 +128,20 @@ def _parser() -> argparse.ArgumentParser:
         tasks.add_argument("--export", type=Path, default=None, metavar="WEIGHTS",
                            help="after training, write the network as this weights file with a manifest")
         tasks.set_defaults(run=_train_tasks, network=network)
+
+    joint = train.add_parser("joint", help="stage 3: fine-tune codec and heads together, R + lambda D + beta L_task")
+    joint.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder (default: %(default)s)")
+    joint.add_argument("--checkpoint", type=Path, default=Path("checkpoints/joint.pt"),
+                       help="checkpoint file (default: %(default)s)")
+    joint.add_argument("--minutes", type=float, default=30.0, help="training time (default: %(default)s)")
+    joint.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    joint.add_argument("--learning-rate", type=float, default=1e-4, help="Adam step size (default: %(default)s)")
+    joint.add_argument("--batch", type=int, default=4, help="crops per step (default: %(default)s)")
+    joint.add_argument("--export-codec", type=Path, default=None, metavar="WEIGHTS",
+                       help="after training, write the codec here (tables refitted) with its manifest")
+    joint.add_argument("--export-heads", type=Path, default=None, metavar="WEIGHTS",
+                       help="after training, write the heads here with their manifest")
+    joint.set_defaults(run=_train_joint)
 
     serve = commands.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", default=None, help="bind address (default: MVMIC_HOST or 127.0.0.1)")
@@ -233,6 +248,22 @@ def _train_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_joint(args: argparse.Namespace) -> int:
+    from model.tasks.joint import JointTrainConfig, export_joint_weights, train_joint
+
+    if (args.export_codec is None) != (args.export_heads is None):
+        raise ValueError("give both --export-codec and --export-heads: stage 3 changes codec and heads together")
+    command = "mvmic " + " ".join(sys.argv[1:])
+    state = train_joint(JointTrainConfig(corpus_dir=args.corpus, checkpoint=args.checkpoint, minutes=args.minutes,
+                                         resume=args.resume, learning_rate=args.learning_rate, batch=args.batch,
+                                         command=command))
+    print(f"step {state['step']}: {state['history'][-1]}")
+    if args.export_codec:
+        sha256 = export_joint_weights(args.checkpoint, args.export_codec, args.export_heads, command, args.corpus)
+        print(f"codec {args.export_codec} sha256 {sha256}; heads {args.export_heads}")
+    return 0
+
+
 def _bench_speed(args: argparse.Namespace) -> int:
     from bench.speed import run_speed_benchmark
 
@@ -249,10 +280,11 @@ def _bench_memory(args: argparse.Namespace) -> int:
 
 def _bench_tasks(args: argparse.Namespace) -> int:
     from bench.tasks import DEFAULT_PIXEL_REFERENCE, run_tasks_benchmark
-    from model.tasks.analysis import DEFAULT_HEADS
 
-    run_tasks_benchmark(args.corpus, args.out, args.heads or DEFAULT_HEADS,
-                        args.pixel_reference or DEFAULT_PIXEL_REFERENCE)
+    if args.every < 1:
+        raise ValueError("--every must be at least 1")
+    run_tasks_benchmark(args.corpus, args.out, pixel_reference=args.pixel_reference or DEFAULT_PIXEL_REFERENCE,
+                        every=args.every)
     return 0
 
 

@@ -2,7 +2,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -39,6 +39,15 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture(scope="session")
+def mvmic() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Runs the `mvmic` command line in a subprocess, as a user would."""
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mvmic.cli", *args], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=600, check=False)
+    return run
 
 
 @pytest.fixture(scope="session")

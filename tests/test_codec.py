@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +17,6 @@ from model.lifting import zero_subbands
 from model.rate_control import compress_at
 from mvmic.metrics import psnr
 from mvmic.pixels import NativeImage, PixelFormat, read_dicom
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -148,13 +144,13 @@ def test_uncodeable_images_are_refused(codec) -> None:
         codec.compress_pixels(np.zeros((1, 1, 8, 1), np.uint8), PixelFormat(8, False), 40)
 
 
-def test_cli_compress_decompress_writes_a_lossy_derivative(tmp_path, corpus_dir) -> None:
+def test_cli_compress_decompress_writes_a_lossy_derivative(tmp_path, corpus_dir, mvmic) -> None:
     source = corpus_dir / "images" / "pyradiomics-brain2-010.dcm"
     compressed, decoded = tmp_path / "mr.mvm", tmp_path / "mr.dcm"
-    run = _mvmic("compress", str(source), str(compressed), "--target-bpp", "1.0")
+    run = mvmic("compress", str(source), str(compressed), "--target-bpp", "1.0")
     assert run.returncode == 0, run.stderr
     assert 8 * compressed.stat().st_size / (256 * 256) <= 1.0
-    run = _mvmic("decompress", str(compressed), str(decoded))
+    run = mvmic("decompress", str(compressed), str(decoded))
     assert run.returncode == 0, run.stderr
     original, result = pydicom.dcmread(source), pydicom.dcmread(decoded)
     assert result.SOPInstanceUID != original.SOPInstanceUID
@@ -168,17 +164,12 @@ def test_cli_compress_decompress_writes_a_lossy_derivative(tmp_path, corpus_dir)
     assert psnr(original.pixel_array, result.pixel_array, 4095) > 40
 
 
-def test_cli_errors_are_one_line(tmp_path) -> None:
+def test_cli_errors_are_one_line(tmp_path, mvmic) -> None:
     not_dicom = tmp_path / "x.dcm"
     not_dicom.write_bytes(b"hello")
-    run = _mvmic("compress", str(not_dicom), str(tmp_path / "x.mvm"))
+    run = mvmic("compress", str(not_dicom), str(tmp_path / "x.mvm"))
     assert run.returncode == 1 and "mvmic: error: not a DICOM file" in run.stderr and "Traceback" not in run.stderr
     garbage = tmp_path / "x.mvm"
     garbage.write_bytes(b"MVM\x01" + bytes(40))
-    run = _mvmic("decompress", str(garbage), str(tmp_path / "y.dcm"))
+    run = mvmic("decompress", str(garbage), str(tmp_path / "y.dcm"))
     assert run.returncode == 1 and "mvmic: error:" in run.stderr and "Traceback" not in run.stderr
-
-
-def _mvmic(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mvmic.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=600, check=False)

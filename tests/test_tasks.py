@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
 import pytest
 import torch
+from pycocotools import mask as coco_mask
 from scipy import ndimage
 
 from model.bitstream import unpack_payloads
 from model.codec import QUALITY_CODES, MvmicCodec, coarse_reconstruction
 from model.lifting import zero_subbands
 from model.tasks.evaluation import TaskScores, average_precision, box_iou
+from model.tasks.joint import BETA_MAX, BETA_MIN, STAGE2_CODEC, JointTrainConfig, train_joint
 from model.tasks.lesions import LESION_PARAMETERS, boxes_of, insert_lesions
 from model.tasks.train import TaskTrainConfig, load_task_planes, task_batch, train_tasks
-from mvmic.pixels import read_dicom
+from mvmic.pixels import read_dicom, write_dicom
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +97,46 @@ def test_task_batches_carry_lesions_and_training_resumes(tmp_path, corpus_dir) -
                                          command="b"))
     assert second["step"] > first["step"] > 0
     assert second["commands"] == ["a", "b"]
+
+
+def test_analyze_reads_only_the_bitstream_and_writes_boxes_and_coco_rle(tmp_path, corpus_dir, mvmic) -> None:
+    image = read_dicom(corpus_dir / "images" / "pyradiomics-lung1-020.dcm")  # test split
+    lesions = insert_lesions(image.pixels[0, ..., 0], np.random.default_rng(5))
+    stored = np.clip(np.round(lesions.image), image.format.min_value, image.format.max_value)
+    source = tmp_path / "lesions.dcm"
+    write_dicom(source, image, stored.astype(image.format.dtype)[None, ..., None])
+    run = mvmic("compress", str(source), str(tmp_path / "x.mvm"), "--quality", "6",
+                "--analysis", str(tmp_path / "at_compress.json"))
+    assert run.returncode == 0, run.stderr
+    run = mvmic("analyze", str(tmp_path / "x.mvm"), "--json", str(tmp_path / "analysis.json"))
+    assert run.returncode == 0, run.stderr
+    document = json.loads((tmp_path / "analysis.json").read_text())
+    assert document == json.loads((tmp_path / "at_compress.json").read_text())  # same latent, same analysis
+    (frame,) = document["frames"]
+    rle = frame["segmentation"]
+    assert rle["size"] == [image.pixels.shape[1], image.pixels.shape[2]]
+    mask = coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
+    assert mask.sum() == frame["segmented_pixels"]
+    dice = 2 * (mask & lesions.mask).sum() / (mask.sum() + lesions.mask.sum())
+    assert dice > 0.5, dice
+    for box in frame["boxes"]:
+        x0, y0, x1, y1 = box["box"]
+        assert 0 <= x0 < x1 <= image.pixels.shape[2] and 0 <= y0 < y1 <= image.pixels.shape[1]
+        assert box["label"] == "lesion" and box["score"] >= 0.3
+    broken = mvmic("analyze", str(source))  # a DICOM file is not a bitstream
+    assert broken.returncode == 1 and "mvmic: error:" in broken.stderr and "Traceback" not in broken.stderr
+
+
+def test_stage3_trains_codec_and_heads_together_and_resumes(tmp_path, corpus_dir) -> None:
+    checkpoint = tmp_path / "joint.pt"
+    first = train_joint(JointTrainConfig(corpus_dir, checkpoint, minutes=0.02, batch=2, command="a"))
+    assert first["step"] >= 1 and first["task_reference"] > 0
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
+    start = torch.load(STAGE2_CODEC, map_location="cpu", weights_only=True)
+    # The codec itself moved: its band steps and its entropy model are trained in stage 3.
+    scales = saved["codec.band_scales.log_scales"]
+    assert not torch.equal(scales, start.get("band_scales.log_scales", torch.zeros_like(scales)))
+    assert any(not torch.equal(saved[f"codec.{k}"], v) for k, v in start.items() if k.startswith("nets."))
+    second = train_joint(JointTrainConfig(corpus_dir, checkpoint, minutes=0.02, batch=2, resume=True, command="b"))
+    assert second["step"] > first["step"] and second["commands"] == ["a", "b"]
+    assert BETA_MIN <= second["beta"] <= BETA_MAX

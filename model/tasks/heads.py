@@ -43,8 +43,10 @@ class HeadOutputs:
 
 
 def _block(inputs: int, outputs: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(inputs, outputs, 3, stride, 1), nn.ReLU(inplace=True),
-                         nn.Conv2d(outputs, outputs, 3, 1, 1), nn.ReLU(inplace=True))
+    # GroupNorm: without normalisation the pixel reference still had validation Dice 0 after
+    # 500 steps; unlike BatchNorm it behaves the same on one image as on a batch.
+    return nn.Sequential(nn.Conv2d(inputs, outputs, 3, stride, 1), nn.GroupNorm(8, outputs), nn.ReLU(inplace=True),
+                         nn.Conv2d(outputs, outputs, 3, 1, 1), nn.GroupNorm(8, outputs), nn.ReLU(inplace=True))
 
 
 class Trunk(nn.Module):

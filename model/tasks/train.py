@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.codec import QUALITY_CODES, MvmicCodec, coarse_reconstruction, normalised_planes
+from model.codec import MAX_LEVELS, QUALITY_CODES, MvmicCodec, coarse_reconstruction, normalised_planes, step_of
 from model.lifting import analysis, max_levels
 from model.subbands import quantize
 from model.tasks.heads import LatentHeads, PixelReference
@@ -111,27 +111,29 @@ def _crop_origin(plane: TaskPlane, height: int, width: int, rng: random.Random) 
     return rng.randint(0, rows - height), rng.randint(0, columns - width)
 
 
-def latent_input(images: torch.Tensor, code: int) -> torch.Tensor:
+def latent_input(images: torch.Tensor, code: int, scales: torch.Tensor | None = None) -> torch.Tensor:
     """What the heads see for (N, 1, H, W) images coded at ``code``: the decoder's LL1."""
     with torch.no_grad():
-        levels = min(5, max_levels(*images.shape[-2:]))
-        bands = quantize(analysis(images.double(), levels), 2.0 ** (-code / 8))
-        return coarse_reconstruction(bands, code, SKIPPED_LEVELS).float()
+        levels = min(MAX_LEVELS, max_levels(*images.shape[-2:]))
+        bands = quantize(analysis(images.double(), levels), step_of(code), scales)
+        return coarse_reconstruction(bands, code, SKIPPED_LEVELS, scales).float()
 
 
-def network_input(network: str, images: torch.Tensor, code: int) -> torch.Tensor:
-    return latent_input(images, code) if network == "latent" else images
+def network_input(network: str, images: torch.Tensor, code: int, scales: torch.Tensor | None = None) -> torch.Tensor:
+    return latent_input(images, code, scales) if network == "latent" else images
 
 
-def validate(model: torch.nn.Module, network: str, planes: list[TaskPlane]) -> float:
-    """Dice over the validation planes (centre crops, synthetic lesions from a fixed seed)."""
+def validate(model: torch.nn.Module, network: str, planes: list[TaskPlane], scales: torch.Tensor | None = None) -> float:
+    """Dice over the validation planes (synthetic lesions from a fixed seed) at the middle quality;
+    ``scales``: the codec's band step multipliers, for heads trained jointly with it (stage 3)."""
     rng, generator = random.Random(1), np.random.default_rng(1)
     overlap = total = 0.0
     model.eval()
     with torch.no_grad():
         for start in range(0, len(planes), 8):
             images, masks, _ = task_batch(planes[start : start + 8], min(8, len(planes) - start), rng, generator)
-            predicted = segmentation_masks(model(network_input(network, images, VALIDATION_CODE)), images.shape[-2:])
+            inputs = network_input(network, images, VALIDATION_CODE, scales)
+            predicted = segmentation_masks(model(inputs), images.shape[-2:])
             truth = masks[:, 0].numpy() > 0.5
             overlap += 2 * (predicted & truth).sum()
             total += predicted.sum() + truth.sum()

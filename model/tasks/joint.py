@@ -1,0 +1,178 @@
+"""Stage 3: codec and heads fine-tuned together with the task-aware loss R + lambda D + beta L_task.
+
+    crops with lesions (model.tasks.train.task_batch), random quality code q, step = 2**(-q/8)
+      --CDF 9/7--> bands --/ (step / gain_b * s_b), straight-through deadzone rounding--> q_b
+         q_b --SubbandContextModel.detail_bits--> R (bits per pixel)
+         q_b --dequantise, synthesis--> reconstruction --MSE against the crop--> D
+         q_b --dequantise, first synthesis steps--> LL1 --LatentHeads--> L_task (model.tasks.objectives)
+      J = log2(R + lambda(q) D + floor) + beta L_task
+
+What the codec learns here: its entropy model (R) and the band step multipliers s_b
+(model.subbands.BandStepScales, shipped in the weights), which move bits between bands
+for distortion and for the tasks. lambda(q) = 6 / (ln 2 step**2) is the slope at which
+a uniform quantiser is rate-distortion optimal at high rate, so with beta = 0 the
+multipliers stay near 1 and the codec keeps its R-D; the log makes every rate count
+alike, as in stage 1.
+
+beta is balanced by dual ascent on a constraint, "the task loss may not exceed what
+the stage-2 heads reach": L_ref is the stage-2 task loss on the first REFERENCE_BATCHES
+batches (before any update), and after every step
+
+    beta <- clip(beta * exp(BETA_RATE * (ema(L_task) / L_ref - 1)), BETA_MIN, BETA_MAX)
+
+so beta grows while the tasks are worse than after stage 2 and shrinks (handing bits back
+to rate and distortion) while they are better.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from model.codec import DEFAULT_WEIGHTS, MAX_LEVELS, coarse_reconstruction, step_of
+from model.context_model import SubbandContextModel
+from model.lifting import analysis, max_levels, synthesis
+from model.subbands import dequantize, quantize_straight_through
+from model.tasks.analysis import DEFAULT_HEADS
+from model.tasks.heads import LatentHeads
+from model.tasks.objectives import detection_targets, task_loss
+from model.tasks.train import CODES, SKIPPED_LEVELS, load_task_planes, task_batch, validate
+from model.train import RATE_FLOOR, export_codec, load_checkpoint, save_checkpoint, write_weights
+
+STAGE2_DIR = DEFAULT_WEIGHTS.parent / "stage2"  # the stage-1 codec and stage-2 heads, kept after stage 3
+STAGE2_CODEC, STAGE2_HEADS = STAGE2_DIR / DEFAULT_WEIGHTS.name, STAGE2_DIR / DEFAULT_HEADS.name
+BETA_START, BETA_MIN, BETA_MAX, BETA_RATE = 0.1, 1e-3, 10.0, 0.02
+REFERENCE_BATCHES = 8
+
+
+class JointModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.codec = SubbandContextModel()
+        self.heads = LatentHeads()
+
+    def forward(self, images: torch.Tensor, code: int):
+        """(rate bpp, distortion MSE, head outputs) of (N, 1, H, W) normalised crops at ``code``."""
+        bands = analysis(images.double(), min(MAX_LEVELS, max_levels(*images.shape[-2:])))
+        scales = self.codec.band_scales()
+        q = quantize_straight_through(bands, step_of(code), scales)
+        rate = self.codec.detail_bits(q, code) / images.numel()
+        reconstruction = synthesis(dequantize(q, step_of(code), scales))
+        distortion = torch.mean((reconstruction - images.double()) ** 2)
+        outputs = self.heads(coarse_reconstruction(q, code, SKIPPED_LEVELS, scales).float())
+        return rate, distortion, outputs
+
+
+def lagrange_multiplier(code: int) -> float:
+    return 6.0 / (math.log(2) * step_of(code) ** 2)
+
+
+@dataclass
+class JointTrainConfig:
+    corpus_dir: Path
+    checkpoint: Path
+    minutes: float
+    resume: bool = False
+    learning_rate: float = 1e-4
+    batch: int = 4
+    checkpoint_seconds: float = 120.0
+    validate_every: int = 250
+    seed: int = 0
+    command: str = ""
+
+
+def _start(model: JointModel) -> None:
+    """Stage 3 starts from the stage-1 codec and the stage-2 heads, kept in STAGE2_DIR."""
+    for part, path in ((model.codec, STAGE2_CODEC), (model.heads, STAGE2_HEADS)):
+        if not path.exists():
+            raise FileNotFoundError(f"stage 3 starts from {path}: export stage 2 there first (README)")
+        part.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def train_joint(config: JointTrainConfig) -> dict:
+    rng, generator = random.Random(config.seed), np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+    model = JointModel()
+    _start(model)
+    optimizer = torch.optim.Adam([
+        {"params": model.codec.nets.parameters(), "lr": config.learning_rate},
+        {"params": model.heads.parameters(), "lr": config.learning_rate},
+        {"params": model.codec.band_scales.parameters(), "lr": 10 * config.learning_rate},
+    ])
+    train_planes = load_task_planes(config.corpus_dir, "train")
+    val_planes = load_task_planes(config.corpus_dir, "val")
+    if config.resume and config.checkpoint.exists():
+        state = load_checkpoint(config.checkpoint, model, optimizer, rng)
+        generator = np.random.default_rng([config.seed, state["step"]])
+    else:
+        state = {"step": 0, "history": [], "network": "joint", "beta": BETA_START,
+                 "task_reference": _task_reference(model, train_planes, rng, generator)}
+    state.setdefault("commands", []).append(config.command)
+    deadline, last_save = time.monotonic() + 60 * config.minutes, time.monotonic()
+    progress = tqdm(desc="train joint", unit="step", initial=state["step"], mininterval=10)
+    task_average = state["task_reference"]
+    while time.monotonic() < deadline:
+        images, masks, boxes = task_batch(train_planes, config.batch, rng, generator)
+        code = rng.randint(*CODES)
+        rate, distortion, outputs = model(images, code)
+        task = task_loss(outputs, masks, detection_targets(boxes, tuple(outputs.heatmap.shape[-2:])))
+        rd = torch.log2(rate + lagrange_multiplier(code) * distortion + RATE_FLOOR)
+        loss = rd + state["beta"] * task
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        state["step"] += 1
+        task_average = 0.98 * task_average + 0.02 * task.item()
+        state["beta"] = min(BETA_MAX, max(BETA_MIN, state["beta"] * math.exp(
+            BETA_RATE * (task_average / state["task_reference"] - 1))))
+        progress.update()
+        progress.set_postfix(rd=f"{rd.item():.2f}", task=f"{task_average:.3f}", beta=f"{state['beta']:.3f}",
+                             refresh=False)
+        if state["step"] % config.validate_every == 0:
+            _record(state, model, val_planes)
+            progress.write(f"step {state['step']}: {state['history'][-1]}")
+        if time.monotonic() - last_save > config.checkpoint_seconds:
+            save_checkpoint(config.checkpoint, model, optimizer, rng, state)
+            last_save = time.monotonic()
+    progress.close()
+    _record(state, model, val_planes)
+    save_checkpoint(config.checkpoint, model, optimizer, rng, state)
+    return state
+
+
+def _task_reference(model: JointModel, planes, rng: random.Random, generator: np.random.Generator) -> float:
+    losses = []
+    with torch.no_grad():
+        for _ in range(REFERENCE_BATCHES):
+            images, masks, boxes = task_batch(planes, 4, rng, generator)
+            _, _, outputs = model(images, rng.randint(*CODES))
+            losses.append(task_loss(outputs, masks, detection_targets(boxes, tuple(outputs.heatmap.shape[-2:]))))
+    return float(torch.stack(losses).mean())
+
+
+def _record(state: dict, model: JointModel, val_planes) -> None:
+    scales = model.codec.band_scales().detach()
+    dice = validate(model.heads, "latent", val_planes, scales)  # as stage 2 measures it, with these steps
+    state["history"].append({"step": state["step"], "val_dice": dice, "beta": state["beta"],
+                             "band_step_scales": [round(v, 3) for v in scales.tolist()]})
+
+
+def export_joint_weights(checkpoint: Path, codec_out: Path, heads_out: Path, command: str, corpus_dir: Path) -> str:
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    model = JointModel()
+    model.load_state_dict(saved["model"])
+    last = saved["state"]["history"][-1]
+    codec_sha = export_codec(model.codec, saved["state"], codec_out, command, corpus_dir,
+                             {"stage": 3, "validation_dice": last["val_dice"]})
+    write_weights(model.heads.state_dict(), heads_out, command, saved["state"], corpus_dir,
+                  {"network": "latent", "stage": 3, "codec_weights_sha256": codec_sha,
+                   "validation_dice": last["val_dice"], "test_metrics": None})
+    return codec_sha
