@@ -26,11 +26,11 @@ import torch
 
 from bench.bdrate import bd_rate
 from bench.codecs import CODECS, OperatingPoint, registered_codecs
-from model.codec import DEFAULT_WEIGHTS, QUALITY_CODES, MvmicCodec, normalised_planes
-from model.tasks.analysis import DEFAULT_HEADS, Analyzer
+from model.codec import QUALITY_CODES, MvmicCodec, normalised_planes
+from model.tasks.analysis import Analyzer
 from model.tasks.evaluation import TaskScores
 from model.tasks.heads import PixelReference
-from model.tasks.joint import STAGE2_CODEC, STAGE2_HEADS
+from model.tasks.joint import STAGE2_CODEC, STAGE2_HEADS, STAGE3_CODEC, STAGE3_HEADS
 from model.tasks.lesions import boxes_of, insert_lesions
 from model.tasks.objectives import decode_detections, segmentation_masks
 from mvmic.corpus.manifest import Manifest
@@ -99,8 +99,8 @@ class PixelAnalyzer:
 
 
 def default_stages() -> dict[str, tuple[Path, Path]]:
-    """(codec weights, heads weights) of each training stage that exists; the last one is served."""
-    stages = {"stage 2": (STAGE2_CODEC, STAGE2_HEADS), "stage 3": (DEFAULT_WEIGHTS, DEFAULT_HEADS)}
+    """(codec weights, heads weights) of each training stage that exists."""
+    stages = {"stage 2": (STAGE2_CODEC, STAGE2_HEADS), "stage 3": (STAGE3_CODEC, STAGE3_HEADS)}
     return {name: paths for name, paths in stages.items() if all(p.exists() for p in paths)}
 
 
@@ -127,7 +127,7 @@ def run_tasks_benchmark(corpus_dir: Path, out_dir: Path, stages: dict[str, tuple
 
 def _run_set(cases: list[TaskCase], analyzers: dict[str, Analyzer], pixels: PixelAnalyzer) -> dict:
     """Scores per quality: each stage's heads on its own bitstreams; the pixel reference on the
-    served codec's decoded pixels and on JPEG 2000 at the served codec's rate."""
+    last stage's decoded pixels and on JPEG 2000 at the last stage's rate."""
     uncompressed = TaskScores()
     for case in cases:
         pixels.score(case.frame, case.format, case, uncompressed)
@@ -161,7 +161,7 @@ def _run_set(cases: list[TaskCase], analyzers: dict[str, Analyzer], pixels: Pixe
 
 def _bd_rate_at_equal_dice(rows: list[dict], stage: str) -> float | str:
     """Rate change of the stage's heads against the JPEG 2000 route at equal Dice (JPEG 2000 ran at
-    the served codec's rates, the last stage's)."""
+    the last stage's rates)."""
     served = list(rows[0]["stages"])[-1]
     try:
         return bd_rate([r["stages"][served]["bpp"] for r in rows], [r["pixel_ref_on_jpeg2000"]["dice"] for r in rows],

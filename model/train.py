@@ -118,7 +118,7 @@ def train(config: TrainConfig) -> dict:
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
     model = SubbandContextModel().to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    optimizer = torch.optim.Adam(model.nets.parameters(), lr=config.learning_rate)  # band scales: stage 3
     state = {"step": 0, "history": []}
     if config.resume and config.checkpoint.exists():
         state = load_checkpoint(config.checkpoint, model, optimizer, rng)

@@ -47,8 +47,11 @@ from model.tasks.objectives import detection_targets, task_loss
 from model.tasks.train import CODES, SKIPPED_LEVELS, load_task_planes, task_batch, validate
 from model.train import RATE_FLOOR, export_codec, load_checkpoint, save_checkpoint, write_weights
 
-STAGE2_DIR = DEFAULT_WEIGHTS.parent / "stage2"  # the stage-1 codec and stage-2 heads, kept after stage 3
-STAGE2_CODEC, STAGE2_HEADS = STAGE2_DIR / DEFAULT_WEIGHTS.name, STAGE2_DIR / DEFAULT_HEADS.name
+# Stage 3 starts from the served stage-1 codec and stage-2 heads and writes to STAGE3_DIR: its codec is
+# not served yet (see README, "Stage 3").
+STAGE2_CODEC, STAGE2_HEADS = DEFAULT_WEIGHTS, DEFAULT_HEADS
+STAGE3_DIR = DEFAULT_WEIGHTS.parent / "stage3"
+STAGE3_CODEC, STAGE3_HEADS = STAGE3_DIR / DEFAULT_WEIGHTS.name, STAGE3_DIR / DEFAULT_HEADS.name
 BETA_START, BETA_MIN, BETA_MAX, BETA_RATE = 0.1, 1e-3, 10.0, 0.02
 REFERENCE_BATCHES = 8
 
@@ -90,7 +93,7 @@ class JointTrainConfig:
 
 
 def _start(model: JointModel) -> None:
-    """Stage 3 starts from the stage-1 codec and the stage-2 heads, kept in STAGE2_DIR."""
+    """Stage 3 starts from the stage-1 codec and the stage-2 heads."""
     for part, path in ((model.codec, STAGE2_CODEC), (model.heads, STAGE2_HEADS)):
         if not path.exists():
             raise FileNotFoundError(f"stage 3 starts from {path}: export stage 2 there first (README)")
