@@ -21,6 +21,7 @@ import json
 import random
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,30 +128,52 @@ def train(config: TrainConfig) -> dict:
     state.setdefault("commands", []).append(config.command)
     train_planes = [p.to(device) for p in load_planes(config.corpus_dir, "train") if min(p.shape) >= 16]
     val_planes = [p.to(device) for p in load_planes(config.corpus_dir, "val")]
-    deadline = time.monotonic() + 60 * config.minutes
-    last_save = time.monotonic()
-    progress = tqdm(desc="train codec", unit="step", initial=state["step"], mininterval=10)
     running = None
-    while time.monotonic() < deadline:
+
+    def step() -> dict[str, str]:
+        nonlocal running
         planes = random_batch(train_planes, config.batch, rng)
         code = rng.randint(*CODE_RANGE)
         rate = bits_per_pixel(model, planes, code)
-        loss = torch.log2(rate + RATE_FLOOR)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        descend(optimizer, torch.log2(rate + RATE_FLOOR))
+        running = moving_average(running, rate.item())
+        return {"bpp": f"{running:.3f}"}
+
+    return run_until_deadline(config, "codec", model, optimizer, rng, state, step,
+                              lambda: {"val_bpp": validate(model, val_planes)})
+
+
+def descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def moving_average(average: float | None, value: float) -> float:
+    return value if average is None else 0.98 * average + 0.02 * value
+
+
+def run_until_deadline(config, name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                       rng: random.Random, state: dict, step: Callable[[], dict[str, str]],
+                       validate: Callable[[], dict]) -> dict:
+    """The loop every training stage shares: ``step`` trains on one batch and returns what the
+    progress bar shows; ``validate`` goes into state["history"] every ``config.validate_every``
+    steps and at the end; checkpoints every ``config.checkpoint_seconds`` and at the end."""
+    deadline, last_save = time.monotonic() + 60 * config.minutes, time.monotonic()
+    progress = tqdm(desc=f"train {name}", unit="step", initial=state["step"], mininterval=10)
+    while time.monotonic() < deadline:
+        shown = step()
         state["step"] += 1
-        running = rate.item() if running is None else 0.98 * running + 0.02 * rate.item()
         progress.update()
-        progress.set_postfix(bpp=f"{running:.3f}", refresh=False)
+        progress.set_postfix(shown, refresh=False)
         if state["step"] % config.validate_every == 0:
-            state["history"].append({"step": state["step"], "val_bpp": validate(model, val_planes)})
-            progress.write(f"step {state['step']}: validation bpp {state['history'][-1]['val_bpp']}")
+            state["history"].append({"step": state["step"], **validate()})
+            progress.write(f"step {state['step']}: {state['history'][-1]}")
         if time.monotonic() - last_save > config.checkpoint_seconds:
             save_checkpoint(config.checkpoint, model, optimizer, rng, state)
             last_save = time.monotonic()
     progress.close()
-    state["history"].append({"step": state["step"], "val_bpp": validate(model, val_planes)})
+    state["history"].append({"step": state["step"], **validate()})
     save_checkpoint(config.checkpoint, model, optimizer, rng, state)
     return state
 

@@ -249,14 +249,15 @@ def _train_tasks(args: argparse.Namespace) -> int:
 
 
 def _train_joint(args: argparse.Namespace) -> int:
-    from model.tasks.joint import JointTrainConfig, export_joint_weights, train_joint
+    from model.tasks.joint import export_joint_weights, train_joint
+    from model.tasks.train import TaskTrainConfig
 
     if (args.export_codec is None) != (args.export_heads is None):
         raise ValueError("give both --export-codec and --export-heads: stage 3 changes codec and heads together")
     command = "mvmic " + " ".join(sys.argv[1:])
-    state = train_joint(JointTrainConfig(corpus_dir=args.corpus, checkpoint=args.checkpoint, minutes=args.minutes,
-                                         resume=args.resume, learning_rate=args.learning_rate, batch=args.batch,
-                                         command=command))
+    state = train_joint(TaskTrainConfig(corpus_dir=args.corpus, checkpoint=args.checkpoint, network="joint",
+                                        minutes=args.minutes, resume=args.resume, learning_rate=args.learning_rate,
+                                        batch=args.batch, command=command))
     print(f"step {state['step']}: {state['history'][-1]}")
     if args.export_codec:
         sha256 = export_joint_weights(args.checkpoint, args.export_codec, args.export_heads, command, args.corpus)

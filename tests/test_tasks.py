@@ -15,7 +15,7 @@ from model.bitstream import unpack_payloads
 from model.codec import QUALITY_CODES, MvmicCodec, coarse_reconstruction
 from model.lifting import zero_subbands
 from model.tasks.evaluation import TaskScores, average_precision, box_iou
-from model.tasks.joint import BETA_MAX, BETA_MIN, STAGE2_CODEC, JointTrainConfig, train_joint
+from model.tasks.joint import BETA_MAX, BETA_MIN, STAGE2_CODEC, train_joint
 from model.tasks.lesions import LESION_PARAMETERS, boxes_of, insert_lesions
 from model.tasks.train import TaskTrainConfig, load_task_planes, task_batch, train_tasks
 from mvmic.pixels import read_dicom, write_dicom
@@ -129,7 +129,8 @@ def test_analyze_reads_only_the_bitstream_and_writes_boxes_and_coco_rle(tmp_path
 
 def test_stage3_trains_codec_and_heads_together_and_resumes(tmp_path, corpus_dir) -> None:
     checkpoint = tmp_path / "joint.pt"
-    first = train_joint(JointTrainConfig(corpus_dir, checkpoint, minutes=0.02, batch=2, command="a"))
+    first = train_joint(TaskTrainConfig(corpus_dir, checkpoint, "joint", minutes=0.02, learning_rate=1e-4, batch=2,
+                                        command="a"))
     assert first["step"] >= 1 and first["task_reference"] > 0
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
     start = torch.load(STAGE2_CODEC, map_location="cpu", weights_only=True)
@@ -137,6 +138,7 @@ def test_stage3_trains_codec_and_heads_together_and_resumes(tmp_path, corpus_dir
     scales = saved["codec.band_scales.log_scales"]
     assert not torch.equal(scales, start.get("band_scales.log_scales", torch.zeros_like(scales)))
     assert any(not torch.equal(saved[f"codec.{k}"], v) for k, v in start.items() if k.startswith("nets."))
-    second = train_joint(JointTrainConfig(corpus_dir, checkpoint, minutes=0.02, batch=2, resume=True, command="b"))
+    second = train_joint(TaskTrainConfig(corpus_dir, checkpoint, "joint", minutes=0.02, learning_rate=1e-4, batch=2,
+                                         resume=True, command="b"))
     assert second["step"] > first["step"] and second["commands"] == ["a", "b"]
     assert BETA_MIN <= second["beta"] <= BETA_MAX

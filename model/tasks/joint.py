@@ -28,14 +28,11 @@ from __future__ import annotations
 
 import math
 import random
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from model.codec import DEFAULT_WEIGHTS, MAX_LEVELS, coarse_reconstruction, step_of
 from model.context_model import SubbandContextModel
@@ -43,9 +40,17 @@ from model.lifting import analysis, max_levels, synthesis
 from model.subbands import dequantize, quantize_straight_through
 from model.tasks.analysis import DEFAULT_HEADS
 from model.tasks.heads import LatentHeads
-from model.tasks.objectives import detection_targets, task_loss
-from model.tasks.train import CODES, SKIPPED_LEVELS, load_task_planes, task_batch, validate
-from model.train import RATE_FLOOR, export_codec, load_checkpoint, save_checkpoint, write_weights
+from model.tasks.objectives import task_loss
+from model.tasks.train import CODES, SKIPPED_LEVELS, TaskTrainConfig, load_task_planes, task_batch, validate
+from model.train import (
+    RATE_FLOOR,
+    descend,
+    export_codec,
+    load_checkpoint,
+    moving_average,
+    run_until_deadline,
+    write_weights,
+)
 
 # Stage 3 starts from the served stage-1 codec and stage-2 heads and writes to STAGE3_DIR: its codec is
 # not served yet (see README, "Stage 3").
@@ -78,20 +83,6 @@ def lagrange_multiplier(code: int) -> float:
     return 6.0 / (math.log(2) * step_of(code) ** 2)
 
 
-@dataclass
-class JointTrainConfig:
-    corpus_dir: Path
-    checkpoint: Path
-    minutes: float
-    resume: bool = False
-    learning_rate: float = 1e-4
-    batch: int = 4
-    checkpoint_seconds: float = 120.0
-    validate_every: int = 250
-    seed: int = 0
-    command: str = ""
-
-
 def _start(model: JointModel) -> None:
     """Stage 3 starts from the stage-1 codec and the stage-2 heads."""
     for part, path in ((model.codec, STAGE2_CODEC), (model.heads, STAGE2_HEADS)):
@@ -100,7 +91,7 @@ def _start(model: JointModel) -> None:
         part.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
-def train_joint(config: JointTrainConfig) -> dict:
+def train_joint(config: TaskTrainConfig) -> dict:
     rng, generator = random.Random(config.seed), np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     model = JointModel()
@@ -119,36 +110,23 @@ def train_joint(config: JointTrainConfig) -> dict:
         state = {"step": 0, "history": [], "network": "joint", "beta": BETA_START,
                  "task_reference": _task_reference(model, train_planes, rng, generator)}
     state.setdefault("commands", []).append(config.command)
-    deadline, last_save = time.monotonic() + 60 * config.minutes, time.monotonic()
-    progress = tqdm(desc="train joint", unit="step", initial=state["step"], mininterval=10)
     task_average = state["task_reference"]
-    while time.monotonic() < deadline:
+
+    def step() -> dict[str, str]:
+        nonlocal task_average
         images, masks, boxes = task_batch(train_planes, config.batch, rng, generator)
         code = rng.randint(*CODES)
         rate, distortion, outputs = model(images, code)
-        task = task_loss(outputs, masks, detection_targets(boxes, tuple(outputs.heatmap.shape[-2:])))
+        task = task_loss(outputs, masks, boxes)
         rd = torch.log2(rate + lagrange_multiplier(code) * distortion + RATE_FLOOR)
-        loss = rd + state["beta"] * task
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        state["step"] += 1
-        task_average = 0.98 * task_average + 0.02 * task.item()
+        descend(optimizer, rd + state["beta"] * task)
+        task_average = moving_average(task_average, task.item())
         state["beta"] = min(BETA_MAX, max(BETA_MIN, state["beta"] * math.exp(
             BETA_RATE * (task_average / state["task_reference"] - 1))))
-        progress.update()
-        progress.set_postfix(rd=f"{rd.item():.2f}", task=f"{task_average:.3f}", beta=f"{state['beta']:.3f}",
-                             refresh=False)
-        if state["step"] % config.validate_every == 0:
-            _record(state, model, val_planes)
-            progress.write(f"step {state['step']}: {state['history'][-1]}")
-        if time.monotonic() - last_save > config.checkpoint_seconds:
-            save_checkpoint(config.checkpoint, model, optimizer, rng, state)
-            last_save = time.monotonic()
-    progress.close()
-    _record(state, model, val_planes)
-    save_checkpoint(config.checkpoint, model, optimizer, rng, state)
-    return state
+        return {"rd": f"{rd.item():.2f}", "task": f"{task_average:.3f}", "beta": f"{state['beta']:.3f}"}
+
+    return run_until_deadline(config, "joint", model, optimizer, rng, state, step,
+                              lambda: _validation(state, model, val_planes))
 
 
 def _task_reference(model: JointModel, planes, rng: random.Random, generator: np.random.Generator) -> float:
@@ -157,15 +135,14 @@ def _task_reference(model: JointModel, planes, rng: random.Random, generator: np
         for _ in range(REFERENCE_BATCHES):
             images, masks, boxes = task_batch(planes, 4, rng, generator)
             _, _, outputs = model(images, rng.randint(*CODES))
-            losses.append(task_loss(outputs, masks, detection_targets(boxes, tuple(outputs.heatmap.shape[-2:]))))
+            losses.append(task_loss(outputs, masks, boxes))
     return float(torch.stack(losses).mean())
 
 
-def _record(state: dict, model: JointModel, val_planes) -> None:
+def _validation(state: dict, model: JointModel, val_planes) -> dict:
     scales = model.codec.band_scales().detach()
     dice = validate(model.heads, "latent", val_planes, scales)  # as stage 2 measures it, with these steps
-    state["history"].append({"step": state["step"], "val_dice": dice, "beta": state["beta"],
-                             "band_step_scales": [round(v, 3) for v in scales.tolist()]})
+    return {"val_dice": dice, "beta": state["beta"], "band_step_scales": [round(v, 3) for v in scales.tolist()]}
 
 
 def export_joint_weights(checkpoint: Path, codec_out: Path, heads_out: Path, command: str, corpus_dir: Path) -> str:

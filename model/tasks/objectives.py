@@ -56,8 +56,10 @@ def detection_targets(boxes: list[np.ndarray], grid: tuple[int, int]) -> Detecti
     return DetectionTargets(heatmap, size, offset, centres)
 
 
-def task_loss(outputs: HeadOutputs, masks: Tensor, targets: DetectionTargets) -> Tensor:
-    """Segmentation (BCE + soft Dice) plus detection (focal + L1) for (N, 1, H, W) masks."""
+def task_loss(outputs: HeadOutputs, masks: Tensor, boxes: list[np.ndarray]) -> Tensor:
+    """Segmentation (BCE + soft Dice) plus detection (focal + L1) for (N, 1, H, W) masks and
+    per-image boxes, the detection targets laid on the grid of ``outputs``."""
+    targets = detection_targets(boxes, (outputs.heatmap.shape[-2], outputs.heatmap.shape[-1]))
     logits = F.interpolate(outputs.segmentation, scale_factor=SEGMENTATION_STRIDE, mode="bilinear",
                            align_corners=False)[..., : masks.shape[-2], : masks.shape[-1]]
     probability = torch.sigmoid(logits)

@@ -15,21 +15,19 @@ heads serves every rate. Checkpoints and resume work as for the codec (model.tra
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from model.codec import MAX_LEVELS, QUALITY_CODES, MvmicCodec, coarse_reconstruction, normalised_planes, step_of
 from model.lifting import analysis, max_levels
 from model.subbands import quantize
 from model.tasks.heads import LatentHeads, PixelReference
 from model.tasks.lesions import LESION_PARAMETERS, boxes_of, insert_lesions
-from model.tasks.objectives import detection_targets, segmentation_masks, task_loss
-from model.train import load_checkpoint, save_checkpoint, write_weights
+from model.tasks.objectives import segmentation_masks, task_loss
+from model.train import descend, load_checkpoint, moving_average, run_until_deadline, write_weights
 from mvmic.corpus.manifest import Manifest
 
 CROP = 256
@@ -49,7 +47,7 @@ class TaskPlane:
 class TaskTrainConfig:
     corpus_dir: Path
     checkpoint: Path
-    network: str  # "latent" (stage 2) or "pixel" (the pixel-domain reference)
+    network: str  # "latent" (stage 2), "pixel" (the pixel-domain reference) or "joint" (stage 3)
     minutes: float
     resume: bool = False
     learning_rate: float = 1e-3
@@ -155,30 +153,18 @@ def train_tasks(config: TaskTrainConfig) -> dict:
     state.setdefault("commands", []).append(config.command)
     train_planes = load_task_planes(config.corpus_dir, "train")
     val_planes = load_task_planes(config.corpus_dir, "val")
-    deadline, last_save = time.monotonic() + 60 * config.minutes, time.monotonic()
-    progress = tqdm(desc=f"train {config.network}", unit="step", initial=state["step"], mininterval=10)
     running = None
-    while time.monotonic() < deadline:
+
+    def step() -> dict[str, str]:
+        nonlocal running
         images, masks, boxes = task_batch(train_planes, config.batch, rng, generator)
-        outputs = model(network_input(config.network, images, rng.randint(*CODES)))
-        loss = task_loss(outputs, masks, detection_targets(boxes, tuple(outputs.heatmap.shape[-2:])))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        state["step"] += 1
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        progress.update()
-        progress.set_postfix(loss=f"{running:.3f}", refresh=False)
-        if state["step"] % config.validate_every == 0:
-            state["history"].append({"step": state["step"], "val_dice": validate(model, config.network, val_planes)})
-            progress.write(f"step {state['step']}: validation Dice {state['history'][-1]['val_dice']:.3f}")
-        if time.monotonic() - last_save > config.checkpoint_seconds:
-            save_checkpoint(config.checkpoint, model, optimizer, rng, state)
-            last_save = time.monotonic()
-    progress.close()
-    state["history"].append({"step": state["step"], "val_dice": validate(model, config.network, val_planes)})
-    save_checkpoint(config.checkpoint, model, optimizer, rng, state)
-    return state
+        loss = task_loss(model(network_input(config.network, images, rng.randint(*CODES))), masks, boxes)
+        descend(optimizer, loss)
+        running = moving_average(running, loss.item())
+        return {"loss": f"{running:.3f}"}
+
+    return run_until_deadline(config, config.network, model, optimizer, rng, state, step,
+                              lambda: {"val_dice": validate(model, config.network, val_planes)})
 
 
 def export_task_weights(checkpoint: Path, out: Path, command: str, corpus_dir: Path) -> str:
