@@ -68,6 +68,7 @@ class MvmicCodec:
         context.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
         for net in context.nets:
             net.snap()  # shipped weights are already snapped; this makes any checkpoint safe too
+            net.freeze()
         return cls(context, Weights(Path(path), hashlib.sha256(data).hexdigest()))
 
     # -- encoding -----------------------------------------------------------------------------------

@@ -78,6 +78,7 @@ class IntegerConv2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         self.max_weight = 2 ** (bits - 1) - 1
+        self.frozen: tuple[Tensor, Tensor] | None = None  # (weight, bias) integers for coding, see freeze()
 
     def integer_weight(self) -> Tensor:
         return torch.clamp(_round_ste(self.weight * 2**WEIGHT_BITS), -self.max_weight, self.max_weight)
@@ -86,11 +87,17 @@ class IntegerConv2d(nn.Module):
         # In units of the output's fixed point, so a bias of 1.0 means 1.0 in real terms.
         return _round_ste(self.bias * 2 ** (self.out_shift + FRACTION_BITS))
 
+    def integers(self, exact: bool = False) -> tuple[Tensor, Tensor]:
+        """(weight, bias) integers in use: the frozen ones when coding (``exact``) after freeze()."""
+        if exact and self.frozen is not None:
+            return self.frozen
+        return self.integer_weight(), self.integer_bias()
+
     def forward(self, x: Tensor, exact: bool = False) -> Tensor:
-        weight = self.integer_weight().to(x.dtype)
+        weight, bias = (value.to(x.dtype) for value in self.integers(exact))
         padded = F.pad(x, [self.padding] * 4, mode="replicate")
         acc = _exact_conv(padded, weight) if exact else F.conv2d(padded, weight)
-        acc = acc + self.integer_bias().to(x.dtype)[None, :, None, None]
+        acc = acc + bias[None, :, None, None]
         y = _floor_ste(acc / 2**self.out_shift)
         if self.clip:
             y = torch.clamp(y, 0, 2**self.bits - 1)
@@ -103,10 +110,20 @@ class IntegerConv2d(nn.Module):
         self.weight.copy_(self.integer_weight() / 2**WEIGHT_BITS)
         self.bias.copy_(self.integer_bias() / 2 ** (self.out_shift + FRACTION_BITS))
 
+    @torch.no_grad()
+    def freeze(self) -> None:
+        """Keep the integers in use as int64 tensors, from which coding computes from now on.
+
+        Stored as floats, a bias of ~42,000 integer units sits within 1e-5 relative of the
+        next rounding boundary, so the float parameter would be one noisy copy or dtype cast
+        away from another integer; frozen integers cannot drift. Training never freezes."""
+        self.frozen = (self.integer_weight().to(torch.int64), self.integer_bias().to(torch.int64))
+
     def worst_case_sum(self, max_input: float) -> float:
         """Largest |accumulator| this layer can reach for inputs bounded by ``max_input``."""
-        weights = self.integer_weight().detach().abs().sum(dim=(1, 2, 3))
-        bias = self.integer_bias().detach().abs()
+        weight, bias = self.integers(exact=True)
+        weights = weight.detach().abs().sum(dim=(1, 2, 3)).double()
+        bias = bias.detach().abs().double()
         return float((weights * max_input + bias).max())
 
 
@@ -142,6 +159,11 @@ class IndexNetwork(nn.Module):
     def snap(self) -> None:
         for block in self.blocks:
             block.snap()
+
+    def freeze(self) -> None:
+        """Code from integer tensors from now on (IntegerConv2d.freeze): for loaded, shipped weights."""
+        for block in self.blocks:
+            block.freeze()
 
     @torch.no_grad()
     def indexes(self, features: Tensor, strip_rows: int = 64) -> Tensor:

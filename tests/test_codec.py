@@ -73,8 +73,9 @@ def _latents(codec: MvmicCodec, stream: Bitstream) -> list[torch.Tensor]:
 
 def test_entropy_decoding_is_exact_under_float_noise_and_thread_changes(corpus_dir, corpus_manifest) -> None:
     # 20 real test-split frames (128 x 128 centre crops keep it fast); encode once, then decode the
-    # latents with every float parameter of the model perturbed by 1e-5 relative noise, the
-    # wavelet constants perturbed too, and another thread count: the latents must not change.
+    # latents with every float parameter of the model perturbed by 1e-5 relative noise (the integer
+    # networks code from integers frozen at load, so it must not reach them), the wavelet constants
+    # perturbed too, and another thread count: the latents must not change.
     entries = [e for e in corpus_manifest.select("test") if e.samples_per_pixel == 1][::3][:20]
     assert len(entries) == 20
     reference = MvmicCodec.load()

@@ -8,7 +8,7 @@ import torch
 
 from model.context_model import PHASES, decoded_mask, phase_mask
 from model.entropy_coder import PRECISION, TABLE_COUNT, CodingTables, RansReader, RansWriter, scale_table
-from model.integer_net import IndexNetwork
+from model.integer_net import IndexNetwork, IntegerConv2d
 from model.lifting import analysis, max_levels, synthesis
 from model.subbands import band_gains, dequantize, quantize
 
@@ -80,6 +80,25 @@ def test_index_network_is_exact_across_thread_counts_and_precisions() -> None:
     # The training path is the same arithmetic: its rounded output is the coding index.
     training = torch.clamp(net(features.float()), 0, 63).to(torch.int32)
     assert torch.equal(training, one_thread)
+
+
+def test_frozen_integer_layers_keep_their_integers_when_the_floats_drift() -> None:
+    # A bias of ~42,000 integer units (as trained codecs have) stored as a float: 2e-5 relative
+    # noise moves it past a rounding boundary. Coding after freeze() must not see that.
+    layer = IntegerConv2d(2, 3, 3, out_shift=10, clip=False)
+    with torch.no_grad():
+        layer.bias.copy_(torch.tensor([41_980.0, -41_895.0, 7.0]) / 2**14)
+    layer.snap()
+    layer.freeze()
+    weight, bias = layer.integers(exact=True)
+    assert weight.dtype == bias.dtype == torch.int64
+    assert bias.tolist() == [41_980, -41_895, 7]
+    features = torch.randint(0, 256, (1, 2, 9, 9)).double()
+    before = layer(features, exact=True)
+    with torch.no_grad():
+        layer.bias.mul_(1 + 2e-5)
+    assert layer.integer_bias().round().tolist() != bias.tolist()  # the floats did drift
+    assert torch.equal(layer(features, exact=True), before)
 
 
 def test_index_network_refuses_fractional_features() -> None:
