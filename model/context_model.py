@@ -125,11 +125,14 @@ class SubbandContextModel(nn.Module):
         return phase_mask(band.shape, where.phase, band.device).expand_as(band)
 
     # -- training -----------------------------------------------------------------------------
-    def detail_bits(self, q: Subbands, step_code: int) -> Tensor:
-        """Ideal code length in bits of all detail bands under Laplacian tables (differentiable)."""
+    def detail_bits(self, q: Subbands, step_code: int, values: Subbands | None = None) -> Tensor:
+        """Ideal code length in bits of all detail bands under Laplacian tables (differentiable).
+        Contexts come from the integers ``q``, as in coding; the bits are those of ``values``
+        (default ``q``), e.g. their noisy stand-in when the steps are trained."""
         total = q.low.new_zeros(())
+        values = q if values is None else values
         for where in coding_order(len(q.details)):
-            band = q.details[where.level][where.orientation][:, 0]
+            band = values.details[where.level][where.orientation][:, 0]
             index = self.nets[where.orientation](self.features(q, where, step_code))
             # Clamped as coding clamps it, but the gradient passes, so an index outside
             # the table can still learn its way back.

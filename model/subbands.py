@@ -104,6 +104,26 @@ def quantize_straight_through(bands: Subbands, step: float, scales: Tensor) -> S
                     details=[tuple(through(b, _deadzone_round(b)) for b in level) for level in scaled.details])
 
 
+def with_uniform_noise(bands: Subbands, step: float, scales: Tensor) -> Subbands:
+    """Bands in step units plus uniform noise in [-0.5, 0.5): the differentiable stand-in for
+    rounding when the steps themselves are learned (stage 3). Straight-through rounding
+    gives a step no distortion cost where a coefficient rounds to 0, and the deadzone makes
+    that most of them, so learned steps only grow; with noise, distortion grows as step**2/12
+    and rate falls as the density of the coefficients in step units narrows, as for a real
+    quantiser at high rate (Balle et al., 2017)."""
+    scaled = in_steps(bands, step, scales)
+    noisy = lambda x: x + torch.rand_like(x) - 0.5
+    return Subbands(low=noisy(scaled.low), details=[tuple(noisy(b) for b in level) for level in scaled.details])
+
+
+def from_steps(values: Subbands, step: float, scales: Tensor) -> Subbands:
+    """Inverse of in_steps: values in step units back to coefficients."""
+    low_step, steps = band_steps(len(values.details), step, scales)
+    return Subbands(low=values.low * low_step,
+                    details=[tuple(v * s for v, s in zip(level, level_steps, strict=True))
+                             for level, level_steps in zip(values.details, steps, strict=True)])
+
+
 def dequantize(indices: Subbands, step: float, scales: Tensor | None = None) -> Subbands:
     low_step, steps = band_steps(len(indices.details), step, scales)
     return Subbands(

@@ -1,15 +1,18 @@
 """Stage 3: codec and heads fine-tuned together with the task-aware loss R + lambda D + beta L_task.
 
     crops with lesions (model.tasks.train.task_batch), random quality code q, step = 2**(-q/8)
-      --CDF 9/7--> bands --/ (step / gain_b * s_b), straight-through deadzone rounding--> q_b
-         q_b --SubbandContextModel.detail_bits--> R (bits per pixel)
-         q_b --dequantise, synthesis--> reconstruction --MSE against the crop--> D
-         q_b --dequantise, first synthesis steps--> LL1 --LatentHeads--> L_task (model.tasks.objectives)
+      --CDF 9/7--> bands --/ (step / gain_b * s_b)--> bands in step units
+         + uniform noise --> y_b --SubbandContextModel.detail_bits (contexts from q_b)--> R (bits per pixel)
+                             y_b --* steps, synthesis--> reconstruction --MSE against the crop--> D
+         straight-through deadzone rounding --> q_b (what the decoder gets)
+                             q_b --dequantise, first synthesis steps--> LL1 --LatentHeads--> L_task
       J = log2(R + lambda(q) D + floor) + beta L_task
 
-What the codec learns here: its entropy model (R) and the band step multipliers s_b
-(model.subbands.BandStepScales, shipped in the weights), which move bits between bands
-for distortion and for the tasks. lambda(q) = 6 / (ln 2 step**2) is the slope at which
+What the codec learns here: the band step multipliers s_b (model.subbands.BandStepScales,
+shipped in the weights), which move bits between bands for distortion and for the tasks.
+Its entropy model stays as stage 1 trained it on real integers (the noisy stand-in would
+teach it wider distributions than coding meets); export refits its tables to the symbols
+the new steps produce. lambda(q) = 6 / (ln 2 step**2) is the slope at which
 a uniform quantiser is rate-distortion optimal at high rate, so with beta = 0 the
 multipliers stay near 1 and the codec keeps its R-D; the log makes every rate count
 alike, as in stage 1.
@@ -37,7 +40,7 @@ from torch import nn
 from model.codec import DEFAULT_WEIGHTS, MAX_LEVELS, coarse_reconstruction, step_of
 from model.context_model import SubbandContextModel
 from model.lifting import analysis, max_levels, synthesis
-from model.subbands import dequantize, quantize_straight_through
+from model.subbands import from_steps, quantize_straight_through, with_uniform_noise
 from model.tasks.analysis import DEFAULT_HEADS
 from model.tasks.heads import LatentHeads
 from model.tasks.objectives import task_loss
@@ -72,8 +75,9 @@ class JointModel(nn.Module):
         bands = analysis(images.double(), min(MAX_LEVELS, max_levels(*images.shape[-2:])))
         scales = self.codec.band_scales()
         q = quantize_straight_through(bands, step_of(code), scales)
-        rate = self.codec.detail_bits(q, code) / images.numel()
-        reconstruction = synthesis(dequantize(q, step_of(code), scales))
+        noisy = with_uniform_noise(bands, step_of(code), scales)
+        rate = self.codec.detail_bits(q, code, values=noisy) / images.numel()
+        reconstruction = synthesis(from_steps(noisy, step_of(code), scales))
         distortion = torch.mean((reconstruction - images.double()) ** 2)
         outputs = self.heads(coarse_reconstruction(q, code, SKIPPED_LEVELS, scales).float())
         return rate, distortion, outputs
@@ -96,10 +100,10 @@ def train_joint(config: TaskTrainConfig) -> dict:
     torch.manual_seed(config.seed)
     model = JointModel()
     _start(model)
+    model.codec.nets.requires_grad_(False)
     optimizer = torch.optim.Adam([
-        {"params": model.codec.nets.parameters(), "lr": config.learning_rate},
         {"params": model.heads.parameters(), "lr": config.learning_rate},
-        {"params": model.codec.band_scales.parameters(), "lr": 10 * config.learning_rate},
+        {"params": model.codec.band_scales.parameters(), "lr": config.learning_rate},
     ])
     train_planes = load_task_planes(config.corpus_dir, "train")
     val_planes = load_task_planes(config.corpus_dir, "val")
