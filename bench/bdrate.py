@@ -25,12 +25,14 @@ def bd_rate(
     psnr_ref: Sequence[float],
     rate_test: Sequence[float],
     psnr_test: Sequence[float],
+    quality_name: str = "PSNR",
 ) -> float:
-    """Average bitrate difference of test against reference, in percent."""
+    """Average bitrate difference of test against reference, in percent. ``quality_name``
+    names the quality measure in errors when it is not PSNR (e.g. Dice)."""
     ref_rate, ref_psnr = _validated_curve(rate_ref, psnr_ref, "reference")
     test_rate, test_psnr = _validated_curve(rate_test, psnr_test, "test")
     mean_log_diff = _mean_fit_difference(
-        ref_psnr, np.log(ref_rate), test_psnr, np.log(test_rate), "PSNR"
+        ref_psnr, np.log(ref_rate), test_psnr, np.log(test_rate), quality_name
     )
     # A mean difference d in ln(rate) is a rate ratio of exp(d).
     return float((np.exp(mean_log_diff) - 1.0) * 100.0)

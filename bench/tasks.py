@@ -5,7 +5,8 @@
                                --decode--> pixels --PixelReference---------> scores "pixel ref on MVMICNet"
                    JPEG 2000 at the same bits per pixel --decode--> pixels --PixelReference --> "pixel ref on JPEG 2000"
       once: uncompressed pixels --PixelReference-------------------------> "pixel ref, uncompressed"
-    BD-rate at equal Dice: MVMICNet heads against the JPEG 2000 route
+    BD-rate at equal Dice: MVMICNet heads against the JPEG 2000 route (operational points of each curve)
+    Dice of the last stage against the first at equal rate; middle quality's Dice against the uncompressed reference
     time per frame at the middle quality: analyse the bitstream vs decode then analyse pixels
 
 Scores are pooled over the set (model.tasks.evaluation). Tables in tasks.md, rows in tasks.json.
@@ -155,19 +156,58 @@ def _run_set(cases: list[TaskCase], analyzers: dict[str, Analyzer], pixels: Pixe
                      "stages": {name: {"bpp": float(np.mean(stage_rates[name])), **stage_scores[name].as_dict()}
                                 for name in analyzers},
                      "pixel_ref_on_mvmicnet": on_mvmic.as_dict(), "pixel_ref_on_jpeg2000": on_jpeg2000.as_dict()})
-    return {"frames": len(cases), "pixel_ref_uncompressed": uncompressed.as_dict(), "rows": rows,
-            "bd_rate_dice_vs_jpeg2000": {name: _bd_rate_at_equal_dice(rows, name) for name in analyzers}}
+    result = {"frames": len(cases), "pixel_ref_uncompressed": uncompressed.as_dict(), "rows": rows,
+              "bd_rate_dice_vs_jpeg2000": {name: _bd_rate_at_equal_dice(rows, name) for name in analyzers},
+              "middle_rate_dice_vs_uncompressed_reference": {
+                  name: _middle_row(rows)["stages"][name]["dice"] / max(uncompressed.as_dict()["dice"], 1e-9)
+                  for name in analyzers}}
+    if len(analyzers) > 1:
+        first, last = next(iter(analyzers)), served
+        result["equal_rate"] = {"stages": [first, last], "rows": _dice_at_equal_rate(rows, first, last)}
+    return result
+
+
+def _middle_row(rows: list[dict]) -> dict:
+    return next(r for r in rows if r["quality"] == MIDDLE_QUALITY)
+
+
+def _operational(rates: list[float], dice: list[float]) -> tuple[list[float], list[float]]:
+    """The points of a curve that beat every cheaper point: the best Dice reachable at each rate.
+    A rate-Dice curve is not monotone (the heads may do slightly worse at a higher rate), and the
+    cubic fits of BD-rate need a curve that is."""
+    kept_rates, kept_dice = [], []
+    for rate, value in sorted(zip(rates, dice, strict=True)):
+        if not kept_dice or value > kept_dice[-1]:
+            kept_rates.append(rate)
+            kept_dice.append(value)
+    return kept_rates, kept_dice
 
 
 def _bd_rate_at_equal_dice(rows: list[dict], stage: str) -> float | str:
     """Rate change of the stage's heads against the JPEG 2000 route at equal Dice (JPEG 2000 ran at
-    the last stage's rates)."""
+    the last stage's rates), both curves reduced to their operational points."""
     served = list(rows[0]["stages"])[-1]
+    reference = _operational([r["stages"][served]["bpp"] for r in rows], [r["pixel_ref_on_jpeg2000"]["dice"] for r in rows])
+    test = _operational([r["stages"][stage]["bpp"] for r in rows], [r["stages"][stage]["dice"] for r in rows])
     try:
-        return bd_rate([r["stages"][served]["bpp"] for r in rows], [r["pixel_ref_on_jpeg2000"]["dice"] for r in rows],
-                       [r["stages"][stage]["bpp"] for r in rows], [r["stages"][stage]["dice"] for r in rows])
+        return bd_rate(*reference, *test, quality_name="Dice")
     except ValueError as exc:
         return f"n/a: {exc}"
+
+
+def _dice_at_equal_rate(rows: list[dict], reference: str, test: str) -> list[dict]:
+    """At each of the test stage's points, the reference stage's Dice at the same bits per pixel,
+    interpolated linearly in log rate between its two nearest points (None outside its range)."""
+    log_rates = np.log([r["stages"][reference]["bpp"] for r in rows])
+    dice = np.array([r["stages"][reference]["dice"] for r in rows])
+    order = np.argsort(log_rates)
+    compared = []
+    for row in rows:
+        rate, value = row["stages"][test]["bpp"], row["stages"][test]["dice"]
+        inside = log_rates.min() <= np.log(rate) <= log_rates.max()
+        at_rate = float(np.interp(np.log(rate), log_rates[order], dice[order])) if inside else None
+        compared.append({"quality": row["quality"], "bpp": rate, "dice": value, "reference_dice": at_rate})
+    return compared
 
 
 def _timing(cases: list[TaskCase], analyzer: Analyzer, pixels: PixelAnalyzer) -> dict:
@@ -208,6 +248,15 @@ def markdown(result: dict) -> str:
         for stage, bd in data["bd_rate_dice_vs_jpeg2000"].items():
             lines.append(f"BD-rate at equal Dice, {stage} heads vs the pixel reference on JPEG 2000: "
                          + (f"{bd:+.1f} %" if isinstance(bd, float) else bd))
+        for stage, ratio in data["middle_rate_dice_vs_uncompressed_reference"].items():
+            lines.append(f"Quality {MIDDLE_QUALITY}, {stage} heads: Dice {ratio:.2f}x the pixel reference's on "
+                         "uncompressed images")
+        if "equal_rate" in data:
+            reference, test = data["equal_rate"]["stages"]
+            compared = [f"q{c['quality']} {c['dice']:.3f} vs "
+                        + (f"{c['reference_dice']:.3f}" if c["reference_dice"] is not None else "n/a (outside its rates)")
+                        for c in data["equal_rate"]["rows"]]
+            lines.append(f"Dice at equal rate, {test} vs {reference} (log-rate interpolation): " + "; ".join(compared))
     timing = result["timing"]
     lines += ["", (f"Time per frame (quality {timing['quality']}, median of {timing['frames']}): analyse the "
                    f"bitstream {timing['analyse_bitstream_ms']:.0f} ms, decode then analyse pixels "
