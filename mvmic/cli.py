@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -52,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     rd.add_argument("--codec", action="append", dest="codecs", metavar="NAME",
                     help="only this codec (repeatable; default: all registered)")
     rd.add_argument("--jobs", type=int, default=None, help="worker processes (default: CPU count)")
+    rd.add_argument("--mvmicnet-weights", type=Path, default=None, metavar="WEIGHTS",
+                    help="measure these MVMICNet weights instead of the served ones (e.g. weights/stage3/...)")
     rd.set_defaults(run=_bench_rd)
     speed = bench.add_parser("speed", help="compress/decompress time of a 512x512 CT, MVMICNet vs OpenJPEG")
     speed.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder (default: %(default)s)")
@@ -167,8 +170,13 @@ def _data_prepare(args: argparse.Namespace) -> int:
 
 
 def _bench_rd(args: argparse.Namespace) -> int:
+    from bench.codecs.mvmicnet import WEIGHTS_VARIABLE
     from bench.rd import run_rd_benchmark
 
+    if args.mvmicnet_weights is not None:
+        if not args.mvmicnet_weights.is_file():
+            raise FileNotFoundError(f"no MVMICNet weights at {args.mvmicnet_weights}")
+        os.environ[WEIGHTS_VARIABLE] = str(args.mvmicnet_weights)
     run_rd_benchmark(args.corpus, args.split, args.out, codec_names=args.codecs, jobs=args.jobs)
     return 0
 

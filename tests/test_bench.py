@@ -113,6 +113,13 @@ def test_unknown_codec_name_is_a_clear_cli_error(tmp_path: Path) -> None:
     assert "unknown codec JPEG 3000" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_missing_mvmicnet_weights_are_a_clear_cli_error(tmp_path: Path) -> None:
+    result = _mvmic("bench", "rd", "--corpus", str(CORPUS), "--mvmicnet-weights", str(tmp_path / "none.pt"),
+                    "--out", str(tmp_path))
+    assert result.returncode == 1
+    assert "no MVMICNet weights at" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_bench_rd_writes_json_table_and_plot(tmp_path: Path) -> None:
     codecs = [argument for name in CLASSICAL for argument in ("--codec", name)]
     result = _mvmic("bench", "rd", "--corpus", str(CORPUS), "--split", "val", "--out", str(tmp_path), *codecs)

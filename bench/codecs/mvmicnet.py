@@ -1,4 +1,5 @@
-"""MVMICNet in the rate-distortion harness: the shipped weights at each --quality point.
+"""MVMICNet in the rate-distortion harness: the shipped weights (or those named by the
+MVMIC_BENCH_WEIGHTS environment variable, which worker processes inherit) at each --quality point.
 
 The bytes counted are the whole single-frame .mvm bitstream (header, payload, CRC),
 as JPEG 2000's are its whole codestream.
@@ -7,6 +8,7 @@ as JPEG 2000's are its whole codestream.
 from __future__ import annotations
 
 import json
+import os
 from functools import cached_property
 from pathlib import Path
 
@@ -17,6 +19,12 @@ from model.bitstream import Bitstream
 from model.codec import DEFAULT_WEIGHTS, QUALITY_CODES, MvmicCodec
 from mvmic.pixels import PixelFormat
 
+WEIGHTS_VARIABLE = "MVMIC_BENCH_WEIGHTS"
+
+
+def measured_weights() -> Path:
+    return Path(os.environ.get(WEIGHTS_VARIABLE, DEFAULT_WEIGHTS))
+
 
 @register
 class MvmicNet(Codec):
@@ -25,7 +33,7 @@ class MvmicNet(Codec):
 
     @cached_property
     def codec(self) -> MvmicCodec:
-        return MvmicCodec.load()  # once per process: the benchmark's workers each load it
+        return MvmicCodec.load(measured_weights())  # once per process: each worker loads it
 
     def encode(self, frame: np.ndarray, fmt: PixelFormat, point: OperatingPoint) -> bytes:
         pixels = frame[None, ..., None] if frame.ndim == 2 else frame[None]
@@ -38,11 +46,11 @@ class MvmicNet(Codec):
 
 def record_test_metrics(summary: list[dict], bd: list[dict], command: str) -> Path | None:
     """Write this run's MVMICNet rows into the manifest of the weights it measured."""
-    manifest_path = DEFAULT_WEIGHTS.with_suffix(".json")
+    manifest_path = measured_weights().with_suffix(".json")
     if not manifest_path.exists():
         return None
     manifest = json.loads(manifest_path.read_text())
-    if manifest.get("sha256") != MvmicCodec.load().weights.sha256:
+    if manifest.get("sha256") != MvmicCodec.load(measured_weights()).weights.sha256:
         return None  # the manifest describes other weights; never attach numbers to the wrong file
     manifest["test_metrics"] = {
         "command": command,
