@@ -189,7 +189,10 @@ def save_checkpoint(path: Path, model, optimizer, rng: random.Random, state: dic
 def load_checkpoint(path: Path, model, optimizer, rng: random.Random) -> dict:
     checkpoint = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
     model.load_state_dict(checkpoint["model"])
+    rates = [group["lr"] for group in optimizer.param_groups]
     optimizer.load_state_dict(checkpoint["optimizer"])
+    for group, rate in zip(optimizer.param_groups, rates, strict=True):
+        group["lr"] = rate  # this run's --learning-rate, not the one saved with the moments
     rng.setstate(checkpoint["rng"])
     torch.set_rng_state(checkpoint["torch_rng"].cpu())
     return checkpoint["state"]

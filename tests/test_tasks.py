@@ -95,9 +95,12 @@ def test_task_batches_carry_lesions_and_training_resumes(tmp_path, corpus_dir) -
     checkpoint = tmp_path / "heads.pt"
     first = train_tasks(TaskTrainConfig(corpus_dir, checkpoint, "latent", minutes=0.05, batch=2, command="a"))
     second = train_tasks(TaskTrainConfig(corpus_dir, checkpoint, "latent", minutes=0.05, batch=2, resume=True,
-                                         command="b"))
+                                         learning_rate=1e-4, command="b"))
     assert second["step"] > first["step"] > 0
     assert second["commands"] == ["a", "b"]
+    # A resumed run uses its own learning rate, not the one saved in the checkpoint.
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["optimizer"]
+    assert [group["lr"] for group in saved["param_groups"]] == [1e-4]
 
 
 def test_analyze_reads_only_the_bitstream_and_writes_boxes_and_coco_rle(tmp_path, corpus_dir, mvmic) -> None:
