@@ -21,6 +21,7 @@ recurses on the low-low band:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,9 @@ BETA = -0.052980118572961
 GAMMA = 0.882911075530934
 DELTA = 0.443506852043971
 KAPPA = 1.230174104914001
+FIXED_POINT_BITS = 24  # fraction bits of exact_synthesis's values and constants: products stay below 2**55
+
+Multiply = Callable[[float, Tensor], Tensor]
 
 
 @dataclass
@@ -73,14 +77,26 @@ def analysis(image: Tensor, levels: int) -> Subbands:
     return Subbands(low=low, details=details[::-1])
 
 
-def synthesis(bands: Subbands) -> Tensor:
-    """Inverse of :func:`analysis`."""
+def synthesis(bands: Subbands, multiply: Multiply | None = None) -> Tensor:
+    """Inverse of :func:`analysis`; ``multiply`` (constant, values) as in :func:`inverse_1d`."""
     low = bands.low
     for lh, hl, hh in bands.details:
-        low_columns = inverse_1d(low, lh, dim=-2)
-        high_columns = inverse_1d(hl, hh, dim=-2)
-        low = inverse_1d(low_columns, high_columns, dim=-1)
+        low_columns = inverse_1d(low, lh, dim=-2, multiply=multiply)
+        high_columns = inverse_1d(hl, hh, dim=-2, multiply=multiply)
+        low = inverse_1d(low_columns, high_columns, dim=-1, multiply=multiply)
     return low
+
+
+def fixed_point_multiply(constant: float, values: Tensor) -> Tensor:
+    """constant * values on int64 fixed-point values, rounded: integers only, so every machine,
+    thread count and device gives the same result (the exact decoder of a residual layer needs it)."""
+    scaled = round(constant * 2**FIXED_POINT_BITS)  # exact: a product with a power of two, then round
+    return (scaled * values + 2 ** (FIXED_POINT_BITS - 1)) >> FIXED_POINT_BITS
+
+
+def exact_synthesis(bands: Subbands) -> Tensor:
+    """:func:`synthesis` of int64 bands in fixed point (FIXED_POINT_BITS fraction bits), in integers."""
+    return synthesis(bands, multiply=fixed_point_multiply)
 
 
 def _next_even(s: Tensor, n_odd: int, dim: int) -> Tensor:
@@ -113,14 +129,20 @@ def forward_1d(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
     return s / KAPPA, d * (KAPPA / 2)
 
 
-def inverse_1d(s: Tensor, d: Tensor, dim: int) -> Tensor:
-    s, d = s * KAPPA, d * (2 / KAPPA)
+def inverse_1d(s: Tensor, d: Tensor, dim: int, multiply: Multiply | None = None) -> Tensor:
+    """Undo :func:`forward_1d`; ``multiply`` scales values by a lifting constant (default: float)."""
+    times = multiply or _float_multiply
+    s, d = times(KAPPA, s), times(2 / KAPPA, d)
     n_even, n_odd = s.shape[dim], d.shape[dim]
-    s = s - DELTA * _neighbour_odds(d, n_even, dim)
-    d = d - GAMMA * (s.narrow(dim, 0, n_odd) + _next_even(s, n_odd, dim))
-    s = s - BETA * _neighbour_odds(d, n_even, dim)
-    d = d - ALPHA * (s.narrow(dim, 0, n_odd) + _next_even(s, n_odd, dim))
+    s = s - times(DELTA, _neighbour_odds(d, n_even, dim))
+    d = d - times(GAMMA, s.narrow(dim, 0, n_odd) + _next_even(s, n_odd, dim))
+    s = s - times(BETA, _neighbour_odds(d, n_even, dim))
+    d = d - times(ALPHA, s.narrow(dim, 0, n_odd) + _next_even(s, n_odd, dim))
     return _interleave(s, d, dim)
+
+
+def _float_multiply(constant: float, values: Tensor) -> Tensor:
+    return values * constant
 
 
 def _interleave(s: Tensor, d: Tensor, dim: int) -> Tensor:

@@ -9,7 +9,7 @@ import torch
 from model.context_model import PHASES, decoded_mask, phase_mask
 from model.entropy_coder import PRECISION, TABLE_COUNT, CodingTables, RansReader, RansWriter, scale_table
 from model.integer_net import IndexNetwork, IntegerConv2d
-from model.lifting import analysis, max_levels, synthesis
+from model.lifting import FIXED_POINT_BITS, Subbands, analysis, exact_synthesis, max_levels, synthesis
 from model.subbands import band_gains, dequantize, quantize
 
 
@@ -41,6 +41,27 @@ def test_wavelet_keeps_a_constant_in_the_low_band() -> None:
     bands = analysis(torch.full((1, 1, 37, 52), 0.25, dtype=torch.float64), 3)
     assert torch.allclose(bands.low, torch.full_like(bands.low, 0.25))
     assert all(float(b.abs().max()) < 1e-12 for level in bands.details for b in level)
+
+
+@pytest.mark.parametrize("entry_id", ["pyradiomics-lung1-030", "pyradiomics-breast1-010"])
+def test_exact_synthesis_is_the_float_one_in_integers(corpus_manifest, corpus_dir, entry_id: str) -> None:
+    # Quantised bands of a real image in int64 fixed point: the integer synthesis lands within a
+    # few units of 2**-FIXED_POINT_BITS of the float one, and its output is integers, whatever the thread count.
+    image = _normalised(corpus_manifest, corpus_dir, entry_id)
+    coefficients = dequantize(quantize(analysis(image, 5), 2.0**-7), 2.0**-7)
+    to_fixed = lambda band: torch.round(band * 2**FIXED_POINT_BITS).to(torch.int64)
+    fixed = Subbands(to_fixed(coefficients.low), [tuple(map(to_fixed, level)) for level in coefficients.details])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_thread = exact_synthesis(fixed)
+        torch.set_num_threads(2)
+        two_threads = exact_synthesis(fixed)
+    finally:
+        torch.set_num_threads(threads)
+    assert one_thread.dtype == torch.int64 and torch.equal(one_thread, two_threads)
+    error = (one_thread.double() / 2**FIXED_POINT_BITS - synthesis(coefficients)).abs().max()
+    assert float(error) < 64 * 2.0**-FIXED_POINT_BITS
 
 
 def test_quantiser_error_is_bounded_by_the_step(corpus_manifest, corpus_dir) -> None:
