@@ -156,19 +156,16 @@ def _run_set(cases: list[TaskCase], analyzers: dict[str, Analyzer], pixels: Pixe
                      "stages": {name: {"bpp": float(np.mean(stage_rates[name])), **stage_scores[name].as_dict()}
                                 for name in analyzers},
                      "pixel_ref_on_mvmicnet": on_mvmic.as_dict(), "pixel_ref_on_jpeg2000": on_jpeg2000.as_dict()})
-    result = {"frames": len(cases), "pixel_ref_uncompressed": uncompressed.as_dict(), "rows": rows,
+    reference = uncompressed.as_dict()
+    middle = next(r for r in rows if r["quality"] == MIDDLE_QUALITY)
+    result = {"frames": len(cases), "pixel_ref_uncompressed": reference, "rows": rows,
               "bd_rate_dice_vs_jpeg2000": {name: _bd_rate_at_equal_dice(rows, name) for name in analyzers},
               "middle_rate_dice_vs_uncompressed_reference": {
-                  name: _middle_row(rows)["stages"][name]["dice"] / max(uncompressed.as_dict()["dice"], 1e-9)
-                  for name in analyzers}}
+                  name: middle["stages"][name]["dice"] / max(reference["dice"], 1e-9) for name in analyzers}}
     if len(analyzers) > 1:
         first, last = next(iter(analyzers)), served
         result["equal_rate"] = {"stages": [first, last], "rows": _dice_at_equal_rate(rows, first, last)}
     return result
-
-
-def _middle_row(rows: list[dict]) -> dict:
-    return next(r for r in rows if r["quality"] == MIDDLE_QUALITY)
 
 
 def _operational(rates: list[float], dice: list[float]) -> tuple[list[float], list[float]]:

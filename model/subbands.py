@@ -10,6 +10,8 @@ every band the same pixel-domain error per unit step (as JPEG 2000 does).
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
 from functools import cache
 
 import torch
@@ -82,10 +84,7 @@ class BandStepScales(nn.Module):
 
 def in_steps(bands: Subbands, step: float, scales: Tensor | None = None) -> Subbands:
     """Every band divided by its own quantiser step: what quantisation rounds."""
-    low_step, steps = band_steps(len(bands.details), step, scales)
-    return Subbands(low=bands.low / low_step,
-                    details=[tuple(b / s for b, s in zip(level, level_steps, strict=True))
-                             for level, level_steps in zip(bands.details, steps, strict=True)])
+    return _each_band_with_its_step(bands, step, scales, operator.truediv)
 
 
 def quantize(bands: Subbands, step: float, scales: Tensor | None = None) -> Subbands:
@@ -118,10 +117,15 @@ def with_uniform_noise(bands: Subbands, step: float, scales: Tensor) -> Subbands
 
 def from_steps(values: Subbands, step: float, scales: Tensor) -> Subbands:
     """Inverse of in_steps: values in step units back to coefficients."""
-    low_step, steps = band_steps(len(values.details), step, scales)
-    return Subbands(low=values.low * low_step,
-                    details=[tuple(v * s for v, s in zip(level, level_steps, strict=True))
-                             for level, level_steps in zip(values.details, steps, strict=True)])
+    return _each_band_with_its_step(values, step, scales, operator.mul)
+
+
+def _each_band_with_its_step(bands: Subbands, step: float, scales: Tensor | None,
+                             apply: Callable[[Tensor, Tensor | float], Tensor]) -> Subbands:
+    low_step, steps = band_steps(len(bands.details), step, scales)
+    return Subbands(low=apply(bands.low, low_step),
+                    details=[tuple(apply(b, s) for b, s in zip(level, level_steps, strict=True))
+                             for level, level_steps in zip(bands.details, steps, strict=True)])
 
 
 def dequantize(indices: Subbands, step: float, scales: Tensor | None = None) -> Subbands:
