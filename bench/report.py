@@ -34,16 +34,18 @@ def summarize(codecs: list[Codec], measurements: list[Measurement]) -> list[dict
         for point in codec.points:
             group = by_point.get((codec.name, point.label), [])
             if group:
-                rows.append(_summary_row(codec.name, point.label, point.lossless, group))
+                bound = 0 if point.lossless else point.max_error
+                rows.append(_summary_row(codec.name, point.label, point.lossless, bound, group))
     return rows
 
 
-def _summary_row(codec: str, point: str, lossless: bool, group: list[Measurement]) -> dict:
+def _summary_row(codec: str, point: str, lossless: bool, bound: int | None, group: list[Measurement]) -> dict:
     finite = [m.psnr for m in group if math.isfinite(m.psnr)]
     return {
         "codec": codec,
         "point": point,
         "lossless": lossless,
+        "error_bound": bound,  # 0 lossless, the promised maximum error near-lossless, None otherwise
         "frames": len(group),
         "mean_bpp": statistics.fmean(m.bpp for m in group),
         # Exact frames have infinite PSNR; the mean is over the others, None if all exact.
@@ -113,6 +115,15 @@ def markdown_report(split: str, frames: int, summary: list[dict], bd: list[dict]
         lines.append(f"| {row['codec']} | {row['point']} | {row['mean_bpp']:.4f} | {psnr_text} | "
                      f"{row['exact_frames']}/{row['frames']} | {row['max_abs_error']} | "
                      f"{row['mean_encode_ms']:.1f} | {row['mean_decode_ms']:.1f} |")
+    bounded = sorted((row for row in summary if row["error_bound"] is not None),
+                     key=lambda row: (row["error_bound"], row["mean_bpp"]))
+    if bounded:
+        lines += ["", ("Lossless and near-lossless (bound = the maximum error promised; 0 = lossless), "
+                  "smallest first:"), "",
+                  "| bound | codec | point | bpp | max err | enc ms | dec ms |", "|---:|---|---|---:|---:|---:|---:|"]
+        lines += [f"| {row['error_bound']} | {row['codec']} | {row['point']} | {row['mean_bpp']:.4f} | "
+                  f"{row['max_abs_error']} | {row['mean_encode_ms']:.1f} | {row['mean_decode_ms']:.1f} |"
+                  for row in bounded]
     if bd:
         modalities = sorted({mod for row in bd for mod in row["by_modality"]})
         lines += ["", ("BD-rate of a codec against a reference (median over frames; negative = fewer bits "

@@ -38,6 +38,10 @@ at most 10 bytes, below 2**64; svarint = zigzag-encoded varint, 0 -1 1 -2 -> 0 1
     | m      |   payload           | bytes                    |                                       |
     | 4      | CRC32               | u32                      | zlib.crc32 of every preceding byte    |
 
+A residual layer's payload is laid out in model.codec.ResidualLayer (maximum error, the
+base layer's band steps in fixed point, the residual weights' fingerprint, one coded plane
+per sample).
+
 The codec maps a stored value v to (v - offset) / 2**scale_log2: both are integers so the
 mapping is exact and the same on every machine. The fingerprint is 8 bytes, not the full
 32 of a sha256, because at 0.02 bits per pixel a 512x512 image has about 650 bytes in all;
@@ -128,7 +132,7 @@ class WeightsMismatchError(BitstreamError):
 
 class LayerKind(IntEnum):
     BASE = 0
-    RESIDUAL = 1  # refines the base layer of the same frame (later issue)
+    RESIDUAL = 1  # refines the base layer of the same frame to a guaranteed maximum error (model.residual)
     DICOM_HEADER = 2  # the source instance without Pixel Data, deflated; frame 0; lets decoding rebuild it
 
 
@@ -268,6 +272,26 @@ def unpack_payloads(data: bytes) -> list[bytes]:
     if reader.remaining:
         raise TrailingDataError(f"{reader.remaining} bytes left over after {count} packed parts")
     return parts
+
+
+def pack_integers(values: Sequence[int]) -> bytes:
+    """Signed integers in a payload: varint count, then one svarint each."""
+    return _varint(len(values)) + b"".join(_varint(_zigzag(v)) for v in values)
+
+
+def unpack_integers(data: bytes) -> list[int]:
+    """Inverse of pack_integers; a count past the end or bytes left over are errors."""
+    reader = _Reader(bytes(data), 0, len(data))
+    try:
+        count = reader.varint("integer count")
+        if count > reader.remaining:  # every svarint takes at least 1 byte
+            raise _Overrun(f"{count} integers", count, reader.remaining)
+        values = [_unzigzag(reader.varint(f"integer {i}")) for i in range(count)]
+    except _Overrun as exc:
+        raise TruncatedError(f"truncated packed integers: {exc}") from None
+    if reader.remaining:
+        raise TrailingDataError(f"{reader.remaining} bytes left over after {count} packed integers")
+    return values
 
 
 class _Overrun(Exception):

@@ -10,6 +10,14 @@ The quality code q (MIN_CODE..MAX_CODE) sets the quantiser step 2**(-q / 8) in n
 one model serves every rate. Decoding mirrors the chain; entropy decoding depends
 only on integers, so it is exact on any machine, and the float synthesis only
 shapes the lossy reconstruction.
+
+With a maximum error tau (near-lossless 1..16, lossless 0), each frame also gets a residual layer
+(model.residual) against the base reconstructed in integers (model.exact_base):
+
+    base layer's integer subbands --exact_base--> base samples b (identical in encoder and decoder)
+    x - b --ResidualContextModel--> residual layer: tau, fixed-point band steps, residual weights
+                                    fingerprint, one coded plane per sample
+    decoding: b + (2 tau + 1) q, clipped: every sample within tau of x, checked by the encoder
 """
 
 from __future__ import annotations
@@ -22,9 +30,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.bitstream import Bitstream, Layer, LayerKind, fingerprint, pack_payloads, unpack_payloads
+from model.bitstream import (
+    FINGERPRINT_BYTES,
+    Bitstream,
+    Layer,
+    LayerKind,
+    WeightsMismatchError,
+    fingerprint,
+    pack_integers,
+    pack_payloads,
+    unpack_integers,
+    unpack_payloads,
+)
 from model.context_model import SubbandContextModel
+from model.exact_base import BandStepsFixed, exact_plane
 from model.lifting import Subbands, analysis, max_levels, synthesis, zero_subbands
+from model.residual import MAX_ERROR, PlaneContext, ResidualContextModel, quantize_residual
 from model.subbands import dequantize, quantize
 from mvmic.pixels import NativeImage, PixelFormat
 
@@ -42,6 +63,11 @@ class CodecInputError(ValueError):
     """The image cannot be coded by MVMICNet; the message says why."""
 
 
+class BoundViolationError(RuntimeError):
+    """The encoder's own decoding of a residual layer broke the promised maximum error: a bug,
+    reported instead of returning a bitstream that does not keep its promise."""
+
+
 @dataclass(frozen=True)
 class Weights:
     path: Path
@@ -52,72 +78,167 @@ def step_of(code: int) -> float:
     return 2.0 ** (-code / 8)
 
 
+def residual_weights_path(codec_weights: Path) -> Path:
+    """Where the residual model of a codec weights file lives: beside it, named after it."""
+    return codec_weights.with_name(f"{codec_weights.stem}-residual.pt")
+
+
 class MvmicCodec:
     model_id = MODEL_ID
 
-    def __init__(self, context: SubbandContextModel, weights: Weights) -> None:
+    def __init__(self, context: SubbandContextModel, weights: Weights,
+                 residual: tuple[ResidualContextModel, Weights] | None = None) -> None:
         self.context = context.eval()
         self.weights = weights
+        self.residual = residual  # the residual layer's model and its weights file, if there is one
         with torch.no_grad():
             self.scales = context.band_scales()  # learned band step multipliers (1 before stage 3)
 
     @classmethod
-    def load(cls, path: Path = DEFAULT_WEIGHTS) -> MvmicCodec:
+    def load(cls, path: Path = DEFAULT_WEIGHTS, residual_path: Path | None = None) -> MvmicCodec:
+        """The codec of a weights file, with the residual model beside it (residual_weights_path)
+        unless ``residual_path`` names another; without one, only lossy coding is possible."""
         data = Path(path).read_bytes()
         context = SubbandContextModel()
         context.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
         for net in context.nets:
             net.snap()  # shipped weights are already snapped; this makes any checkpoint safe too
             net.freeze()
-        return cls(context, Weights(Path(path), hashlib.sha256(data).hexdigest()))
+        residual_path = Path(residual_path or residual_weights_path(Path(path)))
+        residual = None
+        if residual_path.is_file():
+            residual_data = residual_path.read_bytes()
+            residual = (ResidualContextModel.load(residual_data),
+                        Weights(residual_path, hashlib.sha256(residual_data).hexdigest()))
+        return cls(context, Weights(Path(path), hashlib.sha256(data).hexdigest()), residual)
 
     # -- encoding -----------------------------------------------------------------------------------
-    def compress(self, image: NativeImage, code: int) -> Bitstream:
-        return self.compress_pixels(image.pixels, image.format, code)
+    def compress(self, image: NativeImage, code: int, max_error: int | None = None) -> Bitstream:
+        return self.compress_pixels(image.pixels, image.format, code, max_error)
 
-    def compress_pixels(self, pixels: np.ndarray, fmt: PixelFormat, code: int) -> Bitstream:
-        """Code stored values shaped (frames, rows, columns, samples) at quality code ``code``."""
+    def compress_pixels(self, pixels: np.ndarray, fmt: PixelFormat, code: int, max_error: int | None = None,
+                        verify: bool = True) -> Bitstream:
+        """Code stored values shaped (frames, rows, columns, samples) at quality code ``code``; with
+        ``max_error`` (0 lossless, 1..16 near-lossless) add residual layers that bound every sample's
+        error, and (``verify``) decode them to check the bound before returning."""
         _check_codeable(pixels, fmt)
         if not MIN_CODE <= code <= MAX_CODE:
             raise CodecInputError(f"quality code {code} out of range {MIN_CODE}..{MAX_CODE}")
-        frames = [pixels[f, ..., 0] if fmt.samples_per_pixel == 1 else pixels[f] for f in range(pixels.shape[0])]
-        layers = tuple(Layer(LayerKind.BASE, f, self._encode_frame(frame, fmt, code)) for f, frame in enumerate(frames))
-        return Bitstream(
+        if max_error is not None:
+            self._check_residual_possible(max_error)
+        layers = []
+        for index in range(pixels.shape[0]):
+            payload, bands = self._encode_frame(pixels[index], fmt, code)
+            layers.append(Layer(LayerKind.BASE, index, payload))
+            if max_error is not None:
+                residual = self._encode_residual(pixels[index], bands, fmt, code, max_error)
+                layers.append(Layer(LayerKind.RESIDUAL, index, residual))
+        stream = Bitstream(
             model_id=self.model_id, weights_fingerprint=fingerprint(self.weights.sha256),
             rows=pixels.shape[1], columns=pixels.shape[2], frames=pixels.shape[0],
             samples_per_pixel=fmt.samples_per_pixel, bits_stored=fmt.bits_stored, signed=fmt.signed,
             photometric=fmt.photometric, offset=_offset(fmt), scale_log2=fmt.bits_stored, quality=code,
-            layers=layers,
+            layers=tuple(layers),
         )
+        if max_error is not None and verify:
+            self.check_bound(pixels, stream, max_error)
+        return stream
 
-    def _encode_frame(self, frame: np.ndarray, fmt: PixelFormat, code: int) -> bytes:
+    def quantized_planes(self, frame: np.ndarray, fmt: PixelFormat, code: int) -> list[Subbands]:
+        """The integer subbands of each plane of one frame (rows, columns[, samples]), as the base layer
+        codes them."""
+        return [quantize(analysis(torch.from_numpy(plane)[None, None], _levels(*plane.shape)), step_of(code),
+                         self.scales) for plane in normalised_planes(frame, fmt)]
+
+    def _encode_frame(self, frame: np.ndarray, fmt: PixelFormat, code: int) -> tuple[bytes, list[Subbands]]:
+        bands = self.quantized_planes(frame, fmt, code)
+        return pack_payloads([self.context.encode(plane, code) for plane in bands]), bands
+
+    def base_of(self, bands: list[Subbands], code: int, fmt: PixelFormat) -> tuple[BandStepsFixed, np.ndarray]:
+        """(fixed-point band steps, exact base samples (rows, columns, samples) int64) of one frame's
+        integer subbands: what its residual layer is coded against."""
+        steps = BandStepsFixed.of(len(bands[0].details), step_of(code), self.scales)
+        return steps, exact_base(bands, steps, fmt)
+
+    def _check_residual_possible(self, max_error: int) -> None:
+        if not 0 <= max_error <= MAX_ERROR:
+            raise CodecInputError(f"maximum error {max_error} out of range 0 (lossless)..{MAX_ERROR}")
+        if self.residual is None:
+            raise CodecInputError(f"no residual model beside {self.weights.path} "
+                                  f"({residual_weights_path(self.weights.path).name}): only lossy coding is possible")
+
+    def _encode_residual(self, samples: np.ndarray, bands: list[Subbands], fmt: PixelFormat, code: int,
+                         max_error: int) -> bytes:
+        """The residual layer of one frame, ``samples`` (rows, columns, samples) stored values."""
+        model, weights = self.residual
+        steps, base = self.base_of(bands, code, fmt)
         parts = []
-        for plane in normalised_planes(frame, fmt):
-            bands = quantize(analysis(torch.from_numpy(plane)[None, None], _levels(*plane.shape)), step_of(code),
-                             self.scales)
-            parts.append(self.context.encode(bands, code))
-        return pack_payloads(parts)
+        for sample in range(fmt.samples_per_pixel):
+            residual = torch.from_numpy(samples[..., sample].astype(np.int64) - base[..., sample])[None]
+            context = PlaneContext(torch.from_numpy(base[..., sample])[None], fmt.min_value, fmt.bits_stored, code,
+                                   max_error)
+            side, data = model.encode(quantize_residual(residual, max_error), context)
+            parts.append(pack_payloads([pack_integers(side), data]))
+        header = pack_integers([max_error, *steps.steps])
+        return pack_payloads([header, fingerprint(weights.sha256), *parts])
+
+    def check_bound(self, pixels: np.ndarray, stream: Bitstream, max_error: int) -> None:
+        """Decode ``stream`` and raise BoundViolationError unless every sample is within ``max_error``."""
+        decoded = self.decompress(stream).astype(np.int64)
+        worst = int(np.abs(decoded - pixels.astype(np.int64)).max())
+        if worst > max_error:
+            raise BoundViolationError(f"the residual layer decodes with a maximum error of {worst}, "
+                                      f"above the promised {max_error}: bitstream withheld")
 
     # -- decoding -----------------------------------------------------------------------------------
     def decompress(self, stream: Bitstream) -> np.ndarray:
-        """Stored values, (frames, rows, columns, samples), in the image's own dtype."""
+        """Stored values, (frames, rows, columns, samples), in the image's own dtype: base plus residual
+        where a frame has a residual layer (every sample within its maximum error), else the base."""
         _check_decodable(stream)
         fmt = stream.pixel_format
-        frames = [self._decode_frame(layer.payload, stream, fmt) for layer in _base_layers(stream)]
+        residuals = {layer.frame: layer for layer in stream.layers if layer.kind == LayerKind.RESIDUAL}
+        frames = []
+        for layer in _base_layers(stream):
+            if layer.frame in residuals:
+                frames.append(self._decode_with_residual(layer.payload, residuals[layer.frame].payload, stream))
+            else:
+                frames.append(self._decode_frame(layer.payload, stream, fmt))
         return np.stack(frames)
 
     def _decode_frame(self, payload: bytes, stream: Bitstream, fmt: PixelFormat) -> np.ndarray:
-        parts = unpack_payloads(payload)
-        planes_expected = 3 if fmt.samples_per_pixel == 3 else 1
-        if len(parts) != planes_expected:
-            raise ValueError(f"frame payload has {len(parts)} planes, expected {planes_expected}")
-        shapes = zero_subbands(stream.rows, stream.columns, _levels(stream.rows, stream.columns))
         planes = []
-        for index, part in enumerate(parts):
-            bands = self.context.decode(part, shapes, stream.quality)
+        for index, bands in enumerate(self._decode_bands(payload, stream)):
             decoded = synthesis(dequantize(bands, step_of(stream.quality), self.scales))[0, 0].numpy()
             planes.append(np.round(decoded * 2.0**fmt.bits_stored + plane_offset(fmt, index)))
         return from_planes(planes, fmt)
+
+    def _decode_bands(self, payload: bytes, stream: Bitstream) -> list[Subbands]:
+        parts = unpack_payloads(payload)
+        planes_expected = 3 if stream.samples_per_pixel == 3 else 1
+        if len(parts) != planes_expected:
+            raise ValueError(f"frame payload has {len(parts)} planes, expected {planes_expected}")
+        shapes = zero_subbands(stream.rows, stream.columns, _levels(stream.rows, stream.columns))
+        return [self.context.decode(part, shapes, stream.quality) for part in parts]
+
+    def _decode_with_residual(self, base_payload: bytes, payload: bytes, stream: Bitstream) -> np.ndarray:
+        fmt = stream.pixel_format
+        layer = ResidualLayer.parse(payload, stream)
+        if self.residual is None:
+            raise WeightsMismatchError(f"the bitstream has residual layers and {self.weights.path} has no "
+                                       f"residual model beside it")
+        model, weights = self.residual
+        if layer.residual_fingerprint != fingerprint(weights.sha256):
+            raise WeightsMismatchError(f"residual layer made by residual weights {layer.residual_fingerprint.hex()}…, "
+                                       f"these are {fingerprint(weights.sha256).hex()}… ({weights.path.name})")
+        base = exact_base(self._decode_bands(base_payload, stream), layer.steps, fmt)
+        width = 2 * layer.max_error + 1
+        samples = []
+        for sample, (side, data) in enumerate(layer.planes):
+            context = PlaneContext(torch.from_numpy(base[..., sample])[None], fmt.min_value, fmt.bits_stored,
+                                   stream.quality, layer.max_error)
+            q = model.decode(side, data, context)[0].numpy()
+            samples.append(base[..., sample] + width * q)
+        return np.clip(np.stack(samples, axis=-1), fmt.min_value, fmt.max_value).astype(fmt.dtype)
 
 
     def decode_coarse(self, stream: Bitstream, skipped_levels: int = 1) -> list[torch.Tensor]:
@@ -136,6 +257,54 @@ class MvmicCodec:
                                         levels=levels - skipped_levels)
             coarse.append(coarse_reconstruction(bands, stream.quality, skipped_levels, self.scales))
         return coarse
+
+
+@dataclass(frozen=True)
+class ResidualLayer:
+    """A parsed residual layer payload: pack_payloads of
+    [pack_integers([max_error, *fixed-point band steps]), residual weights fingerprint,
+     one pack_payloads([pack_integers(side information), rANS bytes]) per sample (ResidualContextModel.encode)]."""
+
+    max_error: int
+    steps: BandStepsFixed
+    residual_fingerprint: bytes
+    planes: list[tuple[list[int], bytes]]
+
+    @classmethod
+    def parse(cls, payload: bytes, stream: Bitstream) -> ResidualLayer:
+        parts = unpack_payloads(payload)
+        if len(parts) != 2 + stream.samples_per_pixel:
+            raise ValueError(f"residual layer has {len(parts)} parts, expected {2 + stream.samples_per_pixel}")
+        header = unpack_integers(parts[0])
+        if not header or not 0 <= header[0] <= MAX_ERROR:
+            raise ValueError(f"residual layer maximum error {header[:1]} out of range 0..{MAX_ERROR}")
+        steps = BandStepsFixed(tuple(header[1:]))
+        if steps.levels != _levels(stream.rows, stream.columns):
+            raise ValueError(f"residual layer has steps for {steps.levels} levels, the image has "
+                             f"{_levels(stream.rows, stream.columns)}")
+        if len(parts[1]) != FINGERPRINT_BYTES:
+            raise ValueError("residual layer weights fingerprint has the wrong length")
+        planes = []
+        for part in parts[2:]:
+            weights, data = unpack_payloads(part)
+            planes.append((unpack_integers(weights), data))
+        return cls(header[0], steps, parts[1], planes)
+
+
+def max_error_of(stream: Bitstream) -> int | None:
+    """The error bound a bitstream guarantees for all its frames: None for lossy (some frame has no
+    residual layer), 0 for lossless."""
+    residuals = {layer.frame: layer for layer in stream.layers if layer.kind == LayerKind.RESIDUAL}
+    if len(residuals) < stream.frames:
+        return None
+    return max(ResidualLayer.parse(layer.payload, stream).max_error for layer in residuals.values())
+
+
+def exact_base(bands: list[Subbands], steps: BandStepsFixed, fmt: PixelFormat) -> np.ndarray:
+    """The base samples of one frame, (rows, columns, samples) int64, from its planes' integer subbands:
+    the same integers on every machine (model.exact_base), clipped to the stored range."""
+    planes = [exact_plane(plane, steps, fmt.bits_stored, plane_offset(fmt, index)) for index, plane in enumerate(bands)]
+    return from_planes(planes, fmt).astype(np.int64)
 
 
 def coarse_reconstruction(bands: Subbands, code: int, skipped_levels: int,
@@ -179,10 +348,10 @@ def plane_offset(fmt: PixelFormat, plane: int) -> int:
 
 
 def to_planes(frame: np.ndarray, fmt: PixelFormat) -> list[np.ndarray]:
-    """Integer planes: the frame itself, or JPEG 2000's reversible colour transform of RGB."""
+    """Integer planes of a frame (rows, columns[, samples]): the frame itself, or JPEG 2000's reversible colour transform of RGB."""
     values = frame.astype(np.int64)
     if fmt.samples_per_pixel == 1:
-        return [values.astype(np.float64)]
+        return [values.reshape(values.shape[:2]).astype(np.float64)]  # (rows, columns) or (rows, columns, 1)
     red, green, blue = values[..., 0], values[..., 1], values[..., 2]
     luma = (red + 2 * green + blue) >> 2
     return [p.astype(np.float64) for p in (luma, blue - green, red - green)]

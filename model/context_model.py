@@ -24,7 +24,6 @@ table index that the encoder picks and writes in front of the stream.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,15 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from model.entropy_coder import (
-    SCALE_MAX,
-    SCALE_MIN,
-    TABLE_COUNT,
-    CodingTables,
-    RansReader,
-    RansWriter,
-    laplace_cdf,
-)
+from model.entropy_coder import TABLE_COUNT, CodingTables, RansReader, RansWriter, index_bits
 from model.integer_net import IndexNetwork
 from model.lifting import Subbands
 from model.subbands import BandStepScales
@@ -84,8 +75,6 @@ class SubbandContextModel(nn.Module):
     def __init__(self, hidden: int = 16) -> None:
         super().__init__()
         self.nets = nn.ModuleList([IndexNetwork(FEATURES, hidden, TABLE_COUNT) for _ in range(3)])
-        self.log_min = math.log(SCALE_MIN)
-        self.log_ratio = math.log(SCALE_MAX / SCALE_MIN) / (TABLE_COUNT - 1)
         self.set_tables(CodingTables.laplacian())
         self.band_scales = BandStepScales()  # the quantiser's learned band steps travel with these weights
 
@@ -134,12 +123,8 @@ class SubbandContextModel(nn.Module):
         for where in coding_order(len(q.details)):
             band = values.details[where.level][where.orientation][:, 0]
             index = self.nets[where.orientation](self.features(q, where, step_code))
-            # Clamped as coding clamps it, but the gradient passes, so an index outside
-            # the table can still learn its way back.
-            index = index + (torch.clamp(index, 0, TABLE_COUNT - 1) - index).detach()
-            scale = torch.exp(self.log_min + self.log_ratio * index)
             mask = self.pass_mask(band, where)
-            total = total + _laplace_bits(band[mask], scale[mask])
+            total = total + index_bits(band[mask], index[mask])
         return total
 
     @torch.no_grad()
@@ -188,12 +173,6 @@ class SubbandContextModel(nn.Module):
         costs = [float(self.tables.bits(residuals, torch.full_like(residuals, i, dtype=torch.long)).sum())
                  for i in range(TABLE_COUNT)]
         return min(range(TABLE_COUNT), key=costs.__getitem__)
-
-
-def _laplace_bits(values: Tensor, scale: Tensor) -> Tensor:
-    upper = laplace_cdf((values.abs() + 0.5) / scale)
-    lower = laplace_cdf((values.abs() - 0.5) / scale)
-    return -torch.log2(torch.clamp(upper - lower, min=1e-9)).sum()
 
 
 def _upsample(plane: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ escape bin and are then written raw (CompressAI's bypass coding).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +40,31 @@ def table_radius(scale: float) -> int:
 def laplace_cdf(x: Tensor) -> Tensor:
     """CDF of the unit Laplacian, differentiable (training) and exact at any |x| (tables)."""
     return torch.where(x < 0, 0.5 * torch.exp(torch.clamp(x, max=0)), 1 - 0.5 * torch.exp(-torch.clamp(x, min=0)))
+
+
+def index_bits(values: Tensor, index: Tensor) -> Tensor:
+    """Ideal code length in bits of integer ``values`` under the Laplacian tables their fractional
+    table ``index`` points at (training: differentiable in the index and, for noisy values, in them).
+
+    The index is clamped as coding clamps it, but the gradient passes, so an index outside the
+    table can still learn its way back."""
+    index = index + (torch.clamp(index, 0, TABLE_COUNT - 1) - index).detach()
+    scale = torch.exp(math.log(SCALE_MIN) + math.log(SCALE_MAX / SCALE_MIN) / (TABLE_COUNT - 1) * index)
+    upper = laplace_cdf((values.abs() + 0.5) / scale)
+    lower = laplace_cdf((values.abs() - 0.5) / scale)
+    return -torch.log2(torch.clamp(upper - lower, min=1e-9)).sum()
+
+
+def symbol_counts(pairs: Iterable[tuple[Tensor, Tensor]]) -> Tensor:
+    """(TABLE_COUNT, 2 R + 1) counts of the symbols -R..R (R: the widest table's radius) each table
+    index receives, from (symbols, indexes) pairs: what CodingTables.fitted takes."""
+    radius = table_radius(SCALE_MAX)
+    counts = torch.zeros(TABLE_COUNT, 2 * radius + 1, dtype=torch.float64)
+    for symbols, indexes in pairs:
+        inside = symbols.abs() <= radius
+        flat = indexes[inside].long().cpu() * (2 * radius + 1) + symbols[inside].long().cpu() + radius
+        counts.view(-1).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float64))
+    return counts
 
 
 def laplace_pmf(scale: float, radius: int) -> np.ndarray:

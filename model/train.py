@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from model.codec import MAX_LEVELS, MODEL_ID, normalised_planes, step_of
 from model.context_model import SubbandContextModel
-from model.entropy_coder import SCALE_MAX, TABLE_COUNT, CodingTables, table_radius
+from model.entropy_coder import CodingTables, symbol_counts
 from model.lifting import Subbands, analysis, max_levels
 from model.subbands import quantize
 from mvmic.corpus.manifest import Manifest
@@ -200,16 +200,13 @@ def load_checkpoint(path: Path, model, optimizer, rng: random.Random) -> dict:
 
 def fit_tables(model: SubbandContextModel, planes: list[torch.Tensor]) -> CodingTables:
     """Coding tables refitted to the symbols each index gets on ``planes`` at TABLE_FIT_CODES."""
-    radius = table_radius(SCALE_MAX)
-    counts = torch.zeros(TABLE_COUNT, 2 * radius + 1, dtype=torch.float64)
-    for plane in tqdm(planes, desc="fit tables", unit="plane", mininterval=10):
-        for code in TABLE_FIT_CODES:
-            bands = quantized_subbands(plane[None, None], code, model.band_scales().detach())
-            for symbols, indexes in model.assigned_indexes(bands, code):
-                inside = symbols.abs() <= radius
-                flat = indexes[inside].long().cpu() * (2 * radius + 1) + symbols[inside].long().cpu() + radius
-                counts.view(-1).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float64))
-    return CodingTables.fitted(counts)
+    def pairs():
+        for plane in tqdm(planes, desc="fit tables", unit="plane", mininterval=10):
+            for code in TABLE_FIT_CODES:
+                yield from model.assigned_indexes(quantized_subbands(plane[None, None], code,
+                                                                     model.band_scales().detach()), code)
+
+    return CodingTables.fitted(symbol_counts(pairs()))
 
 
 def export_weights(checkpoint: Path, out: Path, command: str, corpus_dir: Path) -> str:

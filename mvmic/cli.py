@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mvmic.pixels import DicomInputError
 
+MODES = ("lossy", "near-lossless", "lossless")
 DEFAULT_CORPUS = Path("data/corpus")
 DEFAULT_CACHE = Path("data/cache")
 DEFAULT_RESULTS = Path("results")
@@ -82,7 +83,16 @@ def _parser() -> argparse.ArgumentParser:
     rate.add_argument("--quality", type=int, help="operating point 1 (smallest) to 8 (default 4)")
     rate.add_argument("--target-bpp", type=float, help="largest quality within this many bits per pixel")
     rate.add_argument("--target-psnr", type=float, help="smallest quality reaching this PSNR (dB, native peak)")
-    compress.add_argument("--weights", type=Path, default=None, help="weights file (default: the shipped one)")
+    compress.add_argument("--mode", choices=MODES, default="lossy",
+                          help="lossy (base layer only), near-lossless (every sample within --max-error) or "
+                               "lossless (default: %(default)s)")
+    compress.add_argument("--max-error", type=int, default=None, metavar="TAU",
+                          help="near-lossless: the largest absolute error in stored values, 1 to 16")
+    compress.add_argument("--no-verify", dest="verify", action="store_false",
+                          help="near-lossless/lossless: skip decoding the result to check the error bound")
+    compress.add_argument("--weights", type=Path, default=None,
+                          help="weights file (default: the shipped one; its residual model is read from "
+                               "<weights>-residual.pt beside it)")
     compress.add_argument("--analysis", type=Path, default=None, metavar="OUT.json",
                           help="also write the lesion analysis of the bitstream (as `mvmic analyze --json`)")
     compress.add_argument("--heads", type=Path, default=None, help="task heads weights (default: the shipped ones)")
@@ -115,6 +125,19 @@ def _parser() -> argparse.ArgumentParser:
     codec.add_argument("--export", type=Path, default=None, metavar="WEIGHTS",
                        help="after training, write the model as this weights file")
     codec.set_defaults(run=_train_codec)
+
+    residual = train.add_parser("residual", help="the residual layer's entropy model (near-lossless, lossless)")
+    residual.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder (default: %(default)s)")
+    residual.add_argument("--checkpoint", type=Path, default=Path("checkpoints/residual.pt"),
+                          help="checkpoint file (default: %(default)s)")
+    residual.add_argument("--minutes", type=float, default=30.0, help="training time (default: %(default)s)")
+    residual.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    residual.add_argument("--learning-rate", type=float, default=2e-3, help="Adam step size (default: %(default)s)")
+    residual.add_argument("--batch", type=int, default=2, help="crops per step (default: %(default)s)")
+    residual.add_argument("--export", type=Path, default=None, metavar="WEIGHTS",
+                          help="after training, write the model as this weights file (the codec loads "
+                               "<codec weights>-residual.pt beside its own)")
+    residual.set_defaults(run=_train_residual)
 
     for name, network, default_checkpoint, help_text in (
             ("heads", "latent", "checkpoints/heads.pt", "stage 2: train the task heads on the frozen codec's latent"),
@@ -190,14 +213,30 @@ def _load_codec(weights: Path | None):
 def _compress(args: argparse.Namespace) -> int:
     from mvmic.transcode import dicom_to_mvm
 
+    max_error = _max_error(args.mode, args.max_error)
     codec = _load_codec(args.weights)
-    result = dicom_to_mvm(args.source, codec, args.quality, args.target_bpp, args.target_psnr)
+    result = dicom_to_mvm(args.source, codec, args.quality, args.target_bpp, args.target_psnr, max_error,
+                          args.verify)
     args.target.write_bytes(result.data)
+    bound = "" if max_error is None else f", maximum error {max_error}"
     print(f"{args.target}: {len(result.data)} bytes, {result.bits_per_pixel:.4f} bits per pixel, "
-          f"ratio {result.ratio:.1f}:1, quality code {result.quality_code}")
+          f"ratio {result.ratio:.1f}:1, base quality code {result.quality_code}{bound}")
     if args.analysis:
         _write_analysis(result.data, codec, args.heads, args.analysis)
     return 0
+
+
+def _max_error(mode: str, max_error: int | None) -> int | None:
+    """The error bound of a --mode and --max-error pair: None for lossy, 0 for lossless."""
+    from model.residual import MAX_ERROR
+
+    if mode == "near-lossless":
+        if max_error is None or not 1 <= max_error <= MAX_ERROR:
+            raise ValueError(f"--mode near-lossless needs --max-error between 1 and {MAX_ERROR}")
+        return max_error
+    if max_error is not None:
+        raise ValueError(f"--max-error applies to --mode near-lossless only, not {mode}")
+    return 0 if mode == "lossless" else None
 
 
 def _analyze(args: argparse.Namespace) -> int:
@@ -240,6 +279,21 @@ def _train_codec(args: argparse.Namespace) -> int:
     print(f"step {state['step']}: validation bits per pixel {state['history'][-1]['val_bpp']}")
     if args.export:
         print(f"weights {args.export} sha256 {export_weights(args.checkpoint, args.export, command, args.corpus)}")
+    return 0
+
+
+def _train_residual(args: argparse.Namespace) -> int:
+    from model.train import TrainConfig
+    from model.train_residual import export_residual_weights, train_residual
+
+    command = "mvmic " + " ".join(sys.argv[1:])
+    state = train_residual(TrainConfig(corpus_dir=args.corpus, checkpoint=args.checkpoint, minutes=args.minutes,
+                                       resume=args.resume, learning_rate=args.learning_rate, batch=args.batch,
+                                       command=command))
+    print(f"step {state['step']}: validation bits per sample {state['history'][-1]['val_bits']}")
+    if args.export:
+        print(f"weights {args.export} sha256 "
+              f"{export_residual_weights(args.checkpoint, args.export, command, args.corpus)}")
     return 0
 
 

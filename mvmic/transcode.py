@@ -4,7 +4,9 @@
           + the header without Pixel Data, deflated, as a DICOM_HEADER layer --> .mvm
 
     .mvm --Bitstream.from_bytes(this model, these weights)--> decompress --> pixels
-          + DICOM_HEADER layer --lossy_derivative--> DICOM (Explicit VR Little Endian)
+          + DICOM_HEADER layer --> DICOM (Explicit VR Little Endian):
+            lossless: the source's header as it was (same SOP Instance UID, nothing marked lossy);
+            lossy and near-lossless: lossy_derivative (new UID, LossyImageCompression, ratio, method)
 
     .mvm --Bitstream.from_bytes--> Analyzer (partial decoding, task heads) --> analysis JSON
 """
@@ -19,7 +21,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from model.bitstream import Bitstream, Layer, LayerKind, fingerprint
-from model.codec import MvmicCodec
+from model.codec import MvmicCodec, max_error_of
 from model.rate_control import compress_at
 from model.tasks.analysis import Analyzer
 from mvmic.derivative import lossy_derivative
@@ -33,27 +35,35 @@ class Compressed:
     data: bytes  # the .mvm file
     bits_per_pixel: float  # whole file, header layer included
     ratio: float  # uncompressed Pixel Data bytes / file bytes
-    quality_code: int
+    quality_code: int  # of the base layer
+    max_error: int | None  # None lossy, 0 lossless, else near-lossless
 
 
 def dicom_to_mvm(source: DicomSource, codec: MvmicCodec, quality: int | None = None,
-                 target_bpp: float | None = None, target_psnr: float | None = None) -> Compressed:
+                 target_bpp: float | None = None, target_psnr: float | None = None,
+                 max_error: int | None = None, verify: bool = True) -> Compressed:
     image = read_dicom(source)
     header_layer = Layer(LayerKind.DICOM_HEADER, 0, zlib.compress(header_bytes(image.header), 9))
-    stream = compress_at(codec, image.pixels, image.format, quality, target_bpp, target_psnr, (header_layer,))
+    stream = compress_at(codec, image.pixels, image.format, quality, target_bpp, target_psnr, (header_layer,),
+                         max_error, verify)
     data = stream.to_bytes()
     pixels = image.pixels.shape[0] * image.pixels.shape[1] * image.pixels.shape[2]
     raw_bytes = pixels * image.format.samples_per_pixel * image.header.BitsAllocated // 8
-    return Compressed(data, 8 * len(data) / pixels, raw_bytes / len(data), stream.quality)
+    return Compressed(data, 8 * len(data) / pixels, raw_bytes / len(data), stream.quality, max_error)
 
 
 def mvm_to_dicom(data: bytes, codec: MvmicCodec) -> Dataset:
     stream = _parse(data, codec)
     source = _source_header(stream)
     pixels = codec.decompress(stream)
-    ratio = pixels.size * source.BitsAllocated / 8 / len(data)
-    header = lossy_derivative(source, ratio, METHOD,
-                              f"Lossy compression with {codec.model_id}, quality code {stream.quality}")
+    max_error = max_error_of(stream)
+    if max_error == 0:
+        header = source  # the original instance, pixel for pixel: same UID, not a derivative
+    else:
+        ratio = pixels.size * source.BitsAllocated / 8 / len(data)
+        kind = "Lossy" if max_error is None else f"Near-lossless (maximum error {max_error})"
+        header = lossy_derivative(source, ratio, METHOD,
+                                  f"{kind} compression with {codec.model_id}, quality code {stream.quality}")
     fmt = PixelFormat(stream.bits_stored, stream.signed, stream.samples_per_pixel, stream.photometric)
     return to_dataset(NativeImage(header=header, pixels=pixels, format=fmt))
 

@@ -26,6 +26,7 @@ class OperatingPoint:
     label: str  # shown in tables, e.g. "0.25 bpp", "NEAR=2", "lossless"
     param: float | int | None = None  # the codec's own knob for this point
     lossless: bool = False
+    max_error: int | None = None  # near-lossless: the largest error the codec promises (checked by the run)
 
 
 class Codec(ABC):

@@ -3,7 +3,7 @@
     JPEG 2000  OpenJPEG (pylibjpeg-openjpeg): reversible 5/3 lossless; 9/7 at target rates
     HTJ2K      OpenJPH (imagecodecs): reversible lossless; irreversible at quantisation steps
     JPEG-LS    CharLS (pyjpegls): lossless and NEAR = 1, 2, 4
-    JPEG XL    libjxl (imagecodecs): lossless (effort 7) and lossy at butteraugli distances
+    JPEG XL    libjxl (imagecodecs): lossless (effort 7 and 9) and lossy at butteraugli distances (effort 7)
 
 JPEG 2000 and HTJ2K code signed samples natively. JPEG-LS and JPEG XL have no signed
 mode, so signed images are level-shifted by 2**(BitsStored-1) into the unsigned range
@@ -86,7 +86,7 @@ class Htj2k(Codec):
 class JpegLs(Codec):
     name = "JPEG-LS"
     points = (OperatingPoint("lossless", param=0, lossless=True),
-              *(OperatingPoint(f"NEAR={near}", param=near) for near in (1, 2, 4)))
+              *(OperatingPoint(f"NEAR={near}", param=near, max_error=near) for near in (1, 2, 4)))
 
     def encode(self, frame: np.ndarray, fmt: PixelFormat, point: OperatingPoint) -> bytes:
         unsigned = np.ascontiguousarray(_to_unsigned(frame, fmt))
@@ -102,13 +102,13 @@ class JpegLs(Codec):
 @register
 class JpegXl(Codec):
     name = "JPEG XL"
-    points = (OperatingPoint("lossless e7", lossless=True),
+    points = (OperatingPoint("lossless e7", param=7, lossless=True), OperatingPoint("lossless e9", param=9, lossless=True),
               *(OperatingPoint(f"d={distance:g}", param=distance) for distance in (0.05, 0.15, 0.4, 1, 2.5, 6, 15)))
 
     def encode(self, frame: np.ndarray, fmt: PixelFormat, point: OperatingPoint) -> bytes:
         unsigned = _to_unsigned(frame, fmt)
-        options = {"lossless": True} if point.lossless else {"distance": point.param}
-        return imagecodecs.jpegxl_encode(unsigned, effort=7, bitspersample=fmt.bits_stored, numthreads=1, **options)
+        options = {"lossless": True, "effort": point.param} if point.lossless else {"distance": point.param, "effort": 7}
+        return imagecodecs.jpegxl_encode(unsigned, bitspersample=fmt.bits_stored, numthreads=1, **options)
 
     def decode(self, data: bytes, fmt: PixelFormat, point: OperatingPoint) -> np.ndarray:
         return _from_unsigned(imagecodecs.jpegxl_decode(data, numthreads=1), fmt)
