@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,7 @@ QUALITY_CODES = {1: 12, 2: 20, 3: 28, 4: 36, 5: 44, 6: 52, 7: 60, 8: 70}
 MIN_CODE, MAX_CODE = 4, 120  # the range the entropy model was trained on (train.CODE_RANGE) and a margin
 MAX_SAMPLES_PER_FRAME = 1 << 26  # a forged header must not make the decoder allocate without bound
 CODEABLE_PHOTOMETRICS = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL"}
+ANCHOR_SAMPLE = 1  # colour residuals: green (or Cb) first, red and blue relative to it
 
 
 class CodecInputError(ValueError):
@@ -172,15 +174,12 @@ class MvmicCodec:
         """The residual layer of one frame, ``samples`` (rows, columns, samples) stored values."""
         model, weights = self.residual
         steps, base = self.base_of(bands, code, fmt)
-        parts = []
-        for sample in range(fmt.samples_per_pixel):
-            residual = torch.from_numpy(samples[..., sample].astype(np.int64) - base[..., sample])[None]
-            context = PlaneContext(torch.from_numpy(base[..., sample])[None], fmt.min_value, fmt.bits_stored, code,
-                                   max_error)
-            side, data = model.encode(quantize_residual(residual, max_error), context)
-            parts.append(pack_payloads([pack_integers(side), data]))
+        parts = {}
+        for sample, q, context in residual_targets(samples, base, fmt, code, max_error):
+            side, data = model.encode(q, context)
+            parts[sample] = pack_payloads([pack_integers(side), data])
         header = pack_integers([max_error, *steps.steps])
-        return pack_payloads([header, fingerprint(weights.sha256), *parts])
+        return pack_payloads([header, fingerprint(weights.sha256), *(parts[s] for s in sorted(parts))])
 
     def check_bound(self, pixels: np.ndarray, stream: Bitstream, max_error: int) -> None:
         """Decode ``stream`` and raise BoundViolationError unless every sample is within ``max_error``."""
@@ -232,14 +231,17 @@ class MvmicCodec:
                                        f"these are {fingerprint(weights.sha256).hex()}… ({weights.path.name})")
         base = exact_base(self._decode_bands(base_payload, stream), layer.steps, fmt)
         width = 2 * layer.max_error + 1
-        samples = []
-        for sample, (side, data) in enumerate(layer.planes):
+        decoded = np.empty_like(base)
+        reference = np.zeros(base.shape[:2], dtype=np.int64)
+        for sample in coding_order(fmt):
+            side, data = layer.planes[sample]
             context = PlaneContext(torch.from_numpy(base[..., sample])[None], fmt.min_value, fmt.bits_stored,
                                    stream.quality, layer.max_error)
-            q = model.decode(side, data, context)[0].numpy()
-            samples.append(base[..., sample] + width * q)
-        return np.clip(np.stack(samples, axis=-1), fmt.min_value, fmt.max_value).astype(fmt.dtype)
-
+            refinement = width * model.decode(side, data, context)[0].numpy()
+            decoded[..., sample] = base[..., sample] + reference + refinement
+            if sample == ANCHOR_SAMPLE and fmt.samples_per_pixel == 3:
+                reference = refinement
+        return np.clip(decoded, fmt.min_value, fmt.max_value).astype(fmt.dtype)
 
     def decode_coarse(self, stream: Bitstream, skipped_levels: int = 1) -> list[torch.Tensor]:
         """Partial decoding for analysis: per frame, the low band ``skipped_levels`` levels above
@@ -289,6 +291,30 @@ class ResidualLayer:
             weights, data = unpack_payloads(part)
             planes.append((unpack_integers(weights), data))
         return cls(header[0], steps, parts[1], planes)
+
+
+def coding_order(fmt: PixelFormat) -> list[int]:
+    """The order in which a frame's samples get their residual: green first for colour."""
+    return [ANCHOR_SAMPLE, 0, 2] if fmt.samples_per_pixel == 3 else [0]
+
+
+def residual_targets(samples: np.ndarray, base: np.ndarray, fmt: PixelFormat, code: int,
+                     max_error: int) -> Iterator[tuple[int, torch.Tensor, PlaneContext]]:
+    """(sample, quantised residual (1, H, W), context) of each sample of a frame, in coding order.
+
+    Red and blue are coded as what remains after green's decoded residual: the three residuals of
+    colour images are alike (of grey ones in RGB, the same), and the decoder knows green's by then.
+    The bound holds all the same: each sample's own quantiser sees everything else the decoder adds.
+    """
+    width = 2 * max_error + 1
+    reference = np.zeros(base.shape[:2], dtype=np.int64)
+    for sample in coding_order(fmt):
+        residual = samples[..., sample].astype(np.int64) - base[..., sample] - reference
+        q = quantize_residual(torch.from_numpy(residual)[None], max_error)
+        yield sample, q, PlaneContext(torch.from_numpy(base[..., sample])[None], fmt.min_value, fmt.bits_stored,
+                                      code, max_error)
+        if sample == ANCHOR_SAMPLE and fmt.samples_per_pixel == 3:
+            reference = width * q[0].numpy()
 
 
 def max_error_of(stream: Bitstream) -> int | None:

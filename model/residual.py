@@ -18,7 +18,7 @@ Compression" (TPAMI 2024), with the base reconstructed in integers (model.exact_
     decoding: q = e + p, pass by pass -> x' = clip(b + (2 tau + 1) q)
 
     contexts:  log base level, log |base gradient| --------+
-               log sum |decoded q| in the 3 x 3 window -----+--> IndexNetwork --> table index
+               log sum |decoded q| of the 8 neighbours -----+--> IndexNetwork --> table index
                log |prediction|, pass ---------------------+     (exact integers)
                log2(base step / (2 tau + 1)), in 1/8 ------+
 

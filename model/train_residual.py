@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.codec import MAX_CODE, MIN_CODE, MvmicCodec
-from model.residual import PlaneContext, ResidualContextModel, quantize_residual
+from model.codec import MAX_CODE, MIN_CODE, MvmicCodec, residual_targets
+from model.residual import PlaneContext, ResidualContextModel
 from model.train import TrainConfig, descend, load_checkpoint, moving_average, run_until_deadline, write_weights
 from mvmic.corpus.manifest import Manifest
 from mvmic.pixels import PixelFormat
@@ -54,13 +54,7 @@ def residual_planes(codec: MvmicCodec, frame: Frame, code: int, max_error: int) 
                                                                                               PlaneContext]]:
     """(q, context) of each sample of a frame, as the encoder computes them."""
     _, base = codec.base_of(codec.quantized_planes(frame.samples, frame.fmt, code), code, frame.fmt)
-    planes = []
-    for sample in range(frame.fmt.samples_per_pixel):
-        residual = torch.from_numpy(frame.samples[..., sample].astype(np.int64) - base[..., sample])[None]
-        context = PlaneContext(torch.from_numpy(base[..., sample])[None], frame.fmt.min_value, frame.fmt.bits_stored,
-                               code, max_error)
-        planes.append((quantize_residual(residual, max_error), context))
-    return planes
+    return [(q, context) for _, q, context in residual_targets(frame.samples, base, frame.fmt, code, max_error)]
 
 
 def random_crop(frame: Frame, rng: random.Random) -> Frame:

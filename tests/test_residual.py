@@ -25,7 +25,14 @@ from model.bitstream import (
     unpack_integers,
     unpack_payloads,
 )
-from model.codec import DEFAULT_WEIGHTS, QUALITY_CODES, CodecInputError, MvmicCodec, max_error_of
+from model.codec import (
+    DEFAULT_WEIGHTS,
+    QUALITY_CODES,
+    BoundViolationError,
+    CodecInputError,
+    MvmicCodec,
+    max_error_of,
+)
 from model.exact_base import BandStepsFixed
 from model.rate_control import compress_at
 from model.residual import LOG_STEPS_PER_OCTAVE, MAX_ERROR, integer_log, quantize_residual
@@ -73,6 +80,17 @@ def test_near_lossless_bound_holds_on_every_sample(codec, corpus_dir, entry_id) 
         assert max_error_of(stream) == max_error
         sizes.append(len(stream.to_bytes()))
     assert sizes == sorted(sizes, reverse=True)
+
+
+def test_a_broken_bound_is_an_error_not_a_bitstream(codec, corpus_dir, monkeypatch) -> None:
+    image = _image(corpus_dir, "pyradiomics-brain2-010")
+    # A bug in the residual path: some samples quantised one step off.
+    broken = lambda residual, max_error: quantize_residual(residual, max_error) + (residual.abs() > 2)
+    monkeypatch.setattr(codec_module, "quantize_residual", broken)
+    with pytest.raises(BoundViolationError, match="above the promised 1: bitstream withheld"):
+        codec.compress(image, QUALITY_CODES[6], max_error=1)
+    unchecked = codec.compress_pixels(image.pixels, image.format, QUALITY_CODES[6], max_error=1, verify=False)
+    assert np.abs(codec.decompress(unchecked).astype(np.int64) - image.pixels).max() > 1
 
 
 def test_residual_quantiser_bound_holds_for_every_value() -> None:
@@ -222,7 +240,7 @@ def test_a_lossy_bitstream_has_no_bound(codec, corpus_dir) -> None:
 def test_cli_lossless_keeps_the_instance_and_near_lossless_marks_it(tmp_path, corpus_dir, mvmic) -> None:
     source = corpus_dir / "images" / "pyradiomics-brain2-010.dcm"
     original = pydicom.dcmread(source)
-    for mode in (("--mode", "lossless", "--quality", "6"), ("--mode", "near-lossless", "--max-error", "2")):
+    for mode in (("--mode", "lossless", "--quality", "6"), ("--mode", "near-lossless", "--max-error", "2", "--no-verify")):
         compressed, decoded = tmp_path / f"{mode[1]}.mvm", tmp_path / f"{mode[1]}.dcm"
         run = mvmic("compress", str(source), str(compressed), *mode)
         assert run.returncode == 0, run.stderr
