@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -51,8 +50,10 @@ class FrameTask:
     codec_names: tuple[str, ...]
 
 
-def run_rd_benchmark(corpus_dir: Path, split: str, out_dir: Path,
-                     codec_names: list[str] | None = None, jobs: int | None = None) -> list[Measurement]:
+def run_rd_benchmark(corpus_dir: Path, split: str, out_dir: Path, codec_names: list[str] | None = None,
+                     jobs: int | None = None, command: str = "") -> list[Measurement]:
+    """Measure, write rd.json/md/png to ``out_dir``; on the test split, record MVMICNet's rows and
+    ``command`` (the command line that ran this) in the manifests of the measured weights."""
     codecs = registered_codecs(codec_names)
     entries = Manifest.load(corpus_dir / "manifest.json").select(split)
     if not entries:
@@ -62,7 +63,7 @@ def run_rd_benchmark(corpus_dir: Path, split: str, out_dir: Path,
     started = time.perf_counter()
     measurements = _run(tasks, jobs or os.cpu_count() or 1)
     wall_seconds = time.perf_counter() - started
-    _write_outputs(out_dir, split, codecs, measurements, wall_seconds)
+    _write_outputs(out_dir, split, codecs, measurements, wall_seconds, command)
     violations = [m for m in measurements if m.max_abs_error > (0 if m.lossless else _no_bound(m.max_error))]
     if violations:
         names = ", ".join(sorted({f"{m.codec} {m.point} on {m.image}" for m in violations}))
@@ -118,7 +119,7 @@ def _check_shape(codec: Codec, frame, decoded) -> None:
 
 
 def _write_outputs(out_dir: Path, split: str, codecs: list[Codec], measurements: list[Measurement],
-                   wall_seconds: float) -> None:
+                   wall_seconds: float, command: str) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(codecs, measurements)
     bd = bd_against_reference(codecs, measurements)
@@ -133,7 +134,7 @@ def _write_outputs(out_dir: Path, split: str, codecs: list[Codec], measurements:
     print(report)
     print(f"written: {out_dir / 'rd.json'}, {out_dir / 'rd.md'}, {out_dir / 'rd.png'}")
     if split == "test" and any(codec.name in (MvmicNet.name, MvmicNetResidual.name) for codec in codecs):
-        for manifest in record_test_metrics(summary, bd, "mvmic " + " ".join(sys.argv[1:])):
+        for manifest in record_test_metrics(summary, bd, command):
             print(f"test metrics recorded in {manifest}")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -176,6 +177,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def invoked_command() -> str:
+    """This command line as typed, quoted so that it can be run again (recorded in manifests)."""
+    return "mvmic " + shlex.join(sys.argv[1:])
+
+
 def _data_prepare(args: argparse.Namespace) -> int:
     from mvmic.corpus.prepare import prepare_corpus
 
@@ -200,7 +206,8 @@ def _bench_rd(args: argparse.Namespace) -> int:
         if not args.mvmicnet_weights.is_file():
             raise FileNotFoundError(f"no MVMICNet weights at {args.mvmicnet_weights}")
         os.environ[WEIGHTS_VARIABLE] = str(args.mvmicnet_weights)
-    run_rd_benchmark(args.corpus, args.split, args.out, codec_names=args.codecs, jobs=args.jobs)
+    run_rd_benchmark(args.corpus, args.split, args.out, codec_names=args.codecs, jobs=args.jobs,
+                     command=invoked_command())
     return 0
 
 
@@ -272,7 +279,7 @@ def _decompress(args: argparse.Namespace) -> int:
 def _train_codec(args: argparse.Namespace) -> int:
     from model.train import TrainConfig, export_weights, train
 
-    command = "mvmic " + " ".join(sys.argv[1:])
+    command = invoked_command()
     state = train(TrainConfig(corpus_dir=args.corpus, checkpoint=args.checkpoint, minutes=args.minutes,
                               resume=args.resume, learning_rate=args.learning_rate, batch=args.batch,
                               device=args.device, command=command))
@@ -286,7 +293,7 @@ def _train_residual(args: argparse.Namespace) -> int:
     from model.train import TrainConfig
     from model.train_residual import export_residual_weights, train_residual
 
-    command = "mvmic " + " ".join(sys.argv[1:])
+    command = invoked_command()
     state = train_residual(TrainConfig(corpus_dir=args.corpus, checkpoint=args.checkpoint, minutes=args.minutes,
                                        resume=args.resume, learning_rate=args.learning_rate, batch=args.batch,
                                        command=command))
@@ -300,7 +307,7 @@ def _train_residual(args: argparse.Namespace) -> int:
 def _train_tasks(args: argparse.Namespace) -> int:
     from model.tasks.train import TaskTrainConfig, export_task_weights, train_tasks
 
-    command = "mvmic " + " ".join(sys.argv[1:])
+    command = invoked_command()
     state = train_tasks(TaskTrainConfig(corpus_dir=args.corpus, checkpoint=args.checkpoint, network=args.network,
                                         minutes=args.minutes, resume=args.resume, learning_rate=args.learning_rate,
                                         batch=args.batch, command=command))
@@ -316,7 +323,7 @@ def _train_joint(args: argparse.Namespace) -> int:
 
     if (args.export_codec is None) != (args.export_heads is None):
         raise ValueError("give both --export-codec and --export-heads: stage 3 changes codec and heads together")
-    command = "mvmic " + " ".join(sys.argv[1:])
+    command = invoked_command()
     state = train_joint(TaskTrainConfig(corpus_dir=args.corpus, checkpoint=args.checkpoint, network="joint",
                                         minutes=args.minutes, resume=args.resume, learning_rate=args.learning_rate,
                                         batch=args.batch, command=command))
