@@ -68,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     memory.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder (default: %(default)s)")
     memory.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "memory", help="output folder")
     memory.set_defaults(run=_bench_memory)
+    service = bench.add_parser("service", help="throughput and p50/p99 latency of the service at concurrency 1, 8, 32")
+    service.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder (default: %(default)s)")
+    service.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "service", help="output folder")
+    service.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32],
+                         help="client counts to measure (default: 1 8 32)")
+    service.set_defaults(run=_bench_service)
     tasks = bench.add_parser("tasks", help="lesion Dice/IoU/AP50 per rate: heads on the bitstream vs pixel routes")
     tasks.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder (default: %(default)s)")
     tasks.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "tasks", help="output folder")
@@ -345,6 +351,15 @@ def _bench_memory(args: argparse.Namespace) -> int:
     from bench.memory import run_memory_benchmark
 
     run_memory_benchmark(args.corpus, args.out)
+    return 0
+
+
+def _bench_service(args: argparse.Namespace) -> int:
+    from bench.service import run_service_benchmark
+
+    if min(args.concurrency) < 1:
+        raise ValueError("--concurrency values must be at least 1")
+    run_service_benchmark(args.corpus, args.out, tuple(args.concurrency))
     return 0
 
 

@@ -58,6 +58,11 @@ class DicomInputError(ValueError):
     """The input is not a DICOM image MVMIC can read; the message names the attribute."""
 
 
+class UnsupportedPixelFormatError(DicomInputError):
+    """A readable DICOM image whose pixel format MVMIC does not handle (float pixels, more than 16
+    bits, an undecodable transfer syntax): the request is valid, the media type is not (HTTP 415)."""
+
+
 @dataclass(frozen=True)
 class PixelFormat:
     """How stored values are represented: what a codec must preserve."""
@@ -111,7 +116,7 @@ def read_dicom(source: DicomSource) -> NativeImage:
     Raises DicomInputError, naming the attribute at fault, for anything that is not
     a single- or multi-frame integer image of at most 16 bits stored.
     """
-    dataset = _parse(source)
+    dataset = read_dataset(source)
     _check_pixel_module(dataset)
     pixels, photometric = _decode(dataset)
     header = _header_after_decoding(dataset, photometric)
@@ -150,7 +155,8 @@ def dicom_bytes(image: NativeImage, pixels: np.ndarray | None = None) -> bytes:
     return buffer.getvalue()
 
 
-def _parse(source: DicomSource) -> Dataset:
+def read_dataset(source: DicomSource) -> Dataset:
+    """A DICOM file as a pydicom Dataset, pixels left as they are; DicomInputError if it is not one."""
     stream = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
     try:
         return pydicom.dcmread(stream)
@@ -165,7 +171,7 @@ def _parse(source: DicomSource) -> Dataset:
 def _check_pixel_module(dataset: Dataset) -> None:
     for keyword in ("FloatPixelData", "DoubleFloatPixelData"):
         if keyword in dataset:
-            raise DicomInputError(f"{keyword}: floating-point pixel data is not supported, only integer PixelData")
+            raise UnsupportedPixelFormatError(f"{keyword}: floating-point pixel data is not supported, only integer PixelData")
     if "PixelData" not in dataset:
         raise DicomInputError("PixelData (7FE0,0010) is missing: the file holds no image")
     for keyword in REQUIRED_PIXEL_ATTRIBUTES:
@@ -174,14 +180,14 @@ def _check_pixel_module(dataset: Dataset) -> None:
     if not dataset.get("file_meta", Dataset()).get("TransferSyntaxUID"):
         raise DicomInputError("TransferSyntaxUID (0002,0010) is missing from the file meta information")
     if dataset.BitsAllocated not in SUPPORTED_BITS_ALLOCATED:
-        raise DicomInputError(f"BitsAllocated {dataset.BitsAllocated} is not supported (8 or 16)")
+        raise UnsupportedPixelFormatError(f"BitsAllocated {dataset.BitsAllocated} is not supported (8 or 16)")
     if not 1 <= dataset.BitsStored <= min(MAX_BITS_STORED, dataset.BitsAllocated):
-        raise DicomInputError(
+        raise UnsupportedPixelFormatError(
             f"BitsStored {dataset.BitsStored} is not supported "
             f"(1 to {min(MAX_BITS_STORED, dataset.BitsAllocated)} with BitsAllocated {dataset.BitsAllocated})"
         )
     if dataset.SamplesPerPixel not in SUPPORTED_SAMPLES:
-        raise DicomInputError(f"SamplesPerPixel {dataset.SamplesPerPixel} is not supported (1 or 3)")
+        raise UnsupportedPixelFormatError(f"SamplesPerPixel {dataset.SamplesPerPixel} is not supported (1 or 3)")
 
 
 def _decode(dataset: Dataset) -> tuple[np.ndarray, str]:
@@ -190,9 +196,9 @@ def _decode(dataset: Dataset) -> tuple[np.ndarray, str]:
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError as exc:
-        raise DicomInputError(f"TransferSyntaxUID {syntax} ({syntax.name}) cannot be decoded") from exc
+        raise UnsupportedPixelFormatError(f"TransferSyntaxUID {syntax} ({syntax.name}) cannot be decoded") from exc
     if not decoder.is_available:
-        raise DicomInputError(f"TransferSyntaxUID {syntax.name}: no decoder plugin is installed")
+        raise UnsupportedPixelFormatError(f"TransferSyntaxUID {syntax.name}: no decoder plugin is installed")
     # Compressed colour (JPEG YCbCr) comes out as RGB, as a decompressing PACS stores it;
     # uncompressed data is never colour-converted, so it round-trips bit for bit.
     as_rgb = syntax.is_compressed

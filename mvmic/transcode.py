@@ -9,18 +9,26 @@
             lossy and near-lossless: lossy_derivative (new UID, LossyImageCompression, ratio, method)
 
     .mvm --Bitstream.from_bytes--> Analyzer (partial decoding, task heads) --> analysis JSON
+
+    Compressed --mvm_instance--> DICOM whose Pixel Data is the .mvm, encapsulated (fragments,
+          undefined length) under the private transfer syntax MVM_TRANSFER_SYNTAX: the instance a
+          PACS stores (lossless: the original header; else the lossy derivative's)
+    such an instance --instance_to_dicom--> the same instance decoded (same UID, Explicit VR LE)
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import zlib
 from dataclasses import dataclass
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate, generate_fragments
+from pydicom.uid import UID
 
-from model.bitstream import Bitstream, Layer, LayerKind, fingerprint
+from model.bitstream import Bitstream, Layer, LayerKind, TrailingDataError, fingerprint
 from model.codec import MvmicCodec, max_error_of
 from model.rate_control import compress_at
 from model.tasks.analysis import Analyzer
@@ -28,6 +36,9 @@ from mvmic.derivative import lossy_derivative
 from mvmic.pixels import DicomSource, NativeImage, PixelFormat, header_bytes, read_dicom, to_dataset
 
 METHOD = "MVMICNET"
+# Private transfer syntax (a UUID-derived 2.25 UID): Pixel Data holds one .mvm bitstream, padded to
+# even length, in the fragments of an encapsulated value.
+MVM_TRANSFER_SYNTAX = UID("2.25.323708217038257544495275216054827656036")
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,7 @@ class Compressed:
     ratio: float  # uncompressed Pixel Data bytes / file bytes
     quality_code: int  # of the base layer
     max_error: int | None  # None lossy, 0 lossless, else near-lossless
+    header: Dataset  # the source instance without its Pixel Data
 
 
 def dicom_to_mvm(source: DicomSource, codec: MvmicCodec, quality: int | None = None,
@@ -49,21 +61,66 @@ def dicom_to_mvm(source: DicomSource, codec: MvmicCodec, quality: int | None = N
     data = stream.to_bytes()
     pixels = image.pixels.shape[0] * image.pixels.shape[1] * image.pixels.shape[2]
     raw_bytes = pixels * image.format.samples_per_pixel * image.header.BitsAllocated // 8
-    return Compressed(data, 8 * len(data) / pixels, raw_bytes / len(data), stream.quality, max_error)
+    return Compressed(data, 8 * len(data) / pixels, raw_bytes / len(data), stream.quality, max_error, image.header)
 
 
 def mvm_to_dicom(data: bytes, codec: MvmicCodec) -> Dataset:
     stream = _parse(data, codec)
-    source = _source_header(stream)
     pixels = codec.decompress(stream)
+    ratio = pixels.size * _source_header(stream).BitsAllocated / 8 / len(data)
+    return _with_pixels(_decoded_header(stream, ratio, codec), pixels, stream)
+
+
+def mvm_instance(compressed: Compressed, codec: MvmicCodec) -> bytes:
+    """The DICOM instance that stores ``compressed``: its header as decoding would give it (lossless: the
+    original), Pixel Data the encapsulated .mvm under MVM_TRANSFER_SYNTAX."""
+    stream = _parse(compressed.data, codec)
+    dataset = copy.deepcopy(_decoded_header(stream, compressed.ratio, codec))
+    dataset.PixelData = encapsulate([compressed.data + b"\x00" * (len(compressed.data) % 2)], has_bot=False)
+    dataset["PixelData"].VR = "OB"
+    dataset["PixelData"].is_undefined_length = True
+    dataset.file_meta.TransferSyntaxUID = MVM_TRANSFER_SYNTAX
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, implicit_vr=False, little_endian=True, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def instance_to_dicom(dataset: Dataset, codec: MvmicCodec) -> Dataset:
+    """An instance made by mvm_instance, decoded: the same header (and SOP Instance UID), Explicit VR
+    Little Endian pixels."""
+    stream = _parse(bitstream_of_instance(dataset), codec)
+    header = copy.deepcopy(dataset)
+    del header.PixelData
+    return _with_pixels(header, codec.decompress(stream), stream)
+
+
+def bitstream_of_instance(dataset: Dataset) -> bytes:
+    """The .mvm inside an instance of MVM_TRANSFER_SYNTAX (its even-length padding removed)."""
+    syntax = dataset.get("file_meta", Dataset()).get("TransferSyntaxUID")
+    if syntax != MVM_TRANSFER_SYNTAX or "PixelData" not in dataset:
+        raise ValueError(f"not an MVMIC instance: transfer syntax {syntax}, expected {MVM_TRANSFER_SYNTAX}")
+    data = b"".join(list(generate_fragments(dataset.PixelData))[1:])  # item 0 is the empty offset table
+    try:
+        Bitstream.from_bytes(data)
+    except TrailingDataError:
+        if data.endswith(b"\x00"):
+            return data[:-1]
+        raise
+    return data
+
+
+def _decoded_header(stream: Bitstream, ratio: float, codec: MvmicCodec) -> Dataset:
+    """The header of the decoded image: the source's own for lossless, else a lossy derivative's."""
+    source = _source_header(stream)
     max_error = max_error_of(stream)
     if max_error == 0:
-        header = source  # the original instance, pixel for pixel: same UID, not a derivative
-    else:
-        ratio = pixels.size * source.BitsAllocated / 8 / len(data)
-        kind = "Lossy" if max_error is None else f"Near-lossless (maximum error {max_error})"
-        header = lossy_derivative(source, ratio, METHOD,
-                                  f"{kind} compression with {codec.model_id}, quality code {stream.quality}")
+        return source  # the original instance, pixel for pixel: same UID, not a derivative
+    kind = "Lossy" if max_error is None else f"Near-lossless (maximum error {max_error})"
+    return lossy_derivative(source, ratio, METHOD, f"{kind} compression with {codec.model_id}, "
+                                                   f"quality code {stream.quality}")
+
+
+def _with_pixels(header: Dataset, pixels, stream: Bitstream) -> Dataset:
     fmt = PixelFormat(stream.bits_stored, stream.signed, stream.samples_per_pixel, stream.photometric)
     return to_dataset(NativeImage(header=header, pixels=pixels, format=fmt))
 

@@ -1,41 +1,97 @@
 """FastAPI application factory for the MVMIC service.
 
 There is deliberately no module-level ``app``: importing this module must not
-build an app (or, later, load weights). Run it with uvicorn's factory mode::
+build an app or load weights. Run it with uvicorn's factory mode::
 
     uvicorn service.app:create_app --factory
+
+    startup --lifespan--> worker thread; models load on it in the background
+            (GET /readyz answers 503 until they are resident, /healthz 200 at once)
+    request --request id (X-Request-ID), logged with route, status and time, never patient data-->
+            and counted (service.metrics); routes: health (/healthz, /readyz), metrics (/metrics),
+            models (/v1/models), codec (/v1/compress, /v1/decompress, /v1/analyze)
 """
 
-from collections.abc import AsyncIterator, Callable
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from importlib.metadata import version
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 
-from service.routes import health
+from service.errors import install_error_handlers
+from service.metrics import ServiceMetrics
+from service.models import ModelWorker, load_models
+from service.routes import codec, health, metrics, models
 from service.settings import Settings
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+log = logging.getLogger("mvmic.service")
 
 
 def _make_lifespan(settings: Settings) -> Lifespan:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Runs once per worker process at startup; model weights will be
-        # loaded here so that requests never pay for it.
-        app.state.settings = settings
+        app.state.settings, app.state.models, app.state.load_error = settings, None, None
+        app.state.worker = ModelWorker(app.state.metrics)
+        loading = app.state.worker.executor.submit(load_models, settings)
+        loading.add_done_callback(lambda done: _loaded(app, done))
         yield
+        app.state.worker.close()
 
     return lifespan
+
+
+def _loaded(app: FastAPI, done) -> None:
+    try:
+        app.state.models = done.result()
+        log.info("models resident: %s on %s", app.state.models.codec.model_id, app.state.models.device)
+    except Exception as exc:  # noqa: BLE001 - reported by /readyz, the service keeps answering
+        app.state.load_error = f"{type(exc).__name__}: {exc}"
+        log.error("models failed to load: %s", app.state.load_error)
+
+
+async def _request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    started = time.perf_counter()
+    response = await call_next(request)
+    response.headers["X-Request-ID"] = request.state.request_id
+    _count(request, response, time.perf_counter() - started)
+    log.info("request %s: %s %s -> %d in %.1f ms", request.state.request_id, request.method, request.url.path,
+             response.status_code, 1000 * (time.perf_counter() - started))
+    return response
+
+
+def _count(request: Request, response: Response, seconds: float) -> None:
+    """Requests, latency and bytes out by route template (never the raw path: unbounded labels)."""
+    route = request.scope.get("route")
+    path = route.path if route is not None else "unmatched"
+    metrics = request.app.state.metrics
+    metrics.requests.labels(path, request.method, str(response.status_code)).inc()
+    metrics.latency.labels(path).observe(seconds)
+    metrics.body_bytes.labels(path, "out").inc(int(response.headers.get("content-length", 0)))
+
+
+def _configure_logging(level: str) -> None:
+    """The service's own log lines beside uvicorn's, at MVMIC_LOG_LEVEL."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(level.upper())
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; settings default to the ``MVMIC_*`` environment."""
     settings = settings if settings is not None else Settings()
-    app = FastAPI(
-        title="MVMIC",
-        version=version("mvmic"),
-        lifespan=_make_lifespan(settings),
-    )
-    app.include_router(health.router)
+    _configure_logging(settings.log_level)
+    app = FastAPI(title="MVMIC", version=version("mvmic"), lifespan=_make_lifespan(settings))
+    app.state.metrics = ServiceMetrics()
+    app.middleware("http")(_request_id)
+    install_error_handlers(app)
+    for router in (health.router, metrics.router, models.router, codec.router):
+        app.include_router(router)
     return app

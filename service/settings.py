@@ -1,13 +1,25 @@
 """Service configuration, read from ``MVMIC_*`` environment variables."""
 
+from pathlib import Path
+
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model.codec import DEFAULT_WEIGHTS
 
 
 class Settings(BaseSettings):
-    """Runtime settings; e.g. ``MVMIC_PORT=9000`` overrides ``port``."""
+    """Runtime settings; e.g. ``MVMIC_PORT=9000`` overrides ``port``, ``MVMIC_API_TOKENS='["a", "b"]'``
+    (JSON) sets the accepted bearer tokens."""
 
     model_config = SettingsConfigDict(env_prefix="MVMIC_")
 
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
+    weights: Path = Field(DEFAULT_WEIGHTS, description="codec weights; the residual model and heads sit beside it")
+    device: str = Field("auto", description="auto (CUDA when there is one, else CPU), cpu or cuda")
+    threads: int = Field(0, ge=0, description="torch threads for model work; 0 keeps torch's default")
+    max_body_bytes: int = Field(256 * 2**20, gt=0, description="larger request bodies get 413")
+    api_tokens: list[str] = Field(default_factory=list, description="bearer tokens; empty: no authentication")
+    verify_bound: bool = Field(True, description="near-lossless/lossless: decode to check the bound")

@@ -1,44 +1,14 @@
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
+from service.process import ServiceStartError, running_service
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-STARTUP_TIMEOUT_S = 20.0
-
-
-def _free_port() -> int:
-    # The OS picks an unused port; there is a tiny race until uvicorn binds it.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_until_up(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"uvicorn exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            httpx.get(url, timeout=1.0)
-            return  # any HTTP answer means the server is accepting requests
-        except httpx.TransportError:
-            time.sleep(0.1)
-    pytest.fail(f"uvicorn not up after {STARTUP_TIMEOUT_S} s:\n{log.read_text()}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture(scope="session")
@@ -50,24 +20,36 @@ def mvmic() -> Callable[..., subprocess.CompletedProcess[str]]:
     return run
 
 
+def _serve(tmp_path_factory: pytest.TempPathFactory, environment: dict[str, str]) -> Iterator[str]:
+    """Base URL of a real uvicorn process serving the app factory, once its models are resident."""
+    log = tmp_path_factory.mktemp("service") / "uvicorn.log"
+    try:
+        with running_service(log, environment) as url:
+            yield url
+    except ServiceStartError as exc:
+        pytest.fail(str(exc))
+
+
 @pytest.fixture(scope="session")
 def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Base URL of a real uvicorn process serving the app factory."""
-    port = _free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    # Output goes to a file, not a pipe, so a chatty server can never block.
-    log = tmp_path_factory.mktemp("service") / "uvicorn.log"
-    cmd = [
-        sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory",
-        "--host", "127.0.0.1", "--port", str(port),
-    ]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        _wait_until_up(proc, f"{base_url}/healthz", log)
-        yield base_url
-    finally:
-        _stop(proc)
+    """The service as `make run` starts it: shipped weights, no tokens, default limits."""
+    yield from _serve(tmp_path_factory, {})
+
+
+@dataclass(frozen=True)
+class GuardedService:
+    url: str
+    token: str
+    body_limit: int
+
+
+@pytest.fixture(scope="session")
+def guarded_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuardedService]:
+    """The service with bearer tokens and a small body limit."""
+    token, body_limit = "test-token-1", 300_000
+    environment = {"MVMIC_API_TOKENS": f'["{token}", "test-token-2"]', "MVMIC_MAX_BODY_BYTES": str(body_limit)}
+    for url in _serve(tmp_path_factory, environment):
+        yield GuardedService(url, token, body_limit)
 
 
 CORPUS_DIR = REPO_ROOT / "data" / "corpus"

@@ -1,16 +1,201 @@
+"""The service over HTTP: a real uvicorn process on 127.0.0.1, the shipped weights, real DICOMs."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import io
 from importlib.metadata import version
+from pathlib import Path
 
 import httpx
+import numpy as np
+import pydicom
+import pytest
+from pydicom.encaps import generate_fragments
+
+from model.bitstream import Bitstream
+from model.codec import DEFAULT_WEIGHTS, QUALITY_CODES
+from mvmic.transcode import MVM_TRANSFER_SYNTAX, bitstream_of_instance
+
+TIMEOUT = 120.0
+
+
+def _dicom(corpus_dir: Path, entry_id: str) -> bytes:
+    return (corpus_dir / "images" / f"{entry_id}.dcm").read_bytes()
+
+
+def _post(url: str, body: bytes, media_type: str, accept: str = "application/json", **params) -> httpx.Response:
+    return httpx.post(url, content=body, params=params, timeout=TIMEOUT,
+                      headers={"Content-Type": media_type, "Accept": accept})
 
 
 def test_healthz_reports_ok_and_version(service_url: str) -> None:
     response = httpx.get(f"{service_url}/healthz")
-
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "version": version("mvmic")}
+    assert response.headers["X-Request-ID"]
+
+
+def test_readyz_once_the_models_are_resident(service_url: str) -> None:
+    assert httpx.get(f"{service_url}/readyz").json() == {"status": "ready"}
 
 
 def test_unknown_path_is_404(service_url: str) -> None:
-    response = httpx.get(f"{service_url}/nope")
+    assert httpx.get(f"{service_url}/nope").status_code == 404
 
-    assert response.status_code == 404
+
+def test_models_names_the_served_weights(service_url: str) -> None:
+    described = httpx.get(f"{service_url}/v1/models").json()
+    assert described["weights"]["codec"]["sha256"] == hashlib.sha256(DEFAULT_WEIGHTS.read_bytes()).hexdigest()
+    assert described["weights"]["residual"]["file"] == "mvmicnet-w97-v2-residual.pt"
+    assert described["operating_points"]["modes"] == ["lossy", "near-lossless", "lossless"]
+    assert described["operating_points"]["quality"]["4"] == QUALITY_CODES[4]
+    assert described["device"] == "cpu" and described["tasks"]
+
+
+def test_compress_json_has_the_bitstream_its_rate_and_analysis(service_url: str, corpus_dir: Path) -> None:
+    source = _dicom(corpus_dir, "pyradiomics-lung1-030")
+    response = _post(f"{service_url}/v1/compress", source, "application/dicom", quality=4)
+    assert response.status_code == 200, response.text
+    document = response.json()
+    data = base64.b64decode(document["bitstream"])
+    assert Bitstream.from_bytes(data).quality == QUALITY_CODES[4] and document["bytes"] == len(data)
+    assert document["bits_per_pixel"] == pytest.approx(8 * len(data) / (512 * 512))
+    assert document["compression_ratio"] > 20 and document["mode"] == "lossy" and document["max_error"] is None
+    frame = document["analysis"]["frames"][0]
+    assert frame["segmentation"]["size"] == [512, 512] and isinstance(frame["boxes"], list)
+
+
+def test_lossless_round_trip_through_the_service(service_url: str, corpus_dir: Path) -> None:
+    source = _dicom(corpus_dir, "pyradiomics-brain2-010")
+    response = _post(f"{service_url}/v1/compress", source, "application/dicom", "application/octet-stream",
+                     mode="lossless")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/octet-stream" and response.content[:3] == b"MVM"
+    decoded = _post(f"{service_url}/v1/decompress", response.content, "application/octet-stream",
+                    "application/dicom")
+    assert decoded.status_code == 200 and decoded.headers["content-type"] == "application/dicom"
+    original, result = pydicom.dcmread(io.BytesIO(source)), pydicom.dcmread(io.BytesIO(decoded.content))
+    assert np.array_equal(result.pixel_array, original.pixel_array)
+    assert result.SOPInstanceUID == original.SOPInstanceUID
+
+
+def test_compress_to_dicom_encapsulates_the_bitstream(service_url: str, corpus_dir: Path) -> None:
+    source = _dicom(corpus_dir, "pyradiomics-lung1-030")
+    original = pydicom.dcmread(io.BytesIO(source))
+    for mode, params in (("lossy", {"quality": 6}), ("near-lossless", {"max_error": 2}), ("lossless", {})):
+        response = _post(f"{service_url}/v1/compress", source, "application/dicom", "application/dicom",
+                         mode=mode, **params)
+        assert response.status_code == 200 and response.headers["content-type"] == "application/dicom"
+        stored = pydicom.dcmread(io.BytesIO(response.content))
+        assert stored.file_meta.TransferSyntaxUID == MVM_TRANSFER_SYNTAX and MVM_TRANSFER_SYNTAX.startswith("2.25.")
+        assert stored["PixelData"].is_undefined_length and stored["PixelData"].VR == "OB"
+        fragments = list(generate_fragments(stored.PixelData))
+        assert fragments[0] == b"" and all(len(f) % 2 == 0 for f in fragments)
+        assert Bitstream.from_bytes(bitstream_of_instance(stored)).rows == 512
+        for keyword in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "Rows", "BitsStored"):
+            assert stored.get(keyword) == original.get(keyword), keyword
+        assert (stored.SOPInstanceUID == original.SOPInstanceUID) == (mode == "lossless")
+        assert stored.get("LossyImageCompression") == ("00" if mode == "lossless" else "01")
+        decoded = _post(f"{service_url}/v1/decompress", response.content, "application/dicom", "application/dicom")
+        assert decoded.status_code == 200, decoded.text
+        result = pydicom.dcmread(io.BytesIO(decoded.content))
+        assert result.SOPInstanceUID == stored.SOPInstanceUID  # decoding changes the transfer syntax only
+        assert result.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+        error = np.abs(result.pixel_array.astype(np.int64) - original.pixel_array.astype(np.int64)).max()
+        bounds = {"lossy": (1, None), "near-lossless": (1, 2), "lossless": (0, 0)}  # (least, most) error
+        least, most = bounds[mode]
+        assert error >= least and (most is None or error <= most), (mode, error)
+
+
+def test_near_lossless_needs_its_bound(service_url: str, corpus_dir: Path) -> None:
+    source = _dicom(corpus_dir, "pyradiomics-brain2-010")
+    response = _post(f"{service_url}/v1/compress", source, "application/dicom", mode="near-lossless", max_error=2)
+    assert response.status_code == 200 and response.json()["max_error"] == 2
+    response = _post(f"{service_url}/v1/compress", source, "application/dicom", mode="near-lossless")
+    assert response.status_code == 422 and "max_error" in response.json()["detail"]
+
+
+def test_analyze_reads_a_bitstream(service_url: str, corpus_dir: Path) -> None:
+    stream = _post(f"{service_url}/v1/compress", _dicom(corpus_dir, "pyradiomics-lung1-030"), "application/dicom",
+                   "application/octet-stream", quality=6).content
+    response = _post(f"{service_url}/v1/analyze", stream, "application/octet-stream")
+    assert response.status_code == 200
+    assert response.json()["quality_code"] == QUALITY_CODES[6] and len(response.json()["frames"]) == 1
+
+
+def _not_supported_dicom(corpus_dir: Path) -> bytes:
+    dataset = pydicom.dcmread(corpus_dir / "images" / "pyradiomics-brain2-010.dcm")
+    dataset.SamplesPerPixel = 4  # a readable DICOM with a pixel layout MVMIC does not code
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    return buffer.getvalue()
+
+
+def test_bad_input_gets_a_status_and_a_reason(service_url: str, corpus_dir: Path) -> None:
+    compress, decompress = f"{service_url}/v1/compress", f"{service_url}/v1/decompress"
+    cases = [
+        (compress, b"not a dicom file at all", 400, "not a DICOM file"),
+        (compress, _not_supported_dicom(corpus_dir), 415, "SamplesPerPixel 4 is not supported"),
+        (decompress, b"MVM\x01" + bytes(60), 400, "bitstream"),
+    ]
+    stream = _post(compress, _dicom(corpus_dir, "pyradiomics-brain2-010"), "application/dicom",
+                   "application/octet-stream").content
+    damaged = bytearray(stream)
+    damaged[len(stream) // 2] ^= 0x20
+    cases.append((decompress, bytes(damaged), 400, "corrupted bitstream"))
+    foreign = dataclasses.replace(Bitstream.from_bytes(stream), weights_fingerprint=bytes(8)).to_bytes()
+    cases.append((decompress, foreign, 409, "bitstream was made by model"))
+    for url, body, status, reason in cases:
+        response = _post(url, body, "application/octet-stream", "*/*")
+        assert response.status_code == status, (url, response.text)
+        assert reason in response.json()["detail"] and "Traceback" not in response.text
+    wrong_accept = _post(compress, stream, "application/dicom", "image/png")
+    assert wrong_accept.status_code == 406
+
+
+def test_tokens_and_body_limit(guarded_service, corpus_dir: Path) -> None:
+    url = f"{guarded_service.url}/v1/compress"
+    small = _dicom(corpus_dir, "pyradiomics-brain2-010")  # 131 kB of pixels
+    assert len(small) < guarded_service.body_limit
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {guarded_service.token}"}):
+        response = httpx.post(url, content=small, headers=headers, timeout=TIMEOUT)
+        assert response.status_code == 401 and response.headers["WWW-Authenticate"] == "Bearer"
+    auth = {"Authorization": f"Bearer {guarded_service.token}"}
+    assert httpx.post(url, content=small, headers=auth, timeout=TIMEOUT).status_code == 200
+    assert httpx.get(f"{guarded_service.url}/v1/models", headers=auth).status_code == 200
+    assert httpx.get(f"{guarded_service.url}/healthz").status_code == 200  # probes need no token
+    large = _dicom(corpus_dir, "pyradiomics-lung1-030")  # 524 kB
+    response = httpx.post(url, content=large, headers=auth, timeout=TIMEOUT)
+    assert response.status_code == 413
+    assert f"exceeds {guarded_service.body_limit} bytes" in response.json()["detail"]
+
+    def chunked():  # no Content-Length: the limit must hold while the body streams in
+        for start in range(0, len(large), 65536):
+            yield large[start : start + 65536]
+
+    response = httpx.post(url, content=chunked(), headers=auth, timeout=TIMEOUT)
+    assert response.status_code == 413 and "content-length" not in response.request.headers
+
+
+def test_metrics_count_requests_model_time_and_rates(service_url: str, corpus_dir: Path) -> None:
+    source = _dicom(corpus_dir, "pyradiomics-brain2-010")
+    assert _post(f"{service_url}/v1/compress", source, "application/dicom", "application/octet-stream",
+                 quality=3).status_code == 200
+    assert httpx.get(f"{service_url}/nope").status_code == 404
+    response = httpx.get(f"{service_url}/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    for line in ('mvmic_requests_total{method="POST",route="/v1/compress",status="200"}',
+                 'mvmic_requests_total{method="GET",route="unmatched",status="404"}',
+                 'mvmic_model_seconds_count{work="dicom_to_mvm"}', "mvmic_queue_wait_seconds_count",
+                 'mvmic_batch_size_bucket{le="1.0"}', 'mvmic_bits_per_pixel_count{mode="lossy"}',
+                 'mvmic_body_bytes_total{direction="in",route="/v1/compress"}',
+                 'mvmic_request_seconds_bucket{le="60.0",route="/v1/compress"}'):
+        assert line in text, line
+    sent = [row for row in text.splitlines()
+            if row.startswith('mvmic_body_bytes_total{direction="in",route="/v1/compress"}')]
+    assert float(sent[0].split()[-1]) >= len(source)
+

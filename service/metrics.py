@@ -1,0 +1,33 @@
+"""Prometheus metrics of the service, in a registry of its own (one per app), served at GET /metrics.
+
+    mvmic_requests_total{route, method, status}     requests answered
+    mvmic_request_seconds{route}                    latency, upload to last byte
+    mvmic_model_seconds{work}                       model and entropy coding time per call
+    mvmic_queue_wait_seconds                        time a call waited for the model thread
+    mvmic_batch_size                                images per model call
+    mvmic_body_bytes_total{route, direction}        bytes in (request bodies) and out (responses)
+    mvmic_bits_per_pixel{mode}                      rate of every compressed image
+"""
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BPP_BUCKETS = (0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 3, 4, 6, 8, 12, 16)
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("mvmic_requests", "Requests answered", ["route", "method", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("mvmic_request_seconds", "Request latency", ["route"], buckets=LATENCY_BUCKETS,
+                                 registry=self.registry)
+        self.model_seconds = Histogram("mvmic_model_seconds", "Model compute time per call", ["work"],
+                                       buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.queue_wait = Histogram("mvmic_queue_wait_seconds", "Wait for the model thread",
+                                    buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.batch_size = Histogram("mvmic_batch_size", "Images per model call", buckets=(1, 2, 4, 8, 16, 32),
+                                    registry=self.registry)
+        self.body_bytes = Counter("mvmic_body_bytes", "Body bytes", ["route", "direction"], registry=self.registry)
+        self.bits_per_pixel = Histogram("mvmic_bits_per_pixel", "Rate of compressed images", ["mode"],
+                                        buckets=BPP_BUCKETS, registry=self.registry)

@@ -1,0 +1,114 @@
+"""POST /v1/compress, /v1/decompress and /v1/analyze: the codec over HTTP.
+
+    /v1/compress    application/dicom in --mvmic.transcode.dicom_to_mvm--> by Accept:
+                    application/json (default): bitstream (base64), rate, and the analysis of the same
+                    latent; application/octet-stream: the .mvm bitstream; application/dicom: the
+                    instance with the .mvm as encapsulated Pixel Data (transcode.mvm_instance)
+    /v1/decompress  .mvm or such an instance in --> application/dicom, decoded (lossless: the original)
+    /v1/analyze     .mvm in --analyze_mvm (base layer only, no pixels)--> application/json
+
+Errors (service.errors): not DICOM or a damaged bitstream 400, unsupported pixel format 415, body
+too large 413, a bitstream of other weights 409, missing or wrong token 401.
+"""
+
+import base64
+import io
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+
+from model.bitstream import MAGIC
+from mvmic.pixels import read_dataset
+from mvmic.transcode import analyze_mvm, dicom_to_mvm, instance_to_dicom, mvm_instance, mvm_to_dicom
+from service.auth import require_token
+from service.body import read_body
+from service.models import ResidentModels
+
+router = APIRouter(prefix="/v1", tags=["codec"], dependencies=[Depends(require_token)])
+
+DICOM = "application/dicom"
+OCTET = "application/octet-stream"
+JSON = "application/json"
+Mode = Literal["lossy", "near-lossless", "lossless"]
+
+
+def resident(request: Request) -> ResidentModels:
+    models = request.app.state.models
+    if models is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the model is still loading", {"Retry-After": "5"})
+    return models
+
+
+Models = Annotated[ResidentModels, Depends(resident)]
+
+
+@router.post("/compress", responses={200: {"content": {JSON: {}, OCTET: {}, DICOM: {}}}})
+async def compress(request: Request, models: Models,
+                   quality: Annotated[int | None, Query(ge=1, le=8)] = None,
+                   target_bpp: Annotated[float | None, Query(gt=0)] = None,
+                   mode: Mode = "lossy",
+                   max_error: Annotated[int | None, Query(ge=1, le=16)] = None) -> Response:
+    """Compress one DICOM instance (body ``application/dicom``)."""
+    accept = _negotiate(request, (JSON, OCTET, DICOM))
+    bound = _max_error(mode, max_error)
+    body = await read_body(request, request.app.state.settings.max_body_bytes)
+    verify = request.app.state.settings.verify_bound
+    result = await request.app.state.worker.run(dicom_to_mvm, body, models.codec, quality, target_bpp, None,
+                                                bound, verify)
+    request.app.state.metrics.bits_per_pixel.labels(mode).observe(result.bits_per_pixel)
+    if accept == OCTET:
+        return Response(result.data, media_type=OCTET)
+    if accept == DICOM:
+        return Response(await request.app.state.worker.run(mvm_instance, result, models.codec), media_type=DICOM)
+    analysis = await request.app.state.worker.run(analyze_mvm, result.data, models.analyzer)
+    return _json({"model_id": models.codec.model_id, "bitstream": base64.b64encode(result.data).decode("ascii"),
+                  "bytes": len(result.data), "bits_per_pixel": result.bits_per_pixel,
+                  "compression_ratio": result.ratio, "quality_code": result.quality_code, "mode": mode,
+                  "max_error": bound, "analysis": analysis})
+
+
+@router.post("/decompress", response_class=Response, responses={200: {"content": {DICOM: {}}}})
+async def decompress(request: Request, models: Models) -> Response:
+    """A .mvm bitstream, or a DICOM instance that holds one, back to a decoded DICOM instance."""
+    _negotiate(request, (DICOM,))
+    body = await read_body(request, request.app.state.settings.max_body_bytes)
+    if body.startswith(MAGIC):
+        dataset = await request.app.state.worker.run(mvm_to_dicom, body, models.codec)
+    else:
+        dataset = await request.app.state.worker.run(instance_to_dicom, read_dataset(body), models.codec)
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return Response(buffer.getvalue(), media_type=DICOM)
+
+
+@router.post("/analyze")
+async def analyze(request: Request, models: Models) -> Response:
+    """Lesion boxes and segmentation of a .mvm bitstream, read from its base layer without decoding pixels."""
+    _negotiate(request, (JSON,))
+    body = await read_body(request, request.app.state.settings.max_body_bytes)
+    return _json(await request.app.state.worker.run(analyze_mvm, body, models.analyzer))
+
+
+def _max_error(mode: str, max_error: int | None) -> int | None:
+    if mode == "near-lossless":
+        if max_error is None:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "mode=near-lossless needs max_error (1 to 16)")
+        return max_error
+    if max_error is not None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"max_error applies to mode=near-lossless, not {mode}")
+    return 0 if mode == "lossless" else None
+
+
+def _negotiate(request: Request, offered: tuple[str, ...]) -> str:
+    """The first offered type the Accept header allows (no header or */*: the first offered)."""
+    accept = request.headers.get("accept", "*/*")
+    wanted = {part.split(";")[0].strip() for part in accept.split(",")}
+    for media_type in offered:
+        if wanted & {media_type, "*/*", media_type.split("/")[0] + "/*"}:
+            return media_type
+    raise HTTPException(status.HTTP_406_NOT_ACCEPTABLE, f"can answer with {', '.join(offered)}, not {accept}")
+
+
+def _json(document: dict) -> Response:
+    return JSONResponse(document)

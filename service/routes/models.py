@@ -1,0 +1,13 @@
+"""GET /v1/models: the resident weights (sha256), operating points, tasks and device."""
+
+from fastapi import APIRouter, Depends
+
+from service.auth import require_token
+from service.routes.codec import Models
+
+router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_token)])
+
+
+@router.get("/models")
+def list_models(models: Models) -> dict:
+    return models.describe()
