@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from model.entropy_coder import TABLE_COUNT, CodingTables, RansReader, RansWriter, index_bits
+from model.entropy_coder import TABLE_COUNT, CodingTables, RansReader, RansWriter, TableModule, index_bits
 from model.integer_net import IndexNetwork
 from model.lifting import Subbands
 from model.subbands import BandStepScales
@@ -71,22 +71,14 @@ def decoded_mask(shape: torch.Size, phase: int, device: torch.device | None = No
     return mask
 
 
-class SubbandContextModel(nn.Module):
+class SubbandContextModel(TableModule):
     def __init__(self, hidden: int = 16) -> None:
         super().__init__()
         self.nets = nn.ModuleList([IndexNetwork(FEATURES, hidden, TABLE_COUNT) for _ in range(3)])
         self.set_tables(CodingTables.laplacian())
         self.band_scales = BandStepScales()  # the quantiser's learned band steps travel with these weights
 
-    def set_tables(self, tables: CodingTables) -> None:
-        self.tables = tables
-        for name, value in tables.state().items():
-            self.register_buffer(f"table_{name}", value)
-
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
-        # Fitted tables have their own length: take them as they are, then load the rest.
-        self.set_tables(CodingTables(state_dict["table_cdfs"], state_dict["table_lengths"],
-                                     state_dict["table_offsets"]))
         if "band_scales.log_scales" not in state_dict:  # weights from before stage 3: unscaled steps
             state_dict = {**state_dict, "band_scales.log_scales": self.band_scales.log_scales.detach()}
         return super().load_state_dict(state_dict, strict, assign)

@@ -14,12 +14,13 @@ escape bin and are then written raw (CompressAI's bypass coding).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 PRECISION = 16  # CompressAI's rANS works with CDFs that sum to 2**16
 TAIL_MASS = 1e-9  # Laplace mass left outside a table's range
@@ -151,6 +152,22 @@ class CodingTables:
             self._lists = ([row[:n] for row, n in zip(self.cdfs.tolist(), lengths, strict=True)],
                            lengths, self.offsets.tolist())
         return self._lists
+
+
+class TableModule(nn.Module):
+    """A model whose coding tables travel in its weights file as buffers (table_cdfs, table_lengths,
+    table_offsets), whatever their length."""
+
+    def set_tables(self, tables: CodingTables) -> None:
+        self.tables = tables
+        for name, value in tables.state().items():
+            self.register_buffer(f"table_{name}", value)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        # Fitted tables have their own length: take them as they are, then load the rest.
+        self.set_tables(CodingTables(state_dict["table_cdfs"], state_dict["table_lengths"],
+                                     state_dict["table_offsets"]))
+        return super().load_state_dict(state_dict, strict, assign)
 
 
 class RansWriter:

@@ -32,15 +32,14 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
 
-from model.entropy_coder import TABLE_COUNT, CodingTables, RansReader, RansWriter, index_bits
+from model.entropy_coder import TABLE_COUNT, CodingTables, RansReader, RansWriter, TableModule, index_bits
 from model.integer_net import IndexNetwork
 
 MAX_ERROR = 16  # the largest tau a residual layer may promise
@@ -169,23 +168,13 @@ def fit_weights(q: Tensor, index: int) -> tuple[int, int]:
     return scaled[0], scaled[1]
 
 
-class ResidualContextModel(nn.Module):
+class ResidualContextModel(TableModule):
     """Table indexes for the residual's prediction errors, pass by pass (see the module docstring)."""
 
     def __init__(self, hidden: int = 16) -> None:
         super().__init__()
         self.net = IndexNetwork(FEATURES, hidden, TABLE_COUNT)
         self.set_tables(CodingTables.laplacian())
-
-    def set_tables(self, tables: CodingTables) -> None:
-        self.tables = tables
-        for name, value in tables.state().items():
-            self.register_buffer(f"table_{name}", value)
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
-        self.set_tables(CodingTables(state_dict["table_cdfs"], state_dict["table_lengths"],
-                                     state_dict["table_offsets"]))
-        return super().load_state_dict(state_dict, strict, assign)
 
     @classmethod
     def load(cls, data: bytes) -> ResidualContextModel:

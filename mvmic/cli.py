@@ -120,66 +120,54 @@ def _parser() -> argparse.ArgumentParser:
     decompress.set_defaults(run=_decompress)
 
     train = commands.add_parser("train", help="training").add_subparsers(dest="train_command", required=True)
-    codec = train.add_parser("codec", help="stage 1: train the codec's entropy model on the train split")
-    codec.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder (default: %(default)s)")
-    codec.add_argument("--checkpoint", type=Path, default=Path("checkpoints/codec.pt"),
-                       help="checkpoint file (default: %(default)s)")
-    codec.add_argument("--minutes", type=float, default=30.0, help="training time (default: %(default)s)")
-    codec.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    codec.add_argument("--learning-rate", type=float, default=2e-3, help="Adam step size (default: %(default)s)")
-    codec.add_argument("--batch", type=int, default=1, help="crops per step (default: %(default)s)")
+    codec = _training_command(train, "codec", "stage 1: train the codec's entropy model on the train split",
+                              "checkpoints/codec.pt", 2e-3, 1, _train_codec)
     codec.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: %(default)s)")
     codec.add_argument("--export", type=Path, default=None, metavar="WEIGHTS",
                        help="after training, write the model as this weights file")
-    codec.set_defaults(run=_train_codec)
 
-    residual = train.add_parser("residual", help="the residual layer's entropy model (near-lossless, lossless)")
-    residual.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder (default: %(default)s)")
-    residual.add_argument("--checkpoint", type=Path, default=Path("checkpoints/residual.pt"),
-                          help="checkpoint file (default: %(default)s)")
-    residual.add_argument("--minutes", type=float, default=30.0, help="training time (default: %(default)s)")
-    residual.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    residual.add_argument("--learning-rate", type=float, default=2e-3, help="Adam step size (default: %(default)s)")
-    residual.add_argument("--batch", type=int, default=2, help="crops per step (default: %(default)s)")
+    residual = _training_command(train, "residual", "the residual layer's entropy model (near-lossless, lossless)",
+                                 "checkpoints/residual.pt", 2e-3, 2, _train_residual)
     residual.add_argument("--export", type=Path, default=None, metavar="WEIGHTS",
                           help="after training, write the model as this weights file (the codec loads "
                                "<codec weights>-residual.pt beside its own)")
-    residual.set_defaults(run=_train_residual)
 
     for name, network, default_checkpoint, help_text in (
             ("heads", "latent", "checkpoints/heads.pt", "stage 2: train the task heads on the frozen codec's latent"),
             ("pixel-reference", "pixel", "checkpoints/pixel_reference.pt",
              "train the pixel-domain reference network on uncompressed images")):
-        tasks = train.add_parser(name, help=help_text)
-        tasks.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder (default: %(default)s)")
-        tasks.add_argument("--checkpoint", type=Path, default=Path(default_checkpoint),
-                           help="checkpoint file (default: %(default)s)")
-        tasks.add_argument("--minutes", type=float, default=30.0, help="training time (default: %(default)s)")
-        tasks.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-        tasks.add_argument("--learning-rate", type=float, default=1e-3, help="Adam step size (default: %(default)s)")
-        tasks.add_argument("--batch", type=int, default=8, help="crops per step (default: %(default)s)")
+        tasks = _training_command(train, name, help_text, default_checkpoint, 1e-3, 8, _train_tasks)
         tasks.add_argument("--export", type=Path, default=None, metavar="WEIGHTS",
                            help="after training, write the network as this weights file with a manifest")
-        tasks.set_defaults(run=_train_tasks, network=network)
+        tasks.set_defaults(network=network)
 
-    joint = train.add_parser("joint", help="stage 3: fine-tune codec and heads together, R + lambda D + beta L_task")
-    joint.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder (default: %(default)s)")
-    joint.add_argument("--checkpoint", type=Path, default=Path("checkpoints/joint.pt"),
-                       help="checkpoint file (default: %(default)s)")
-    joint.add_argument("--minutes", type=float, default=30.0, help="training time (default: %(default)s)")
-    joint.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    joint.add_argument("--learning-rate", type=float, default=1e-4, help="Adam step size (default: %(default)s)")
-    joint.add_argument("--batch", type=int, default=4, help="crops per step (default: %(default)s)")
+    joint = _training_command(train, "joint", "stage 3: fine-tune codec and heads together, R + lambda D + beta L_task",
+                              "checkpoints/joint.pt", 1e-4, 4, _train_joint)
     joint.add_argument("--export-codec", type=Path, default=None, metavar="WEIGHTS",
                        help="after training, write the codec here (tables refitted) with its manifest")
     joint.add_argument("--export-heads", type=Path, default=None, metavar="WEIGHTS",
                        help="after training, write the heads here with their manifest")
-    joint.set_defaults(run=_train_joint)
 
     serve = commands.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", default=None, help="bind address (default: MVMIC_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default: MVMIC_PORT or 8000)")
     serve.set_defaults(run=_serve)
+    return parser
+
+
+def _training_command(train, name: str, help_text: str, checkpoint: str, learning_rate: float, batch: int,
+                      run: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    """`mvmic train NAME` with the options every stage shares (corpus, checkpoint, time, resume, steps)."""
+    parser = train.add_parser(name, help=help_text)
+    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder (default: %(default)s)")
+    parser.add_argument("--checkpoint", type=Path, default=Path(checkpoint),
+                        help="checkpoint file (default: %(default)s)")
+    parser.add_argument("--minutes", type=float, default=30.0, help="training time (default: %(default)s)")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    parser.add_argument("--learning-rate", type=float, default=learning_rate,
+                        help="Adam step size (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=batch, help="crops per step (default: %(default)s)")
+    parser.set_defaults(run=run)
     return parser
 
 
