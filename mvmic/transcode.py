@@ -31,7 +31,7 @@ from pydicom.uid import UID
 from model.bitstream import Bitstream, Layer, LayerKind, TrailingDataError, fingerprint
 from model.codec import MvmicCodec, max_error_of
 from model.rate_control import compress_at
-from model.tasks.analysis import Analyzer
+from model.tasks.analysis import Analyzer, FrameAnalysis
 from mvmic.derivative import lossy_derivative
 from mvmic.pixels import DicomSource, NativeImage, PixelFormat, header_bytes, read_dicom, to_dataset
 
@@ -65,7 +65,7 @@ def dicom_to_mvm(source: DicomSource, codec: MvmicCodec, quality: int | None = N
 
 
 def mvm_to_dicom(data: bytes, codec: MvmicCodec) -> Dataset:
-    stream = _parse(data, codec)
+    stream = parse_for(data, codec)
     pixels = codec.decompress(stream)
     ratio = pixels.size * _source_header(stream).BitsAllocated / 8 / len(data)
     return _with_pixels(_decoded_header(stream, ratio, codec), pixels, stream)
@@ -74,7 +74,7 @@ def mvm_to_dicom(data: bytes, codec: MvmicCodec) -> Dataset:
 def mvm_instance(compressed: Compressed, codec: MvmicCodec) -> bytes:
     """The DICOM instance that stores ``compressed``: its header as decoding would give it (lossless: the
     original), Pixel Data the encapsulated .mvm under MVM_TRANSFER_SYNTAX."""
-    stream = _parse(compressed.data, codec)
+    stream = parse_for(compressed.data, codec)
     dataset = copy.deepcopy(_decoded_header(stream, compressed.ratio, codec))
     dataset.PixelData = encapsulate([compressed.data + b"\x00" * (len(compressed.data) % 2)], has_bot=False)
     dataset["PixelData"].VR = "OB"
@@ -88,7 +88,7 @@ def mvm_instance(compressed: Compressed, codec: MvmicCodec) -> bytes:
 def instance_to_dicom(dataset: Dataset, codec: MvmicCodec) -> Dataset:
     """An instance made by mvm_instance, decoded: the same header (and SOP Instance UID), Explicit VR
     Little Endian pixels."""
-    stream = _parse(bitstream_of_instance(dataset), codec)
+    stream = parse_for(bitstream_of_instance(dataset), codec)
     header = copy.deepcopy(dataset)
     del header.PixelData
     return _with_pixels(header, codec.decompress(stream), stream)
@@ -127,12 +127,17 @@ def _with_pixels(header: Dataset, pixels, stream: Bitstream) -> Dataset:
 
 def analyze_mvm(data: bytes, analyzer: Analyzer) -> dict:
     """The analysis document of a bitstream: lesion boxes and COCO-RLE segmentation per frame."""
-    stream = _parse(data, analyzer.codec)
+    stream = parse_for(data, analyzer.codec)
+    return analysis_document(stream, analyzer.analyze(stream))
+
+
+def analysis_document(stream: Bitstream, frames: list[FrameAnalysis]) -> dict:
     return {"model_id": stream.model_id, "rows": stream.rows, "columns": stream.columns,
-            "quality_code": stream.quality, "frames": [frame.to_json() for frame in analyzer.analyze(stream)]}
+            "quality_code": stream.quality, "frames": [frame.to_json() for frame in frames]}
 
 
-def _parse(data: bytes, codec: MvmicCodec) -> Bitstream:
+def parse_for(data: bytes, codec: MvmicCodec) -> Bitstream:
+    """A bitstream checked to come from ``codec``'s model and weights."""
     return Bitstream.from_bytes(data, expected_model_id=codec.model_id,
                                 expected_fingerprint=fingerprint(codec.weights.sha256))
 

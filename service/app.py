@@ -35,9 +35,8 @@ def _make_lifespan(settings: Settings) -> Lifespan:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings, app.state.models, app.state.load_error = settings, None, None
-        app.state.worker = ModelWorker(app.state.metrics)
-        loading = app.state.worker.executor.submit(load_models, settings)
-        loading.add_done_callback(lambda done: _loaded(app, done))
+        app.state.worker = ModelWorker(app.state.metrics, settings.batch_size, settings.max_batch_delay_ms / 1000)
+        app.state.worker.submit(load_models, settings).add_done_callback(lambda done: _loaded(app, done))
         yield
         app.state.worker.close()
 

@@ -2,22 +2,29 @@
 
     Settings.weights --MvmicCodec.load (the residual model beside it)--> codec
                      --Analyzer.load (the heads beside it)--> analyzer
-    request --ModelWorker.run: one model thread--> compress / decompress / analyze
+    request --ModelWorker: one model thread--> compress / decompress (one image a call)
+                                               analysis of concurrent requests (batched)
 
 Model and entropy-coding work runs on the worker thread, never on the event loop, so
 health checks and uploads keep being served while an image is coded; torch's own
-threads parallelise inside each call. The codec's integer entropy coding runs on the CPU.
+threads parallelise inside each call. Analyses that arrive together are batched: their
+entropy decoding stays per image, the heads run once per batch of equal-sized frames.
+The codec's integer entropy coding runs on the CPU.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import hashlib
+import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -77,27 +84,84 @@ def load_models(settings: Settings) -> ResidentModels:
     return ResidentModels(codec, analyzer, Weights(heads, hashlib.sha256(heads.read_bytes()).hexdigest()), device)
 
 
-class ModelWorker:
-    """One thread for model work, off the event loop; each call's wait and compute time are measured.
-    Calls run one image each (mvmic_batch_size observes 1): requests are not batched yet."""
+@dataclass
+class _Job:
+    item: Any  # a call (batch is None) or one item of a batch
+    batch: Callable[[list], list] | None  # runs several items in one call, results in order
+    future: Future
+    submitted: float
 
-    def __init__(self, metrics: ServiceMetrics) -> None:
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mvmic-model")
-        self.metrics = metrics
+
+class ModelWorker:
+    """The model thread: jobs run one after the other, off the event loop. Jobs of one batch function
+    (e.g. Analyzer.analyze_many) that arrive within ``max_delay`` seconds of the first, up to
+    ``batch_size``, run as one call; other jobs that arrive meanwhile wait their turn, in order.
+    Each job's queue wait, each call's compute time and batch size are measured."""
+
+    def __init__(self, metrics: ServiceMetrics, batch_size: int = 8, max_delay: float = 0.005) -> None:
+        self.metrics, self.batch_size, self.max_delay = metrics, batch_size, max_delay
+        self.jobs: queue.Queue[_Job | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._serve, name="mvmic-model", daemon=True)
+        self.thread.start()
+
+    def submit(self, work: Callable[..., T], *args) -> Future:
+        return self._put(functools.partial(work, *args), None)
 
     async def run(self, work: Callable[..., T], *args) -> T:
-        submitted = time.perf_counter()
+        return await asyncio.wrap_future(self.submit(work, *args))
 
-        def measured() -> T:
-            started = time.perf_counter()
-            self.metrics.queue_wait.observe(started - submitted)
-            self.metrics.batch_size.observe(1)
-            try:
-                return work(*args)
-            finally:
-                self.metrics.model_seconds.labels(work.__name__).observe(time.perf_counter() - started)
-
-        return await asyncio.get_running_loop().run_in_executor(self.executor, measured)
+    async def run_batched(self, batch: Callable[[list], list], item: Any) -> Any:
+        return await asyncio.wrap_future(self._put(item, batch))
 
     def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.jobs.put(None)
+
+    def _put(self, item: Any, batch: Callable[[list], list] | None) -> Future:
+        future: Future = Future()
+        self.jobs.put(_Job(item, batch, future, time.perf_counter()))
+        return future
+
+    def _serve(self) -> None:
+        waiting: collections.deque[_Job | None] = collections.deque()
+        while True:
+            job = waiting.popleft() if waiting else self.jobs.get()
+            if job is None:
+                return
+            batch = [job] if job.batch is None else self._gather(job, waiting)
+            self._execute(batch)
+
+    def _gather(self, first: _Job, waiting: collections.deque) -> list[_Job]:
+        """``first`` and the jobs of its batch function among those waiting or arriving before the delay."""
+        batch = [first]
+        for job in list(waiting):
+            if len(batch) < self.batch_size and job is not None and job.batch == first.batch:
+                waiting.remove(job)
+                batch.append(job)
+        deadline = time.perf_counter() + self.max_delay
+        while len(batch) < self.batch_size:
+            try:
+                job = self.jobs.get(timeout=max(0.0, deadline - time.perf_counter()))
+            except queue.Empty:
+                break
+            if job is not None and job.batch == first.batch:
+                batch.append(job)
+            else:
+                waiting.append(job)
+        return batch
+
+    def _execute(self, batch: list[_Job]) -> None:
+        started = time.perf_counter()
+        for job in batch:
+            self.metrics.queue_wait.observe(started - job.submitted)
+        self.metrics.batch_size.observe(len(batch))
+        work = batch[0].batch or batch[0].item.func  # the batch function, or the function of a partial
+        try:
+            results = batch[0].batch([j.item for j in batch]) if batch[0].batch else [batch[0].item()]
+        except Exception as exc:  # noqa: BLE001 - every waiting request gets the error
+            for job in batch:
+                job.future.set_exception(exc)
+        else:
+            for job, result in zip(batch, results, strict=True):
+                job.future.set_result(result)
+        finally:
+            self.metrics.model_seconds.labels(work.__name__).observe(time.perf_counter() - started)

@@ -23,3 +23,5 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(256 * 2**20, gt=0, description="larger request bodies get 413")
     api_tokens: list[str] = Field(default_factory=list, description="bearer tokens; empty: no authentication")
     verify_bound: bool = Field(True, description="near-lossless/lossless: decode to check the bound")
+    batch_size: int = Field(8, ge=1, description="analyses run together at most")
+    max_batch_delay_ms: float = Field(5.0, ge=0, description="how long the first analysis waits for others")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import hashlib
@@ -198,4 +199,35 @@ def test_metrics_count_requests_model_time_and_rates(service_url: str, corpus_di
     sent = [row for row in text.splitlines()
             if row.startswith('mvmic_body_bytes_total{direction="in",route="/v1/compress"}')]
     assert float(sent[0].split()[-1]) >= len(source)
+
+
+def _batch_sizes(service_url: str) -> tuple[float, float]:
+    """(analyses run alone, all model calls) so far, from the batch size histogram."""
+    rows = dict(row.rsplit(" ", 1) for row in httpx.get(f"{service_url}/metrics").text.splitlines()
+                if row.startswith("mvmic_batch_size_"))
+    return float(rows['mvmic_batch_size_bucket{le="1.0"}']), float(rows["mvmic_batch_size_count"])
+
+
+def test_concurrent_analyses_share_a_batch_and_get_their_own_results(service_url: str, corpus_dir: Path) -> None:
+    streams = [_post(f"{service_url}/v1/compress", _dicom(corpus_dir, entry), "application/dicom",
+                     "application/octet-stream", quality=6).content
+               for entry in ("pyradiomics-lung1-030", "pyradiomics-brain2-010")]
+    alone = [_post(f"{service_url}/v1/analyze", stream, "application/octet-stream").json() for stream in streams]
+    singles_before, calls_before = _batch_sizes(service_url)
+
+    async def together() -> list[dict]:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            replies = await asyncio.gather(*(client.post(f"{service_url}/v1/analyze", content=streams[i % 2])
+                                             for i in range(8)))
+        return [reply.json() for reply in replies]
+
+    replies = asyncio.run(together())
+    singles, calls = _batch_sizes(service_url)
+    assert calls - calls_before < 8 and singles - singles_before < calls - calls_before  # some ran as a batch
+    for index, reply in enumerate(replies):
+        expected = alone[index % 2]
+        assert (reply["rows"], reply["columns"]) == (expected["rows"], expected["columns"])
+        got, want = reply["frames"][0], expected["frames"][0]
+        assert len(got["boxes"]) == len(want["boxes"])
+        assert abs(got["segmented_pixels"] - want["segmented_pixels"]) <= 0.001 * reply["rows"] * reply["columns"]
 

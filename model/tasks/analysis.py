@@ -12,6 +12,7 @@ which is where the time saved over decode-then-analyse comes from.
 from __future__ import annotations
 
 import io
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,14 +60,23 @@ class Analyzer:
         heads.load_state_dict(torch.load(io.BytesIO(Path(path).read_bytes()), map_location="cpu", weights_only=True))
         return cls(codec, heads)
 
-    @torch.no_grad()
     def analyze(self, stream: Bitstream, min_score: float = REPORT_SCORE) -> list[FrameAnalysis]:
-        shape = (stream.rows, stream.columns)
-        result = []
-        for frame, coarse in enumerate(self.codec.decode_coarse(stream)):
-            outputs = self.heads(coarse.float())
-            detections = decode_detections(outputs, shape)[0]
-            keep = detections.scores >= min_score
-            result.append(FrameAnalysis(frame, detections.boxes[keep], detections.scores[keep],
-                                        segmentation_masks(outputs, shape)[0]))
-        return result
+        return self.analyze_many([stream], min_score)[0]
+
+    @torch.no_grad()
+    def analyze_many(self, streams: list[Bitstream], min_score: float = REPORT_SCORE) -> list[list[FrameAnalysis]]:
+        """analyze() of several bitstreams at once: the frames of images of one size go through the heads
+        as one batch (the service batches concurrent requests this way); GroupNorm keeps every
+        image's result independent of what shares its batch."""
+        coarse = [self.codec.decode_coarse(stream) for stream in streams]
+        by_size: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
+        for index, stream in enumerate(streams):
+            by_size[(stream.rows, stream.columns)] += [(index, frame) for frame in range(len(coarse[index]))]
+        results: list[dict[int, FrameAnalysis]] = [{} for _ in streams]
+        for shape, members in by_size.items():
+            outputs = self.heads(torch.cat([coarse[index][frame].float() for index, frame in members]))
+            detections, masks = decode_detections(outputs, shape), segmentation_masks(outputs, shape)
+            for (index, frame), found, mask in zip(members, detections, masks, strict=True):
+                keep = found.scores >= min_score
+                results[index][frame] = FrameAnalysis(frame, found.boxes[keep], found.scores[keep], mask)
+        return [[frames[f] for f in sorted(frames)] for frames in results]

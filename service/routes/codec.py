@@ -5,7 +5,8 @@
                     latent; application/octet-stream: the .mvm bitstream; application/dicom: the
                     instance with the .mvm as encapsulated Pixel Data (transcode.mvm_instance)
     /v1/decompress  .mvm or such an instance in --> application/dicom, decoded (lossless: the original)
-    /v1/analyze     .mvm in --analyze_mvm (base layer only, no pixels)--> application/json
+    /v1/analyze     .mvm in --Analyzer.analyze_many (base layer only, no pixels; concurrent requests
+                    share a batch)--> application/json
 
 Errors (service.errors): not DICOM or a damaged bitstream 400, unsupported pixel format 415, body
 too large 413, a bitstream of other weights 409, missing or wrong token 401.
@@ -20,7 +21,14 @@ from fastapi.responses import JSONResponse
 
 from model.bitstream import MAGIC
 from mvmic.pixels import read_dataset
-from mvmic.transcode import analyze_mvm, dicom_to_mvm, instance_to_dicom, mvm_instance, mvm_to_dicom
+from mvmic.transcode import (
+    analysis_document,
+    dicom_to_mvm,
+    instance_to_dicom,
+    mvm_instance,
+    mvm_to_dicom,
+    parse_for,
+)
 from service.auth import require_token
 from service.body import read_body
 from service.models import ResidentModels
@@ -61,7 +69,7 @@ async def compress(request: Request, models: Models,
         return Response(result.data, media_type=OCTET)
     if accept == DICOM:
         return Response(await request.app.state.worker.run(mvm_instance, result, models.codec), media_type=DICOM)
-    analysis = await request.app.state.worker.run(analyze_mvm, result.data, models.analyzer)
+    analysis = await _analysis(request, models, result.data)
     return _json({"model_id": models.codec.model_id, "bitstream": base64.b64encode(result.data).decode("ascii"),
                   "bytes": len(result.data), "bits_per_pixel": result.bits_per_pixel,
                   "compression_ratio": result.ratio, "quality_code": result.quality_code, "mode": mode,
@@ -87,7 +95,14 @@ async def analyze(request: Request, models: Models) -> Response:
     """Lesion boxes and segmentation of a .mvm bitstream, read from its base layer without decoding pixels."""
     _negotiate(request, (JSON,))
     body = await read_body(request, request.app.state.settings.max_body_bytes)
-    return _json(await request.app.state.worker.run(analyze_mvm, body, models.analyzer))
+    return _json(await _analysis(request, models, body))
+
+
+async def _analysis(request: Request, models: ResidentModels, data: bytes) -> dict:
+    """The analysis document of a bitstream; analyses of concurrent requests share a batch."""
+    stream = parse_for(data, models.codec)
+    frames = await request.app.state.worker.run_batched(models.analyzer.analyze_many, stream)
+    return analysis_document(stream, frames)
 
 
 def _max_error(mode: str, max_error: int | None) -> int | None:
