@@ -20,12 +20,12 @@ def mvmic() -> Callable[..., subprocess.CompletedProcess[str]]:
     return run
 
 
-def _serve(tmp_path_factory: pytest.TempPathFactory, environment: dict[str, str]) -> Iterator[str]:
-    """Base URL of a real uvicorn process serving the app factory, once its models are resident."""
+def _serve(tmp_path_factory: pytest.TempPathFactory, environment: dict[str, str]) -> Iterator[tuple[str, Path]]:
+    """(base URL, log file) of a real uvicorn process serving the app factory, once its models are resident."""
     log = tmp_path_factory.mktemp("service") / "uvicorn.log"
     try:
         with running_service(log, environment) as url:
-            yield url
+            yield url, log
     except ServiceStartError as exc:
         pytest.fail(str(exc))
 
@@ -33,7 +33,8 @@ def _serve(tmp_path_factory: pytest.TempPathFactory, environment: dict[str, str]
 @pytest.fixture(scope="session")
 def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The service as `make run` starts it: shipped weights, no tokens, default limits."""
-    yield from _serve(tmp_path_factory, {})
+    for url, _ in _serve(tmp_path_factory, {}):
+        yield url
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class GuardedService:
     url: str
     token: str
     body_limit: int
+    log: Path  # everything the server printed
 
 
 @pytest.fixture(scope="session")
@@ -48,8 +50,8 @@ def guarded_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guarde
     """The service with bearer tokens and a small body limit."""
     token, body_limit = "test-token-1", 300_000
     environment = {"MVMIC_API_TOKENS": f'["{token}", "test-token-2"]', "MVMIC_MAX_BODY_BYTES": str(body_limit)}
-    for url in _serve(tmp_path_factory, environment):
-        yield GuardedService(url, token, body_limit)
+    for url, log in _serve(tmp_path_factory, environment):
+        yield GuardedService(url, token, body_limit, log)
 
 
 CORPUS_DIR = REPO_ROOT / "data" / "corpus"

@@ -231,3 +231,23 @@ def test_concurrent_analyses_share_a_batch_and_get_their_own_results(service_url
         assert len(got["boxes"]) == len(want["boxes"])
         assert abs(got["segmented_pixels"] - want["segmented_pixels"]) <= 0.001 * reply["rows"] * reply["columns"]
 
+
+def test_logs_carry_request_ids_and_no_patient_data(guarded_service, corpus_dir: Path) -> None:
+    dataset = pydicom.dcmread(corpus_dir / "images" / "pyradiomics-brain2-010.dcm")
+    dataset.PatientName, dataset.PatientID, dataset.PatientBirthDate = "Doe^Jane", "MRN-4711-X", "19700314"
+    identifiers = ("Doe", "Jane", "MRN-4711-X", "19700314")
+    auth = {"Authorization": f"Bearer {guarded_service.token}", "X-Request-ID": "trace-me-42"}
+    url = f"{guarded_service.url}/v1/compress"
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    assert httpx.post(url, content=buffer.getvalue(), headers=auth, timeout=TIMEOUT).headers["X-Request-ID"] == \
+        "trace-me-42"
+    dataset.SamplesPerPixel = 4  # and a failure, whose reason is logged too
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    assert httpx.post(url, content=buffer.getvalue(), headers=auth, timeout=TIMEOUT).status_code == 415
+    log = guarded_service.log.read_text()
+    assert "request trace-me-42: POST /v1/compress -> 200" in log
+    assert "request trace-me-42: 415 UnsupportedPixelFormatError" in log
+    assert not [identifier for identifier in identifiers if identifier in log]
+
