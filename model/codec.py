@@ -235,11 +235,10 @@ class MvmicCodec:
         reference = np.zeros(base.shape[:2], dtype=np.int64)
         for sample in coding_order(fmt):
             side, data = layer.planes[sample]
-            context = PlaneContext(torch.from_numpy(base[..., sample])[None], fmt.min_value, fmt.bits_stored,
-                                   stream.quality, layer.max_error)
+            context = plane_context(base, sample, fmt, stream.quality, layer.max_error)
             refinement = width * model.decode(side, data, context)[0].numpy()
             decoded[..., sample] = base[..., sample] + reference + refinement
-            if sample == ANCHOR_SAMPLE and fmt.samples_per_pixel == 3:
+            if sample == ANCHOR_SAMPLE:  # only colour images code it first (coding_order)
                 reference = refinement
         return np.clip(decoded, fmt.min_value, fmt.max_value).astype(fmt.dtype)
 
@@ -311,10 +310,14 @@ def residual_targets(samples: np.ndarray, base: np.ndarray, fmt: PixelFormat, co
     for sample in coding_order(fmt):
         residual = samples[..., sample].astype(np.int64) - base[..., sample] - reference
         q = quantize_residual(torch.from_numpy(residual)[None], max_error)
-        yield sample, q, PlaneContext(torch.from_numpy(base[..., sample])[None], fmt.min_value, fmt.bits_stored,
-                                      code, max_error)
-        if sample == ANCHOR_SAMPLE and fmt.samples_per_pixel == 3:
+        yield sample, q, plane_context(base, sample, fmt, code, max_error)
+        if sample == ANCHOR_SAMPLE:  # only colour images code it first (coding_order)
             reference = width * q[0].numpy()
+
+
+def plane_context(base: np.ndarray, sample: int, fmt: PixelFormat, code: int, max_error: int) -> PlaneContext:
+    """What one sample's residual is coded against, the same in the encoder and the decoder."""
+    return PlaneContext(torch.from_numpy(base[..., sample])[None], fmt.min_value, fmt.bits_stored, code, max_error)
 
 
 def max_error_of(stream: Bitstream) -> int | None:

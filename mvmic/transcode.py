@@ -33,7 +33,7 @@ from model.codec import MvmicCodec, max_error_of
 from model.rate_control import compress_at
 from model.tasks.analysis import Analyzer, FrameAnalysis
 from mvmic.derivative import lossy_derivative
-from mvmic.pixels import DicomSource, NativeImage, PixelFormat, header_bytes, read_dicom, to_dataset
+from mvmic.pixels import DicomSource, NativeImage, header_bytes, read_dicom, to_dataset
 
 METHOD = "MVMICNET"
 # Private transfer syntax (a UUID-derived 2.25 UID): Pixel Data holds one .mvm bitstream, padded to
@@ -67,15 +67,16 @@ def dicom_to_mvm(source: DicomSource, codec: MvmicCodec, quality: int | None = N
 def mvm_to_dicom(data: bytes, codec: MvmicCodec) -> Dataset:
     stream = parse_for(data, codec)
     pixels = codec.decompress(stream)
-    ratio = pixels.size * _source_header(stream).BitsAllocated / 8 / len(data)
-    return _with_pixels(_decoded_header(stream, ratio, codec), pixels, stream)
+    source = _source_header(stream)
+    ratio = pixels.size * source.BitsAllocated / 8 / len(data)
+    return _with_pixels(_decoded_header(stream, source, ratio, codec), pixels, stream)
 
 
 def mvm_instance(compressed: Compressed, codec: MvmicCodec) -> bytes:
     """The DICOM instance that stores ``compressed``: its header as decoding would give it (lossless: the
     original), Pixel Data the encapsulated .mvm under MVM_TRANSFER_SYNTAX."""
     stream = parse_for(compressed.data, codec)
-    dataset = copy.deepcopy(_decoded_header(stream, compressed.ratio, codec))
+    dataset = _decoded_header(stream, _source_header(stream), compressed.ratio, codec)  # a fresh object
     dataset.PixelData = encapsulate([compressed.data + b"\x00" * (len(compressed.data) % 2)], has_bot=False)
     dataset["PixelData"].VR = "OB"
     dataset["PixelData"].is_undefined_length = True
@@ -109,9 +110,8 @@ def bitstream_of_instance(dataset: Dataset) -> bytes:
     return data
 
 
-def _decoded_header(stream: Bitstream, ratio: float, codec: MvmicCodec) -> Dataset:
+def _decoded_header(stream: Bitstream, source: Dataset, ratio: float, codec: MvmicCodec) -> Dataset:
     """The header of the decoded image: the source's own for lossless, else a lossy derivative's."""
-    source = _source_header(stream)
     max_error = max_error_of(stream)
     if max_error == 0:
         return source  # the original instance, pixel for pixel: same UID, not a derivative
@@ -121,8 +121,7 @@ def _decoded_header(stream: Bitstream, ratio: float, codec: MvmicCodec) -> Datas
 
 
 def _with_pixels(header: Dataset, pixels, stream: Bitstream) -> Dataset:
-    fmt = PixelFormat(stream.bits_stored, stream.signed, stream.samples_per_pixel, stream.photometric)
-    return to_dataset(NativeImage(header=header, pixels=pixels, format=fmt))
+    return to_dataset(NativeImage(header=header, pixels=pixels, format=stream.pixel_format))
 
 
 def analyze_mvm(data: bytes, analyzer: Analyzer) -> dict:

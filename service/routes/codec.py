@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response,
 from fastapi.responses import JSONResponse
 
 from model.bitstream import MAGIC
+from model.residual import MAX_ERROR
 from mvmic.pixels import read_dataset
 from mvmic.transcode import (
     analysis_document,
@@ -56,7 +57,7 @@ async def compress(request: Request, models: Models,
                    quality: Annotated[int | None, Query(ge=1, le=8)] = None,
                    target_bpp: Annotated[float | None, Query(gt=0)] = None,
                    mode: Mode = "lossy",
-                   max_error: Annotated[int | None, Query(ge=1, le=16)] = None) -> Response:
+                   max_error: Annotated[int | None, Query(ge=1, le=MAX_ERROR)] = None) -> Response:
     """Compress one DICOM instance (body ``application/dicom``)."""
     accept = _negotiate(request, (JSON, OCTET, DICOM))
     bound = _max_error(mode, max_error)
@@ -70,7 +71,7 @@ async def compress(request: Request, models: Models,
     if accept == DICOM:
         return Response(await request.app.state.worker.run(mvm_instance, result, models.codec), media_type=DICOM)
     analysis = await _analysis(request, models, result.data)
-    return _json({"model_id": models.codec.model_id, "bitstream": base64.b64encode(result.data).decode("ascii"),
+    return JSONResponse({"model_id": models.codec.model_id, "bitstream": base64.b64encode(result.data).decode("ascii"),
                   "bytes": len(result.data), "bits_per_pixel": result.bits_per_pixel,
                   "compression_ratio": result.ratio, "quality_code": result.quality_code, "mode": mode,
                   "max_error": bound, "analysis": analysis})
@@ -95,7 +96,7 @@ async def analyze(request: Request, models: Models) -> Response:
     """Lesion boxes and segmentation of a .mvm bitstream, read from its base layer without decoding pixels."""
     _negotiate(request, (JSON,))
     body = await read_body(request, request.app.state.settings.max_body_bytes)
-    return _json(await _analysis(request, models, body))
+    return JSONResponse(await _analysis(request, models, body))
 
 
 async def _analysis(request: Request, models: ResidentModels, data: bytes) -> dict:
@@ -123,7 +124,3 @@ def _negotiate(request: Request, offered: tuple[str, ...]) -> str:
         if wanted & {media_type, "*/*", media_type.split("/")[0] + "/*"}:
             return media_type
     raise HTTPException(status.HTTP_406_NOT_ACCEPTABLE, f"can answer with {', '.join(offered)}, not {accept}")
-
-
-def _json(document: dict) -> Response:
-    return JSONResponse(document)
