@@ -362,10 +362,12 @@ def _bench_tasks(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from service.models import check_settings
     from service.server import serve
     from service.settings import Settings
 
     settings = Settings()
+    check_settings(settings)
     serve(args.host or settings.host, args.port or settings.port, settings.log_level)
     return 0
 

@@ -1,7 +1,7 @@
 """The models the service keeps resident: loaded once, used by every request.
 
-    Settings.weights --MvmicCodec.load (the residual model beside it)--> codec
-                     --Analyzer.load (the heads beside it)--> analyzer
+    Settings.weights_dir --MvmicCodec.load (with the residual model)--> codec (CPU: integer entropy coding)
+                         --Analyzer.load--> analyzer (heads on the device: CUDA when there is one)
     request --ModelWorker: one model thread--> compress / decompress (one image a call)
                                                analysis of concurrent requests (batched)
 
@@ -9,7 +9,8 @@ Model and entropy-coding work runs on the worker thread, never on the event loop
 health checks and uploads keep being served while an image is coded; torch's own
 threads parallelise inside each call. Analyses that arrive together are batched: their
 entropy decoding stays per image, the heads run once per batch of equal-sized frames.
-The codec's integer entropy coding runs on the CPU.
+The codec's entropy coding is integer arithmetic and runs on the CPU on every machine (its
+bitstreams must decode the same everywhere); the heads, the one float network, run on the device.
 """
 
 from __future__ import annotations
@@ -67,20 +68,38 @@ class ResidentModels:
 
 
 def resolve_device(requested: str) -> str:
-    if requested not in ("auto", "cpu", "cuda"):
-        raise DeviceUnavailableError(f"MVMIC_DEVICE={requested!r}: use auto, cpu or cuda")
-    if requested == "cuda":
-        raise DeviceUnavailableError("MVMIC_DEVICE=cuda: GPU inference is not implemented yet; use cpu or auto")
-    return "cpu"
+    """``auto`` is the first CUDA device when torch sees one, else the CPU; an explicit CUDA device
+    that torch cannot use is refused rather than silently replaced by the CPU."""
+    if requested == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if requested == "cpu":
+        return requested
+    if requested == "cuda" or (requested.startswith("cuda:") and requested[5:].isdigit()):
+        index = int(requested[5:] or 0) if ":" in requested else 0
+        if index >= torch.cuda.device_count():
+            raise DeviceUnavailableError(f"MVMIC_DEVICE={requested}: torch sees {torch.cuda.device_count()} "
+                                         "CUDA device(s) here; use auto or cpu")
+        return f"cuda:{index}"
+    raise DeviceUnavailableError(f"MVMIC_DEVICE={requested!r}: use auto, cpu, cuda or cuda:N")
+
+
+def check_settings(settings: Settings) -> str:
+    """The device to use, once the settings are known to be usable: `mvmic serve` checks them before
+    it starts the server, so a wrong device or weights folder is a message, not a failed readiness."""
+    device = resolve_device(settings.device)
+    for needed in (settings.codec_weights, settings.heads_weights):
+        if not needed.is_file():
+            raise FileNotFoundError(f"MVMIC_WEIGHTS_DIR={settings.weights_dir}: no {needed.name} there")
+    return device
 
 
 def load_models(settings: Settings) -> ResidentModels:
-    device = resolve_device(settings.device)
+    device = check_settings(settings)
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    codec = MvmicCodec.load(settings.weights)
-    heads = settings.weights.with_name(f"{settings.weights.stem}-heads.pt")
-    analyzer = Analyzer.load(codec, heads)
+    codec = MvmicCodec.load(settings.codec_weights)
+    heads = settings.heads_weights
+    analyzer = Analyzer.load(codec, heads, device)
     return ResidentModels(codec, analyzer, Weights(heads, hashlib.sha256(heads.read_bytes()).hexdigest()), device)
 
 

@@ -7,6 +7,9 @@ import base64
 import dataclasses
 import hashlib
 import io
+import os
+import subprocess
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -14,11 +17,15 @@ import httpx
 import numpy as np
 import pydicom
 import pytest
+import torch
 from pydicom.encaps import generate_fragments
 
 from model.bitstream import Bitstream
-from model.codec import DEFAULT_WEIGHTS, QUALITY_CODES
+from model.codec import DEFAULT_WEIGHTS, QUALITY_CODES, MvmicCodec
+from model.tasks.analysis import Analyzer
+from mvmic.pixels import read_dicom
 from mvmic.transcode import MVM_TRANSFER_SYNTAX, bitstream_of_instance
+from service.process import free_port
 
 TIMEOUT = 120.0
 
@@ -53,7 +60,28 @@ def test_models_names_the_served_weights(service_url: str) -> None:
     assert described["weights"]["residual"]["file"] == "mvmicnet-w97-v2-residual.pt"
     assert described["operating_points"]["modes"] == ["lossy", "near-lossless", "lossless"]
     assert described["operating_points"]["quality"]["4"] == QUALITY_CODES[4]
-    assert described["device"] == "cpu" and described["tasks"]
+    assert described["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu") and described["tasks"]
+
+
+@pytest.mark.parametrize(("environment", "reason"), [
+    ({"MVMIC_DEVICE": "cuda:7"}, "CUDA device(s) here; use auto or cpu"),
+    ({"MVMIC_DEVICE": "tpu"}, "use auto, cpu, cuda or cuda:N"),
+    ({"MVMIC_WEIGHTS_DIR": "{tmp}"}, "no mvmicnet-w97-v2.pt there"),
+    ({"MVMIC_PORT": "eighty"}, "port"),
+])
+def test_serve_refuses_unusable_settings_with_a_message(tmp_path: Path, environment: dict, reason: str) -> None:
+    environment = {key: value.format(tmp=tmp_path) for key, value in environment.items()}
+    result = subprocess.run([sys.executable, "-m", "mvmic.cli", "serve", "--port", str(free_port())],
+                            env={**os.environ, **environment}, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 1 and reason in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the heads run on CUDA only where torch sees a GPU")
+def test_heads_on_cuda_find_what_the_cpu_finds(corpus_dir: Path) -> None:
+    codec = MvmicCodec.load()
+    stream = codec.compress(read_dicom(corpus_dir / "images" / "pyradiomics-lung1-030.dcm"), QUALITY_CODES[4])
+    on_cpu, on_gpu = (Analyzer.load(codec, device=device).analyze(stream)[0] for device in ("cpu", "cuda:0"))
+    assert np.abs(on_gpu.boxes - on_cpu.boxes).max(initial=0) < 1 and (on_gpu.mask != on_cpu.mask).mean() < 1e-3
 
 
 def test_compress_json_has_the_bitstream_its_rate_and_analysis(service_url: str, corpus_dir: Path) -> None:

@@ -51,14 +51,16 @@ def coco_rle(mask: np.ndarray) -> dict:
 
 
 class Analyzer:
-    def __init__(self, codec: MvmicCodec, heads: LatentHeads) -> None:
-        self.codec, self.heads = codec, heads.eval()
+    """Entropy decoding on the CPU (the codec's integer arithmetic), the heads on ``device``."""
+
+    def __init__(self, codec: MvmicCodec, heads: LatentHeads, device: str = "cpu") -> None:
+        self.codec, self.device, self.heads = codec, torch.device(device), heads.eval().to(device)
 
     @classmethod
-    def load(cls, codec: MvmicCodec, path: Path = DEFAULT_HEADS) -> Analyzer:
+    def load(cls, codec: MvmicCodec, path: Path = DEFAULT_HEADS, device: str = "cpu") -> Analyzer:
         heads = LatentHeads()
         heads.load_state_dict(torch.load(io.BytesIO(Path(path).read_bytes()), map_location="cpu", weights_only=True))
-        return cls(codec, heads)
+        return cls(codec, heads, device)
 
     def analyze(self, stream: Bitstream, min_score: float = REPORT_SCORE) -> list[FrameAnalysis]:
         return self.analyze_many([stream], min_score)[0]
@@ -74,7 +76,8 @@ class Analyzer:
             by_size[(stream.rows, stream.columns)] += [(index, frame) for frame in range(len(coarse[index]))]
         results: list[dict[int, FrameAnalysis]] = [{} for _ in streams]
         for shape, members in by_size.items():
-            outputs = self.heads(torch.cat([coarse[index][frame].float() for index, frame in members]))
+            planes = torch.cat([coarse[index][frame].float() for index, frame in members]).to(self.device)
+            outputs = self.heads(planes).to("cpu")
             detections, masks = decode_detections(outputs, shape), segmentation_masks(outputs, shape)
             for (index, frame), found, mask in zip(members, detections, masks, strict=True):
                 keep = found.scores >= min_score

@@ -23,6 +23,7 @@ the pixel-domain network of similar capacity that the task benchmark compares ag
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,9 @@ class HeadOutputs:
     heatmap: Tensor  # (N, 1, H/4, W/4) logits
     size: Tensor  # (N, 2, H/4, W/4) log(width, height) in full-resolution pixels
     offset: Tensor  # (N, 2, H/4, W/4) centre offset within the cell, in cells
+
+    def to(self, device: str | torch.device) -> HeadOutputs:
+        return HeadOutputs(*(getattr(self, f.name).to(device) for f in dataclasses.fields(self)))
 
 
 def _block(inputs: int, outputs: int, stride: int = 1) -> nn.Sequential:
