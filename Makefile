@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench lint clean orthanc
 
 # Re-install whenever pyproject.toml changes. One pip command, so pip
 # resolves all dependencies together.
@@ -22,9 +22,16 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: lint
+# The PACS of the integration tests: Debian's Orthanc with its DICOMweb plugin.
+orthanc:
+	@test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so || { \
+	  [ "$$(id -u)" -eq 0 ] || { echo "install orthanc and orthanc-dicomweb (as root: make orthanc)"; exit 1; }; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q orthanc orthanc-dicomweb; }
+
+# pytest runs in a private network namespace (loopback only): Orthanc 1.10 listens on every interface.
+test: lint orthanc
 	$(BIN)/mvmic data prepare
-	$(BIN)/python -m pytest -q
+	scripts/private-network $(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/mvmic bench rd

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mvmic.pixels import DicomInputError
 
-MODES = ("lossy", "near-lossless", "lossless")
+MODES = ("lossy", "near-lossless", "lossless")  # mvmic.transcode.MODES, without importing torch for --help
 DEFAULT_CORPUS = Path("data/corpus")
 DEFAULT_CACHE = Path("data/cache")
 DEFAULT_RESULTS = Path("results")
@@ -212,9 +212,9 @@ def _load_codec(weights: Path | None):
 
 
 def _compress(args: argparse.Namespace) -> int:
-    from mvmic.transcode import dicom_to_mvm
+    from mvmic.transcode import dicom_to_mvm, error_bound
 
-    max_error = _max_error(args.mode, args.max_error)
+    max_error = error_bound(args.mode, args.max_error)
     codec = _load_codec(args.weights)
     result = dicom_to_mvm(args.source, codec, args.quality, args.target_bpp, args.target_psnr, max_error,
                           args.verify)
@@ -225,19 +225,6 @@ def _compress(args: argparse.Namespace) -> int:
     if args.analysis:
         _write_analysis(result.data, codec, args.heads, args.analysis)
     return 0
-
-
-def _max_error(mode: str, max_error: int | None) -> int | None:
-    """The error bound of a --mode and --max-error pair: None for lossy, 0 for lossless."""
-    from model.residual import MAX_ERROR
-
-    if mode == "near-lossless":
-        if max_error is None or not 1 <= max_error <= MAX_ERROR:
-            raise ValueError(f"--mode near-lossless needs --max-error between 1 and {MAX_ERROR}")
-        return max_error
-    if max_error is not None:
-        raise ValueError(f"--max-error applies to --mode near-lossless only, not {mode}")
-    return 0 if mode == "lossless" else None
 
 
 def _analyze(args: argparse.Namespace) -> int:

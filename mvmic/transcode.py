@@ -31,6 +31,7 @@ from pydicom.uid import UID
 from model.bitstream import Bitstream, Layer, LayerKind, TrailingDataError, fingerprint
 from model.codec import MvmicCodec, max_error_of
 from model.rate_control import compress_at
+from model.residual import MAX_ERROR
 from model.tasks.analysis import Analyzer, FrameAnalysis
 from mvmic.derivative import lossy_derivative
 from mvmic.pixels import DicomSource, NativeImage, header_bytes, read_dicom, to_dataset
@@ -39,6 +40,23 @@ METHOD = "MVMICNET"
 # Private transfer syntax (a UUID-derived 2.25 UID): Pixel Data holds one .mvm bitstream, padded to
 # even length, in the fragments of an encapsulated value.
 MVM_TRANSFER_SYNTAX = UID("2.25.323708217038257544495275216054827656036")
+
+
+MODES = ("lossy", "near-lossless", "lossless")
+
+
+def error_bound(mode: str, max_error: int | None) -> int | None:
+    """The error bound of a mode and maximum error (the CLI's, the service's and the gateway's
+    storage setting): None for lossy, 0 for lossless, else 1..MAX_ERROR stored units."""
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r}: use one of {', '.join(MODES)}")
+    if mode == "near-lossless":
+        if max_error is None or not 1 <= max_error <= MAX_ERROR:
+            raise ValueError(f"mode near-lossless needs a max error between 1 and {MAX_ERROR}")
+        return max_error
+    if max_error is not None:
+        raise ValueError(f"a max error applies to mode near-lossless only, not {mode}")
+    return 0 if mode == "lossless" else None
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ build an app or load weights. Run it with uvicorn's factory mode::
             (GET /readyz answers 503 until they are resident, /healthz 200 at once)
     request --request id (X-Request-ID), logged with route, status and time, never patient data-->
             and counted (service.metrics); routes: health (/healthz, /readyz), metrics (/metrics),
-            models (/v1/models), codec (/v1/compress, /v1/decompress, /v1/analyze)
+            models (/v1/models), codec (/v1/compress, /v1/decompress, /v1/analyze),
+            dicomweb (/dicomweb: STOW-RS, WADO-RS, QIDO-RS in front of the PACS at MVMIC_PACS_URL)
 """
 
 import logging
@@ -21,10 +22,11 @@ from importlib.metadata import version
 
 from fastapi import FastAPI, Request, Response
 
+from mvmic.pacs.client import PacsClient
 from service.errors import install_error_handlers
 from service.metrics import ServiceMetrics
 from service.models import ModelWorker, load_models
-from service.routes import codec, health, metrics, models
+from service.routes import codec, dicomweb, health, metrics, models
 from service.settings import Settings
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -37,8 +39,11 @@ def _make_lifespan(settings: Settings) -> Lifespan:
         app.state.settings, app.state.models, app.state.load_error = settings, None, None
         app.state.worker = ModelWorker(app.state.metrics, settings.batch_size, settings.max_batch_delay_ms / 1000)
         app.state.worker.submit(load_models, settings).add_done_callback(lambda done: _loaded(app, done))
+        app.state.pacs = PacsClient(settings.pacs_url, settings.pacs_auth) if settings.pacs_url else None
         yield
         app.state.worker.close()
+        if app.state.pacs is not None:
+            app.state.pacs.close()
 
     return lifespan
 
@@ -91,6 +96,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = ServiceMetrics()
     app.middleware("http")(_request_id)
     install_error_handlers(app)
-    for router in (health.router, metrics.router, models.router, codec.router):
+    for router in (health.router, metrics.router, models.router, codec.router, dicomweb.router):
         app.include_router(router)
     return app

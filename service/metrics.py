@@ -7,6 +7,8 @@
     mvmic_batch_size                                images per model call
     mvmic_body_bytes_total{route, direction}        bytes in (request bodies) and out (responses)
     mvmic_bits_per_pixel{mode}                      rate of every compressed image
+    mvmic_gateway_instances_total{outcome}          STOW-RS instances sent on to the PACS or failed
+    mvmic_gateway_bytes_total{kind}                 their bytes as received and as sent to the PACS
 """
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -31,3 +33,6 @@ class ServiceMetrics:
         self.body_bytes = Counter("mvmic_body_bytes", "Body bytes", ["route", "direction"], registry=self.registry)
         self.bits_per_pixel = Histogram("mvmic_bits_per_pixel", "Rate of compressed images", ["mode"],
                                         buckets=BPP_BUCKETS, registry=self.registry)
+        self.stored = Counter("mvmic_gateway_instances", "STOW-RS instances", ["outcome"], registry=self.registry)
+        self.gateway_bytes = Counter("mvmic_gateway_bytes", "STOW-RS bytes received and sent to the PACS", ["kind"],
+                                     registry=self.registry)

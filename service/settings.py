@@ -1,11 +1,13 @@
 """Service configuration, read from ``MVMIC_*`` environment variables."""
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.codec import DEFAULT_WEIGHTS, MODEL_ID
+from mvmic.transcode import error_bound
 
 
 class Settings(BaseSettings):
@@ -27,6 +29,30 @@ class Settings(BaseSettings):
     verify_bound: bool = Field(True, description="near-lossless/lossless: decode to check the bound")
     batch_size: int = Field(8, ge=1, description="analyses run together at most")
     max_batch_delay_ms: float = Field(5.0, ge=0, description="how long the first analysis waits for others")
+    # The DICOMweb gateway (/dicomweb) in front of a PACS.
+    pacs_url: str | None = Field(None, description="the upstream PACS's DICOMweb root, e.g. http://orthanc:8042/dicom-web")
+    pacs_user: str | None = None
+    pacs_password: SecretStr | None = None
+    storage_mode: Literal["lossless", "near-lossless", "lossy"] = Field(
+        "lossless", description="how the gateway stores images; lossless unless an archive policy says otherwise")
+    storage_max_error: int | None = Field(None, description="near-lossless: the largest error in stored values")
+    storage_quality: int | None = Field(None, ge=1, le=8, description="lossy: quality 1..8 (default: rate control)")
+    store_analysis: bool = Field(False, description="also store each image's analysis as DICOM SEG and SR")
+
+    @model_validator(mode="after")
+    def _storage_bound_is_valid(self) -> "Settings":
+        error_bound(self.storage_mode, self.storage_max_error)  # ValueError names what is wrong
+        return self
+
+    @property
+    def storage_bound(self) -> int | None:
+        return error_bound(self.storage_mode, self.storage_max_error)
+
+    @property
+    def pacs_auth(self) -> tuple[str, str] | None:
+        if self.pacs_user is None:
+            return None
+        return self.pacs_user, self.pacs_password.get_secret_value() if self.pacs_password else ""
 
     @property
     def codec_weights(self) -> Path:

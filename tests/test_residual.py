@@ -263,9 +263,9 @@ def test_cli_lossless_keeps_the_instance_and_near_lossless_marks_it(tmp_path, co
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    (("--mode", "near-lossless"), "needs --max-error between 1 and 16"),
-    (("--mode", "near-lossless", "--max-error", "17"), "needs --max-error between 1 and 16"),
-    (("--max-error", "2"), "applies to --mode near-lossless only"),
+    (("--mode", "near-lossless"), "needs a max error between 1 and 16"),
+    (("--mode", "near-lossless", "--max-error", "17"), "needs a max error between 1 and 16"),
+    (("--max-error", "2"), "applies to mode near-lossless only"),
     (("--mode", "lossless", "--target-bpp", "2"), "does not apply with a maximum error"),
 ])
 def test_cli_mode_errors_are_one_line(tmp_path, corpus_dir, mvmic, options, message) -> None:

@@ -25,6 +25,7 @@ from mvmic.pixels import read_dataset
 from mvmic.transcode import (
     analysis_document,
     dicom_to_mvm,
+    error_bound,
     instance_to_dicom,
     mvm_instance,
     mvm_to_dicom,
@@ -60,7 +61,10 @@ async def compress(request: Request, models: Models,
                    max_error: Annotated[int | None, Query(ge=1, le=MAX_ERROR)] = None) -> Response:
     """Compress one DICOM instance (body ``application/dicom``)."""
     accept = _negotiate(request, (JSON, OCTET, DICOM))
-    bound = _max_error(mode, max_error)
+    try:
+        bound = error_bound(mode, max_error)
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     body = await read_body(request, request.app.state.settings.max_body_bytes)
     verify = request.app.state.settings.verify_bound
     result = await request.app.state.worker.run(dicom_to_mvm, body, models.codec, quality, target_bpp, None,
@@ -104,16 +108,6 @@ async def _analysis(request: Request, models: ResidentModels, data: bytes) -> di
     stream = parse_for(data, models.codec)
     frames = await request.app.state.worker.run_batched(models.analyzer.analyze_many, stream)
     return analysis_document(stream, frames)
-
-
-def _max_error(mode: str, max_error: int | None) -> int | None:
-    if mode == "near-lossless":
-        if max_error is None:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "mode=near-lossless needs max_error (1 to 16)")
-        return max_error
-    if max_error is not None:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"max_error applies to mode=near-lossless, not {mode}")
-    return 0 if mode == "lossless" else None
 
 
 def _negotiate(request: Request, offered: tuple[str, ...]) -> str:

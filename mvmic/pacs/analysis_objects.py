@@ -1,0 +1,95 @@
+"""The analysis of an image as standard DICOM objects a PACS stores beside it (built with highdicom).
+
+    source instance (as stored) + FrameAnalysis per frame
+        --segmentation--> DICOM Segmentation (binary, one segment "lesion", a frame per source frame)
+        --measurement_report--> Comprehensive SR, TID 1500 Measurement Report: one planar ROI group per
+                                box (a closed polyline on its source frame, tracking id with the score)
+
+Both name the source in their references (SEG: ReferencedSeriesSequence / SourceImageSequence; SR:
+evidence and each region's source image), share its study, and sit in new series of their own.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian
+
+from model.tasks.analysis import FrameAnalysis
+
+MANUFACTURER = "MVMIC"
+ALGORITHM = "MVMICNet"
+SEG_SERIES_NUMBER, SR_SERIES_NUMBER = 9901, 9902
+
+
+def _algorithm(model_id: str) -> hd.AlgorithmIdentificationSequence:
+    return hd.AlgorithmIdentificationSequence(name=ALGORITHM, version=model_id,
+                                              family=codes.DCM.ArtificialIntelligence)
+
+
+def as_reference(source: Dataset) -> Dataset:
+    """The source's header as the objects reference it: highdicom reads attributes, never pixels, and
+    a stored MVMIC instance's private transfer syntax means nothing to it."""
+    header = copy.copy(source)
+    header.file_meta = copy.copy(source.file_meta)
+    header.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return header
+
+
+def segmentation(source: Dataset, frames: list[FrameAnalysis], model_id: str) -> Dataset:
+    lesion = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="lesion", segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Lesion, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=_algorithm(model_id))
+    masks = np.stack([frame.mask for frame in frames]).astype(np.uint8)
+    return hd.seg.Segmentation(
+        source_images=[as_reference(source)], pixel_array=masks if len(frames) > 1 else masks[0],
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[lesion],
+        series_instance_uid=hd.UID(), series_number=SEG_SERIES_NUMBER, sop_instance_uid=hd.UID(), instance_number=1,
+        manufacturer=MANUFACTURER, manufacturer_model_name=ALGORITHM, software_versions=model_id,
+        device_serial_number="none", series_description=f"{ALGORITHM} lesion segmentation",
+        omit_empty_frames=False)
+
+
+def measurement_report(source: Dataset, frames: list[FrameAnalysis], model_id: str) -> Dataset:
+    reference = as_reference(source)
+    multiframe = int(getattr(source, "NumberOfFrames", 1) or 1) > 1
+    groups = []
+    for frame in frames:
+        for number, (box, score) in enumerate(zip(frame.boxes, frame.scores, strict=True), start=len(groups) + 1):
+            region = hd.sr.ImageRegion(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=_closed_rectangle(box),
+                source_image=hd.sr.SourceImageForRegion(
+                    referenced_sop_class_uid=source.SOPClassUID, referenced_sop_instance_uid=source.SOPInstanceUID,
+                    referenced_frame_numbers=[frame.frame + 1] if multiframe else None))
+            groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(),
+                                                             identifier=f"lesion {number} (score {score:.3f})"),
+                referenced_region=region, finding_type=codes.SCT.Lesion, algorithm_id=hd.sr.AlgorithmIdentification(
+                    name=ALGORITHM, version=model_id)))
+    if not groups:  # TID 1500 needs a measurement group: an image-level one saying no lesion was found
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="no lesion found"),
+            finding_type=codes.SCT.Lesion, algorithm_id=hd.sr.AlgorithmIdentification(name=ALGORITHM, version=model_id),
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.SCT.Lesion, codes.SCT.Absent)],
+            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(reference)]))
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=hd.UID(), name=ALGORITHM, manufacturer_name=MANUFACTURER, model_name=model_id))
+    report = hd.sr.MeasurementReport(observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+                                     procedure_reported=codes.SCT.ImagingProcedure, imaging_measurements=groups)
+    return hd.sr.ComprehensiveSR(
+        evidence=[reference], content=report, series_instance_uid=hd.UID(), series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER,
+        series_description=f"{ALGORITHM} lesion boxes")
+
+
+def _closed_rectangle(box: np.ndarray) -> np.ndarray:
+    """x0 y0 x1 y1 (pixels) as the closed polyline SCOORD wants: (column, row) points, first = last."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=np.float32)

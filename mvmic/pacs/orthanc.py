@@ -1,0 +1,103 @@
+"""A real Orthanc PACS, started and stopped from Python (integration tests, `mvmic bench pacs`).
+
+    running_orthanc(folder) --private network namespace?--> Orthanc with its DICOMweb plugin,
+        storage and index in ``folder``, HTTP on a free port, basic auth --> OrthancServer
+        --> terminate (kill after 10 s)
+
+Orthanc 1.10 cannot bind to loopback only; it listens on every interface of its network
+namespace. It is therefore started only inside a private network namespace, one whose only
+interface is loopback (`make test` runs the tests in one: unshare --net, ip link set lo up),
+so nothing outside this machine, or outside the namespace, can ever reach it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ORTHANC = "Orthanc"
+PLUGINS = Path("/usr/share/orthanc/plugins")
+STARTUP_TIMEOUT_S = 60.0
+USER, PASSWORD = "mvmic", "mvmic-test-password"
+
+
+class OrthancStartError(RuntimeError):
+    """Orthanc is missing, would be reachable from outside, or did not come up."""
+
+
+@dataclass(frozen=True)
+class OrthancServer:
+    url: str  # Orthanc's REST root
+    dicomweb: str  # its DICOMweb root
+    auth: tuple[str, str]
+    storage: Path
+
+
+def network_interfaces() -> list[str]:
+    # /proc/self/net is this process's namespace (/sys/class/net stays the one sysfs was mounted in).
+    lines = Path("/proc/self/net/dev").read_text().splitlines()[2:]
+    return sorted(line.split(":")[0].strip() for line in lines)
+
+
+def in_private_network() -> bool:
+    """True inside a network namespace whose only interface is loopback."""
+    return network_interfaces() == ["lo"]
+
+
+def orthanc_configuration(folder: Path, http_port: int, dicom_port: int) -> dict:
+    return {
+        "Name": "MVMIC-TEST", "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "index"),
+        "HttpPort": http_port, "DicomPort": dicom_port, "RemoteAccessAllowed": True,
+        "AuthenticationEnabled": True, "RegisteredUsers": {USER: PASSWORD},
+        "Plugins": [str(PLUGINS / "libOrthancDicomWeb.so")],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        # The gateway stores a lossless instance under the original's SOP Instance UID, in place of it.
+        "OverwriteInstances": True, "StorageCompression": False, "HttpsVerifyPeers": False,
+    }
+
+
+@contextmanager
+def running_orthanc(folder: Path, http_port: int = 8042, dicom_port: int = 4242) -> Iterator[OrthancServer]:
+    if shutil.which(ORTHANC) is None:
+        raise OrthancStartError("Orthanc is not installed: apt-get install orthanc orthanc-dicomweb (make test does)")
+    if not in_private_network():
+        raise OrthancStartError(f"Orthanc 1.10 listens on every interface and this namespace has "
+                                f"{network_interfaces()}: start it inside `unshare --net` with lo up (make test does)")
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "orthanc.json"
+    config.write_text(json.dumps(orthanc_configuration(folder, http_port, dicom_port), indent=2))
+    url = f"http://127.0.0.1:{http_port}"
+    with (folder / "orthanc.log").open("wb") as log:
+        process = subprocess.Popen([ORTHANC, str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_until_up(process, url, folder / "orthanc.log")
+        yield OrthancServer(url, f"{url}/dicom-web", (USER, PASSWORD), folder / "storage")
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_until_up(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise OrthancStartError(f"Orthanc exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{url}/system", auth=(USER, PASSWORD), timeout=2.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise OrthancStartError(f"Orthanc not up after {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")

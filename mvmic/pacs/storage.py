@@ -1,0 +1,132 @@
+"""What the gateway does to each instance on its way into the PACS, and on its way out.
+
+    into the PACS (STOW-RS, `mvmic pacs compress-study`):
+      Part 10 bytes --read--> not DICOM: failed (0xC000); other study than the request's: failed (0xA900)
+        no pixels (SR, KO...) or pixels MVMIC does not code --> stored as received (never lost)
+        an image --dicom_to_mvm at the storage bound + mvm_instance--> the MVMIC instance
+                 [--analysis of the same bitstream--> DICOM SEG + Comprehensive SR]
+    out of the PACS (WADO-RS):
+      stored instance --transfer-syntax=*--> as stored
+                      --Explicit VR Little Endian--> decoded (MVMIC: instance_to_dicom, else pydicom)
+                      --anything else--> NotAcceptableError (406), unless already stored so
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass, field
+
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from model.codec import CodecInputError, MvmicCodec
+from model.tasks.analysis import Analyzer
+from mvmic.pacs.analysis_objects import measurement_report, segmentation
+from mvmic.pixels import DicomInputError, UnsupportedPixelFormatError, read_dataset
+from mvmic.transcode import MVM_TRANSFER_SYNTAX, dicom_to_mvm, instance_to_dicom, mvm_instance, parse_for
+
+log = logging.getLogger("mvmic.pacs")
+
+# PS3.18 / PS3.4 failure reasons of a STOW-RS response's FailedSOPSequence.
+PROCESSING_FAILURE = 0x0110
+DOES_NOT_MATCH = 0xA900  # the instance is not of the study the request names
+CANNOT_UNDERSTAND = 0xC000
+
+
+class NotAcceptableError(ValueError):
+    """The instance cannot be given in the transfer syntax asked for."""
+
+
+@dataclass(frozen=True)
+class StoragePolicy:
+    max_error: int | None  # the bound: None lossy, 0 lossless (the default), else near-lossless
+    quality: int | None = None  # lossy base quality; None lets rate control pick it
+    verify: bool = True
+    with_analysis: bool = False
+
+
+@dataclass
+class Prepared:
+    """One received instance, ready to store: ``instances`` (the instance as it will be stored, then any
+    analysis objects) or a ``failure`` reason code, with ``note`` saying what happened and why."""
+
+    sop_class: str | None
+    sop_instance: str | None
+    instances: list[bytes] = field(default_factory=list)
+    failure: int | None = None
+    note: str = ""
+    original_bytes: int = 0
+
+
+def prepare_instance(data: bytes, codec: MvmicCodec, analyzer: Analyzer | None, policy: StoragePolicy,
+                     study: str | None = None) -> Prepared:
+    try:
+        dataset = read_dataset(data)
+    except DicomInputError as exc:
+        return Prepared(None, None, failure=CANNOT_UNDERSTAND, note=str(exc), original_bytes=len(data))
+    prepared = Prepared(str(dataset.get("SOPClassUID", "")) or None, str(dataset.get("SOPInstanceUID", "")) or None,
+                        original_bytes=len(data))
+    if study is not None and dataset.get("StudyInstanceUID") != study:
+        prepared.failure, prepared.note = DOES_NOT_MATCH, f"the instance is of study {dataset.get('StudyInstanceUID')}"
+        return prepared
+    if "PixelData" not in dataset or _transfer_syntax(dataset) == MVM_TRANSFER_SYNTAX:
+        prepared.instances, prepared.note = [data], "stored as received: no pixels to compress, or already MVMIC"
+        return prepared
+    try:
+        compressed = dicom_to_mvm(data, codec, policy.quality, max_error=policy.max_error, verify=policy.verify)
+    except (UnsupportedPixelFormatError, CodecInputError) as exc:
+        prepared.instances, prepared.note = [data], f"stored as received: {exc}"
+        return prepared
+    except DicomInputError as exc:
+        prepared.failure, prepared.note = CANNOT_UNDERSTAND, str(exc)
+        return prepared
+    stored = mvm_instance(compressed, codec)
+    prepared.instances, prepared.note = [stored], f"compressed {compressed.ratio:.2f}:1"
+    prepared.sop_instance = str(read_dataset(stored).SOPInstanceUID)  # lossy: a derivative's new UID
+    if policy.with_analysis and analyzer is not None:
+        prepared.instances += analysis_instances(read_dataset(stored), compressed.data, analyzer)
+    return prepared
+
+
+def analysis_instances(stored: Dataset, bitstream: bytes, analyzer: Analyzer) -> list[bytes]:
+    """The SEG and SR of a stored instance's analysis; one highdicom refuses (e.g. a CT without a Frame of
+    Reference cannot have a SEG) is left out and logged, never failing the image's own storage."""
+    frames = analyzer.analyze(parse_for(bitstream, analyzer.codec))
+    objects = []
+    for build in (segmentation, measurement_report):
+        try:
+            objects.append(_part10(build(stored, frames, analyzer.codec.model_id)))
+        except ValueError as exc:
+            log.warning("no %s for the stored instance: %s", build.__name__, exc)
+    return objects
+
+
+def render(data: bytes, transfer_syntax: str, codec: MvmicCodec) -> bytes:
+    """A stored instance in ``transfer_syntax`` ('*': as stored)."""
+    if transfer_syntax == "*":
+        return data
+    dataset = read_dataset(data)
+    stored = _transfer_syntax(dataset)
+    if stored == transfer_syntax:
+        return data
+    if transfer_syntax != ExplicitVRLittleEndian:
+        raise NotAcceptableError(f"instance {dataset.get('SOPInstanceUID')} is stored as {stored}; the gateway "
+                                 f"gives it as stored (transfer-syntax=*) or as {ExplicitVRLittleEndian}, "
+                                 f"not {transfer_syntax}")
+    if stored == MVM_TRANSFER_SYNTAX:
+        return _part10(instance_to_dicom(dataset, codec))
+    if dataset.file_meta.TransferSyntaxUID.is_compressed:
+        dataset.decompress()
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return _part10(dataset)
+
+
+def _transfer_syntax(dataset: Dataset) -> str:
+    return str(dataset.get("file_meta", Dataset()).get("TransferSyntaxUID", ""))
+
+
+def _part10(dataset: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, implicit_vr=False, little_endian=True, enforce_file_format=True)
+    return buffer.getvalue()

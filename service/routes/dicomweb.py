@@ -1,0 +1,167 @@
+"""/dicomweb: a DICOMweb gateway in front of the PACS (MVMIC_PACS_URL).
+
+    STOW-RS  POST /dicomweb/studies[/{study}]  multipart/related; type="application/dicom"
+             --each part: mvmic.pacs.storage.prepare_instance (model thread; MVMIC_STORAGE_MODE,
+               lossless by default; SEG + SR with MVMIC_STORE_ANALYSIS or ?analysis=true)-->
+             PACS STOW-RS --> PS3.18 response dataset: 200 all stored, 202 some, 409 none
+    WADO-RS  GET /dicomweb/studies/{study}[/series/{series}[/instances/{instance}]]
+             PACS, as stored --storage.render: Accept's transfer-syntax (default Explicit VR Little
+             Endian, decoded; * as stored; what it cannot give: 406)--> multipart/related
+    QIDO-RS  GET /dicomweb/studies, /series, /instances (and nested), and */metadata: the PACS's
+             answer as it came, its retrieve URLs pointing at the gateway
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from mvmic.pacs.client import DICOM, PacsClient, PacsError
+from mvmic.pacs.multipart import MultipartError, parse_media_type, parse_related, related_body
+from mvmic.pacs.storage import NotAcceptableError, Prepared, StoragePolicy, prepare_instance, render
+from service.auth import require_token
+from service.body import read_body
+from service.routes.codec import Models
+
+router = APIRouter(prefix="/dicomweb", tags=["dicomweb"], dependencies=[Depends(require_token)])
+DICOM_JSON = "application/dicom+json"
+
+
+def upstream(request: Request) -> PacsClient:
+    pacs = request.app.state.pacs
+    if pacs is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no upstream PACS is configured (MVMIC_PACS_URL)")
+    return pacs
+
+
+Pacs = Annotated[PacsClient, Depends(upstream)]
+
+
+# -- STOW-RS ------------------------------------------------------------------------------------------
+@router.post("/studies", response_class=JSONResponse)
+@router.post("/studies/{study}", response_class=JSONResponse)
+async def store(request: Request, models: Models, pacs: Pacs, study: str | None = None,
+                analysis: Annotated[bool | None, Query(description="also store SEG and SR")] = None) -> Response:
+    """Compress each instance at the storage setting and store it in the PACS."""
+    media = parse_media_type(request.headers.get("content-type", ""))
+    if media.type != "multipart/related" or media.parameters.get("type", "").lower() != DICOM:
+        raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+                            f'STOW-RS takes multipart/related; type="{DICOM}", not {media.type}')
+    settings = request.app.state.settings
+    body = await read_body(request, settings.max_body_bytes)
+    try:
+        parts = parse_related(body, request.headers["content-type"])
+    except MultipartError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+    if not parts:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "the request holds no instance")
+    policy = StoragePolicy(settings.storage_bound, settings.storage_quality, settings.verify_bound,
+                           settings.store_analysis if analysis is None else analysis)
+    prepared = [await request.app.state.worker.run(prepare_instance, part.content, models.codec, models.analyzer,
+                                                   policy, study) for part in parts]
+    try:
+        answer = await run_in_threadpool(pacs.store, [data for item in prepared for data in item.instances])
+    except PacsError as exc:
+        raise HTTPException(status.HTTP_502_BAD_GATEWAY, str(exc)) from None
+    return _stow_response(request, prepared, answer)
+
+
+def _stow_response(request: Request, prepared: list[Prepared], answer: dict) -> JSONResponse:
+    """The PS3.18 response: what the PACS referenced, and what failed here or there, with the reason."""
+    answer = Dataset.from_json(answer) if answer else Dataset()
+    base = str(request.base_url).rstrip("/") + "/dicomweb"
+    response = Dataset()
+    response.ReferencedSOPSequence = []
+    for item in answer.get("ReferencedSOPSequence", []):
+        reference = Dataset()
+        reference.ReferencedSOPClassUID = item.ReferencedSOPClassUID
+        reference.ReferencedSOPInstanceUID = item.ReferencedSOPInstanceUID
+        url = str(item.get("RetrieveURL", ""))
+        if "/studies/" in url:
+            reference.RetrieveURL = base + url[url.index("/studies/"):]
+        response.ReferencedSOPSequence.append(reference)
+    failed = [_failure(p.sop_class, p.sop_instance, p.failure) for p in prepared if p.failure is not None]
+    failed += [_failure(item.get("ReferencedSOPClassUID"), item.get("ReferencedSOPInstanceUID"),
+                        int(item.get("FailureReason", 0x0110))) for item in answer.get("FailedSOPSequence", [])]
+    if failed:
+        response.FailedSOPSequence = failed
+    metrics = request.app.state.metrics
+    for item in prepared:
+        metrics.stored.labels("failed" if item.failure else "sent").inc()
+        metrics.gateway_bytes.labels("received").inc(item.original_bytes)
+        metrics.gateway_bytes.labels("sent").inc(sum(len(data) for data in item.instances))
+    code = (status.HTTP_200_OK if not failed else
+            status.HTTP_202_ACCEPTED if response.ReferencedSOPSequence else status.HTTP_409_CONFLICT)
+    return JSONResponse(response.to_json_dict(), status_code=code, media_type=DICOM_JSON)
+
+
+def _failure(sop_class: str | None, sop_instance: str | None, reason: int) -> Dataset:
+    item = Dataset()
+    if sop_class:
+        item.ReferencedSOPClassUID = sop_class
+    if sop_instance:
+        item.ReferencedSOPInstanceUID = sop_instance
+    item.FailureReason = reason
+    return item
+
+
+# -- WADO-RS ------------------------------------------------------------------------------------------
+@router.get("/studies/{study}", response_class=Response)
+@router.get("/studies/{study}/series/{series}", response_class=Response)
+@router.get("/studies/{study}/series/{series}/instances/{instance}", response_class=Response)
+async def retrieve(request: Request, models: Models, pacs: Pacs, study: str, series: str | None = None,
+                   instance: str | None = None) -> Response:
+    """Instances decoded to Explicit VR Little Endian (default), or as stored with transfer-syntax=*."""
+    syntax = _requested_syntax(request.headers.get("accept", "*/*"))
+    resource = request.url.path.split("/dicomweb/", 1)[1]
+    try:
+        stored = await run_in_threadpool(pacs.retrieve, resource)
+    except PacsError as exc:
+        raise HTTPException(exc.status if exc.status in (404, 502) else status.HTTP_502_BAD_GATEWAY,
+                            str(exc)) from None
+    try:
+        instances = [await request.app.state.worker.run(render, data, syntax, models.codec) for data in stored]
+    except NotAcceptableError as exc:
+        raise HTTPException(status.HTTP_406_NOT_ACCEPTABLE, str(exc)) from None
+    body, content_type = related_body(instances, DICOM)
+    return Response(body, media_type=content_type if syntax == "*" else f"{content_type}; transfer-syntax={syntax}")
+
+
+def _requested_syntax(accept: str) -> str:
+    """The transfer syntax of the first media range that asks for DICOM instances; 406 when none does."""
+    for media_range in accept.split(","):
+        media = parse_media_type(media_range.strip() or "*/*")
+        if media.type in ("*/*", "multipart/*") or (
+                media.type == "multipart/related" and media.parameters.get("type", DICOM).lower() == DICOM):
+            return media.parameters.get("transfer-syntax", ExplicitVRLittleEndian)
+    raise HTTPException(status.HTTP_406_NOT_ACCEPTABLE,
+                        f'WADO-RS answers multipart/related; type="{DICOM}" [; transfer-syntax=...], not {accept}')
+
+
+# -- QIDO-RS and metadata: passed through -------------------------------------------------------------
+QIDO = ("/studies", "/series", "/instances", "/studies/{study}/series", "/studies/{study}/instances",
+        "/studies/{study}/series/{series}/instances", "/studies/{study}/metadata",
+        "/studies/{study}/series/{series}/metadata", "/studies/{study}/series/{series}/instances/{instance}/metadata")
+
+
+async def search(request: Request, pacs: Pacs) -> Response:
+    """The PACS's answer, with its retrieve URLs rewritten to point at this gateway."""
+    resource = request.url.path.split("/dicomweb/", 1)[1]
+    try:
+        answer = await run_in_threadpool(pacs.search, resource, request.url.query,
+                                         request.headers.get("accept", DICOM_JSON))
+    except PacsError as exc:
+        raise HTTPException(status.HTTP_502_BAD_GATEWAY, str(exc)) from None
+    gateway = str(request.base_url).rstrip("/") + "/dicomweb"
+    body = answer.content.replace(pacs.root.encode(), gateway.encode())
+    return Response(body, status_code=answer.status_code,
+                    media_type=answer.headers.get("content-type", DICOM_JSON))
+
+
+for _path in QIDO:
+    router.add_api_route(_path, search, methods=["GET"], response_class=Response)

@@ -1,0 +1,194 @@
+"""The DICOMweb gateway in front of a real Orthanc (with its DICOMweb plugin), driven by dicomweb-client.
+
+Orthanc 1.10 listens on every interface, so these tests run inside a private network namespace whose
+only interface is loopback: `make test` starts pytest in one (unshare --net, ip link set lo up).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import highdicom as hd
+import httpx
+import numpy as np
+import pydicom
+import pytest
+from dicomweb_client.api import DICOMwebClient
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from mvmic.pacs.multipart import parse_related, related_body
+from mvmic.pacs.orthanc import OrthancServer, OrthancStartError, running_orthanc
+from mvmic.pacs.storage import CANNOT_UNDERSTAND, DOES_NOT_MATCH
+from mvmic.transcode import MVM_TRANSFER_SYNTAX, bitstream_of_instance
+from service.process import ServiceStartError, running_service
+
+AS_STORED = (("application/dicom", "*"),)
+DECODED = (("application/dicom", ExplicitVRLittleEndian),)
+CT_WITH_LESION, MR, ULTRASOUND = "pyradiomics-lung1-041", "pyradiomics-brain2-008", "pydicom-US1_UNCR"
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
+    try:
+        with running_orthanc(tmp_path_factory.mktemp("orthanc")) as server:
+            yield server
+    except OrthancStartError as exc:
+        pytest.fail(str(exc))
+
+
+def _gateway(tmp_path_factory: pytest.TempPathFactory, orthanc: OrthancServer, **settings: str) -> Iterator[str]:
+    environment = {"MVMIC_PACS_URL": orthanc.dicomweb, "MVMIC_PACS_USER": orthanc.auth[0],
+                   "MVMIC_PACS_PASSWORD": orthanc.auth[1], **settings}
+    try:
+        with running_service(tmp_path_factory.mktemp("gateway") / "uvicorn.log", environment) as url:
+            yield url
+    except ServiceStartError as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, orthanc: OrthancServer) -> Iterator[str]:
+    """The gateway as configured by default: lossless storage, no analysis unless asked."""
+    yield from _gateway(tmp_path_factory, orthanc)
+
+
+@pytest.fixture(scope="module")
+def client(gateway: str) -> DICOMwebClient:
+    return DICOMwebClient(f"{gateway}/dicomweb", timeout=300)
+
+
+@pytest.fixture(scope="module")
+def pacs(orthanc: OrthancServer) -> DICOMwebClient:
+    """Orthanc itself, bypassing the gateway: what the archive really holds."""
+    client = DICOMwebClient(orthanc.dicomweb, timeout=60)
+    client._session.auth = orthanc.auth
+    return client
+
+
+def _read(corpus_dir: Path, entry_id: str) -> Dataset:
+    return pydicom.dcmread(corpus_dir / "images" / f"{entry_id}.dcm")
+
+
+def _instance_path(dataset: Dataset) -> tuple[str, str, str]:
+    return dataset.StudyInstanceUID, dataset.SeriesInstanceUID, dataset.SOPInstanceUID
+
+
+def test_stored_lossless_retrieved_exact_and_as_stored(client: DICOMwebClient, pacs: DICOMwebClient,
+                                                       corpus_dir: Path) -> None:
+    originals = [_read(corpus_dir, entry) for entry in (MR, ULTRASOUND)]
+    answer = client.store_instances(originals)
+    assert [item.ReferencedSOPInstanceUID for item in answer.ReferencedSOPSequence] == \
+        [original.SOPInstanceUID for original in originals]
+    assert "FailedSOPSequence" not in answer
+    for original in originals:
+        decoded = client.retrieve_instance(*_instance_path(original), media_types=DECODED)
+        assert decoded.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert np.array_equal(decoded.pixel_array, original.pixel_array)  # lossless: the stated error is 0
+        assert decoded.PatientName == original.PatientName and decoded.get("LossyImageCompression") != "01"
+        archived = pacs.retrieve_instance(*_instance_path(original), media_types=AS_STORED)
+        assert archived.file_meta.TransferSyntaxUID == MVM_TRANSFER_SYNTAX
+        assert len(bitstream_of_instance(archived)) < len(original.PixelData) / 1.5
+        as_stored = client.retrieve_instance(*_instance_path(original), media_types=AS_STORED)
+        assert bitstream_of_instance(as_stored) == bitstream_of_instance(archived)
+
+
+def test_qido_passes_through_with_retrieve_urls_of_the_gateway(client: DICOMwebClient, gateway: str,
+                                                               corpus_dir: Path) -> None:
+    original = _read(corpus_dir, MR)
+    client.store_instances([original])
+    found = client.search_for_instances(original.StudyInstanceUID, original.SeriesInstanceUID)
+    assert original.SOPInstanceUID in [item["00080018"]["Value"][0] for item in found]
+    # dicomweb-client sends a Host header without the port, so the retrieve URLs are read over httpx.
+    found = httpx.get(f"{gateway}/dicomweb/studies/{original.StudyInstanceUID}/instances", timeout=60).json()
+    assert all(item["00081190"]["Value"][0].startswith(f"{gateway}/dicomweb/studies/") for item in found)
+
+
+def test_analysis_is_stored_as_seg_and_sr_referencing_the_image(client: DICOMwebClient, gateway: str,
+                                                                corpus_dir: Path) -> None:
+    original = _read(corpus_dir, CT_WITH_LESION)
+    answer = client.store_instances([original], additional_params={"analysis": "true"})
+    stored = {item.ReferencedSOPClassUID: item.ReferencedSOPInstanceUID for item in answer.ReferencedSOPSequence}
+    assert stored[original.SOPClassUID] == original.SOPInstanceUID
+    series = {item["00080060"]["Value"][0]: item["0020000E"]["Value"][0]
+              for item in client.search_for_series(original.StudyInstanceUID)}
+    seg = hd.seg.Segmentation.from_dataset(client.retrieve_series(original.StudyInstanceUID, series["SEG"])[0])
+    sr = hd.sr.ComprehensiveSR.from_dataset(client.retrieve_series(original.StudyInstanceUID, series["SR"])[0])
+    assert seg.SOPInstanceUID == stored[seg.SOPClassUID] and sr.SOPInstanceUID == stored[sr.SOPClassUID]
+    for derived in (seg, sr):
+        assert derived.StudyInstanceUID == original.StudyInstanceUID
+    source_of_seg = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+    assert source_of_seg.ReferencedSOPInstanceUID == original.SOPInstanceUID
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert evidence.ReferencedSOPInstanceUID == original.SOPInstanceUID
+    # The SEG holds the analysis of the stored bitstream: the mask /v1/analyze finds in it.
+    archived = client.retrieve_instance(*_instance_path(original), media_types=AS_STORED)
+    analysis = httpx.post(f"{gateway}/v1/analyze", content=bitstream_of_instance(archived), timeout=120).json()
+    assert int(seg.pixel_array.sum()) == analysis["frames"][0]["segmented_pixels"] > 0  # one frame, one segment
+    boxes = analysis["frames"][0]["boxes"]
+    assert len(boxes) >= 1
+    regions = [item for item in _content_items(sr) if item.ValueType == "SCOORD"]
+    assert len(regions) == len(boxes)
+    for region in regions:
+        assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == original.SOPInstanceUID
+
+
+def _content_items(dataset: Dataset) -> Iterator[Dataset]:
+    for item in dataset.get("ContentSequence", []):
+        yield item
+        yield from _content_items(item)
+
+
+def test_stow_reports_failures_per_instance(gateway: str, corpus_dir: Path) -> None:
+    good = (corpus_dir / "images" / f"{MR}.dcm").read_bytes()
+    body, content_type = related_body([good, b"not a DICOM file"], "application/dicom")
+    answer = httpx.post(f"{gateway}/dicomweb/studies", content=body, headers={"Content-Type": content_type},
+                        timeout=300)
+    assert answer.status_code == 202
+    dataset = Dataset.from_json(answer.json())
+    assert dataset.FailedSOPSequence[0].FailureReason == CANNOT_UNDERSTAND
+    assert len(dataset.ReferencedSOPSequence) == 1
+    other_study = f"{gateway}/dicomweb/studies/1.2.3.4"
+    body, content_type = related_body([good], "application/dicom")
+    answer = httpx.post(other_study, content=body, headers={"Content-Type": content_type}, timeout=300)
+    assert answer.status_code == 409
+    assert Dataset.from_json(answer.json()).FailedSOPSequence[0].FailureReason == DOES_NOT_MATCH
+    answer = httpx.post(f"{gateway}/dicomweb/studies", content=good, headers={"Content-Type": "application/dicom"})
+    assert answer.status_code == 415 and "multipart/related" in answer.json()["detail"]
+
+
+def test_stow_takes_a_chunked_body(gateway: str, corpus_dir: Path) -> None:
+    original = (corpus_dir / "images" / f"{MR}.dcm").read_bytes()
+    body, content_type = related_body([original], "application/dicom")
+    chunks = (body[start:start + 4096] for start in range(0, len(body), 4096))  # no Content-Length
+    answer = httpx.post(f"{gateway}/dicomweb/studies", content=chunks, headers={"Content-Type": content_type},
+                        timeout=300)
+    assert answer.status_code == 200, answer.text
+    assert "transfer-encoding" not in answer.request.headers or answer.request.headers["transfer-encoding"] == "chunked"
+
+
+def test_wado_decodes_by_default_and_refuses_what_it_cannot_give(client: DICOMwebClient, gateway: str,
+                                                                  corpus_dir: Path) -> None:
+    original = _read(corpus_dir, MR)
+    client.store_instances([original])
+    url = f"{gateway}/dicomweb/studies/{original.StudyInstanceUID}/series/{original.SeriesInstanceUID}"
+    answer = httpx.get(url, headers={"Accept": 'multipart/related; type="application/dicom"'}, timeout=120)
+    assert answer.status_code == 200
+    parts = parse_related(answer.content, answer.headers["content-type"])
+    decoded = [pydicom.dcmread(io.BytesIO(part.content)) for part in parts]
+    assert {dataset.file_meta.TransferSyntaxUID for dataset in decoded} == {ExplicitVRLittleEndian}
+    same = next(dataset for dataset in decoded if dataset.SOPInstanceUID == original.SOPInstanceUID)
+    assert np.array_equal(same.pixel_array, original.pixel_array)
+    jpeg = httpx.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; '
+                                             'transfer-syntax=1.2.840.10008.1.2.4.50'}, timeout=120)
+    assert jpeg.status_code == 406 and "transfer-syntax=*" in jpeg.json()["detail"]
+    assert httpx.get(url, headers={"Accept": "image/png"}, timeout=60).status_code == 406
+    missing = httpx.get(f"{gateway}/dicomweb/studies/1.2.3/series/4.5.6/instances/7.8.9", timeout=60)
+    assert missing.status_code == 404
+
+
+def test_gateway_without_a_pacs_says_so(service_url: str) -> None:
+    answer = httpx.get(f"{service_url}/dicomweb/studies", timeout=30)
+    assert answer.status_code == 503 and "MVMIC_PACS_URL" in answer.json()["detail"]
