@@ -3,6 +3,7 @@
     mvmic data prepare [--out DIR]     build the real-image corpus (mvmic.corpus)
     mvmic bench rd [--split test]      classical codecs on the corpus (bench.rd)
     mvmic serve [--host H --port N]    the HTTP service (service)
+    mvmic pacs compress-study UID      compress a study in the PACS in place (mvmic.pacs)
 """
 
 from __future__ import annotations
@@ -152,6 +153,23 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="bind address (default: MVMIC_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default: MVMIC_PORT or 8000)")
     serve.set_defaults(run=_serve)
+
+    pacs = commands.add_parser("pacs", help="work on studies in the PACS").add_subparsers(dest="pacs_command",
+                                                                                         required=True)
+    study = pacs.add_parser("compress-study", help="compress a study in the PACS in place of its originals")
+    study.add_argument("study", metavar="STUDY_UID")
+    study.add_argument("--pacs", default=None, help="the PACS's DICOMweb root (default: MVMIC_PACS_URL)")
+    study.add_argument("--user", default=None, help="PACS user (default: MVMIC_PACS_USER)")
+    study.add_argument("--password", default=None, help="PACS password (default: MVMIC_PACS_PASSWORD)")
+    study.add_argument("--mode", choices=MODES, default="lossless",
+                       help="lossless replaces each original; the others store derivatives beside them "
+                            "(default: %(default)s)")
+    study.add_argument("--max-error", type=int, default=None, metavar="TAU", help="near-lossless: the bound")
+    originals = study.add_mutually_exclusive_group()
+    originals.add_argument("--originals", type=Path, default=None, metavar="DIR",
+                           help="where the originals are kept (default: originals/STUDY_UID)")
+    originals.add_argument("--discard-originals", action="store_true", help="keep no copy of the originals")
+    study.set_defaults(run=_pacs_compress_study)
     return parser
 
 
@@ -346,6 +364,37 @@ def _bench_tasks(args: argparse.Namespace) -> int:
     run_tasks_benchmark(args.corpus, args.out, pixel_reference=args.pixel_reference or DEFAULT_PIXEL_REFERENCE,
                         every=args.every)
     return 0
+
+
+def _pacs_compress_study(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from model.codec import MvmicCodec
+    from mvmic.pacs.client import PacsClient
+    from mvmic.pacs.compress_study import compress_study
+    from mvmic.pacs.storage import StoragePolicy
+    from mvmic.transcode import error_bound
+    from service.settings import Settings
+
+    settings = Settings()
+    root = args.pacs or settings.pacs_url
+    if not root:
+        raise ValueError("no PACS: give --pacs URL or set MVMIC_PACS_URL")
+    user = args.user or settings.pacs_user
+    password = args.password or (settings.pacs_password.get_secret_value() if settings.pacs_password else "")
+    policy = StoragePolicy(error_bound(args.mode, args.max_error))
+    originals = None if args.discard_originals else args.originals or Path("originals") / args.study
+    pacs = PacsClient(root, (user, password) if user else None)
+    try:
+        summary = compress_study(pacs, args.study, MvmicCodec.load(), policy, originals,
+                                 lambda items: tqdm(items, desc=f"study {args.study}", unit="instance"))
+    finally:
+        pacs.close()
+    for line in summary.lines(in_place=policy.max_error == 0):
+        print(line)
+    if originals is not None and summary.compressed:
+        print(f"originals kept in {originals}")
+    return 1 if summary.failed else 0
 
 
 def _serve(args: argparse.Namespace) -> int:

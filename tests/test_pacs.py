@@ -192,3 +192,29 @@ def test_wado_decodes_by_default_and_refuses_what_it_cannot_give(client: DICOMwe
 def test_gateway_without_a_pacs_says_so(service_url: str) -> None:
     answer = httpx.get(f"{service_url}/dicomweb/studies", timeout=30)
     assert answer.status_code == 503 and "MVMIC_PACS_URL" in answer.json()["detail"]
+
+
+def test_compress_study_replaces_originals_and_keeps_copies(mvmic, orthanc: OrthancServer, pacs: DICOMwebClient,
+                                                            client: DICOMwebClient, corpus_dir: Path,
+                                                            tmp_path: Path) -> None:
+    originals = [_read(corpus_dir, entry) for entry in ("pyradiomics-brain2-013", "pyradiomics-brain2-014")]
+    pacs.store_instances(originals)  # straight into the PACS, uncompressed
+    study = originals[0].StudyInstanceUID
+    command = ("pacs", "compress-study", study, "--pacs", orthanc.dicomweb, "--user", orthanc.auth[0],
+               "--password", orthanc.auth[1], "--originals", str(tmp_path / "kept"))
+    result = mvmic(*command)
+    assert result.returncode == 0, result.stderr
+    assert "saved" in result.stdout and "failed 0" in result.stdout
+    for original in originals:
+        archived = pacs.retrieve_instance(*_instance_path(original), media_types=AS_STORED)
+        assert archived.file_meta.TransferSyntaxUID == MVM_TRANSFER_SYNTAX
+        kept = pydicom.dcmread(tmp_path / "kept" / f"{original.SOPInstanceUID}.dcm")
+        assert np.array_equal(kept.pixel_array, original.pixel_array)
+        decoded = client.retrieve_instance(*_instance_path(original), media_types=DECODED)
+        assert np.array_equal(decoded.pixel_array, original.pixel_array)
+    again = mvmic(*command)  # nothing left to compress
+    assert again.returncode == 0 and "compressed 0," in again.stdout
+    unknown = mvmic("pacs", "compress-study", "1.2.3.4.5", "--pacs", orthanc.dicomweb, "--user", orthanc.auth[0],
+                    "--password", orthanc.auth[1], "--discard-originals")
+    assert unknown.returncode == 1 and "no instance of study 1.2.3.4.5" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
