@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint clean orthanc
+.PHONY: run test bench lint clean test-tools
 
 # Re-install whenever pyproject.toml changes. One pip command, so pip
 # resolves all dependencies together.
@@ -22,14 +22,15 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# The PACS of the integration tests: Debian's Orthanc with its DICOMweb plugin.
-orthanc:
-	@test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so || { \
-	  [ "$$(id -u)" -eq 0 ] || { echo "install orthanc and orthanc-dicomweb (as root: make orthanc)"; exit 1; }; \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q orthanc orthanc-dicomweb; }
+# Debian tools of the tests: the PACS of the integration tests (Orthanc and its DICOMweb plugin)
+# and docker-compose, which checks the compose files (no Docker engine needed).
+test-tools:
+	@test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so && command -v docker-compose >/dev/null || { \
+	  [ "$$(id -u)" -eq 0 ] || { echo "install orthanc, orthanc-dicomweb and docker-compose (as root: make test-tools)"; exit 1; }; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q orthanc orthanc-dicomweb docker-compose; }
 
 # pytest runs in a private network namespace (loopback only): Orthanc 1.10 listens on every interface.
-test: lint orthanc
+test: lint test-tools
 	$(BIN)/mvmic data prepare
 	scripts/private-network $(BIN)/python -m pytest -q
 

@@ -75,6 +75,16 @@ def _parser() -> argparse.ArgumentParser:
     service.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32],
                          help="client counts to measure (default: 1 8 32)")
     service.set_defaults(run=_bench_service)
+
+    pacs_bench = bench.add_parser("pacs", help="storage saved in a real Orthanc through the gateway, and the "
+                                               "round-trip error (run it in scripts/private-network)")
+    pacs_bench.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder (default: %(default)s)")
+    pacs_bench.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "pacs", help="output folder")
+    pacs_bench.add_argument("--split", default="test", help="corpus split (default: %(default)s)")
+    pacs_bench.add_argument("--mode", action="append", choices=["lossless", "near-lossless 2"], default=None,
+                            help="storage mode (repeatable; default: both)")
+    pacs_bench.add_argument("--limit", type=int, default=None, help="only the first N images")
+    pacs_bench.set_defaults(run=_bench_pacs)
     tasks = bench.add_parser("tasks", help="lesion Dice/IoU/AP50 per rate: heads on the bitstream vs pixel routes")
     tasks.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder (default: %(default)s)")
     tasks.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "tasks", help="output folder")
@@ -353,6 +363,13 @@ def _bench_service(args: argparse.Namespace) -> int:
     if min(args.concurrency) < 1:
         raise ValueError("--concurrency values must be at least 1")
     run_service_benchmark(args.corpus, args.out, tuple(args.concurrency))
+    return 0
+
+
+def _bench_pacs(args: argparse.Namespace) -> int:
+    from bench.pacs import MODES, run_pacs_benchmark
+
+    run_pacs_benchmark(args.corpus, args.out, args.split, tuple(args.mode or MODES), args.limit)
     return 0
 
 
