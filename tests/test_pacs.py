@@ -218,3 +218,19 @@ def test_compress_study_replaces_originals_and_keeps_copies(mvmic, orthanc: Orth
                     "--password", orthanc.auth[1], "--discard-originals")
     assert unknown.returncode == 1 and "no instance of study 1.2.3.4.5" in unknown.stderr
     assert "Traceback" not in unknown.stderr
+
+
+def test_near_lossless_gateway_keeps_every_pixel_within_its_bound(tmp_path_factory: pytest.TempPathFactory,
+                                                                  orthanc: OrthancServer, corpus_dir: Path) -> None:
+    original = _read(corpus_dir, "pyradiomics-brain2-015")
+    for url in _gateway(tmp_path_factory, orthanc, MVMIC_STORAGE_MODE="near-lossless", MVMIC_STORAGE_MAX_ERROR="2"):
+        answer = DICOMwebClient(f"{url}/dicomweb", timeout=300).store_instances([original])
+        stored = answer.ReferencedSOPSequence[0]
+        assert stored.ReferencedSOPInstanceUID != original.SOPInstanceUID  # a lossy derivative, new UID
+        retrieved = httpx.get(stored.RetrieveURL, timeout=120,
+                              headers={"Accept": 'multipart/related; type="application/dicom"'})
+        decoded = pydicom.dcmread(io.BytesIO(parse_related(retrieved.content, retrieved.headers["content-type"])[0]
+                                             .content))
+        error = np.abs(decoded.pixel_array.astype(np.int64) - original.pixel_array.astype(np.int64))
+        assert 0 < error.max() <= 2
+        assert decoded.LossyImageCompression == "01" and "maximum error 2" in decoded.DerivationDescription

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
@@ -30,6 +31,7 @@ from service.routes.codec import Models
 
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"], dependencies=[Depends(require_token)])
 DICOM_JSON = "application/dicom+json"
+log = logging.getLogger("mvmic.service")
 
 
 def upstream(request: Request) -> PacsClient:
@@ -64,8 +66,12 @@ async def store(request: Request, models: Models, pacs: Pacs, study: str | None 
                            settings.store_analysis if analysis is None else analysis)
     prepared = [await request.app.state.worker.run(prepare_instance, part.content, models.codec, models.analyzer,
                                                    policy, study) for part in parts]
+    for number, item in enumerate(prepared, start=1):  # what happened to each part, never patient data
+        log.info("request %s: part %d of %d: %s", request.state.request_id, number, len(prepared),
+                 item.note if item.failure is None else f"failed ({item.failure:#06x}): {item.note}")
+    outgoing = [data for item in prepared for data in item.instances]
     try:
-        answer = await run_in_threadpool(pacs.store, [data for item in prepared for data in item.instances])
+        answer = await run_in_threadpool(pacs.store, outgoing) if outgoing else {}
     except PacsError as exc:
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, str(exc)) from None
     return _stow_response(request, prepared, answer)
