@@ -36,10 +36,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_service(log: Path, environment: dict[str, str] | None = None) -> Iterator[str]:
+def running_service(log: Path, environment: dict[str, str] | None = None, port: int | None = None) -> Iterator[str]:
     """Base URL of a uvicorn process serving the app factory, once its models are resident. Its output
     goes to ``log`` (a file, not a pipe, so a chatty server can never block)."""
-    port = free_port()
+    port = port or free_port()
     base_url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory",
                "--host", "127.0.0.1", "--port", str(port)]

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     max_batch_delay_ms: float = Field(5.0, ge=0, description="how long the first analysis waits for others")
     # The DICOMweb gateway (/dicomweb) in front of a PACS.
     pacs_url: str | None = Field(None, description="the upstream PACS's DICOMweb root, e.g. http://orthanc:8042/dicom-web")
+    public_url: str | None = Field(None, description="the gateway's own base URL in the retrieve URLs it answers "
+                                   "with (default: from each request's Host header)")
     pacs_user: str | None = None
     pacs_password: SecretStr | None = None
     storage_mode: Literal["lossless", "near-lossless", "lossy"] = Field(

@@ -23,7 +23,7 @@ from mvmic.pacs.multipart import parse_related, related_body
 from mvmic.pacs.orthanc import OrthancServer, OrthancStartError, running_orthanc
 from mvmic.pacs.storage import CANNOT_UNDERSTAND, DOES_NOT_MATCH
 from mvmic.transcode import MVM_TRANSFER_SYNTAX, bitstream_of_instance
-from service.process import ServiceStartError, running_service
+from service.process import ServiceStartError, free_port, running_service
 
 AS_STORED = (("application/dicom", "*"),)
 DECODED = (("application/dicom", ExplicitVRLittleEndian),)
@@ -39,11 +39,12 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]
         pytest.fail(str(exc))
 
 
-def _gateway(tmp_path_factory: pytest.TempPathFactory, orthanc: OrthancServer, **settings: str) -> Iterator[str]:
+def _gateway(tmp_path_factory: pytest.TempPathFactory, orthanc: OrthancServer, port: int | None = None,
+             **settings: str) -> Iterator[str]:
     environment = {"MVMIC_PACS_URL": orthanc.dicomweb, "MVMIC_PACS_USER": orthanc.auth[0],
                    "MVMIC_PACS_PASSWORD": orthanc.auth[1], **settings}
     try:
-        with running_service(tmp_path_factory.mktemp("gateway") / "uvicorn.log", environment) as url:
+        with running_service(tmp_path_factory.mktemp("gateway") / "uvicorn.log", environment, port) as url:
             yield url
     except ServiceStartError as exc:
         pytest.fail(str(exc))
@@ -223,10 +224,13 @@ def test_compress_study_replaces_originals_and_keeps_copies(mvmic, orthanc: Orth
 def test_near_lossless_gateway_keeps_every_pixel_within_its_bound(tmp_path_factory: pytest.TempPathFactory,
                                                                   orthanc: OrthancServer, corpus_dir: Path) -> None:
     original = _read(corpus_dir, "pyradiomics-brain2-015")
-    for url in _gateway(tmp_path_factory, orthanc, MVMIC_STORAGE_MODE="near-lossless", MVMIC_STORAGE_MAX_ERROR="2"):
+    port = free_port()  # dicomweb-client's Host header leaves the port out: MVMIC_PUBLIC_URL puts it back
+    for url in _gateway(tmp_path_factory, orthanc, port, MVMIC_STORAGE_MODE="near-lossless",
+                        MVMIC_STORAGE_MAX_ERROR="2", MVMIC_PUBLIC_URL=f"http://127.0.0.1:{port}"):
         answer = DICOMwebClient(f"{url}/dicomweb", timeout=300).store_instances([original])
         stored = answer.ReferencedSOPSequence[0]
         assert stored.ReferencedSOPInstanceUID != original.SOPInstanceUID  # a lossy derivative, new UID
+        assert stored.RetrieveURL.startswith(f"{url}/dicomweb/studies/")
         retrieved = httpx.get(stored.RetrieveURL, timeout=120,
                               headers={"Accept": 'multipart/related; type="application/dicom"'})
         decoded = pydicom.dcmread(io.BytesIO(parse_related(retrieved.content, retrieved.headers["content-type"])[0]

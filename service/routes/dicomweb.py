@@ -80,7 +80,7 @@ async def store(request: Request, models: Models, pacs: Pacs, study: str | None 
 def _stow_response(request: Request, prepared: list[Prepared], answer: dict) -> JSONResponse:
     """The PS3.18 response: what the PACS referenced, and what failed here or there, with the reason."""
     answer = Dataset.from_json(answer) if answer else Dataset()
-    base = str(request.base_url).rstrip("/") + "/dicomweb"
+    base = _gateway_root(request)
     response = Dataset()
     response.ReferencedSOPSequence = []
     for item in answer.get("ReferencedSOPSequence", []):
@@ -104,6 +104,13 @@ def _stow_response(request: Request, prepared: list[Prepared], answer: dict) -> 
     code = (status.HTTP_200_OK if not failed else
             status.HTTP_202_ACCEPTED if response.ReferencedSOPSequence else status.HTTP_409_CONFLICT)
     return JSONResponse(response.to_json_dict(), status_code=code, media_type=DICOM_JSON)
+
+
+def _gateway_root(request: Request) -> str:
+    """This gateway's DICOMweb root as clients reach it: MVMIC_PUBLIC_URL (behind a proxy, or for clients
+    whose Host header is not the address they used), else what the request's Host header says."""
+    public = request.app.state.settings.public_url
+    return (public or str(request.base_url)).rstrip("/") + "/dicomweb"
 
 
 def _failure(sop_class: str | None, sop_instance: str | None, reason: int) -> Dataset:
@@ -163,7 +170,7 @@ async def search(request: Request, pacs: Pacs) -> Response:
                                          request.headers.get("accept", DICOM_JSON))
     except PacsError as exc:
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, str(exc)) from None
-    gateway = str(request.base_url).rstrip("/") + "/dicomweb"
+    gateway = _gateway_root(request)
     body = answer.content.replace(pacs.root.encode(), gateway.encode())
     return Response(body, status_code=answer.status_code,
                     media_type=answer.headers.get("content-type", DICOM_JSON))
