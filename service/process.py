@@ -12,12 +12,11 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
+from mvmic.child_process import stop, wait_until_answering
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_S = 20.0
@@ -47,27 +46,10 @@ def running_service(log: Path, environment: dict[str, str] | None = None, port: 
         process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
                                    env={**os.environ, **(environment or {})})
     try:
-        _wait_for(process, f"{base_url}/healthz", STARTUP_TIMEOUT_S, log, lambda r: True)
-        _wait_for(process, f"{base_url}/readyz", READY_TIMEOUT_S, log, lambda r: r.status_code == 200)
+        wait_until_answering(process, f"{base_url}/healthz", STARTUP_TIMEOUT_S, log, ServiceStartError)
+        wait_until_answering(process, f"{base_url}/readyz", READY_TIMEOUT_S, log, ServiceStartError,
+                             lambda response: response.status_code == 200)
         yield base_url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
-
-def _wait_for(process: subprocess.Popen[bytes], url: str, timeout: float, log: Path, good) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise ServiceStartError(f"uvicorn exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if good(httpx.get(url, timeout=5.0)):
-                return
-        except httpx.TransportError:
-            pass  # not accepting connections yet
-        time.sleep(0.1)
-    raise ServiceStartError(f"{url} not ready after {timeout} s:\n{log.read_text()}")

@@ -15,13 +15,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+from mvmic.child_process import stop, wait_until_answering
 
 ORTHANC = "Orthanc"
 PLUGINS = Path("/usr/share/orthanc/plugins")
@@ -78,26 +77,9 @@ def running_orthanc(folder: Path, http_port: int = 8042, dicom_port: int = 4242)
     with (folder / "orthanc.log").open("wb") as log:
         process = subprocess.Popen([ORTHANC, str(config)], stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_until_up(process, url, folder / "orthanc.log")
+        wait_until_answering(process, f"{url}/system", STARTUP_TIMEOUT_S, folder / "orthanc.log", OrthancStartError,
+                             lambda response: response.status_code == 200, (USER, PASSWORD))
         yield OrthancServer(url, f"{url}/dicom-web", (USER, PASSWORD), folder / "storage")
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
-
-def _wait_until_up(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise OrthancStartError(f"Orthanc exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{url}/system", auth=(USER, PASSWORD), timeout=2.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise OrthancStartError(f"Orthanc not up after {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
