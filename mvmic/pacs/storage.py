@@ -82,10 +82,11 @@ def prepare_instance(data: bytes, codec: MvmicCodec, analyzer: Analyzer | None, 
         prepared.failure, prepared.note = CANNOT_UNDERSTAND, str(exc)
         return prepared
     stored = mvm_instance(compressed, codec)
+    stored_header = read_dataset(stored)
     prepared.instances, prepared.note = [stored], f"compressed {compressed.ratio:.2f}:1"
-    prepared.sop_instance = str(read_dataset(stored).SOPInstanceUID)  # lossy: a derivative's new UID
+    prepared.sop_instance = str(stored_header.SOPInstanceUID)  # lossy: a derivative's new UID
     if policy.with_analysis and analyzer is not None:
-        prepared.instances += analysis_instances(read_dataset(stored), compressed.data, analyzer)
+        prepared.instances += analysis_instances(stored_header, compressed.data, analyzer)
     return prepared
 
 
