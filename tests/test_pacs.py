@@ -151,6 +151,9 @@ def test_stow_reports_failures_per_instance(gateway: str, corpus_dir: Path) -> N
     dataset = Dataset.from_json(answer.json())
     assert dataset.FailedSOPSequence[0].FailureReason == CANNOT_UNDERSTAND
     assert len(dataset.ReferencedSOPSequence) == 1
+    metrics = httpx.get(f"{gateway}/metrics").text
+    assert 'mvmic_gateway_instances_total{outcome="failed"}' in metrics
+    assert 'mvmic_gateway_bytes_total{kind="sent"}' in metrics
     other_study = f"{gateway}/dicomweb/studies/1.2.3.4"
     body, content_type = related_body([good], "application/dicom")
     answer = httpx.post(other_study, content=body, headers={"Content-Type": content_type}, timeout=300)
@@ -158,6 +161,9 @@ def test_stow_reports_failures_per_instance(gateway: str, corpus_dir: Path) -> N
     assert Dataset.from_json(answer.json()).FailedSOPSequence[0].FailureReason == DOES_NOT_MATCH
     answer = httpx.post(f"{gateway}/dicomweb/studies", content=good, headers={"Content-Type": "application/dicom"})
     assert answer.status_code == 415 and "multipart/related" in answer.json()["detail"]
+    metadata = 'multipart/related; type="application/dicom+json"; boundary=B'  # STOW of JSON + bulk data
+    answer = httpx.post(f"{gateway}/dicomweb/studies", content=b"--B--", headers={"Content-Type": metadata})
+    assert answer.status_code == 415
 
 
 def test_stow_takes_a_chunked_body(gateway: str, corpus_dir: Path) -> None:

@@ -51,7 +51,7 @@ async def store(request: Request, models: Models, pacs: Pacs, study: str | None 
                 analysis: Annotated[bool | None, Query(description="also store SEG and SR")] = None) -> Response:
     """Compress each instance at the storage setting and store it in the PACS."""
     media = parse_media_type(request.headers.get("content-type", ""))
-    if media.type != "multipart/related" or media.parameters.get("type", "").lower() != DICOM:
+    if media.type != "multipart/related" or media.parameters.get("type", DICOM).lower() != DICOM:
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
                             f'STOW-RS takes multipart/related; type="{DICOM}", not {media.type}')
     settings = request.app.state.settings
