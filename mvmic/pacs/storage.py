@@ -1,7 +1,8 @@
 """What the gateway does to each instance on its way into the PACS, and on its way out.
 
     into the PACS (STOW-RS, `mvmic pacs compress-study`):
-      Part 10 bytes --read--> not DICOM: failed (0xC000); other study than the request's: failed (0xA900)
+      Part 10 bytes --read--> not DICOM: failed (0xC000); other study than the request's: failed (0xA900);
+                               the encoder's bound check fails: failed (0x0110), nothing stored
         no pixels (SR, KO...) or pixels MVMIC does not code --> stored as received (never lost)
         an image --dicom_to_mvm at the storage bound + mvm_instance--> the MVMIC instance
                  [--analysis of the same bitstream--> DICOM SEG + Comprehensive SR]
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from model.codec import CodecInputError, MvmicCodec
+from model.codec import BoundViolationError, CodecInputError, MvmicCodec
 from model.tasks.analysis import Analyzer
 from mvmic.pacs.analysis_objects import measurement_report, segmentation
 from mvmic.pixels import DicomInputError, UnsupportedPixelFormatError, read_dataset
@@ -80,6 +81,9 @@ def prepare_instance(data: bytes, codec: MvmicCodec, analyzer: Analyzer | None, 
         return prepared
     except DicomInputError as exc:
         prepared.failure, prepared.note = CANNOT_UNDERSTAND, str(exc)
+        return prepared
+    except BoundViolationError as exc:  # never store what would not keep the promised bound
+        prepared.failure, prepared.note = PROCESSING_FAILURE, str(exc)
         return prepared
     stored = mvm_instance(compressed, codec)
     stored_header = read_dataset(stored)
