@@ -24,7 +24,14 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from mvmic.pacs.client import DICOM, PacsClient, PacsError
 from mvmic.pacs.multipart import MultipartError, parse_media_type, parse_related, related_body
-from mvmic.pacs.storage import NotAcceptableError, Prepared, StoragePolicy, prepare_instance, render
+from mvmic.pacs.storage import (
+    PROCESSING_FAILURE,
+    NotAcceptableError,
+    Prepared,
+    StoragePolicy,
+    prepare_instance,
+    render,
+)
 from service.auth import require_token
 from service.body import read_body
 from service.routes.codec import Models
@@ -74,26 +81,24 @@ async def store(request: Request, models: Models, pacs: Pacs, study: str | None 
         answer = await run_in_threadpool(pacs.store, outgoing) if outgoing else {}
     except PacsError as exc:
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, str(exc)) from None
-    return _stow_response(request, prepared, answer)
+    return _stow_response(request, pacs, prepared, answer)
 
 
-def _stow_response(request: Request, prepared: list[Prepared], answer: dict) -> JSONResponse:
+def _stow_response(request: Request, pacs: PacsClient, prepared: list[Prepared], answer: dict) -> JSONResponse:
     """The PS3.18 response: what the PACS referenced, and what failed here or there, with the reason."""
     answer = Dataset.from_json(answer) if answer else Dataset()
-    base = _gateway_root(request)
     response = Dataset()
     response.ReferencedSOPSequence = []
     for item in answer.get("ReferencedSOPSequence", []):
         reference = Dataset()
         reference.ReferencedSOPClassUID = item.ReferencedSOPClassUID
         reference.ReferencedSOPInstanceUID = item.ReferencedSOPInstanceUID
-        url = str(item.get("RetrieveURL", ""))
-        if "/studies/" in url:
-            reference.RetrieveURL = base + url[url.index("/studies/"):]
+        if "RetrieveURL" in item:
+            reference.RetrieveURL = _through_gateway(request, pacs, str(item.RetrieveURL))
         response.ReferencedSOPSequence.append(reference)
     failed = [_failure(p.sop_class, p.sop_instance, p.failure) for p in prepared if p.failure is not None]
     failed += [_failure(item.get("ReferencedSOPClassUID"), item.get("ReferencedSOPInstanceUID"),
-                        int(item.get("FailureReason", 0x0110))) for item in answer.get("FailedSOPSequence", [])]
+                        int(item.get("FailureReason", PROCESSING_FAILURE))) for item in answer.get("FailedSOPSequence", [])]
     if failed:
         response.FailedSOPSequence = failed
     metrics = request.app.state.metrics
@@ -106,11 +111,12 @@ def _stow_response(request: Request, prepared: list[Prepared], answer: dict) -> 
     return JSONResponse(response.to_json_dict(), status_code=code, media_type=DICOM_JSON)
 
 
-def _gateway_root(request: Request) -> str:
-    """This gateway's DICOMweb root as clients reach it: MVMIC_PUBLIC_URL (behind a proxy, or for clients
-    whose Host header is not the address they used), else what the request's Host header says."""
+def _through_gateway(request: Request, pacs: PacsClient, text: str) -> str:
+    """``text`` with the PACS's URLs turned into this gateway's, as clients reach it: MVMIC_PUBLIC_URL
+    (behind a proxy, or for clients whose Host header is not the address they used), else what the
+    request's Host header says."""
     public = request.app.state.settings.public_url
-    return (public or str(request.base_url)).rstrip("/") + "/dicomweb"
+    return text.replace(pacs.root, (public or str(request.base_url)).rstrip("/") + "/dicomweb")
 
 
 def _failure(sop_class: str | None, sop_instance: str | None, reason: int) -> Dataset:
@@ -170,8 +176,9 @@ async def search(request: Request, pacs: Pacs) -> Response:
                                          request.headers.get("accept", DICOM_JSON))
     except PacsError as exc:
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, str(exc)) from None
-    gateway = _gateway_root(request)
-    body = answer.content.replace(pacs.root.encode(), gateway.encode())
+    # surrogateescape: any bytes the PACS sends come back unchanged, only its URLs are replaced
+    body = _through_gateway(request, pacs, answer.content.decode("utf-8", "surrogateescape")).encode(
+        "utf-8", "surrogateescape")
     return Response(body, status_code=answer.status_code,
                     media_type=answer.headers.get("content-type", DICOM_JSON))
 
