@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/python -m model.lossless.warm
 	touch $@
 
 run: $(STAMP)

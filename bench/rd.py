@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from bench.codecs import Codec, registered_codecs
-from bench.codecs.mvmicnet import MvmicNet, MvmicNetResidual, record_test_metrics
+from bench.codecs.mvmicnet import MvmicNet, MvmicNetLossless, record_test_metrics
 from bench.report import bd_against_reference, markdown_report, plot_rd, summarize
 from mvmic.corpus.manifest import CorpusEntry, Manifest
 from mvmic.metrics import bits_per_pixel, max_abs_error, psnr
@@ -133,7 +133,7 @@ def _write_outputs(out_dir: Path, split: str, codecs: list[Codec], measurements:
     (out_dir / "rd.json").write_text(json.dumps(payload, indent=1) + "\n")
     print(report)
     print(f"written: {out_dir / 'rd.json'}, {out_dir / 'rd.md'}, {out_dir / 'rd.png'}")
-    if split == "test" and any(codec.name in (MvmicNet.name, MvmicNetResidual.name) for codec in codecs):
+    if split == "test" and any(codec.name in (MvmicNet.name, MvmicNetLossless.name) for codec in codecs):
         for manifest in record_test_metrics(summary, bd, command):
             print(f"test metrics recorded in {manifest}")
 

@@ -15,7 +15,7 @@ at most 10 bytes, below 2**64; svarint = zigzag-encoded varint, 0 -1 1 -2 -> 0 1
     | bytes  | field               | encoding                 | valid values                          |
     |--------|---------------------|--------------------------|---------------------------------------|
     | 3      | magic               | b"MVM"                   |                                       |
-    | 1      | format version      | u8                       | 1                                     |
+    | 1      | format version      | u8                       | 1, or 2 when an EXACT layer is present |
     | 1      | model id length n   | u8                       | 1..64                                 |
     | n      | model id            | ASCII                    | printable, no spaces: mvmicnet-w97-v2 |
     | 8      | weights fingerprint | bytes                    | sha256(weights file)[:8]              |
@@ -32,11 +32,17 @@ at most 10 bytes, below 2**64; svarint = zigzag-encoded varint, 0 -1 1 -2 -> 0 1
     | 2      | quality             | u16                      | model-defined, e.g. quality index*256 |
     | 1-10   | layer count L       | varint                   |                                       |
     |        | L times:            |                          |                                       |
-    | 1      |   kind              | u8                       | 0 base, 1 residual, 2 DICOM header    |
+    | 1      |   kind              | u8                       | 0 base, 1 residual, 2 DICOM header,   |
+    |        |                     |                          | 3 exact (version 2)                   |
     | 1-3    |   frame index       | varint                   | 0..frames-1                           |
     | 1-10   |   payload length m  | varint                   | at most the bytes left                |
     | m      |   payload           | bytes                    |                                       |
     | 4      | CRC32               | u32                      | zlib.crc32 of every preceding byte    |
+
+An exact layer's payload is laid out in model.lossless.layer (maximum error, stripes, least-squares
+predictors, one range-coded stream per stripe and plane); it needs no weights and no base layer.
+Version 2 is version 1 plus that layer kind: lossy streams are still written as version 1, so older
+builds keep reading them, and refuse lossless ones by their version number.
 
 A residual layer's payload is laid out in model.codec.ResidualLayer (maximum error, the
 base layer's band steps in fixed point, the residual weights' fingerprint, one coded plane
@@ -69,7 +75,9 @@ from typing import Any
 from mvmic.pixels import MAX_BITS_STORED, SUPPORTED_SAMPLES, PixelFormat
 
 MAGIC = b"MVM"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # written when the layers are those of version 1
+EXACT_FORMAT_VERSION = 2  # written when an EXACT layer is present: builds that read only 1 refuse it by name
+READ_VERSIONS = (FORMAT_VERSION, EXACT_FORMAT_VERSION)
 FINGERPRINT_BYTES = 8
 MAX_MODEL_ID_LENGTH = 64
 MAX_DIMENSION = 65535  # DICOM Rows and Columns are US: anything larger cannot come from or go back to DICOM
@@ -105,7 +113,8 @@ class UnsupportedVersionError(BitstreamError):
     """An MVM bitstream of a format version this build does not read."""
 
     def __init__(self, version: int) -> None:
-        super().__init__(f"unsupported .mvm format version {version} (this build reads {FORMAT_VERSION})")
+        super().__init__(f"unsupported .mvm format version {version} "
+                         f"(this build reads {', '.join(map(str, READ_VERSIONS))})")
         self.version = version
 
 
@@ -134,6 +143,7 @@ class LayerKind(IntEnum):
     BASE = 0
     RESIDUAL = 1  # refines the base layer of the same frame to a guaranteed maximum error (model.residual)
     DICOM_HEADER = 2  # the source instance without Pixel Data, deflated; frame 0; lets decoding rebuild it
+    EXACT = 3  # the frame coded losslessly or near-losslessly in the pixel domain (model.lossless.layer); version 2
 
 
 @dataclass(frozen=True)
@@ -200,7 +210,8 @@ class Bitstream:
     def to_bytes(self) -> bytes:
         model_id = self.model_id.encode("ascii")
         out = bytearray(MAGIC)
-        out += bytes([FORMAT_VERSION, len(model_id)]) + model_id + self.weights_fingerprint
+        version = EXACT_FORMAT_VERSION if any(layer.kind == LayerKind.EXACT for layer in self.layers) else FORMAT_VERSION
+        out += bytes([version, len(model_id)]) + model_id + self.weights_fingerprint
         out += _varint(self.rows) + _varint(self.columns) + _varint(self.frames)
         flags = FLAG_SIGNED if self.signed else 0
         out += bytes([self.samples_per_pixel, self.bits_stored, flags, PHOTOMETRIC_CODES[self.photometric]])
@@ -240,6 +251,8 @@ class Bitstream:
         if reader.remaining:
             raise TrailingDataError(f"{reader.remaining} unparsed bytes between the last layer and the CRC32")
         bitstream = cls(**fields)
+        if data[len(MAGIC)] == FORMAT_VERSION and any(layer.kind == LayerKind.EXACT for layer in bitstream.layers):
+            raise InvalidFieldError(f"an exact layer (kind {LayerKind.EXACT.value}) in a version {FORMAT_VERSION} bitstream")
         _check_expected(bitstream, expected_model_id, expected_fingerprint)
         return bitstream
 
@@ -348,7 +361,7 @@ def _check_magic_and_version(data: bytes) -> None:
         raise BadMagicError(f"not an MVM bitstream: starts with {data[:8]!r}, not {MAGIC!r}")
     if len(data) <= len(MAGIC):
         raise TruncatedError(f"truncated bitstream ({len(data)} bytes): data ends before the format version byte")
-    if data[len(MAGIC)] != FORMAT_VERSION:
+    if data[len(MAGIC)] not in READ_VERSIONS:
         raise UnsupportedVersionError(data[len(MAGIC)])
 
 

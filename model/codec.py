@@ -11,8 +11,13 @@ one model serves every rate. Decoding mirrors the chain; entropy decoding depend
 only on integers, so it is exact on any machine, and the float synthesis only
 shapes the lossy reconstruction.
 
-With a maximum error tau (near-lossless 1..16, lossless 0), each frame also gets a residual layer
-(model.residual) against the base reconstructed in integers (model.exact_base):
+With a maximum error tau (near-lossless 1..16, lossless 0), each frame is coded by compress_exact as
+one EXACT layer (model.lossless): pixel-domain prediction and adaptive binary range coding, no base
+layer, no weights; analysis of such a stream reads the decoded frame's bands at EXACT_ANALYSIS_CODE.
+
+Streams of the first lossless design still decode: a base layer plus a residual layer
+(model.residual) against the base reconstructed in integers (model.exact_base); compress_pixels
+with a max_error still writes them:
 
     base layer's integer subbands --exact_base--> base samples b (identical in encoder and decoder)
     x - b --ResidualContextModel--> residual layer: tau, fixed-point band steps, residual weights
@@ -43,9 +48,11 @@ from model.bitstream import (
     unpack_integers,
     unpack_payloads,
 )
+from model.colour import from_planes, to_planes
 from model.context_model import SubbandContextModel
 from model.exact_base import BandStepsFixed, exact_plane
 from model.lifting import Subbands, analysis, max_levels, synthesis, zero_subbands
+from model.lossless import layer as exact_layer
 from model.residual import MAX_ERROR, PlaneContext, ResidualContextModel, quantize_residual
 from model.subbands import dequantize, quantize
 from mvmic.pixels import NativeImage, PixelFormat
@@ -59,6 +66,9 @@ MIN_CODE, MAX_CODE = 4, 120  # the range the entropy model was trained on (train
 MAX_SAMPLES_PER_FRAME = 1 << 26  # a forged header must not make the decoder allocate without bound
 CODEABLE_PHOTOMETRICS = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL"}
 ANCHOR_SAMPLE = 1  # colour residuals: green (or Cb) first, red and blue relative to it
+# The quality code an exact stream (lossless, near-lossless) declares: its analysis quantises the decoded
+# frame's wavelet bands at this code, the finest the task heads were trained on (tasks.train).
+EXACT_ANALYSIS_CODE = QUALITY_CODES[8]
 
 
 class CodecInputError(ValueError):
@@ -146,6 +156,29 @@ class MvmicCodec:
             self.check_bound(pixels, stream, max_error)
         return stream
 
+    def compress_exact(self, pixels: np.ndarray, fmt: PixelFormat, max_error: int, verify: bool = True,
+                       stripes: int | None = None, threads: int = 1) -> Bitstream:
+        """Code stored values (frames, rows, columns, samples) with every sample within ``max_error``
+        (0 lossless, 1..16 near-lossless): one EXACT layer per frame (model.lossless.layer), no base
+        layer and no weights involved. ``verify`` decodes the result and raises BoundViolationError if
+        any sample is off by more than ``max_error``."""
+        _check_codeable(pixels, fmt, minimum=1)
+        if not 0 <= max_error <= MAX_ERROR:
+            raise CodecInputError(f"maximum error {max_error} out of range 0 (lossless)..{MAX_ERROR}")
+        layers = tuple(Layer(LayerKind.EXACT, index,
+                             exact_layer.encode_frame(pixels[index], fmt, max_error, stripes, threads))
+                       for index in range(pixels.shape[0]))
+        stream = Bitstream(
+            model_id=self.model_id, weights_fingerprint=fingerprint(self.weights.sha256),
+            rows=pixels.shape[1], columns=pixels.shape[2], frames=pixels.shape[0],
+            samples_per_pixel=fmt.samples_per_pixel, bits_stored=fmt.bits_stored, signed=fmt.signed,
+            photometric=fmt.photometric, offset=_offset(fmt), scale_log2=fmt.bits_stored,
+            quality=EXACT_ANALYSIS_CODE, layers=layers,
+        )
+        if verify:
+            self.check_bound(pixels, stream, max_error)
+        return stream
+
     def quantized_planes(self, frame: np.ndarray, fmt: PixelFormat, code: int) -> list[Subbands]:
         """The integer subbands of each plane of one frame (rows, columns[, samples]), as the base layer
         codes them."""
@@ -186,18 +219,23 @@ class MvmicCodec:
         decoded = self.decompress(stream).astype(np.int64)
         worst = int(np.abs(decoded - pixels.astype(np.int64)).max())
         if worst > max_error:
-            raise BoundViolationError(f"the residual layer decodes with a maximum error of {worst}, "
+            raise BoundViolationError(f"the bitstream decodes with a maximum error of {worst}, "
                                       f"above the promised {max_error}: bitstream withheld")
 
     # -- decoding -----------------------------------------------------------------------------------
-    def decompress(self, stream: Bitstream) -> np.ndarray:
-        """Stored values, (frames, rows, columns, samples), in the image's own dtype: base plus residual
-        where a frame has a residual layer (every sample within its maximum error), else the base."""
+    def decompress(self, stream: Bitstream, threads: int = 1) -> np.ndarray:
+        """Stored values, (frames, rows, columns, samples), in the image's own dtype: a frame's exact
+        layer where it has one, else its base plus its residual layer (every sample within its maximum
+        error) where it has one, else its base."""
         _check_decodable(stream)
         fmt = stream.pixel_format
+        exact = {layer.frame: layer for layer in stream.layers if layer.kind == LayerKind.EXACT}
+        if exact:
+            return np.stack([exact_layer.decode_frame(layer.payload, stream.rows, stream.columns, fmt, threads)
+                             for layer in _layers_of(stream, LayerKind.EXACT)])
         residuals = {layer.frame: layer for layer in stream.layers if layer.kind == LayerKind.RESIDUAL}
         frames = []
-        for layer in _base_layers(stream):
+        for layer in _layers_of(stream, LayerKind.BASE):
             if layer.frame in residuals:
                 frames.append(self._decode_with_residual(layer.payload, residuals[layer.frame].payload, stream))
             else:
@@ -251,9 +289,15 @@ class MvmicCodec:
         if levels < skipped_levels:
             raise ValueError(f"a {stream.rows} x {stream.columns} image has {levels} wavelet levels, "
                              f"too few to skip {skipped_levels}")
+        if any(layer.kind == LayerKind.EXACT for layer in stream.layers):
+            # An exact stream has no base layer: its frames decode in milliseconds, and their bands,
+            # quantised at the stream's code, are what the heads read from a base layer.
+            return [coarse_reconstruction(self.quantized_planes(frame, stream.pixel_format, stream.quality)[0],
+                                          stream.quality, skipped_levels, self.scales)
+                    for frame in self.decompress(stream)]
         shapes = zero_subbands(stream.rows, stream.columns, levels)
         coarse = []
-        for layer in _base_layers(stream):
+        for layer in _layers_of(stream, LayerKind.BASE):
             bands = self.context.decode(unpack_payloads(layer.payload)[0], shapes, stream.quality,
                                         levels=levels - skipped_levels)
             coarse.append(coarse_reconstruction(bands, stream.quality, skipped_levels, self.scales))
@@ -322,7 +366,10 @@ def plane_context(base: np.ndarray, sample: int, fmt: PixelFormat, code: int, ma
 
 def max_error_of(stream: Bitstream) -> int | None:
     """The error bound a bitstream guarantees for all its frames: None for lossy (some frame has no
-    residual layer), 0 for lossless."""
+    exact or residual layer), 0 for lossless."""
+    exact = [layer for layer in stream.layers if layer.kind == LayerKind.EXACT]
+    if exact:
+        return max(exact_layer.layer_max_error(layer.payload) for layer in exact)
     residuals = {layer.frame: layer for layer in stream.layers if layer.kind == LayerKind.RESIDUAL}
     if len(residuals) < stream.frames:
         return None
@@ -346,13 +393,13 @@ def coarse_reconstruction(bands: Subbands, code: int, skipped_levels: int,
     return synthesis(Subbands(coefficients.low, coefficients.details[:kept]))
 
 
-def _check_codeable(pixels: np.ndarray, fmt: PixelFormat) -> None:
+def _check_codeable(pixels: np.ndarray, fmt: PixelFormat, minimum: int = 2) -> None:
     if fmt.photometric not in CODEABLE_PHOTOMETRICS:
         raise CodecInputError(f"PhotometricInterpretation {fmt.photometric} cannot be coded lossily "
                               f"(supported: {', '.join(sorted(CODEABLE_PHOTOMETRICS))})")
     rows, columns = pixels.shape[1:3]
-    if min(rows, columns) < 2:
-        raise CodecInputError(f"image of {rows} x {columns} pixels is too small (at least 2 x 2)")
+    if min(rows, columns) < minimum:
+        raise CodecInputError(f"image of {rows} x {columns} pixels is too small (at least {minimum} x {minimum})")
 
 
 def _check_decodable(stream: Bitstream) -> None:
@@ -376,35 +423,17 @@ def plane_offset(fmt: PixelFormat, plane: int) -> int:
     return _offset(fmt) if plane == 0 else 0  # the colour differences of the RCT are centred
 
 
-def to_planes(frame: np.ndarray, fmt: PixelFormat) -> list[np.ndarray]:
-    """Integer planes of a frame (rows, columns[, samples]): the frame itself, or JPEG 2000's reversible colour transform of RGB."""
-    values = frame.astype(np.int64)
-    if fmt.samples_per_pixel == 1:
-        return [values.reshape(values.shape[:2]).astype(np.float64)]  # (rows, columns) or (rows, columns, 1)
-    red, green, blue = values[..., 0], values[..., 1], values[..., 2]
-    luma = (red + 2 * green + blue) >> 2
-    return [p.astype(np.float64) for p in (luma, blue - green, red - green)]
-
-
 def normalised_planes(frame: np.ndarray, fmt: PixelFormat) -> list[np.ndarray]:
     """The planes the wavelet sees: (value - offset) / 2**BitsStored, float64."""
     return [(plane - plane_offset(fmt, index)) / 2.0**fmt.bits_stored for index, plane in enumerate(to_planes(frame, fmt))]
 
 
-def from_planes(planes: list[np.ndarray], fmt: PixelFormat) -> np.ndarray:
-    values = [p.astype(np.int64) for p in planes]
-    if fmt.samples_per_pixel == 3:
-        luma, blue_diff, red_diff = values
-        green = luma - ((blue_diff + red_diff) >> 2)
-        values = [red_diff + green, green, blue_diff + green]
-    stacked = np.stack(values, axis=-1)
-    return np.clip(stacked, fmt.min_value, fmt.max_value).astype(fmt.dtype)
-
-
-def _base_layers(stream: Bitstream) -> list[Layer]:
-    layers = {layer.frame: layer for layer in stream.layers if layer.kind == LayerKind.BASE}
+def _layers_of(stream: Bitstream, kind: LayerKind) -> list[Layer]:
+    """One layer of ``kind`` per frame, in frame order."""
+    layers = {layer.frame: layer for layer in stream.layers if layer.kind == kind}
     missing = [f for f in range(stream.frames) if f not in layers]
     if missing:
-        raise ValueError(f"bitstream has no base layer for frame(s) {missing}")
+        name = "exact" if kind == LayerKind.EXACT else "base"
+        raise ValueError(f"bitstream has no {name} layer for frame(s) {missing}")
     return [layers[f] for f in range(stream.frames)]
 

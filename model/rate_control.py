@@ -3,20 +3,15 @@
     --quality Q      Q in 1..8 -> QUALITY_CODES[Q]
     --target-bpp B   largest code whose bitstream has at most B bits per pixel
     --target-psnr P  smallest code whose reconstruction reaches P dB (native peak)
-    --max-error T    (near-lossless, lossless) the base layer's code that makes base plus
-                     residual smallest, unless --quality fixes the base
+    --max-error T    (near-lossless, lossless) no code: the exact layer codes the pixels
+                     themselves (MvmicCodec.compress_exact)
 
 Rate and PSNR grow with the code, so both targets are found by bisection over the
-integer codes, encoding (and for PSNR decoding) once per probe. With a residual layer
-the total size is a shallow valley in the code (a finer base leaves less residual; on
-noisy MR the best base is a coarse one, on CT a fine one), walked down in steps of
-RESIDUAL_SEARCH_STEP from a guess that depends on bit depth and tau. (Searching on a centre
-crop instead was as slow and missed the best code of ultrasound, whose centre is not typical.)
+integer codes, encoding (and for PSNR decoding) once per probe.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -24,21 +19,16 @@ import numpy as np
 
 from model.bitstream import Bitstream, Layer
 from model.codec import MAX_CODE, MIN_CODE, QUALITY_CODES, MvmicCodec
-from model.residual import valley_minimum
 from mvmic.metrics import psnr
 from mvmic.pixels import PixelFormat
-
-RESIDUAL_SEARCH_STEP = 8  # one octave of the base step
-RESIDUAL_START_EIGHTHS = 24  # first guess: a base step of 2**3 stored units times (2 tau + 1)
 
 
 def compress_at(codec: MvmicCodec, pixels: np.ndarray, fmt: PixelFormat, quality: int | None = None,
                 target_bpp: float | None = None, target_psnr: float | None = None,
                 extra_layers: tuple[Layer, ...] = (), max_error: int | None = None, verify: bool = True) -> Bitstream:
     """At most one of ``quality``, ``target_bpp``, ``target_psnr`` (default: quality 4). With
-    ``max_error`` (0 lossless, 1..16 near-lossless) residual layers bound the error; ``quality`` then
-    fixes the base layer, which is otherwise the one that makes the bitstream smallest, and ``verify``
-    decodes the result to check the bound.
+    ``max_error`` (0 lossless, 1..16 near-lossless) and none of them, exact layers bound the error and
+    ``verify`` decodes the result to check the bound.
 
     ``extra_layers`` (e.g. the DICOM header) are appended, and count against a rate target.
     """
@@ -50,17 +40,16 @@ def compress_at(codec: MvmicCodec, pixels: np.ndarray, fmt: PixelFormat, quality
         raise ValueError("a target bpp or PSNR does not apply with a maximum error: the error bound sets the "
                          "quality (give --quality to choose the base layer instead)")
 
-    def encode(code: int, bound: int | None = None, check: bool = False) -> Bitstream:
-        stream = codec.compress_pixels(pixels, fmt, code, bound, verify=check)
+    def encode(code: int) -> Bitstream:
+        stream = codec.compress_pixels(pixels, fmt, code)
         return replace(stream, layers=(*stream.layers, *extra_layers))
 
     if max_error is not None:
         if quality is not None:
-            return encode(_quality_code(quality), max_error, verify)
-        stream = _smallest_with_residual(lambda code: encode(code, max_error), _residual_start(fmt, max_error))
-        if verify:
-            codec.check_bound(pixels, stream, max_error)
-        return stream
+            raise ValueError("a quality does not apply with a maximum error: lossless and near-lossless streams "
+                             "have no base layer (the exact layer codes the pixels themselves)")
+        stream = codec.compress_exact(pixels, fmt, max_error, verify)
+        return replace(stream, layers=(*stream.layers, *extra_layers))
 
     if target_bpp is not None:
         return _bisect(encode, lambda s: _bpp(s, pixels) <= target_bpp, want_largest=True)
@@ -74,22 +63,6 @@ def _quality_code(quality: int) -> int:
     if quality not in QUALITY_CODES:
         raise ValueError(f"quality {quality} out of range {min(QUALITY_CODES)}..{max(QUALITY_CODES)}")
     return QUALITY_CODES[quality]
-
-
-def _residual_start(fmt: PixelFormat, max_error: int) -> int:
-    code = 8 * fmt.bits_stored - RESIDUAL_START_EIGHTHS - round(8 * math.log2(2 * max_error + 1))
-    return min(MAX_CODE, max(MIN_CODE, code))
-
-
-def _smallest_with_residual(encode: Callable[[int], Bitstream], start: int) -> Bitstream:
-    """The smallest bitstream over base codes, walking down the valley from ``start``."""
-    streams = {}
-
-    def size(code: int) -> int:
-        streams[code] = encode(code)
-        return len(streams[code].to_bytes())
-
-    return streams[valley_minimum(size, start, RESIDUAL_SEARCH_STEP, MIN_CODE, MAX_CODE)]
 
 
 def _bpp(stream: Bitstream, pixels: np.ndarray) -> float:

@@ -98,19 +98,19 @@ def _parser() -> argparse.ArgumentParser:
     compress.add_argument("source", type=Path, metavar="IN.dcm")
     compress.add_argument("target", type=Path, metavar="OUT.mvm")
     rate = compress.add_mutually_exclusive_group()
-    rate.add_argument("--quality", type=int, help="operating point 1 (smallest) to 8 (default 4)")
+    rate.add_argument("--quality", type=int, help="lossy: operating point 1 (smallest) to 8 (default 4)")
     rate.add_argument("--target-bpp", type=float, help="largest quality within this many bits per pixel")
     rate.add_argument("--target-psnr", type=float, help="smallest quality reaching this PSNR (dB, native peak)")
     compress.add_argument("--mode", choices=MODES, default="lossy",
-                          help="lossy (base layer only), near-lossless (every sample within --max-error) or "
-                               "lossless (default: %(default)s)")
+                          help="lossy (the learned wavelet codec), near-lossless (every sample within --max-error) "
+                               "or lossless (both: the exact layer, a pixel-domain coder) (default: %(default)s)")
     compress.add_argument("--max-error", type=int, default=None, metavar="TAU",
                           help="near-lossless: the largest absolute error in stored values, 1 to 16")
     compress.add_argument("--no-verify", dest="verify", action="store_false",
                           help="near-lossless/lossless: skip decoding the result to check the error bound")
     compress.add_argument("--weights", type=Path, default=None,
-                          help="weights file (default: the shipped one; its residual model is read from "
-                               "<weights>-residual.pt beside it)")
+                          help="weights file (default: the shipped one; the residual model that decodes streams "
+                               "of the first lossless design is read from <weights>-residual.pt beside it)")
     compress.add_argument("--analysis", type=Path, default=None, metavar="OUT.json",
                           help="also write the lesion analysis of the bitstream (as `mvmic analyze --json`)")
     compress.add_argument("--heads", type=Path, default=None, help="task heads weights (default: the shipped ones)")
@@ -247,9 +247,9 @@ def _compress(args: argparse.Namespace) -> int:
     result = dicom_to_mvm(args.source, codec, args.quality, args.target_bpp, args.target_psnr, max_error,
                           args.verify)
     args.target.write_bytes(result.data)
-    bound = "" if max_error is None else f", maximum error {max_error}"
+    coded = f"quality code {result.quality_code}" if max_error is None else f"maximum error {max_error}"
     print(f"{args.target}: {len(result.data)} bytes, {result.bits_per_pixel:.4f} bits per pixel, "
-          f"ratio {result.ratio:.1f}:1, base quality code {result.quality_code}{bound}")
+          f"ratio {result.ratio:.1f}:1, {coded}")
     if args.analysis:
         _write_analysis(result.data, codec, args.heads, args.analysis)
     return 0

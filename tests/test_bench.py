@@ -138,19 +138,19 @@ def test_bench_rd_writes_json_table_and_plot(tmp_path: Path) -> None:
 
 def test_bench_rd_reports_lossless_and_near_lossless_against_jpeg_ls(tmp_path: Path) -> None:
     result = _mvmic("bench", "rd", "--corpus", str(CORPUS), "--split", "val", "--out", str(tmp_path),
-                    "--codec", "MVMICNet residual", "--codec", "JPEG-LS")
+                    "--codec", "MVMICNet lossless", "--codec", "JPEG-LS")
     assert result.returncode == 0, result.stderr
     rows = {(row["codec"], row["point"]): row for row in json.loads((tmp_path / "rd.json").read_text())["summary"]}
-    lossless = rows[("MVMICNet residual", "lossless")]
+    lossless = rows[("MVMICNet lossless", "lossless")]
     assert lossless["exact_frames"] == lossless["frames"] and lossless["error_bound"] == 0
     for bound in (1, 2, 4):
-        row = rows[("MVMICNet residual", f"max error {bound}")]
+        row = rows[("MVMICNet lossless", f"max error {bound}")]
         assert row["error_bound"] == bound and 0 < row["max_abs_error"] <= bound
         assert row["mean_bpp"] < lossless["mean_bpp"]
         assert rows[("JPEG-LS", f"NEAR={bound}")]["error_bound"] == bound
     report = (tmp_path / "rd.md").read_text()
     assert "| bound | codec | point | bpp | max err | enc ms | dec ms |" in report
-    assert "| 0 | MVMICNet residual | lossless |" in report and "| 2 | JPEG-LS | NEAR=2 |" in report
+    assert "| 0 | MVMICNet lossless | lossless |" in report and "| 2 | JPEG-LS | NEAR=2 |" in report
 
 
 def _mvmic(*args: str) -> subprocess.CompletedProcess[str]:

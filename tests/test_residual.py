@@ -240,12 +240,14 @@ def test_a_lossy_bitstream_has_no_bound(codec, corpus_dir) -> None:
 def test_cli_lossless_keeps_the_instance_and_near_lossless_marks_it(tmp_path, corpus_dir, mvmic) -> None:
     source = corpus_dir / "images" / "pyradiomics-brain2-010.dcm"
     original = pydicom.dcmread(source)
-    for mode in (("--mode", "lossless", "--quality", "6"), ("--mode", "near-lossless", "--max-error", "2", "--no-verify")):
+    refused = mvmic("compress", str(source), str(tmp_path / "x.mvm"), "--mode", "lossless", "--quality", "6")
+    assert refused.returncode == 1 and "a quality does not apply with a maximum error" in refused.stderr
+    for mode in (("--mode", "lossless"), ("--mode", "near-lossless", "--max-error", "2", "--no-verify")):
         compressed, decoded = tmp_path / f"{mode[1]}.mvm", tmp_path / f"{mode[1]}.dcm"
         run = mvmic("compress", str(source), str(compressed), *mode)
         assert run.returncode == 0, run.stderr
-        if mode[1] == "lossless":  # --quality fixes the base layer under the residual
-            assert f"base quality code {QUALITY_CODES[6]}, maximum error 0" in run.stdout
+        if mode[1] == "lossless":
+            assert "maximum error 0" in run.stdout
         run = mvmic("decompress", str(compressed), str(decoded))
         assert run.returncode == 0, run.stderr
         result = pydicom.dcmread(decoded)

@@ -1,13 +1,12 @@
 """MVMICNet in the rate-distortion harness: the shipped weights (or those named by the
-MVMIC_BENCH_WEIGHTS environment variable, which worker processes inherit), with the residual
-model beside them.
+MVMIC_BENCH_WEIGHTS environment variable, which worker processes inherit).
 
     MVMICNet            the base layer alone at each --quality point
-    MVMICNet residual   base plus residual layer: lossless and near-lossless (max error 1, 2, 4),
-                        the base layer's code chosen as `mvmic compress --mode ...` chooses it
+    MVMICNet lossless   the exact layer (model.lossless): lossless and near-lossless (max error 1, 2, 4),
+                        as `mvmic compress --mode ...` writes it, one thread
 
 The bytes counted are the whole single-frame .mvm bitstream (header, payload, CRC),
-as JPEG 2000's are its whole codestream. The residual codec's encode time leaves out the
+as JPEG 2000's are its whole codestream. The lossless codec's encode time leaves out the
 encoder's own check of the bound (a decode, on by default in the CLI): the run checks every
 point itself.
 """
@@ -60,8 +59,8 @@ class MvmicNet(Codec):
 
 
 @register
-class MvmicNetResidual(Codec):
-    name = "MVMICNet residual"
+class MvmicNetLossless(Codec):
+    name = "MVMICNet lossless"
     points = (OperatingPoint("lossless", param=0, lossless=True),
               *(OperatingPoint(f"max error {bound}", param=bound, max_error=bound) for bound in (1, 2, 4)))
 
@@ -73,12 +72,10 @@ class MvmicNetResidual(Codec):
 
 
 def record_test_metrics(summary: list[dict], bd: list[dict], command: str) -> list[Path]:
-    """Write this run's rows into the manifests of the weights they measured: the base layer's into
-    the codec's, the residual codec's into the residual model's."""
+    """Write this run's rows into the manifest of the weights they measured: the base layer's into
+    the codec's (the exact layer has no weights)."""
     codec = measured_codec()
     files = [(codec.weights, MvmicNet.name)]
-    if codec.residual is not None:
-        files.append((codec.residual[1], MvmicNetResidual.name))
     written = []
     for weights, name in files:
         manifest_path = weights.path.with_suffix(".json")

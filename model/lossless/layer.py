@@ -1,0 +1,182 @@
+"""The exact layer: one frame coded losslessly or near-losslessly in the pixel domain.
+
+    frame (rows, columns, samples) stored integers
+      --planes: grey v - min; colour G, then R - G', B - G' (G' = decoded green, so each sample keeps
+               its own bound)--> int32 planes of values 0..max
+      --enc_least_squares: per plane, 24 gradient classes of 18-tap integer predictors (side information)
+      --rows cut into independent stripes (each coded alone, so stripes decode on parallel threads)
+      --plane_coder.code_plane (prediction blend, contexts, adaptive binary range coding)--> bytes
+
+Payload of an EXACT layer (model.bitstream.pack_payloads / pack_integers):
+
+    [ pack_integers([LAYER_VERSION, max error tau, stripes, classes]),
+      per plane:  pack_integers(per class: 0 (the class below's coefficients) or 1, LS_TAPS coefficients),
+      per stripe, per plane: the range coder's bytes ]
+
+Every sample decodes within tau of the original (tau = 0: exactly), by construction; the encoder
+also decodes its own output (``verify``) and refuses to return a stream that breaks the bound.
+Errors: ``ExactLayerError`` (a ValueError) for a payload that does not parse or does not fit the image.
+"""
+
+from __future__ import annotations
+
+import itertools
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from model.bitstream import pack_integers, pack_payloads, unpack_integers, unpack_payloads
+from model.lossless.enc_least_squares import LS_CLASSES, fit_predictors
+from model.lossless.plane_coder import LS_TAPS, code_plane
+from mvmic.pixels import PixelFormat
+
+LAYER_VERSION = 1
+MAX_ERROR = 16
+MAX_STRIPES = 64
+STRIPE_ROWS = 512  # the encoder's default: one stripe per 512 rows (a stripe costs about 0.5 % in bits)
+
+
+class ExactLayerError(ValueError):
+    """An exact layer that does not parse, or does not fit the image it claims to code."""
+
+
+def default_stripes(rows: int) -> int:
+    """Stripes for an image of ``rows`` rows: one per STRIPE_ROWS (a 1024-row MR gets two, one per core)."""
+    return max(1, min(MAX_STRIPES, rows // STRIPE_ROWS))
+
+
+def _stripe_bounds(rows: int, stripes: int) -> list[tuple[int, int]]:
+    cuts = [rows * i // stripes for i in range(stripes + 1)]
+    return list(itertools.pairwise(cuts))
+
+
+def _ranges(fmt: PixelFormat) -> list[int]:
+    """The largest plane value of each plane: grey v - min; colour G, R - G' + peak, B - G' + peak."""
+    if fmt.samples_per_pixel == 1:
+        return [fmt.max_value - fmt.min_value]
+    return [fmt.peak, 2 * fmt.peak, 2 * fmt.peak]
+
+
+def _code(plane: np.ndarray, max_value: int, tau: int, coefficients: np.ndarray) -> bytes:
+    """Encode one stripe of one plane; ``plane`` becomes its reconstruction."""
+    size = plane.size + 1024
+    while True:
+        data = np.zeros(size, dtype=np.uint8)
+        work = plane.copy()
+        used = code_plane(work, max_value, tau, data, False, coefficients)
+        if used <= size:
+            plane[...] = work
+            return data[:used].tobytes()
+        size = used  # the coder counted what it needed: code again into a buffer that big
+
+
+def _decode(data: bytes, shape: tuple[int, int], max_value: int, tau: int, coefficients: np.ndarray) -> np.ndarray:
+    plane = np.zeros(shape, dtype=np.int32)
+    code_plane(plane, max_value, tau, np.frombuffer(bytearray(data), dtype=np.uint8), True, coefficients)
+    return plane
+
+
+def encode_frame(frame: np.ndarray, fmt: PixelFormat, max_error: int, stripes: int | None = None,
+                 threads: int = 1) -> bytes:
+    """The EXACT layer payload of ``frame`` (rows, columns[, samples]), every sample within ``max_error``
+    (0..MAX_ERROR) of the original; ``stripes`` independent row stripes (default_stripes), coded on
+    ``threads`` threads (the bytes do not depend on the thread count)."""
+    if not 0 <= max_error <= MAX_ERROR:
+        raise ValueError(f"maximum error {max_error} out of range 0 (lossless)..{MAX_ERROR}")
+    rows = frame.shape[0]
+    stripes = default_stripes(rows) if stripes is None else stripes
+    if not 1 <= stripes <= min(MAX_STRIPES, rows):
+        raise ValueError(f"{stripes} stripes for {rows} rows: use 1..{min(MAX_STRIPES, rows)}")
+    values = frame.reshape(frame.shape[0], frame.shape[1], -1).astype(np.int64)
+    ranges = _ranges(fmt)
+    colour = fmt.samples_per_pixel == 3
+    first = (values[..., 1] if colour else values[..., 0] - fmt.min_value).astype(np.int32)
+    predictors = [fit_predictors(first)]
+    if colour:  # the chroma predictors are fitted on the original green; the stripes use the decoded one
+        predictors += [fit_predictors((values[..., s] - values[..., 1] + fmt.peak).astype(np.int32)) for s in (0, 2)]
+
+    def stripe(bounds: tuple[int, int]) -> list[bytes]:
+        top, bottom = bounds
+        plane = np.ascontiguousarray(first[top:bottom])
+        parts = [_code(plane, ranges[0], max_error, predictors[0][0])]
+        if colour:
+            green = plane.astype(np.int64)  # reconstructed
+            for index, sample in enumerate((0, 2), start=1):
+                difference = (values[top:bottom, :, sample] - green + fmt.peak).astype(np.int32)
+                parts.append(_code(difference, ranges[index], max_error, predictors[index][0]))
+        return parts
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        coded = list(pool.map(stripe, _stripe_bounds(rows, stripes)))
+    side = []
+    for coefficients, explicit in predictors:
+        integers = []
+        for c in range(LS_CLASSES):
+            integers += [1, *coefficients[c].tolist()] if explicit[c] else [0]
+        side.append(pack_integers(integers))
+    header = pack_integers([LAYER_VERSION, max_error, stripes, LS_CLASSES])
+    return pack_payloads([header, *side, *(part for parts in coded for part in parts)])
+
+
+def layer_max_error(payload: bytes) -> int:
+    """The bound an EXACT layer promises, from its header alone."""
+    header = unpack_integers(unpack_payloads(payload)[0])
+    if len(header) != 4 or header[0] != LAYER_VERSION or not 0 <= header[1] <= MAX_ERROR:
+        raise ExactLayerError(f"exact layer header {header[:4]} is not version {LAYER_VERSION} with a maximum error "
+                              f"0..{MAX_ERROR}")
+    return header[1]
+
+
+def decode_frame(payload: bytes, rows: int, columns: int, fmt: PixelFormat, threads: int = 1) -> np.ndarray:
+    """Stored values (rows, columns, samples) in ``fmt.dtype`` from an EXACT layer payload."""
+    try:
+        parts = unpack_payloads(payload)
+    except ValueError as exc:
+        raise ExactLayerError(f"exact layer does not parse: {exc}") from exc
+    max_error = layer_max_error(payload)
+    _, _, stripes, classes = unpack_integers(parts[0])
+    planes = fmt.samples_per_pixel
+    if not 1 <= stripes <= min(MAX_STRIPES, rows) or classes != LS_CLASSES:
+        raise ExactLayerError(f"exact layer has {stripes} stripes and {classes} predictor classes for {rows} rows")
+    if len(parts) != 1 + planes + stripes * planes:
+        raise ExactLayerError(f"exact layer has {len(parts)} parts, expected {1 + planes + stripes * planes}")
+    predictors = [_parse_predictors(part) for part in parts[1: 1 + planes]]
+    ranges = _ranges(fmt)
+    coded = parts[1 + planes:]
+
+    def stripe(index: int) -> np.ndarray:
+        top, bottom = _stripe_bounds(rows, stripes)[index]
+        shape = (bottom - top, columns)
+        mine = coded[index * planes: (index + 1) * planes]
+        first = _decode(mine[0], shape, ranges[0], max_error, predictors[0]).astype(np.int64)
+        if planes == 1:
+            return (first + fmt.min_value)[..., None]
+        red, blue = (_decode(mine[i], shape, ranges[i], max_error, predictors[i]) - fmt.peak + first
+                     for i in (1, 2))
+        return np.stack([red, first, blue], axis=-1)
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        frame = np.concatenate(list(pool.map(stripe, range(stripes))), axis=0)
+    return np.clip(frame, fmt.min_value, fmt.max_value).astype(fmt.dtype)
+
+
+def _parse_predictors(part: bytes) -> np.ndarray:
+    integers = unpack_integers(part)
+    coefficients = np.zeros((LS_CLASSES, LS_TAPS), dtype=np.int64)
+    position = 0
+    for c in range(LS_CLASSES):
+        if position >= len(integers) or integers[position] not in (0, 1):
+            raise ExactLayerError(f"exact layer predictor class {c}: flag missing or not 0/1")
+        if integers[position] == 1:
+            values = integers[position + 1: position + 1 + LS_TAPS]
+            if len(values) != LS_TAPS or any(abs(v) > (1 << 16) for v in values):
+                raise ExactLayerError(f"exact layer predictor class {c}: {len(values)} coefficients")
+            coefficients[c] = values
+            position += 1 + LS_TAPS
+        else:
+            if c:
+                coefficients[c] = coefficients[c - 1]
+            position += 1
+    if position != len(integers):
+        raise ExactLayerError("exact layer predictors: integers left over")
+    return coefficients

@@ -1,0 +1,143 @@
+"""The exact layer (model.lossless): lossless and near-lossless coding of real corpus frames."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from model.bitstream import Bitstream, LayerKind
+from model.codec import MvmicCodec, max_error_of
+from model.lossless.layer import ExactLayerError, decode_frame, default_stripes, encode_frame
+from model.lossless.plane_coder import LS_TAPS, code_plane
+from model.rate_control import compress_at
+from mvmic.pixels import PixelFormat
+
+# one frame of each modality in the test split, and the colour ones
+FRAMES = ("pyradiomics-lung1-030", "pyradiomics-brain2-010", "pydicom-JPEG-LL", "pydicom-US1_UNCR",
+          "pydicom-examples_rgb_color", "pydicom-693_UNCR")
+
+
+@pytest.fixture(scope="module")
+def images(corpus_dir, corpus_manifest):
+    entries = {entry.id: entry for entry in corpus_manifest.entries}
+    return {name: entries[name].read(corpus_dir) for name in FRAMES}
+
+
+@pytest.fixture(scope="module")
+def codec() -> MvmicCodec:
+    return MvmicCodec.load()
+
+
+def _sha(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize("name", FRAMES)
+def test_lossless_is_exact_on_real_frames(images, codec, name) -> None:
+    image = images[name]
+    stream = compress_at(codec, image.pixels, image.format, max_error=0)
+    assert [layer.kind for layer in stream.layers] == [LayerKind.EXACT] * image.frames
+    decoded = codec.decompress(Bitstream.from_bytes(stream.to_bytes()))
+    assert decoded.dtype == image.pixels.dtype and _sha(decoded) == _sha(image.pixels)
+    assert max_error_of(stream) == 0
+    raw_bits = image.pixels.size * image.format.dtype.itemsize * 8
+    assert len(stream.to_bytes()) * 8 < raw_bits / 2  # these frames compress at least 2:1 losslessly
+
+
+@pytest.mark.parametrize(("name", "max_error"), [("pyradiomics-lung1-030", 1), ("pyradiomics-brain2-010", 2),
+                                                  ("pydicom-US1_UNCR", 4), ("pydicom-693_UNCR", 16),
+                                                  ("pydicom-JPEG-LL", 3)])
+def test_near_lossless_keeps_every_sample_within_the_bound(images, codec, name, max_error) -> None:
+    image = images[name]
+    lossless = len(compress_at(codec, image.pixels, image.format, max_error=0).to_bytes())
+    stream = compress_at(codec, image.pixels, image.format, max_error=max_error)
+    error = np.abs(codec.decompress(stream).astype(np.int64) - image.pixels.astype(np.int64))
+    assert error.max() == max_error  # within the bound, and using it
+    assert max_error_of(stream) == max_error and len(stream.to_bytes()) < lossless
+
+
+def test_signed_and_tiny_images_of_every_size_are_exact() -> None:
+    rng = np.random.default_rng(5)
+    for bits, signed in ((16, True), (16, False), (8, False), (12, True), (1, False)):
+        fmt = PixelFormat(bits, signed)
+        for rows, columns in ((1, 1), (1, 7), (5, 1), (2, 2), (3, 257), (15, 16), (40, 33)):
+            frame = rng.integers(fmt.min_value, fmt.max_value + 1, size=(rows, columns, 1)).astype(fmt.dtype)
+            for max_error in (0, 2):
+                decoded = decode_frame(encode_frame(frame, fmt, max_error), rows, columns, fmt)
+                assert decoded.dtype == fmt.dtype and decoded.shape == frame.shape
+                assert np.abs(decoded.astype(np.int64) - frame).max() <= max_error
+
+
+def test_extreme_values_at_16_bits_survive(images) -> None:
+    fmt = PixelFormat(16, False)
+    frame = np.zeros((64, 64, 1), dtype=np.uint16)
+    frame[::2, ::3] = 65535  # the largest errors a 16-bit prediction can make
+    assert np.array_equal(decode_frame(encode_frame(frame, fmt, 0), 64, 64, fmt), frame)
+
+
+def test_stripes_decode_alike_on_one_or_two_threads(images) -> None:
+    image = images["pyradiomics-lung1-030"]
+    frame = image.pixels[0]
+    one = encode_frame(frame, image.format, 0, stripes=2, threads=1)
+    assert encode_frame(frame, image.format, 0, stripes=2, threads=2) == one  # the bytes do not depend on threads
+    for threads in (1, 2):
+        assert np.array_equal(decode_frame(one, 512, 512, image.format, threads=threads), frame)
+    single = encode_frame(frame, image.format, 0, stripes=1)
+    assert len(one) < 1.02 * len(single)  # a stripe costs little
+    assert default_stripes(512) == 1 and default_stripes(1024) == 2
+
+
+def test_decoding_depends_on_integers_only_not_on_the_thread_count(images) -> None:
+    """Decoding the same layer with numba's and numpy's thread counts changed gives the same samples:
+    nothing on the decoder's path is a float."""
+    import numba
+
+    image = images["pyradiomics-brain2-010"]
+    payload = encode_frame(image.pixels[0], image.format, 0)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        first = decode_frame(payload, 256, 256, image.format)
+    finally:
+        numba.set_num_threads(before)
+    assert np.array_equal(first, decode_frame(payload, 256, 256, image.format, threads=2))
+
+
+def test_damaged_layers_are_refused_or_decode_to_the_right_shape(images) -> None:
+    image = images["pyradiomics-brain2-010"]
+    payload = bytearray(encode_frame(image.pixels[0], image.format, 0))
+    with pytest.raises(ExactLayerError):
+        decode_frame(bytes(payload[:10]), 256, 256, image.format)
+    payload[len(payload) // 2] ^= 0xFF  # inside the range coder's bytes: garbage, never out of bounds
+    decoded = decode_frame(bytes(payload), 256, 256, image.format)
+    assert decoded.shape == (256, 256, 1) and not np.array_equal(decoded, image.pixels[0])
+
+
+def test_a_coder_buffer_too_small_reports_the_size_it_needs() -> None:
+    plane = (np.arange(32 * 32, dtype=np.int32).reshape(32, 32) * 997) % 4096
+    data = np.zeros(16, dtype=np.uint8)
+    needed = code_plane(plane.copy(), 4095, 0, data, False, np.zeros((24, LS_TAPS), dtype=np.int64))
+    assert needed > 16
+
+
+def test_lossless_streams_name_their_format_version(images, codec) -> None:
+    image = images["pydicom-JPEG-LL"]
+    data = compress_at(codec, image.pixels, image.format, max_error=0).to_bytes()
+    assert data[3] == 2  # version 2: builds that read version 1 only refuse it by name
+    lossy = codec.compress_pixels(image.pixels, image.format, 36).to_bytes()
+    assert lossy[3] == 1
+
+
+def test_the_coder_loads_from_the_cache_not_a_compilation() -> None:
+    """The kernels come from numba's on-disk cache (make warms it): loading and coding a small frame in
+    a fresh process takes well under the seconds a compilation takes."""
+    code = ("import time, sys; t = time.perf_counter(); from model.lossless.warm import warm; warm(); "
+            "print(time.perf_counter() - t)")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)  # fills the cache if empty
+    elapsed = float(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                                   text=True).stdout)
+    assert elapsed < 3, f"the exact layer took {elapsed:.1f} s to load and code a 64x64 frame: cache not used?"
