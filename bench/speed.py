@@ -1,7 +1,11 @@
-"""`mvmic bench speed`: compress and decompress time of a 512x512 CT, MVMICNet beside OpenJPEG.
+"""`mvmic bench speed`: compress and decompress time of a 512x512 CT, MVMICNet beside the classical codecs.
 
-Both run in the same process on the same slice, OpenJPEG at the rate MVMICNet reached,
-so the ratio of their times is meaningful even where absolute timings are noisy.
+    lossy     MVMICNet at --quality beside OpenJPEG at the rate MVMICNet reached
+    lossless  MVMICNet's exact layer (one thread; and two stripes on two threads) beside JPEG XL
+              effort 7 and JPEG-LS, each on one thread
+
+All run in the same process on the same slice, so the ratios of their times are meaningful even
+where absolute timings are noisy.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 import torch
 
 from bench.codecs import CODECS, OperatingPoint, registered_codecs
+from model.bitstream import Bitstream
 from mvmic.corpus.manifest import Manifest
 from mvmic.metrics import bits_per_pixel
 
@@ -38,14 +43,40 @@ def run_speed_benchmark(corpus_dir: Path, out_dir: Path, quality: int = 4, repea
         _time_codec("JPEG 2000 (OpenJPEG)", matched.label, lambda: jpeg2000.encode(frame, fmt, matched),
                     lambda data: jpeg2000.decode(data, fmt, matched), frame, repeat),
     ]
+    lossless = _lossless_rows(frame, fmt, repeat)
     result = {"image": CT_SLICE, "shape": list(frame.shape), "threads": torch.get_num_threads(), "repeat": repeat,
               "rows": rows,
               "encode_ratio": rows[0]["encode_ms"] / rows[1]["encode_ms"],
-              "decode_ratio": rows[0]["decode_ms"] / rows[1]["decode_ms"]}
+              "decode_ratio": rows[0]["decode_ms"] / rows[1]["decode_ms"],
+              "lossless_rows": lossless,
+              "lossless_encode_ratio_vs_jpeg_xl_e7": lossless[0]["encode_ms"] / lossless[2]["encode_ms"],
+              "lossless_decode_ratio_vs_jpeg_xl_e7": lossless[0]["decode_ms"] / lossless[2]["decode_ms"]}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "speed.json").write_text(json.dumps(result, indent=1) + "\n")
     print(_table(result))
     return result
+
+
+def _lossless_rows(frame, fmt, repeat: int) -> list[dict]:
+    """The exact layer on one and on two threads, JPEG XL e7 and JPEG-LS: lossless, one frame."""
+    from bench.codecs.mvmicnet import measured_codec
+
+    codec = measured_codec()
+    pixels = frame[None, ..., None] if frame.ndim == 2 else frame[None]
+
+    def exact(threads: int) -> tuple[Callable[[], bytes], Callable[[bytes], object]]:
+        stripes = 1 if threads == 1 else threads
+        return (lambda: codec.compress_exact(pixels, fmt, 0, verify=False, stripes=stripes, threads=threads).to_bytes(),
+                lambda data: codec.decompress(Bitstream.from_bytes(data), threads=threads))
+
+    rows = [_time_codec("MVMICNet lossless", "1 thread", *exact(1), frame, repeat),
+            _time_codec("MVMICNet lossless", "2 stripes, 2 threads", *exact(2), frame, repeat)]
+    for name, label in (("JPEG XL", "lossless e7"), ("JPEG-LS", "lossless")):
+        codec_ = CODECS[name]
+        point = next(p for p in codec_.points if p.label == label)
+        rows.append(_time_codec(name, f"{label}, 1 thread", lambda c=codec_, p=point: c.encode(frame, fmt, p),
+                                lambda data, c=codec_, p=point: c.decode(data, fmt, p), frame, repeat))
+    return rows
 
 
 def _time_codec(name: str, point: str, encode: Callable[[], bytes], decode: Callable[[bytes], object],
@@ -71,4 +102,9 @@ def _table(result: dict) -> str:
     lines += [f"| {r['codec']} | {r['point']} | {r['bpp']:.3f} | {r['encode_ms']:.1f} | {r['decode_ms']:.1f} |"
               for r in result["rows"]]
     lines += ["", f"MVMICNet / OpenJPEG: encode {result['encode_ratio']:.1f}x, decode {result['decode_ratio']:.1f}x"]
+    lines += ["", "Lossless:", "", "| codec | threads | bpp | encode ms | decode ms |", "|---|---|---:|---:|---:|"]
+    lines += [f"| {r['codec']} | {r['point']} | {r['bpp']:.3f} | {r['encode_ms']:.1f} | {r['decode_ms']:.1f} |"
+              for r in result["lossless_rows"]]
+    encode, decode = result["lossless_encode_ratio_vs_jpeg_xl_e7"], result["lossless_decode_ratio_vs_jpeg_xl_e7"]
+    lines += ["", f"MVMICNet lossless (1 thread) / JPEG XL e7: encode {encode:.2f}x, decode {decode:.2f}x"]
     return "\n".join(lines)

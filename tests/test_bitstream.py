@@ -315,8 +315,8 @@ def test_construction_rejects_invalid_fields(change: dict[str, object], message:
 
 def test_layer_validation() -> None:
     assert Layer(1, 0, b"").kind is LayerKind.RESIDUAL
-    with pytest.raises(InvalidFieldError, match="unknown layer kind 3"):
-        Layer(3, 0, b"")
+    with pytest.raises(InvalidFieldError, match="unknown layer kind 4"):
+        Layer(4, 0, b"")
     with pytest.raises(InvalidFieldError, match="layer frame -1"):
         Layer(LayerKind.BASE, -1, b"")
     with pytest.raises(InvalidFieldError, match="bytes"):
