@@ -20,6 +20,7 @@ import torch
 
 from bench.codecs import CODECS, OperatingPoint, registered_codecs
 from model.bitstream import Bitstream
+from model.lossless import stream as exact_stream
 from mvmic.corpus.manifest import Manifest
 from mvmic.metrics import bits_per_pixel
 
@@ -59,15 +60,12 @@ def run_speed_benchmark(corpus_dir: Path, out_dir: Path, quality: int = 4, repea
 
 def _lossless_rows(frame, fmt, repeat: int) -> list[dict]:
     """The exact layer on one and on two threads, JPEG XL e7 and JPEG-LS: lossless, one frame."""
-    from bench.codecs.mvmicnet import measured_codec
-
-    codec = measured_codec()
     pixels = frame[None, ..., None] if frame.ndim == 2 else frame[None]
 
     def exact(threads: int) -> tuple[Callable[[], bytes], Callable[[bytes], object]]:
         stripes = 1 if threads == 1 else threads
-        return (lambda: codec.compress_exact(pixels, fmt, 0, verify=False, stripes=stripes, threads=threads).to_bytes(),
-                lambda data: codec.decompress(Bitstream.from_bytes(data), threads=threads))
+        return (lambda: exact_stream.compress(pixels, fmt, 0, verify=False, stripes=stripes, threads=threads).to_bytes(),
+                lambda data: exact_stream.decompress(Bitstream.from_bytes(data), threads=threads))
 
     rows = [_time_codec("MVMICNet lossless", "1 thread", *exact(1), frame, repeat),
             _time_codec("MVMICNet lossless", "2 stripes, 2 threads", *exact(2), frame, repeat)]

@@ -253,8 +253,19 @@ class Bitstream:
         bitstream = cls(**fields)
         if data[len(MAGIC)] == FORMAT_VERSION and any(layer.kind == LayerKind.EXACT for layer in bitstream.layers):
             raise InvalidFieldError(f"an exact layer (kind {LayerKind.EXACT.value}) in a version {FORMAT_VERSION} bitstream")
-        _check_expected(bitstream, expected_model_id, expected_fingerprint)
+        bitstream.check_made_by(expected_model_id, expected_fingerprint)
         return bitstream
+
+    def check_made_by(self, model_id: str | None = None, weights_fingerprint: bytes | None = None) -> None:
+        """Raise WeightsMismatchError, naming both sides, unless this bitstream was made by ``model_id``
+        with the weights of ``weights_fingerprint`` (None: either is accepted)."""
+        _check_expected(self, model_id, weights_fingerprint)
+
+
+def format_version(data: bytes) -> int | None:
+    """The format version byte of what looks like a .mvm (None: no MVM magic, or too short); nothing
+    else is checked."""
+    return data[len(MAGIC)] if len(data) > len(MAGIC) and data[: len(MAGIC)] == MAGIC else None
 
 
 def fingerprint(weights_sha256_hex: str) -> bytes:

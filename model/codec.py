@@ -11,9 +11,9 @@ one model serves every rate. Decoding mirrors the chain; entropy decoding depend
 only on integers, so it is exact on any machine, and the float synthesis only
 shapes the lossy reconstruction.
 
-With a maximum error tau (near-lossless 1..16, lossless 0), each frame is coded by compress_exact as
-one EXACT layer (model.lossless): pixel-domain prediction and adaptive binary range coding, no base
-layer, no weights; analysis of such a stream reads the decoded frame's bands at EXACT_ANALYSIS_CODE.
+Lossless and near-lossless streams are exact streams (model.lossless.stream): no base layer, no
+weights. This codec decodes them too, and its analysis reads the decoded frame's bands at
+EXACT_ANALYSIS_CODE.
 
 Streams of the first lossless design still decode: a base layer plus a residual layer
 (model.residual) against the base reconstructed in integers (model.exact_base); compress_pixels
@@ -50,9 +50,16 @@ from model.bitstream import (
 )
 from model.colour import from_planes, to_planes
 from model.context_model import SubbandContextModel
+from model.errors import (
+    CodecInputError,
+    check_bound,
+    check_codeable,
+    check_frame_size,
+)
 from model.exact_base import BandStepsFixed, exact_plane
 from model.lifting import Subbands, analysis, max_levels, synthesis, zero_subbands
-from model.lossless import layer as exact_layer
+from model.lossless import stream as exact_stream
+from model.quality import MAX_CODE, MIN_CODE, QUALITY_CODES
 from model.residual import MAX_ERROR, PlaneContext, ResidualContextModel, quantize_residual
 from model.subbands import dequantize, quantize
 from mvmic.pixels import NativeImage, PixelFormat
@@ -60,24 +67,10 @@ from mvmic.pixels import NativeImage, PixelFormat
 MODEL_ID = "mvmicnet-w97-v2"
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / f"{MODEL_ID}.pt"
 MAX_LEVELS = 5
-# --quality 1..8 (1 = smallest) -> quality code; spans about 0.02 to 1 bit per pixel on 12-bit CT/MR.
-QUALITY_CODES = {1: 12, 2: 20, 3: 28, 4: 36, 5: 44, 6: 52, 7: 60, 8: 70}
-MIN_CODE, MAX_CODE = 4, 120  # the range the entropy model was trained on (train.CODE_RANGE) and a margin
-MAX_SAMPLES_PER_FRAME = 1 << 26  # a forged header must not make the decoder allocate without bound
-CODEABLE_PHOTOMETRICS = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL"}
 ANCHOR_SAMPLE = 1  # colour residuals: green (or Cb) first, red and blue relative to it
-# The quality code an exact stream (lossless, near-lossless) declares: its analysis quantises the decoded
-# frame's wavelet bands at this code, the finest the task heads were trained on (tasks.train).
+# The analysis of an exact stream (lossless, near-lossless) quantises the decoded frame's wavelet bands at
+# this code, the finest the task heads were trained on (tasks.train).
 EXACT_ANALYSIS_CODE = QUALITY_CODES[8]
-
-
-class CodecInputError(ValueError):
-    """The image cannot be coded by MVMICNet; the message says why."""
-
-
-class BoundViolationError(RuntimeError):
-    """The encoder's own decoding of a residual layer broke the promised maximum error: a bug,
-    reported instead of returning a bitstream that does not keep its promise."""
 
 
 @dataclass(frozen=True)
@@ -133,7 +126,7 @@ class MvmicCodec:
         """Code stored values shaped (frames, rows, columns, samples) at quality code ``code``; with
         ``max_error`` (0 lossless, 1..16 near-lossless) add residual layers that bound every sample's
         error, and (``verify``) decode them to check the bound before returning."""
-        _check_codeable(pixels, fmt)
+        check_codeable(pixels, fmt)
         if not MIN_CODE <= code <= MAX_CODE:
             raise CodecInputError(f"quality code {code} out of range {MIN_CODE}..{MAX_CODE}")
         if max_error is not None:
@@ -153,29 +146,6 @@ class MvmicCodec:
             layers=tuple(layers),
         )
         if max_error is not None and verify:
-            self.check_bound(pixels, stream, max_error)
-        return stream
-
-    def compress_exact(self, pixels: np.ndarray, fmt: PixelFormat, max_error: int, verify: bool = True,
-                       stripes: int | None = None, threads: int = 1) -> Bitstream:
-        """Code stored values (frames, rows, columns, samples) with every sample within ``max_error``
-        (0 lossless, 1..16 near-lossless): one EXACT layer per frame (model.lossless.layer), no base
-        layer and no weights involved. ``verify`` decodes the result and raises BoundViolationError if
-        any sample is off by more than ``max_error``."""
-        _check_codeable(pixels, fmt, minimum=1)
-        if not 0 <= max_error <= MAX_ERROR:
-            raise CodecInputError(f"maximum error {max_error} out of range 0 (lossless)..{MAX_ERROR}")
-        layers = tuple(Layer(LayerKind.EXACT, index,
-                             exact_layer.encode_frame(pixels[index], fmt, max_error, stripes, threads))
-                       for index in range(pixels.shape[0]))
-        stream = Bitstream(
-            model_id=self.model_id, weights_fingerprint=fingerprint(self.weights.sha256),
-            rows=pixels.shape[1], columns=pixels.shape[2], frames=pixels.shape[0],
-            samples_per_pixel=fmt.samples_per_pixel, bits_stored=fmt.bits_stored, signed=fmt.signed,
-            photometric=fmt.photometric, offset=_offset(fmt), scale_log2=fmt.bits_stored,
-            quality=EXACT_ANALYSIS_CODE, layers=layers,
-        )
-        if verify:
             self.check_bound(pixels, stream, max_error)
         return stream
 
@@ -216,26 +186,20 @@ class MvmicCodec:
 
     def check_bound(self, pixels: np.ndarray, stream: Bitstream, max_error: int) -> None:
         """Decode ``stream`` and raise BoundViolationError unless every sample is within ``max_error``."""
-        decoded = self.decompress(stream).astype(np.int64)
-        worst = int(np.abs(decoded - pixels.astype(np.int64)).max())
-        if worst > max_error:
-            raise BoundViolationError(f"the bitstream decodes with a maximum error of {worst}, "
-                                      f"above the promised {max_error}: bitstream withheld")
+        check_bound(pixels, self.decompress(stream), max_error)
 
     # -- decoding -----------------------------------------------------------------------------------
     def decompress(self, stream: Bitstream, threads: int = 1) -> np.ndarray:
-        """Stored values, (frames, rows, columns, samples), in the image's own dtype: a frame's exact
-        layer where it has one, else its base plus its residual layer (every sample within its maximum
-        error) where it has one, else its base."""
+        """Stored values, (frames, rows, columns, samples), in the image's own dtype: an exact stream's
+        frames (model.lossless.stream), else each frame's base plus its residual layer (every sample
+        within its maximum error) where it has one, else its base."""
+        if exact_stream.is_exact(stream):
+            return exact_stream.decompress(stream, threads)
         _check_decodable(stream)
         fmt = stream.pixel_format
-        exact = {layer.frame: layer for layer in stream.layers if layer.kind == LayerKind.EXACT}
-        if exact:
-            return np.stack([exact_layer.decode_frame(layer.payload, stream.rows, stream.columns, fmt, threads)
-                             for layer in _layers_of(stream, LayerKind.EXACT)])
         residuals = {layer.frame: layer for layer in stream.layers if layer.kind == LayerKind.RESIDUAL}
         frames = []
-        for layer in _layers_of(stream, LayerKind.BASE):
+        for layer in _base_layers(stream):
             if layer.frame in residuals:
                 frames.append(self._decode_with_residual(layer.payload, residuals[layer.frame].payload, stream))
             else:
@@ -284,20 +248,20 @@ class MvmicCodec:
         """Partial decoding for analysis: per frame, the low band ``skipped_levels`` levels above
         full resolution, (1, 1, H', W') in normalised units, from the first plane (luma for colour).
         The skipped finest levels are not even entropy decoded."""
-        _check_decodable(stream)
         levels = _levels(stream.rows, stream.columns)
         if levels < skipped_levels:
             raise ValueError(f"a {stream.rows} x {stream.columns} image has {levels} wavelet levels, "
                              f"too few to skip {skipped_levels}")
-        if any(layer.kind == LayerKind.EXACT for layer in stream.layers):
+        if exact_stream.is_exact(stream):
             # An exact stream has no base layer: its frames decode in milliseconds, and their bands,
-            # quantised at the stream's code, are what the heads read from a base layer.
-            return [coarse_reconstruction(self.quantized_planes(frame, stream.pixel_format, stream.quality)[0],
-                                          stream.quality, skipped_levels, self.scales)
-                    for frame in self.decompress(stream)]
+            # quantised at EXACT_ANALYSIS_CODE, are what the heads read from a base layer.
+            return [coarse_reconstruction(self.quantized_planes(frame, stream.pixel_format, EXACT_ANALYSIS_CODE)[0],
+                                          EXACT_ANALYSIS_CODE, skipped_levels, self.scales)
+                    for frame in exact_stream.decompress(stream)]
+        _check_decodable(stream)
         shapes = zero_subbands(stream.rows, stream.columns, levels)
         coarse = []
-        for layer in _layers_of(stream, LayerKind.BASE):
+        for layer in _base_layers(stream):
             bands = self.context.decode(unpack_payloads(layer.payload)[0], shapes, stream.quality,
                                         levels=levels - skipped_levels)
             coarse.append(coarse_reconstruction(bands, stream.quality, skipped_levels, self.scales))
@@ -367,9 +331,8 @@ def plane_context(base: np.ndarray, sample: int, fmt: PixelFormat, code: int, ma
 def max_error_of(stream: Bitstream) -> int | None:
     """The error bound a bitstream guarantees for all its frames: None for lossy (some frame has no
     exact or residual layer), 0 for lossless."""
-    exact = [layer for layer in stream.layers if layer.kind == LayerKind.EXACT]
-    if exact:
-        return max(exact_layer.layer_max_error(layer.payload) for layer in exact)
+    if exact_stream.is_exact(stream):
+        return exact_stream.max_error(stream)
     residuals = {layer.frame: layer for layer in stream.layers if layer.kind == LayerKind.RESIDUAL}
     if len(residuals) < stream.frames:
         return None
@@ -393,21 +356,10 @@ def coarse_reconstruction(bands: Subbands, code: int, skipped_levels: int,
     return synthesis(Subbands(coefficients.low, coefficients.details[:kept]))
 
 
-def _check_codeable(pixels: np.ndarray, fmt: PixelFormat, minimum: int = 2) -> None:
-    if fmt.photometric not in CODEABLE_PHOTOMETRICS:
-        raise CodecInputError(f"PhotometricInterpretation {fmt.photometric} cannot be coded lossily "
-                              f"(supported: {', '.join(sorted(CODEABLE_PHOTOMETRICS))})")
-    rows, columns = pixels.shape[1:3]
-    if min(rows, columns) < minimum:
-        raise CodecInputError(f"image of {rows} x {columns} pixels is too small (at least {minimum} x {minimum})")
-
-
 def _check_decodable(stream: Bitstream) -> None:
     if not MIN_CODE <= stream.quality <= MAX_CODE:
         raise ValueError(f"quality code {stream.quality} out of range {MIN_CODE}..{MAX_CODE}")
-    if stream.rows * stream.columns * stream.samples_per_pixel > MAX_SAMPLES_PER_FRAME:
-        raise ValueError(f"frames of {stream.rows} x {stream.columns} x {stream.samples_per_pixel} "
-                         f"exceed this decoder's limit of {MAX_SAMPLES_PER_FRAME} samples")
+    check_frame_size(stream.rows, stream.columns, stream.samples_per_pixel)
 
 
 def _levels(rows: int, columns: int) -> int:
@@ -428,12 +380,10 @@ def normalised_planes(frame: np.ndarray, fmt: PixelFormat) -> list[np.ndarray]:
     return [(plane - plane_offset(fmt, index)) / 2.0**fmt.bits_stored for index, plane in enumerate(to_planes(frame, fmt))]
 
 
-def _layers_of(stream: Bitstream, kind: LayerKind) -> list[Layer]:
-    """One layer of ``kind`` per frame, in frame order."""
-    layers = {layer.frame: layer for layer in stream.layers if layer.kind == kind}
+def _base_layers(stream: Bitstream) -> list[Layer]:
+    layers = {layer.frame: layer for layer in stream.layers if layer.kind == LayerKind.BASE}
     missing = [f for f in range(stream.frames) if f not in layers]
     if missing:
-        name = "exact" if kind == LayerKind.EXACT else "base"
-        raise ValueError(f"bitstream has no {name} layer for frame(s) {missing}")
+        raise ValueError(f"bitstream has no base layer for frame(s) {missing}")
     return [layers[f] for f in range(stream.frames)]
 

@@ -4,7 +4,7 @@
     --target-bpp B   largest code whose bitstream has at most B bits per pixel
     --target-psnr P  smallest code whose reconstruction reaches P dB (native peak)
     --max-error T    (near-lossless, lossless) no code: the exact layer codes the pixels
-                     themselves (MvmicCodec.compress_exact)
+                     themselves (model.lossless.stream)
 
 Rate and PSNR grow with the code, so both targets are found by bisection over the
 integer codes, encoding (and for PSNR decoding) once per probe.
@@ -14,21 +14,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from model.bitstream import Bitstream, Layer
-from model.codec import MAX_CODE, MIN_CODE, QUALITY_CODES, MvmicCodec
+from model.lossless import stream as exact_stream
+from model.quality import MAX_CODE, MIN_CODE, QUALITY_CODES
 from mvmic.metrics import psnr
 from mvmic.pixels import PixelFormat
 
+if TYPE_CHECKING:  # the codec (and torch) load only where a lossy stream is made
+    from model.codec import MvmicCodec
 
-def compress_at(codec: MvmicCodec, pixels: np.ndarray, fmt: PixelFormat, quality: int | None = None,
+
+def compress_at(codec: MvmicCodec | None, pixels: np.ndarray, fmt: PixelFormat, quality: int | None = None,
                 target_bpp: float | None = None, target_psnr: float | None = None,
                 extra_layers: tuple[Layer, ...] = (), max_error: int | None = None, verify: bool = True) -> Bitstream:
     """At most one of ``quality``, ``target_bpp``, ``target_psnr`` (default: quality 4). With
-    ``max_error`` (0 lossless, 1..16 near-lossless) and none of them, exact layers bound the error and
-    ``verify`` decodes the result to check the bound.
+    ``max_error`` (0 lossless, 1..16 near-lossless) and none of them, an exact stream bounds the error
+    (model.lossless.stream: ``codec`` is not used and may be None) and ``verify`` decodes the result to
+    check the bound.
 
     ``extra_layers`` (e.g. the DICOM header) are appended, and count against a rate target.
     """
@@ -36,19 +42,15 @@ def compress_at(codec: MvmicCodec, pixels: np.ndarray, fmt: PixelFormat, quality
                                        ("target_psnr", target_psnr)) if value is not None]
     if len(chosen) > 1:
         raise ValueError(f"give one of quality, target bpp or target PSNR, not {' and '.join(chosen)}")
-    if max_error is not None and (target_bpp is not None or target_psnr is not None):
-        raise ValueError("a target bpp or PSNR does not apply with a maximum error: the error bound sets the "
-                         "quality (give --quality to choose the base layer instead)")
+    if max_error is not None:
+        if chosen:
+            raise ValueError(f"a {chosen[0].replace('_', ' ')} does not apply with a maximum error: lossless and "
+                             f"near-lossless streams have no base layer (the exact layer codes the pixels themselves)")
+        stream = exact_stream.compress(pixels, fmt, max_error, verify)
+        return replace(stream, layers=(*stream.layers, *extra_layers))
 
     def encode(code: int) -> Bitstream:
         stream = codec.compress_pixels(pixels, fmt, code)
-        return replace(stream, layers=(*stream.layers, *extra_layers))
-
-    if max_error is not None:
-        if quality is not None:
-            raise ValueError("a quality does not apply with a maximum error: lossless and near-lossless streams "
-                             "have no base layer (the exact layer codes the pixels themselves)")
-        stream = codec.compress_exact(pixels, fmt, max_error, verify)
         return replace(stream, layers=(*stream.layers, *extra_layers))
 
     if target_bpp is not None:

@@ -243,7 +243,8 @@ def _compress(args: argparse.Namespace) -> int:
     from mvmic.transcode import dicom_to_mvm, error_bound
 
     max_error = error_bound(args.mode, args.max_error)
-    codec = _load_codec(args.weights)
+    # lossless and near-lossless streams are made without the codec's weights: load them only if needed
+    codec = _load_codec(args.weights) if max_error is None or args.analysis else None
     result = dicom_to_mvm(args.source, codec, args.quality, args.target_bpp, args.target_psnr, max_error,
                           args.verify)
     args.target.write_bytes(result.data)
@@ -277,9 +278,10 @@ def _write_analysis(data: bytes, codec, heads: Path | None, target: Path | None)
 
 
 def _decompress(args: argparse.Namespace) -> int:
-    from mvmic.transcode import mvm_to_dicom
+    from mvmic.transcode import mvm_to_dicom, needs_weights
 
-    dataset = mvm_to_dicom(args.source.read_bytes(), _load_codec(args.weights))
+    data = args.source.read_bytes()
+    dataset = mvm_to_dicom(data, _load_codec(args.weights) if needs_weights(data) else None)
     dataset.save_as(args.target, enforce_file_format=True)
     print(f"{args.target}: {dataset.Rows} x {dataset.Columns}, SOP Instance UID {dataset.SOPInstanceUID}")
     return 0

@@ -1,9 +1,10 @@
 """DICOM <-> .mvm: what `mvmic compress` / `mvmic decompress` (and the service) do.
 
-    DICOM --read_dicom--> NativeImage --compress_at--> Bitstream (base layers)
-          + the header without Pixel Data, deflated, as a DICOM_HEADER layer --> .mvm
+    DICOM --read_dicom--> NativeImage --compress_at--> Bitstream (base layers; lossless and
+          near-lossless: an exact stream, made without the codec) + the header without Pixel
+          Data, deflated, as a DICOM_HEADER layer --> .mvm
 
-    .mvm --Bitstream.from_bytes(this model, these weights)--> decompress --> pixels
+    .mvm --Bitstream.from_bytes(this model, these weights; an exact stream: any)--> decompress --> pixels
           + DICOM_HEADER layer --> DICOM (Explicit VR Little Endian):
             lossless: the source's header as it was (same SOP Instance UID, nothing marked lossy);
             lossy and near-lossless: lossy_derivative (new UID, LossyImageCompression, ratio, method)
@@ -22,19 +23,31 @@ import copy
 import io
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_fragments
 from pydicom.uid import UID
 
-from model.bitstream import Bitstream, Layer, LayerKind, TrailingDataError, fingerprint
-from model.codec import MvmicCodec, max_error_of
+from model.bitstream import (
+    EXACT_FORMAT_VERSION,
+    Bitstream,
+    Layer,
+    LayerKind,
+    TrailingDataError,
+    fingerprint,
+    format_version,
+)
+from model.lossless import stream as exact_stream
+from model.lossless.layer import MAX_ERROR
 from model.rate_control import compress_at
-from model.residual import MAX_ERROR
-from model.tasks.analysis import Analyzer, FrameAnalysis
 from mvmic.derivative import lossy_derivative
 from mvmic.pixels import DicomSource, NativeImage, header_bytes, read_dicom, to_dataset
+
+if TYPE_CHECKING:  # the codec and the heads (and torch) load only where a stream needs them
+    from model.codec import MvmicCodec
+    from model.tasks.analysis import Analyzer, FrameAnalysis
 
 METHOD = "MVMICNET"
 # Private transfer syntax (a UUID-derived 2.25 UID): Pixel Data holds one .mvm bitstream, padded to
@@ -69,7 +82,7 @@ class Compressed:
     header: Dataset  # the source instance without its Pixel Data
 
 
-def dicom_to_mvm(source: DicomSource, codec: MvmicCodec, quality: int | None = None,
+def dicom_to_mvm(source: DicomSource, codec: MvmicCodec | None, quality: int | None = None,
                  target_bpp: float | None = None, target_psnr: float | None = None,
                  max_error: int | None = None, verify: bool = True) -> Compressed:
     image = read_dicom(source)
@@ -82,19 +95,20 @@ def dicom_to_mvm(source: DicomSource, codec: MvmicCodec, quality: int | None = N
     return Compressed(data, 8 * len(data) / pixels, raw_bytes / len(data), stream.quality, max_error, image.header)
 
 
-def mvm_to_dicom(data: bytes, codec: MvmicCodec) -> Dataset:
+def mvm_to_dicom(data: bytes, codec: MvmicCodec | None) -> Dataset:
+    """The DICOM instance of a .mvm; ``codec`` may be None for an exact stream (needs_weights)."""
     stream = parse_for(data, codec)
-    pixels = codec.decompress(stream)
+    pixels = _decompress(stream, codec)
     source = _source_header(stream)
     ratio = pixels.size * source.BitsAllocated / 8 / len(data)
-    return _with_pixels(_decoded_header(stream, source, ratio, codec), pixels, stream)
+    return _with_pixels(_decoded_header(stream, source, ratio), pixels, stream)
 
 
-def mvm_instance(compressed: Compressed, codec: MvmicCodec) -> bytes:
+def mvm_instance(compressed: Compressed, codec: MvmicCodec | None) -> bytes:
     """The DICOM instance that stores ``compressed``: its header as decoding would give it (lossless: the
     original), Pixel Data the encapsulated .mvm under MVM_TRANSFER_SYNTAX."""
     stream = parse_for(compressed.data, codec)
-    dataset = _decoded_header(stream, _source_header(stream), compressed.ratio, codec)  # a fresh object
+    dataset = _decoded_header(stream, _source_header(stream), compressed.ratio)  # a fresh object
     dataset.PixelData = encapsulate([compressed.data + b"\x00" * (len(compressed.data) % 2)], has_bot=False)
     dataset["PixelData"].VR = "OB"
     dataset["PixelData"].is_undefined_length = True
@@ -104,13 +118,13 @@ def mvm_instance(compressed: Compressed, codec: MvmicCodec) -> bytes:
     return buffer.getvalue()
 
 
-def instance_to_dicom(dataset: Dataset, codec: MvmicCodec) -> Dataset:
+def instance_to_dicom(dataset: Dataset, codec: MvmicCodec | None) -> Dataset:
     """An instance made by mvm_instance, decoded: the same header (and SOP Instance UID), Explicit VR
     Little Endian pixels."""
     stream = parse_for(bitstream_of_instance(dataset), codec)
     header = copy.deepcopy(dataset)
     del header.PixelData
-    return _with_pixels(header, codec.decompress(stream), stream)
+    return _with_pixels(header, _decompress(stream, codec), stream)
 
 
 def bitstream_of_instance(dataset: Dataset) -> bytes:
@@ -128,14 +142,25 @@ def bitstream_of_instance(dataset: Dataset) -> bytes:
     return data
 
 
-def _decoded_header(stream: Bitstream, source: Dataset, ratio: float, codec: MvmicCodec) -> Dataset:
+def _decompress(stream: Bitstream, codec: MvmicCodec | None):
+    """Stored values (frames, rows, columns, samples) of a stream checked by parse_for (which let ``codec``
+    be None only for an exact stream)."""
+    return exact_stream.decompress(stream) if exact_stream.is_exact(stream) else codec.decompress(stream)
+
+
+def _decoded_header(stream: Bitstream, source: Dataset, ratio: float) -> Dataset:
     """The header of the decoded image: the source's own for lossless, else a lossy derivative's."""
-    max_error = max_error_of(stream)
+    if not exact_stream.is_exact(stream):  # lossy, or a stream of the first lossless design
+        from model.codec import max_error_of  # loaded already: parse_for needed the codec
+
+        max_error = max_error_of(stream)
+    else:
+        max_error = exact_stream.max_error(stream)
     if max_error == 0:
         return source  # the original instance, pixel for pixel: same UID, not a derivative
-    kind = "Lossy" if max_error is None else f"Near-lossless (maximum error {max_error})"
-    return lossy_derivative(source, ratio, METHOD, f"{kind} compression with {codec.model_id}, "
-                                                   f"quality code {stream.quality}")
+    coded = f"quality code {stream.quality}" if max_error is None else f"maximum error {max_error}"
+    kind = "Lossy" if max_error is None else "Near-lossless"
+    return lossy_derivative(source, ratio, METHOD, f"{kind} compression with {stream.model_id}, {coded}")
 
 
 def _with_pixels(header: Dataset, pixels, stream: Bitstream) -> Dataset:
@@ -153,10 +178,22 @@ def analysis_document(stream: Bitstream, frames: list[FrameAnalysis]) -> dict:
             "quality_code": stream.quality, "frames": [frame.to_json() for frame in frames]}
 
 
-def parse_for(data: bytes, codec: MvmicCodec) -> Bitstream:
-    """A bitstream checked to come from ``codec``'s model and weights."""
-    return Bitstream.from_bytes(data, expected_model_id=codec.model_id,
-                                expected_fingerprint=fingerprint(codec.weights.sha256))
+def parse_for(data: bytes, codec: MvmicCodec | None) -> Bitstream:
+    """A bitstream checked to come from ``codec``'s model and weights. An exact stream needs neither
+    (it decodes without weights), and is the only kind that ``codec`` None accepts."""
+    stream = Bitstream.from_bytes(data)
+    if exact_stream.is_exact(stream):
+        return stream
+    if codec is None:
+        raise ValueError(f"a bitstream of model {stream.model_id} needs that model's weights to decode")
+    stream.check_made_by(codec.model_id, fingerprint(codec.weights.sha256))
+    return stream
+
+
+def needs_weights(data: bytes) -> bool:
+    """Whether decoding ``data`` needs the codec's weights: every .mvm but an exact stream (format version 2).
+    Judged from the version byte alone; parse_for checks the rest."""
+    return format_version(data) != EXACT_FORMAT_VERSION
 
 
 def _source_header(stream: Bitstream) -> Dataset:

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
 from model.bitstream import BitstreamError, WeightsMismatchError
-from model.codec import CodecInputError
+from model.errors import CodecInputError
 from mvmic.pixels import DicomInputError, UnsupportedPixelFormatError
 
 log = logging.getLogger("mvmic.service")

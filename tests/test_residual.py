@@ -25,14 +25,8 @@ from model.bitstream import (
     unpack_integers,
     unpack_payloads,
 )
-from model.codec import (
-    DEFAULT_WEIGHTS,
-    QUALITY_CODES,
-    BoundViolationError,
-    CodecInputError,
-    MvmicCodec,
-    max_error_of,
-)
+from model.codec import DEFAULT_WEIGHTS, QUALITY_CODES, MvmicCodec, max_error_of
+from model.errors import BoundViolationError, CodecInputError
 from model.exact_base import BandStepsFixed
 from model.rate_control import compress_at
 from model.residual import LOG_STEPS_PER_OCTAVE, MAX_ERROR, integer_log, quantize_residual

@@ -2,8 +2,8 @@
 MVMIC_BENCH_WEIGHTS environment variable, which worker processes inherit).
 
     MVMICNet            the base layer alone at each --quality point
-    MVMICNet lossless   the exact layer (model.lossless): lossless and near-lossless (max error 1, 2, 4),
-                        as `mvmic compress --mode ...` writes it, one thread
+    MVMICNet lossless   the exact stream (model.lossless, no weights): lossless and near-lossless
+                        (max error 1, 2, 4), as `mvmic compress --mode ...` writes it, one thread
 
 The bytes counted are the whole single-frame .mvm bitstream (header, payload, CRC),
 as JPEG 2000's are its whole codestream. The lossless codec's encode time leaves out the
@@ -23,7 +23,7 @@ import numpy as np
 from bench.codecs import Codec, OperatingPoint, register
 from model.bitstream import Bitstream
 from model.codec import DEFAULT_WEIGHTS, QUALITY_CODES, MvmicCodec
-from model.rate_control import compress_at
+from model.lossless import stream as exact_stream
 from mvmic.pixels import PixelFormat
 
 WEIGHTS_VARIABLE = "MVMIC_BENCH_WEIGHTS"
@@ -65,10 +65,10 @@ class MvmicNetLossless(Codec):
               *(OperatingPoint(f"max error {bound}", param=bound, max_error=bound) for bound in (1, 2, 4)))
 
     def encode(self, frame: np.ndarray, fmt: PixelFormat, point: OperatingPoint) -> bytes:
-        return compress_at(measured_codec(), _pixels(frame), fmt, max_error=point.param, verify=False).to_bytes()
+        return exact_stream.compress(_pixels(frame), fmt, point.param, verify=False).to_bytes()
 
     def decode(self, data: bytes, fmt: PixelFormat, point: OperatingPoint) -> np.ndarray:
-        return _frame(measured_codec().decompress(Bitstream.from_bytes(data)), fmt)
+        return _frame(exact_stream.decompress(Bitstream.from_bytes(data)), fmt)
 
 
 def record_test_metrics(summary: list[dict], bd: list[dict], command: str) -> list[Path]:

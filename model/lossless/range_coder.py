@@ -32,7 +32,7 @@ MAX_COUNT = 1023
 def _squash_table() -> np.ndarray:
     """4096 / (1 + exp(-x / 256)) for x in -2047..2047, rounded, in 1..4095: computed with decimal
     arithmetic, so the table is the same integers on every machine."""
-    getcontext().prec = 30
+    getcontext().prec = 20
     values = [int((Decimal(4096) / (1 + (Decimal(-x) / 256).exp())).to_integral_value(ROUND_HALF_EVEN))
               for x in range(-2047, 2048)]
     return np.clip(np.array(values, dtype=np.int64), 1, 4095)

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from model.codec import BoundViolationError, CodecInputError, MvmicCodec
+from model.codec import MvmicCodec
+from model.errors import BoundViolationError, CodecInputError
 from model.tasks.analysis import Analyzer
 from mvmic.pacs.analysis_objects import measurement_report, segmentation
 from mvmic.pixels import DicomInputError, UnsupportedPixelFormatError, read_dataset

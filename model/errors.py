@@ -1,0 +1,49 @@
+"""What the codecs refuse, and the bound check they share (no torch: the exact layer uses it too).
+
+    CodecInputError       the image cannot be coded (photometric interpretation, size): HTTP 415
+    BoundViolationError   an encoder's own decoding broke its promised maximum error: a bug, reported
+                          instead of returning a bitstream that does not keep its promise
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mvmic.pixels import PixelFormat
+
+CODEABLE_PHOTOMETRICS = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL"}
+MAX_SAMPLES_PER_FRAME = 1 << 26  # a forged header must not make a decoder allocate without bound
+
+
+class CodecInputError(ValueError):
+    """The image cannot be coded by MVMICNet; the message says why."""
+
+
+class BoundViolationError(RuntimeError):
+    """The encoder's own decoding of a bitstream broke the promised maximum error."""
+
+
+def check_codeable(pixels: np.ndarray, fmt: PixelFormat, minimum: int = 2) -> None:
+    """Raise CodecInputError unless ``pixels`` (frames, rows, columns, samples) of ``fmt`` can be coded:
+    a supported photometric interpretation and at least ``minimum`` rows and columns."""
+    if fmt.photometric not in CODEABLE_PHOTOMETRICS:
+        raise CodecInputError(f"PhotometricInterpretation {fmt.photometric} cannot be coded lossily "
+                              f"(supported: {', '.join(sorted(CODEABLE_PHOTOMETRICS))})")
+    rows, columns = pixels.shape[1:3]
+    if min(rows, columns) < minimum:
+        raise CodecInputError(f"image of {rows} x {columns} pixels is too small (at least {minimum} x {minimum})")
+
+
+def check_bound(pixels: np.ndarray, decoded: np.ndarray, max_error: int) -> None:
+    """Raise BoundViolationError unless every decoded sample is within ``max_error`` of ``pixels``."""
+    worst = int(np.abs(decoded.astype(np.int64) - pixels.astype(np.int64)).max())
+    if worst > max_error:
+        raise BoundViolationError(f"the bitstream decodes with a maximum error of {worst}, "
+                                  f"above the promised {max_error}: bitstream withheld")
+
+
+def check_frame_size(rows: int, columns: int, samples: int) -> None:
+    """Raise ValueError for frames larger than any decoder here allocates (MAX_SAMPLES_PER_FRAME)."""
+    if rows * columns * samples > MAX_SAMPLES_PER_FRAME:
+        raise ValueError(f"frames of {rows} x {columns} x {samples} exceed this decoder's limit of "
+                         f"{MAX_SAMPLES_PER_FRAME} samples")
