@@ -5,7 +5,7 @@
                its own bound)--> int32 planes of values 0..max
       --enc_least_squares: per plane, 24 gradient classes of 18-tap integer predictors (side information)
       --rows cut into independent stripes (each coded alone, so stripes decode on parallel threads)
-      --plane_coder.code_plane (prediction blend, contexts, adaptive binary range coding)--> bytes
+      --plane_coder.encode_plane (prediction blend, contexts, adaptive binary range coding)--> bytes
 
 Payload of an EXACT layer (model.bitstream.pack_payloads / pack_integers):
 
@@ -27,7 +27,7 @@ import numpy as np
 
 from model.bitstream import pack_integers, pack_payloads, unpack_integers, unpack_payloads
 from model.lossless.enc_least_squares import LS_CLASSES, fit_predictors
-from model.lossless.plane_coder import LS_TAPS, code_plane
+from model.lossless.plane_coder import LS_TAPS, check_compiled_kernels, decode_plane, encode_plane
 from mvmic.pixels import PixelFormat
 
 LAYER_VERSION = 1
@@ -63,7 +63,7 @@ def _code(plane: np.ndarray, max_value: int, tau: int, coefficients: np.ndarray)
     while True:
         data = np.zeros(size, dtype=np.uint8)
         work = plane.copy()
-        used = code_plane(work, max_value, tau, data, False, coefficients)
+        used = encode_plane(work, max_value, tau, data, coefficients)
         if used <= size:
             plane[...] = work
             return data[:used].tobytes()
@@ -72,7 +72,7 @@ def _code(plane: np.ndarray, max_value: int, tau: int, coefficients: np.ndarray)
 
 def _decode(data: bytes, shape: tuple[int, int], max_value: int, tau: int, coefficients: np.ndarray) -> np.ndarray:
     plane = np.zeros(shape, dtype=np.int32)
-    code_plane(plane, max_value, tau, np.frombuffer(bytearray(data), dtype=np.uint8), True, coefficients)
+    decode_plane(plane, max_value, tau, np.frombuffer(bytearray(data), dtype=np.uint8), coefficients)
     return plane
 
 
@@ -83,6 +83,7 @@ def encode_frame(frame: np.ndarray, fmt: PixelFormat, max_error: int, stripes: i
     ``threads`` threads (the bytes do not depend on the thread count)."""
     if not 0 <= max_error <= MAX_ERROR:
         raise ValueError(f"maximum error {max_error} out of range 0 (lossless)..{MAX_ERROR}")
+    check_compiled_kernels()
     rows = frame.shape[0]
     stripes = default_stripes(rows) if stripes is None else stripes
     if not 1 <= stripes <= min(MAX_STRIPES, rows):
@@ -129,6 +130,7 @@ def layer_max_error(payload: bytes) -> int:
 
 def decode_frame(payload: bytes, rows: int, columns: int, fmt: PixelFormat, threads: int = 1) -> np.ndarray:
     """Stored values (rows, columns, samples) in ``fmt.dtype`` from an EXACT layer payload."""
+    check_compiled_kernels()
     try:
         parts = unpack_payloads(payload)
     except ValueError as exc:

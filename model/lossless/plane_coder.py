@@ -20,15 +20,18 @@
           the least-squares predictor it cost 0.5 %.)
 
 Everything is integer arithmetic, so the decoder repeats the encoder's every step on every machine.
-One kernel codes in both directions (``decoding``), the encoder and the decoder cannot diverge.
+One body codes in both directions (encode_plane, decode_plane), so the encoder and the decoder cannot diverge.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+
 import numpy as np
 from numba import njit
 
-from model.lossless.range_coder import finish, mixed_bit, new_mixers, new_models, new_state
+from model.lossless.range_coder import finish, mixed_bit, new_mixers, new_models, start
 
 PREDICTORS = 6
 LS_WEIGHT_SHIFT = 4
@@ -147,17 +150,28 @@ def _sign3(value):
     return 0 if value == 0 else (1 if value > 0 else 2)
 
 
-@njit(nogil=True, cache=True)
-def code_plane(plane, max_value, tau, data, decoding, ls_coefficients):
-    """Code ``plane`` (H, W) int32, values 0..max_value, into ``data`` (uint8), or decode it from there.
+@njit(nogil=True, cache=True, error_model="numpy")
+def encode_plane(plane, max_value, tau, data, ls_coefficients):
+    """Code ``plane`` (H, W) int32, values 0..max_value, with every sample within ``tau``, into ``data``
+    (uint8) with the least-squares predictors ``ls_coefficients`` (classes, LS_TAPS) int64. Returns the
+    bytes the stream needs (more than ``data.size``: it did not fit, ``data`` is incomplete); ``plane``
+    becomes the reconstruction (the samples themselves when tau = 0)."""
+    return _code_plane(plane, max_value, tau, data, False, ls_coefficients)
 
-    Encoding: ``plane`` holds the samples; returns the bytes the stream needs (more than
-    ``data.size`` means it did not fit and ``data`` is incomplete); ``plane`` is overwritten with the
-    reconstruction (the samples themselves when tau = 0). Decoding: ``plane`` receives the samples.
-    """
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def decode_plane(plane, max_value, tau, data, ls_coefficients):
+    """Inverse of encode_plane: ``plane`` (H, W) int32 receives the samples decoded from ``data``."""
+    return _code_plane(plane, max_value, tau, data, True, ls_coefficients)
+
+
+@njit(inline="always")
+def _code_plane(plane, max_value, tau, data, decoding, ls_coefficients):
+    """Both directions in one body, so that they cannot diverge; ``decoding`` is a constant in each
+    caller, so the compiler keeps only one direction's branches."""
     height, width = plane.shape
     step = 2 * tau + 1
-    state = new_state(data, decoding)
+    coder = start(data, decoding)
     models = new_models(2 * MODEL_COUNT)
     # Errors of the last two rows: the blend's signed error (1/8 units) and each sub-predictor's |error|.
     blend_error = np.zeros((2, width + 2), dtype=np.int64)
@@ -250,9 +264,13 @@ def code_plane(plane, max_value, tau, data, decoding, ls_coefficients):
             if (te_w ^ te_n) >= 0 and (te_n ^ te_ne) >= 0:  # the neighbours' errors agree: trust the extremes less
                 prediction8 = max(low << 3, min(high << 3, prediction8))
             # activity of the blend's errors around the sample
-            activity = (2 * (abs(te_n) + abs(te_w)) + abs(te_nw) + abs(te_ne) + abs(te_ww)) // step
+            activity = 2 * (abs(te_n) + abs(te_w)) + abs(te_nw) + abs(te_ne) + abs(te_ww)
+            texture = ((dh + dv) << 2) + (abs(predictions[5] - predictions[4]) >> 1)
+            if step > 1:  # near-lossless: activity in units of the quantiser's width
+                activity //= step
+                texture //= step
             context = _activity_context(activity)
-            texture = _activity_context((((dh + dv) << 2) + (abs(predictions[5] - predictions[4]) >> 1)) // step)
+            texture = _activity_context(texture)
             mix = context >> 3
             corrected = prediction8
             predicted = (corrected + 4) >> 3
@@ -261,14 +279,16 @@ def code_plane(plane, max_value, tau, data, decoding, ls_coefficients):
             # the residual
             if not decoding:
                 e = plane[y, x] - predicted
-                q = (abs(e) + tau) // step
+                q = abs(e)
+                if step > 1:
+                    q = (q + tau) // step
                 if e < 0:
                     q = -q
             else:
                 q = 0
             flat = 1 if te_n == 0 and te_w == 0 else 0
             still = flat + (1 if activity == 0 and n == w and nw == ne else 0)
-            nonzero = mixed_bit(state, data, 1 if q != 0 else 0, models, _ZERO + context * 3 + still,
+            coder, nonzero = mixed_bit(coder, data, 1 if q != 0 else 0, models, _ZERO + context * 3 + still,
                                 MODEL_COUNT + _ZERO + texture * 3 + still, mixers, mix, decoding)
             if nonzero:
                 magnitude = abs(q)
@@ -281,7 +301,7 @@ def code_plane(plane, max_value, tau, data, decoding, ls_coefficients):
                 # unary over the bit length: 1 then "longer than j?" for j = 1, 2, ...
                 j = 1
                 while j < max_length:
-                    longer = mixed_bit(state, data, 1 if length > j else 0, models,
+                    coder, longer = mixed_bit(coder, data, 1 if length > j else 0, models,
                                        _LENGTH + context * MAX_BIT_LENGTH + j,
                                        MODEL_COUNT + _LENGTH + texture * MAX_BIT_LENGTH + j,
                                        mixers, (1 + j) * (ACTIVITY_CONTEXTS // 8) + mix, decoding)
@@ -299,7 +319,7 @@ def code_plane(plane, max_value, tau, data, decoding, ls_coefficients):
                     else:
                         ctx = _LOW_BITS + length * MAX_BIT_LENGTH + b
                         ctx2 = ctx
-                    bit = mixed_bit(state, data, bit, models, ctx, ctx2, mixers,
+                    coder, bit = mixed_bit(coder, data, bit, models, ctx, ctx2, mixers,
                                     (1 + MAX_BIT_LENGTH + length) * (ACTIVITY_CONTEXTS // 8) + mix, decoding)
                     value = (value << 1) | bit
                 magnitude = value
@@ -307,7 +327,7 @@ def code_plane(plane, max_value, tau, data, decoding, ls_coefficients):
                     + (context >> 2)
                 sign_ctx2 = MODEL_COUNT + _SIGN + ((_sign3(te_n) * 3 + _sign3(te_w)) * 8 + fraction) \
                     * (ACTIVITY_CONTEXTS // 4) + (texture >> 2)
-                negative = mixed_bit(state, data, 1 if q < 0 else 0, models, sign_ctx, sign_ctx2, mixers,
+                coder, negative = mixed_bit(coder, data, 1 if q < 0 else 0, models, sign_ctx, sign_ctx2, mixers,
                                      (MIXER_KINDS - 1) * (ACTIVITY_CONTEXTS // 8) + mix, decoding)
                 q = -magnitude if negative else magnitude
             reconstructed = predicted + q * step
@@ -319,5 +339,39 @@ def code_plane(plane, max_value, tau, data, decoding, ls_coefficients):
             for i in range(PREDICTORS):
                 sub_error[row, i, x + 1] = abs(r8 - predictions[i])
     if decoding:
-        return state[4]
-    return finish(state, data)
+        return coder[4]
+    return finish(coder, data)
+
+
+# The first 16 hex digits of the sha256 of what encode_plane makes of known_answer_plane() (tau 1, two
+# taps): changes exactly when the format does.
+KNOWN_ANSWER = "853cfb38ebad49e3"
+
+
+def known_answer_plane() -> tuple[np.ndarray, np.ndarray]:
+    """A fixed 24 x 20 12-bit plane and least-squares coefficients for it."""
+    y, x = np.mgrid[0:24, 0:20]
+    coefficients = np.zeros((24, LS_TAPS), dtype=np.int64)
+    coefficients[:, 1], coefficients[:, 3] = 1 << (LS_SHIFT - 1), 1 << (LS_SHIFT - 2)
+    return ((y * 37 + x * x * 11 + (x * y) % 7 * 5) % 4096).astype(np.int32), coefficients
+
+
+def _known_answer() -> str:
+    plane, coefficients = known_answer_plane()
+    data = np.zeros(4096, dtype=np.uint8)
+    used = encode_plane(plane, 4095, 1, data, coefficients)
+    return hashlib.sha256(data[:used].tobytes()).hexdigest()[:16]
+
+
+@functools.cache
+def check_compiled_kernels() -> None:
+    """Make sure the kernels in use are this source's. numba keys its on-disk cache on this file alone,
+    so after a change to range_coder.py it would load kernels compiled from the old one; the known
+    answer tells them apart, and they are compiled again (once). RuntimeError if they still differ."""
+    if _known_answer() == KNOWN_ANSWER:
+        return
+    for kernel in (encode_plane, decode_plane):
+        kernel.recompile()  # drops the on-disk cache of every signature and compiles afresh
+    if _known_answer() != KNOWN_ANSWER:
+        raise RuntimeError(f"the exact layer's coder gives {_known_answer()} for its known answer, not "
+                           f"{KNOWN_ANSWER}: its format changed without KNOWN_ANSWER")

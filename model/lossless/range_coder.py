@@ -1,13 +1,15 @@
 """Binary adaptive range coder: the entropy coder of the lossless / near-lossless layer.
 
-    bit, P(bit = 0) in 1/4096 --code_bit--> bytes        (encoder: carry-propagating, LZMA-style)
-    bytes, the same probability --code_bit--> bit         (decoder)
+    bit, two adaptive contexts --mixed_bit--> bytes     (encoder: carry-propagating, LZMA-style)
+    bytes, the same contexts --mixed_bit--> bit          (decoder)
 
 One function codes in both directions, so the encoder and the decoder cannot drift apart. The
-state is six int64 words (``new_state``); every operation is integer arithmetic on values below
-2**40, identical on every machine. The probabilities come from adaptive counters
-(``adaptive_bit``): two estimates per context, a fast and a slow one, whose rate starts at 1/2 and
-falls with the count of bits the context has seen (a context learns quickly, then settles).
+coder's state is a tuple of six int64 (``start``) that each call takes and returns: a value, so the
+compiled kernel keeps it in registers (held in an array, every store to the output bytes forced it
+back to memory: the encoder ran 8x slower per bit). Every operation is integer arithmetic on values
+below 2**40, identical on every machine. The probabilities come from adaptive counters: two
+estimates per context, a fast and a slow one, whose rate starts at 1/2 and falls with the count of
+bits the context has seen (a context learns quickly, then settles), mixed by ``mixed_bit``.
 
 A decoder reading past the end of its data reads zeros (a damaged stream decodes to garbage of
 the right size, never out of bounds); an encoder whose buffer is too small keeps counting bytes
@@ -23,9 +25,8 @@ from numba import njit
 
 PROBABILITY_BITS = 12
 TOP = 1 << 24
-LOW, RANGE, CACHE, CACHE_SIZE, POSITION, CODE = range(6)
-FAST_LIMIT = 60  # the fast estimate's rate settles at 1/20 ...
-SLOW_LIMIT = 1023
+FAST_LIMIT = 60  # the fast estimate's rate settles at 1/60 ...
+SLOW_LIMIT = 1023  # ... and the slow one's at 1/1023
 MAX_COUNT = 1023
 
 
@@ -50,27 +51,54 @@ MIXER_RATE = 12
 
 
 def _rates(limit: int) -> np.ndarray:
-    """Rate of an estimate that has seen n bits, in 1/65536: 1/(n + 1.5) until 1/limit."""
-    return np.array([int(65536 / min(n + 1.5, limit)) for n in range(MAX_COUNT + 1)], dtype=np.int64)
+    """Rate of an estimate that has seen n bits, in 1/65536: 1/(n + 1.5) until 1/limit, rounded down."""
+    return np.array([131072 // min(2 * n + 3, 2 * limit) for n in range(MAX_COUNT + 1)], dtype=np.int64)
 
 
 FAST_RATES = _rates(FAST_LIMIT)
 SLOW_RATES = _rates(SLOW_LIMIT)
 
 
-@njit(cache=True)
-def new_state(data, decoding):
-    """A fresh encoder state, or (``decoding``) a decoder state primed with the first bytes of ``data``."""
-    state = np.zeros(6, dtype=np.int64)
-    state[RANGE] = 0xFFFFFFFF
-    state[CACHE_SIZE] = 1
+@njit(inline="always")
+def start(data, decoding):
+    """A fresh coder: (low, range, cache, pending bytes, position, code); a decoder reads the first
+    five bytes of ``data`` into ``code``."""
+    code = 0
+    position = 0
     if decoding:
         for _ in range(5):
-            position = state[POSITION]
-            state[CODE] = (state[CODE] << 8) | (data[position] if position < data.size else 0)
-            state[POSITION] = position + 1
-        state[CODE] &= 0xFFFFFFFF
-    return state
+            code = (code << 8) | (data[position] if position < data.size else 0)
+            position += 1
+        code &= 0xFFFFFFFF
+    return (0, 0xFFFFFFFF, 0, 1, position, code)
+
+
+@njit(inline="always")
+def _shift_low(low, cache, pending, position, out):
+    """Move the encoder's top byte out (carry-propagating); returns (low, cache, pending, position).
+    mixed_bit repeats these lines (see there); finish calls this."""
+    if low < 0xFF000000 or low >= (1 << 32):
+        carry = low >> 32
+        byte = cache
+        while True:
+            if position < out.size:
+                out[position] = (byte + carry) & 0xFF
+            position += 1
+            byte = 0xFF
+            pending -= 1
+            if pending == 0:
+                break
+        cache = (low >> 24) & 0xFF
+    return (low & 0x00FFFFFF) << 8, cache, pending + 1, position
+
+
+@njit(inline="always")
+def finish(coder, out):
+    """Flush the encoder; returns the number of bytes the stream takes (maybe more than ``out`` holds)."""
+    low, _, cache, pending, position, _ = coder
+    for _ in range(5):
+        low, cache, pending, position = _shift_low(low, cache, pending, position, out)
+    return position
 
 
 @njit(cache=True)
@@ -79,65 +107,6 @@ def new_models(count):
     models = np.zeros((count, 3), dtype=np.int64)
     models[:, :2] = 1 << 15
     return models
-
-
-@njit(inline="always")
-def _shift_low(state, out):
-    low = state[LOW]
-    if low < 0xFF000000 or low >= (1 << 32):
-        carry = low >> 32
-        byte = state[CACHE]
-        while True:
-            position = state[POSITION]
-            if position < out.size:
-                out[position] = (byte + carry) & 0xFF
-            state[POSITION] = position + 1
-            byte = 0xFF
-            state[CACHE_SIZE] -= 1
-            if state[CACHE_SIZE] == 0:
-                break
-        state[CACHE] = (low >> 24) & 0xFF
-    state[CACHE_SIZE] += 1
-    state[LOW] = (low & 0x00FFFFFF) << 8
-
-
-@njit(inline="always")
-def code_bit(state, data, bit, p0, decoding):
-    """Code one bit whose probability of being 0 is ``p0``/4096 (1..4095); returns the bit."""
-    span = state[RANGE]
-    bound = (span >> PROBABILITY_BITS) * p0
-    if decoding:
-        if state[CODE] < bound:
-            state[RANGE] = bound
-            bit = 0
-        else:
-            state[CODE] -= bound
-            state[RANGE] = span - bound
-            bit = 1
-        while state[RANGE] < TOP:
-            state[RANGE] <<= 8
-            position = state[POSITION]
-            byte = data[position] if position < data.size else 0
-            state[POSITION] = position + 1
-            state[CODE] = (state[CODE] << 8) | byte
-    else:
-        if bit == 0:
-            state[RANGE] = bound
-        else:
-            state[LOW] += bound
-            state[RANGE] = span - bound
-        while state[RANGE] < TOP:
-            state[RANGE] <<= 8
-            _shift_low(state, data)
-    return bit
-
-
-@njit(inline="always")
-def finish(state, out):
-    """Flush the encoder; returns the number of bytes the stream takes (maybe more than ``out`` holds)."""
-    for _ in range(5):
-        _shift_low(state, out)
-    return state[POSITION]
 
 
 @njit(cache=True)
@@ -150,21 +119,14 @@ def new_mixers(count):
 
 
 @njit(inline="always")
-def _update_model(models, context, bit):
-    fast = models[context, 0]
-    slow = models[context, 1]
-    count = models[context, 2]
-    target = 65535 if bit else 0
-    models[context, 0] = fast + (((target - fast) * FAST_RATES[count]) >> 16)
-    models[context, 1] = slow + (((target - slow) * SLOW_RATES[count]) >> 16)
-    if count < MAX_COUNT:
-        models[context, 2] = count + 1
-
-
-@njit(inline="always")
-def mixed_bit(state, data, bit, models, first, second, mixers, mixer, decoding):
+def mixed_bit(coder, data, bit, models, first, second, mixers, mixer, decoding):
     """Code one bit with the logistic mix of two adaptive contexts (``first``, ``second``), weighted by
-    ``mixers[mixer]``, which learn online (Mahoney's PAQ mixing in integers); update all three."""
+    ``mixers[mixer]``, which learn online (Mahoney's PAQ mixing in integers); update all three.
+    Returns (coder, bit).
+
+    One flat body: numba gives the arrays of every nested inlined call a reference count that it
+    cannot prune inside the kernel's loops (measured: half the encoder's time in NRT_incref), so the
+    range coding step and the model updates are written out here rather than called."""
     s0 = STRETCH[(models[first, 0] + models[first, 1]) >> 5]
     s1 = STRETCH[(models[second, 0] + models[second, 1]) >> 5]
     dot = (mixers[mixer, 0] * s0 + mixers[mixer, 1] * s1 + mixers[mixer, 2] * 256) >> 16
@@ -173,11 +135,53 @@ def mixed_bit(state, data, bit, models, first, second, mixers, mixer, decoding):
     elif dot > 2047:
         dot = 2047
     p1 = SQUASH[dot + 2047]
-    bit = code_bit(state, data, bit, 4096 - p1, decoding)
+    # the range coder: P(bit = 0) = (4096 - p1) / 4096
+    low, span, cache, pending, position, code = coder
+    bound = (span >> PROBABILITY_BITS) * (4096 - p1)
+    if decoding:
+        if code < bound:
+            span = bound
+            bit = 0
+        else:
+            code -= bound
+            span -= bound
+            bit = 1
+        while span < TOP:
+            span <<= 8
+            code = (code << 8) | (data[position] if position < data.size else 0)
+            position += 1
+    else:
+        if bit == 0:
+            span = bound
+        else:
+            low += bound
+            span -= bound
+        while span < TOP:  # _shift_low, written out
+            span <<= 8
+            if low < 0xFF000000 or low >= (1 << 32):
+                carry = low >> 32
+                byte = cache
+                while True:
+                    if position < data.size:
+                        data[position] = (byte + carry) & 0xFF
+                    position += 1
+                    byte = 0xFF
+                    pending -= 1
+                    if pending == 0:
+                        break
+                cache = (low >> 24) & 0xFF
+            pending += 1
+            low = (low & 0x00FFFFFF) << 8
+    # learn: the mixer's weights, then both contexts' fast and slow estimates
     error = ((bit << 12) - p1) * MIXER_RATE
     mixers[mixer, 0] += (s0 * error) >> 16
     mixers[mixer, 1] += (s1 * error) >> 16
     mixers[mixer, 2] += (256 * error) >> 16
-    _update_model(models, first, bit)
-    _update_model(models, second, bit)
-    return bit
+    target = 65535 if bit else 0
+    for context in (first, second):
+        count = models[context, 2]
+        models[context, 0] += ((target - models[context, 0]) * FAST_RATES[count]) >> 16
+        models[context, 1] += ((target - models[context, 1]) * SLOW_RATES[count]) >> 16
+        if count < MAX_COUNT:
+            models[context, 2] = count + 1
+    return (low, span, cache, pending, position, code), bit
