@@ -189,12 +189,12 @@ class MvmicCodec:
         check_bound(pixels, self.decompress(stream), max_error)
 
     # -- decoding -----------------------------------------------------------------------------------
-    def decompress(self, stream: Bitstream, threads: int = 1) -> np.ndarray:
+    def decompress(self, stream: Bitstream) -> np.ndarray:
         """Stored values, (frames, rows, columns, samples), in the image's own dtype: an exact stream's
         frames (model.lossless.stream), else each frame's base plus its residual layer (every sample
         within its maximum error) where it has one, else its base."""
         if exact_stream.is_exact(stream):
-            return exact_stream.decompress(stream, threads)
+            return exact_stream.decompress(stream)
         _check_decodable(stream)
         fmt = stream.pixel_format
         residuals = {layer.frame: layer for layer in stream.layers if layer.kind == LayerKind.RESIDUAL}

@@ -21,13 +21,22 @@ Errors: ``ExactLayerError`` (a ValueError) for a payload that does not parse or 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from model.bitstream import pack_integers, pack_payloads, unpack_integers, unpack_payloads
-from model.lossless.enc_least_squares import LS_CLASSES, fit_predictors
-from model.lossless.plane_coder import LS_TAPS, check_compiled_kernels, decode_plane, encode_plane
+from model.lossless.enc_least_squares import fit_predictors
+from model.lossless.plane_coder import (
+    LS_CLASSES,
+    LS_TAPS,
+    MAX_COEFFICIENT,
+    check_decoder,
+    check_encoder,
+    decode_plane,
+    encode_plane,
+)
 from mvmic.pixels import PixelFormat
 
 LAYER_VERSION = 1
@@ -48,6 +57,14 @@ def default_stripes(rows: int) -> int:
 def _stripe_bounds(rows: int, stripes: int) -> list[tuple[int, int]]:
     cuts = [rows * i // stripes for i in range(stripes + 1)]
     return list(itertools.pairwise(cuts))
+
+
+def _map(function: Callable, items: list, threads: int) -> list:
+    """``function`` over ``items``, on ``threads`` threads (the kernels release the GIL)."""
+    if threads <= 1 or len(items) == 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(function, items))
 
 
 def _ranges(fmt: PixelFormat) -> list[int]:
@@ -83,7 +100,7 @@ def encode_frame(frame: np.ndarray, fmt: PixelFormat, max_error: int, stripes: i
     ``threads`` threads (the bytes do not depend on the thread count)."""
     if not 0 <= max_error <= MAX_ERROR:
         raise ValueError(f"maximum error {max_error} out of range 0 (lossless)..{MAX_ERROR}")
-    check_compiled_kernels()
+    check_encoder()
     rows = frame.shape[0]
     stripes = default_stripes(rows) if stripes is None else stripes
     if not 1 <= stripes <= min(MAX_STRIPES, rows):
@@ -92,51 +109,54 @@ def encode_frame(frame: np.ndarray, fmt: PixelFormat, max_error: int, stripes: i
     ranges = _ranges(fmt)
     colour = fmt.samples_per_pixel == 3
     first = (values[..., 1] if colour else values[..., 0] - fmt.min_value).astype(np.int32)
-    predictors = [fit_predictors(first)]
+    fitted = [fit_predictors(first)]
     if colour:  # the chroma predictors are fitted on the original green; the stripes use the decoded one
-        predictors += [fit_predictors((values[..., s] - values[..., 1] + fmt.peak).astype(np.int32)) for s in (0, 2)]
+        fitted += [fit_predictors((values[..., s] - values[..., 1] + fmt.peak).astype(np.int32)) for s in (0, 2)]
+    side = [_predictor_side(plane) for plane in fitted]
+    predictors = [_parse_predictors(part) for part in side]  # what the decoder will use, by construction
 
     def stripe(bounds: tuple[int, int]) -> list[bytes]:
         top, bottom = bounds
         plane = np.ascontiguousarray(first[top:bottom])
-        parts = [_code(plane, ranges[0], max_error, predictors[0][0])]
+        parts = [_code(plane, ranges[0], max_error, predictors[0])]
         if colour:
             green = plane.astype(np.int64)  # reconstructed
             for index, sample in enumerate((0, 2), start=1):
                 difference = (values[top:bottom, :, sample] - green + fmt.peak).astype(np.int32)
-                parts.append(_code(difference, ranges[index], max_error, predictors[index][0]))
+                parts.append(_code(difference, ranges[index], max_error, predictors[index]))
         return parts
 
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        coded = list(pool.map(stripe, _stripe_bounds(rows, stripes)))
-    side = []
-    for coefficients, explicit in predictors:
-        integers = []
-        for c in range(LS_CLASSES):
-            integers += [1, *coefficients[c].tolist()] if explicit[c] else [0]
-        side.append(pack_integers(integers))
+    coded = _map(stripe, _stripe_bounds(rows, stripes), threads)
     header = pack_integers([LAYER_VERSION, max_error, stripes, LS_CLASSES])
     return pack_payloads([header, *side, *(part for parts in coded for part in parts)])
 
 
 def layer_max_error(payload: bytes) -> int:
-    """The bound an EXACT layer promises, from its header alone."""
-    header = unpack_integers(unpack_payloads(payload)[0])
+    """The bound an EXACT layer promises."""
+    return _read_header(_parts(payload))[0]
+
+
+def _parts(payload: bytes) -> list[bytes]:
+    try:
+        return unpack_payloads(payload)
+    except ValueError as exc:
+        raise ExactLayerError(f"exact layer does not parse: {exc}") from exc
+
+
+def _read_header(parts: list[bytes]) -> tuple[int, int, int]:
+    """(maximum error, stripes, classes) of a layer's parts."""
+    header = unpack_integers(parts[0]) if parts else []
     if len(header) != 4 or header[0] != LAYER_VERSION or not 0 <= header[1] <= MAX_ERROR:
         raise ExactLayerError(f"exact layer header {header[:4]} is not version {LAYER_VERSION} with a maximum error "
                               f"0..{MAX_ERROR}")
-    return header[1]
+    return header[1], header[2], header[3]
 
 
 def decode_frame(payload: bytes, rows: int, columns: int, fmt: PixelFormat, threads: int = 1) -> np.ndarray:
     """Stored values (rows, columns, samples) in ``fmt.dtype`` from an EXACT layer payload."""
-    check_compiled_kernels()
-    try:
-        parts = unpack_payloads(payload)
-    except ValueError as exc:
-        raise ExactLayerError(f"exact layer does not parse: {exc}") from exc
-    max_error = layer_max_error(payload)
-    _, _, stripes, classes = unpack_integers(parts[0])
+    check_decoder()
+    parts = _parts(payload)
+    max_error, stripes, classes = _read_header(parts)
     planes = fmt.samples_per_pixel
     if not 1 <= stripes <= min(MAX_STRIPES, rows) or classes != LS_CLASSES:
         raise ExactLayerError(f"exact layer has {stripes} stripes and {classes} predictor classes for {rows} rows")
@@ -146,8 +166,8 @@ def decode_frame(payload: bytes, rows: int, columns: int, fmt: PixelFormat, thre
     ranges = _ranges(fmt)
     coded = parts[1 + planes:]
 
-    def stripe(index: int) -> np.ndarray:
-        top, bottom = _stripe_bounds(rows, stripes)[index]
+    def stripe(numbered: tuple[int, tuple[int, int]]) -> np.ndarray:
+        index, (top, bottom) = numbered
         shape = (bottom - top, columns)
         mine = coded[index * planes: (index + 1) * planes]
         first = _decode(mine[0], shape, ranges[0], max_error, predictors[0]).astype(np.int64)
@@ -157,12 +177,21 @@ def decode_frame(payload: bytes, rows: int, columns: int, fmt: PixelFormat, thre
                      for i in (1, 2))
         return np.stack([red, first, blue], axis=-1)
 
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        frame = np.concatenate(list(pool.map(stripe, range(stripes))), axis=0)
+    frame = np.concatenate(_map(stripe, list(enumerate(_stripe_bounds(rows, stripes))), threads), axis=0)
     return np.clip(frame, fmt.min_value, fmt.max_value).astype(fmt.dtype)
 
 
+def _predictor_side(fitted: list[np.ndarray | None]) -> bytes:
+    """One plane's predictors as the layer sends them: per class, 0 (use the class below's; class 0:
+    all zero) or 1 and LS_TAPS coefficients."""
+    integers = []
+    for coefficients in fitted:
+        integers += [0] if coefficients is None else [1, *coefficients.tolist()]
+    return pack_integers(integers)
+
+
 def _parse_predictors(part: bytes) -> np.ndarray:
+    """(LS_CLASSES, LS_TAPS) int64 coefficients from _predictor_side's bytes."""
     integers = unpack_integers(part)
     coefficients = np.zeros((LS_CLASSES, LS_TAPS), dtype=np.int64)
     position = 0
@@ -171,7 +200,7 @@ def _parse_predictors(part: bytes) -> np.ndarray:
             raise ExactLayerError(f"exact layer predictor class {c}: flag missing or not 0/1")
         if integers[position] == 1:
             values = integers[position + 1: position + 1 + LS_TAPS]
-            if len(values) != LS_TAPS or any(abs(v) > (1 << 16) for v in values):
+            if len(values) != LS_TAPS or any(abs(v) > MAX_COEFFICIENT for v in values):
                 raise ExactLayerError(f"exact layer predictor class {c}: {len(values)} coefficients")
             coefficients[c] = values
             position += 1 + LS_TAPS

@@ -4,7 +4,8 @@
       sub-predictions p_i (1/8 units): W + NE - N; N and W corrected by their neighbours' errors;
           N corrected by a weighted sum of errors; a gradient-adjusted one (CALIC's GAP); and an
           18-tap least-squares predictor, one per gradient class, fitted by the encoder to this
-          plane and sent as integers (enc_least_squares)
+          plane and sent as integers (enc_least_squares); W's own tap multiplies 0 (taps are
+          taken relative to W), so its coefficient is always 0
       blend  P = sum w_i p_i / sum w_i,  w_i = 2**30 / (1 + sum of p_i's recent |errors| near it / 4)**2,
           the least-squares one's weight x16 (JPEG XL's weighted predictor, Alakuijala et al. 2019,
           with squared inverse weights); clamped to the neighbours' range where their errors agree
@@ -26,7 +27,6 @@ One body codes in both directions (encode_plane, decode_plane), so the encoder a
 from __future__ import annotations
 
 import functools
-import hashlib
 
 import numpy as np
 from numba import njit
@@ -37,7 +37,8 @@ PREDICTORS = 6
 LS_WEIGHT_SHIFT = 4
 LS_TAPS = 18  # W, N, NW, NE, WW, NN, NWW, NNW, NNE, NEE, WWW, NNN, NNWW, NNEE, NWWW, NNNW, NNNE, NEEE
 LS_SHIFT = 12  # least-squares coefficients are multiples of 2**-12
-LS_MAX_CLASSES = 16
+MAX_COEFFICIENT = 1 << 16  # |least-squares coefficient| at most 16
+LS_CLASSES = 24  # least-squares predictors per plane: two an octave of local gradient (ls_class)
 ACTIVITY_CONTEXTS = 80
 MAX_BIT_LENGTH = 18  # |q| < 2**17 for 16-bit samples
 MANTISSA_CONTEXT_BITS = 2
@@ -64,15 +65,21 @@ MIXER_COUNT = MIXER_KINDS * (ACTIVITY_CONTEXTS // 8)
 
 
 @njit(inline="always")
+def _bit_length(value):
+    """The number of bits of ``value`` >= 0 (0 for 0)."""
+    length = 0
+    while value > 0:
+        value >>= 1
+        length += 1
+    return length
+
+
+@njit(inline="always")
 def _activity_context(value):
     """About 4 log2(value): 0..ACTIVITY_CONTEXTS - 1."""
     if value < 8:
         return value
-    length = 0
-    v = value
-    while v > 0:
-        v >>= 1
-        length += 1
+    length = _bit_length(value)
     context = 4 * (length - 2) + ((value >> (length - 3)) & 3)
     return min(context, ACTIVITY_CONTEXTS - 1)
 
@@ -87,11 +94,7 @@ def ls_class(plane, y, x, classes):
                 + abs(n - plane[y - 2, x]))
     if gradient < 4:
         return min(gradient, classes - 1)
-    length = 0
-    g = gradient
-    while g > 0:
-        g >>= 1
-        length += 1
+    length = _bit_length(gradient)
     return min(2 * (length - 1) + ((gradient >> (length - 2)) & 1), classes - 1)  # 2 classes an octave
 
 
@@ -120,29 +123,6 @@ def ls_taps(plane, y, x, taps):
 @njit(inline="always")
 def ls_interior(y, x, width):
     return y >= 3 and x >= 3 and x + 3 < width
-
-
-@njit(nogil=True, cache=True)
-def ls_statistics(plane, classes):
-    """Per class, the (LS_TAPS + 1)^2 moments of (taps, sample) relative to W over the interior (upper
-    triangle, float64) and the count of samples: what the encoder solves for each class's
-    least-squares predictor (encoder only: the decoder gets the rounded coefficients)."""
-    height, width = plane.shape
-    moments = np.zeros((classes, LS_TAPS + 1, LS_TAPS + 1))
-    counts = np.zeros(classes, dtype=np.int64)
-    taps = np.zeros(LS_TAPS + 1, dtype=np.int64)
-    for y in range(3, height):
-        for x in range(3, width - 3):
-            c = ls_class(plane, y, x, classes)
-            counts[c] += 1
-            ls_taps(plane, y, x, taps)
-            taps[LS_TAPS] = plane[y, x]
-            base = taps[0]
-            for i in range(LS_TAPS + 1):
-                a = float(taps[i] - base)
-                for j in range(i, LS_TAPS + 1):
-                    moments[c, i, j] += a * float(taps[j] - base)
-    return moments, counts
 
 
 @njit(inline="always")
@@ -180,9 +160,7 @@ def _code_plane(plane, max_value, tau, data, decoding, ls_coefficients):
     taps = np.zeros(LS_TAPS, dtype=np.int64)
     mixers = new_mixers(MIXER_COUNT)
     classes = ls_coefficients.shape[0]
-    max_length = 1
-    while (1 << max_length) <= max_value // step + 1:
-        max_length += 1
+    max_length = _bit_length(max_value // step + 1)  # bits of the largest |q|, plus one
     for y in range(height):
         row = y & 1
         above = row ^ 1
@@ -272,10 +250,8 @@ def _code_plane(plane, max_value, tau, data, decoding, ls_coefficients):
             context = _activity_context(activity)
             texture = _activity_context(texture)
             mix = context >> 3
-            corrected = prediction8
-            predicted = (corrected + 4) >> 3
-            predicted = max(0, min(max_value, predicted))
-            fraction = (corrected + 4 - (predicted << 3)) & 7 if 0 < predicted < max_value else 4
+            predicted = max(0, min(max_value, (prediction8 + 4) >> 3))
+            fraction = (prediction8 + 4 - (predicted << 3)) & 7 if 0 < predicted < max_value else 4
             # the residual
             if not decoding:
                 e = plane[y, x] - predicted
@@ -292,12 +268,7 @@ def _code_plane(plane, max_value, tau, data, decoding, ls_coefficients):
                                 MODEL_COUNT + _ZERO + texture * 3 + still, mixers, mix, decoding)
             if nonzero:
                 magnitude = abs(q)
-                length = 0
-                if not decoding:
-                    v = magnitude
-                    while v > 0:
-                        v >>= 1
-                        length += 1
+                length = _bit_length(magnitude)  # the encoder's; the decoder learns it below
                 # unary over the bit length: 1 then "longer than j?" for j = 1, 2, ...
                 j = 1
                 while j < max_length:
@@ -323,11 +294,9 @@ def _code_plane(plane, max_value, tau, data, decoding, ls_coefficients):
                                     (1 + MAX_BIT_LENGTH + length) * (ACTIVITY_CONTEXTS // 8) + mix, decoding)
                     value = (value << 1) | bit
                 magnitude = value
-                sign_ctx = _SIGN + ((_sign3(te_n) * 3 + _sign3(te_w)) * 8 + fraction) * (ACTIVITY_CONTEXTS // 4) \
-                    + (context >> 2)
-                sign_ctx2 = MODEL_COUNT + _SIGN + ((_sign3(te_n) * 3 + _sign3(te_w)) * 8 + fraction) \
-                    * (ACTIVITY_CONTEXTS // 4) + (texture >> 2)
-                coder, negative = mixed_bit(coder, data, 1 if q < 0 else 0, models, sign_ctx, sign_ctx2, mixers,
+                signs = _SIGN + ((_sign3(te_n) * 3 + _sign3(te_w)) * 8 + fraction) * (ACTIVITY_CONTEXTS // 4)
+                coder, negative = mixed_bit(coder, data, 1 if q < 0 else 0, models, signs + (context >> 2),
+                                            MODEL_COUNT + signs + (texture >> 2), mixers,
                                      (MIXER_KINDS - 1) * (ACTIVITY_CONTEXTS // 8) + mix, decoding)
                 q = -magnitude if negative else magnitude
             reconstructed = predicted + q * step
@@ -343,35 +312,51 @@ def _code_plane(plane, max_value, tau, data, decoding, ls_coefficients):
     return finish(coder, data)
 
 
-# The first 16 hex digits of the sha256 of what encode_plane makes of known_answer_plane() (tau 1, two
-# taps): changes exactly when the format does.
-KNOWN_ANSWER = "853cfb38ebad49e3"
+# What encode_plane makes of known_answer_plane() (lossless): changes exactly when the format does.
+KNOWN_STREAM = bytes.fromhex(
+    "007dec6a7003bf936315343ce9cc5b43a37835d7e1ebcf6102f27174691441870bab657509af9f3ac3f4e6d9bc3f7c533db4e687ce"
+    "4fb1b0b091da55f7eaf0a0d19990dcede566210a741939d5320ad3f4d442b3dc7c4da52895ac1319a9d9ebc0f2dfda77039ec600")
 
 
 def known_answer_plane() -> tuple[np.ndarray, np.ndarray]:
-    """A fixed 24 x 20 12-bit plane and least-squares coefficients for it."""
-    y, x = np.mgrid[0:24, 0:20]
-    coefficients = np.zeros((24, LS_TAPS), dtype=np.int64)
+    """A fixed 8 x 12 12-bit plane and least-squares coefficients for it (two taps)."""
+    y, x = np.mgrid[0:8, 0:12]
+    coefficients = np.zeros((LS_CLASSES, LS_TAPS), dtype=np.int64)
     coefficients[:, 1], coefficients[:, 3] = 1 << (LS_SHIFT - 1), 1 << (LS_SHIFT - 2)
     return ((y * 37 + x * x * 11 + (x * y) % 7 * 5) % 4096).astype(np.int32), coefficients
 
 
-def _known_answer() -> str:
+def _encoder_answers() -> bool:
     plane, coefficients = known_answer_plane()
-    data = np.zeros(4096, dtype=np.uint8)
-    used = encode_plane(plane, 4095, 1, data, coefficients)
-    return hashlib.sha256(data[:used].tobytes()).hexdigest()[:16]
+    data = np.zeros(4 * len(KNOWN_STREAM), dtype=np.uint8)
+    used = encode_plane(plane, 4095, 0, data, coefficients)
+    return data[:used].tobytes() == KNOWN_STREAM
+
+
+def _decoder_answers() -> bool:
+    plane, coefficients = known_answer_plane()
+    decoded = np.zeros_like(plane)
+    decode_plane(decoded, 4095, 0, np.frombuffer(bytearray(KNOWN_STREAM), dtype=np.uint8), coefficients)
+    return bool(np.array_equal(decoded, plane))
+
+
+def _checked(kernel, answers) -> None:
+    """numba keys its on-disk cache on this file alone, so after a change to range_coder.py it would
+    load a kernel compiled from the old one: the known answer tells, and the kernel is compiled again."""
+    if answers():
+        return
+    kernel.recompile()  # drops the on-disk cache of every signature and compiles afresh
+    if not answers():
+        raise RuntimeError(f"{kernel.__name__} disagrees with KNOWN_STREAM: the format changed without it")
 
 
 @functools.cache
-def check_compiled_kernels() -> None:
-    """Make sure the kernels in use are this source's. numba keys its on-disk cache on this file alone,
-    so after a change to range_coder.py it would load kernels compiled from the old one; the known
-    answer tells them apart, and they are compiled again (once). RuntimeError if they still differ."""
-    if _known_answer() == KNOWN_ANSWER:
-        return
-    for kernel in (encode_plane, decode_plane):
-        kernel.recompile()  # drops the on-disk cache of every signature and compiles afresh
-    if _known_answer() != KNOWN_ANSWER:
-        raise RuntimeError(f"the exact layer's coder gives {_known_answer()} for its known answer, not "
-                           f"{KNOWN_ANSWER}: its format changed without KNOWN_ANSWER")
+def check_encoder() -> None:
+    """Make sure the encoder in use is this source's (once per process); RuntimeError if not."""
+    _checked(encode_plane, _encoder_answers)
+
+
+@functools.cache
+def check_decoder() -> None:
+    """Make sure the decoder in use is this source's (once per process); RuntimeError if not."""
+    _checked(decode_plane, _decoder_answers)
