@@ -21,7 +21,7 @@ import torch
 
 from bench.codecs import Codec, registered_codecs
 from bench.codecs.mvmicnet import MvmicNet, MvmicNetLossless, record_test_metrics
-from bench.report import bd_against_reference, markdown_report, plot_rd, summarize
+from bench.report import bd_against_reference, bounded_ratios, markdown_report, plot_rd, summarize
 from mvmic.corpus.manifest import CorpusEntry, Manifest
 from mvmic.metrics import bits_per_pixel, max_abs_error, psnr
 
@@ -123,12 +123,13 @@ def _write_outputs(out_dir: Path, split: str, codecs: list[Codec], measurements:
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(codecs, measurements)
     bd = bd_against_reference(codecs, measurements)
+    ratios = bounded_ratios(measurements)
     frames = len({(m.image, m.frame) for m in measurements})
-    report = markdown_report(split, frames, summary, bd, wall_seconds)
+    report = markdown_report(split, frames, summary, bd, wall_seconds, ratios)
     (out_dir / "rd.md").write_text(report)
     plot_rd(codecs, summary, out_dir / "rd.png", title=f"{split} split, {frames} frames")
     payload = {"split": split, "frames": frames, "wall_seconds": round(wall_seconds, 2),
-               "summary": summary, "bd_vs_reference": bd,
+               "summary": summary, "bd_vs_reference": bd, "exact_vs_reference": ratios,
                "measurements": [_json_safe(asdict(m)) for m in measurements]}
     (out_dir / "rd.json").write_text(json.dumps(payload, indent=1) + "\n")
     print(report)

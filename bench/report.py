@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 
 REFERENCE_CODEC = "JPEG 2000"
 LEARNED_CODEC = "MVMICNet"
+EXACT_CODEC = "MVMICNet lossless"
+# The exact layer's references: lossless against every classical lossless point, near-lossless tau
+# against JPEG-LS NEAR = tau.
+LOSSLESS_REFERENCES = (("JPEG XL", "lossless e9"), ("JPEG XL", "lossless e10"), ("JPEG XL", "lossless e7"),
+                       ("JPEG 2000", "5/3 lossless"), ("JPEG-LS", "lossless"), ("HTJ2K", "lossless"))
 
 
 def summarize(codecs: list[Codec], measurements: list[Measurement]) -> list[dict]:
@@ -55,6 +60,41 @@ def _summary_row(codec: str, point: str, lossless: bool, bound: int | None, grou
         "mean_encode_ms": statistics.fmean(m.encode_ms for m in group),
         "mean_decode_ms": statistics.fmean(m.decode_ms for m in group),
     }
+
+
+def bounded_ratios(measurements: list[Measurement]) -> list[dict]:
+    """The exact codec's size against its references, frame by frame, at each bound: the ratio of the
+    mean bits per pixel, the median per-frame ratio, the share of frames where it is smaller, and
+    the mean bits per pixel of both by modality. Only frames that both coded count."""
+    sizes = {(m.codec, m.point, m.image, m.frame): m for m in measurements}
+    rows = []
+    for point in sorted({m.point for m in measurements if m.codec == EXACT_CODEC}):
+        ours = [m for m in measurements if m.codec == EXACT_CODEC and m.point == point]
+        bound = ours[0].max_error or 0
+        references = LOSSLESS_REFERENCES if bound == 0 else (("JPEG-LS", f"NEAR={bound}"),)
+        for codec, reference_point in references:
+            pairs = [(m, sizes[(codec, reference_point, m.image, m.frame)]) for m in ours
+                     if (codec, reference_point, m.image, m.frame) in sizes]
+            if not pairs:
+                continue
+            ratios = [m.bpp / r.bpp for m, r in pairs]
+            modalities = sorted({m.modality for m, _ in pairs})
+            rows.append({
+                "codec": EXACT_CODEC, "point": point, "error_bound": bound,
+                "reference": f"{codec} {reference_point}", "frames": len(pairs),
+                "mean_bpp": statistics.fmean(m.bpp for m, _ in pairs),
+                "reference_mean_bpp": statistics.fmean(r.bpp for _, r in pairs),
+                "median_frame_ratio": statistics.median(ratios),
+                "smaller_share": sum(ratio < 1 for ratio in ratios) / len(ratios),
+                "by_modality": {mod: {"frames": sum(m.modality == mod for m, _ in pairs),
+                                      "mean_bpp": statistics.fmean(m.bpp for m, _ in pairs if m.modality == mod),
+                                      "reference_mean_bpp": statistics.fmean(r.bpp for m, r in pairs
+                                                                             if m.modality == mod)}
+                                for mod in modalities},
+            })
+    for row in rows:
+        row["mean_ratio"] = row["mean_bpp"] / row["reference_mean_bpp"]
+    return rows
 
 
 def bd_against_reference(codecs: list[Codec], measurements: list[Measurement]) -> list[dict]:
@@ -104,7 +144,8 @@ def _medians(results: list[dict]) -> dict:
             "median_bd_psnr_db": statistics.median(r["bd_psnr"] for r in results)}
 
 
-def markdown_report(split: str, frames: int, summary: list[dict], bd: list[dict], wall_seconds: float) -> str:
+def markdown_report(split: str, frames: int, summary: list[dict], bd: list[dict], wall_seconds: float,
+                    ratios: list[dict] = ()) -> str:
     lines = [f"# Rate-distortion, {split} split: {frames} frames, {wall_seconds:.0f} s", "",
              ("PSNR on the native range (peak 2^BitsStored - 1), mean over frames that are not exact; "
              "bits per pixel include all headers."), "",
@@ -124,6 +165,20 @@ def markdown_report(split: str, frames: int, summary: list[dict], bd: list[dict]
         lines += [f"| {row['error_bound']} | {row['codec']} | {row['point']} | {row['mean_bpp']:.4f} | "
                   f"{row['max_abs_error']} | {row['mean_encode_ms']:.1f} | {row['mean_decode_ms']:.1f} |"
                   for row in bounded]
+    if ratios:
+        modalities = sorted({mod for row in ratios for mod in row["by_modality"]})
+        lines += ["", (f"{EXACT_CODEC} against each reference, frame by frame: ratio of the mean bpp, median "
+                  "per-frame ratio, share of frames where it is smaller; by modality, its mean bpp / the "
+                  "reference's:"), "",
+                  "| point | reference | frames | bpp | reference bpp | mean ratio | median ratio | smaller | "
+                  + " | ".join(modalities) + " |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(modalities)]
+        for row in ratios:
+            cells = [_modality_cell(row["by_modality"].get(mod)) for mod in modalities]
+            lines.append(f"| {row['point']} | {row['reference']} | {row['frames']} | {row['mean_bpp']:.4f} | "
+                         f"{row['reference_mean_bpp']:.4f} | {row['mean_ratio']:.3f} | "
+                         f"{row['median_frame_ratio']:.3f} | {100 * row['smaller_share']:.0f} % | "
+                         + " | ".join(cells) + " |")
     if bd:
         modalities = sorted({mod for row in bd for mod in row["by_modality"]})
         lines += ["", ("BD-rate of a codec against a reference (median over frames; negative = fewer bits "
@@ -134,6 +189,10 @@ def markdown_report(split: str, frames: int, summary: list[dict], bd: list[dict]
             cells = [_bd_cell(row)] + [_bd_cell(row["by_modality"].get(mod)) for mod in modalities]
             lines.append(f"| {row['codec']} | {row['reference']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _modality_cell(row: dict | None) -> str:
+    return "-" if not row else f"{row['mean_bpp']:.3f} / {row['reference_mean_bpp']:.3f} (n={row['frames']})"
 
 
 def _bd_cell(row: dict | None) -> str:

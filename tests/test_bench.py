@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from bench.codecs import CODECS, Codec, OperatingPoint, register, registered_codecs
+from bench.rd import Measurement
+from bench.report import bounded_ratios
 from mvmic.corpus.manifest import CorpusEntry, Manifest
 from mvmic.metrics import bits_per_pixel, max_abs_error, psnr
 
@@ -151,6 +153,26 @@ def test_bench_rd_reports_lossless_and_near_lossless_against_jpeg_ls(tmp_path: P
     report = (tmp_path / "rd.md").read_text()
     assert "| bound | codec | point | bpp | max err | enc ms | dec ms |" in report
     assert "| 0 | MVMICNet lossless | lossless |" in report and "| 2 | JPEG-LS | NEAR=2 |" in report
+    ratios = {(row["point"], row["reference"]): row
+              for row in json.loads((tmp_path / "rd.json").read_text())["exact_vs_reference"]}
+    near = {(f"max error {bound}", f"JPEG-LS NEAR={bound}") for bound in (1, 2, 4)}
+    assert set(ratios) == {("lossless", "JPEG-LS lossless"), *near}
+    assert "| max error 2 | JPEG-LS NEAR=2 | 32 |" in report
+
+
+def test_bounded_ratios_compare_frame_by_frame() -> None:
+    def row(image: str, modality: str, codec: str, point: str, bpp: float) -> Measurement:
+        return Measurement(image, 0, modality, codec, point, point == "lossless", None, bpp, float("inf"), 0, 1, 1)
+
+    measurements = [row("a", "CT", "MVMICNet lossless", "lossless", 2.0),
+                    row("a", "CT", "JPEG XL", "lossless e9", 4.0),
+                    row("b", "MR", "MVMICNet lossless", "lossless", 3.0),
+                    row("b", "MR", "JPEG XL", "lossless e9", 2.0),
+                    row("c", "MR", "MVMICNet lossless", "lossless", 1.0)]  # no reference: left out
+    (ratio,) = bounded_ratios(measurements)
+    assert ratio["reference"] == "JPEG XL lossless e9" and ratio["frames"] == 2
+    assert ratio["mean_ratio"] == pytest.approx(2.5 / 3.0) and ratio["median_frame_ratio"] == pytest.approx(1.0)
+    assert ratio["smaller_share"] == 0.5 and ratio["by_modality"]["MR"]["reference_mean_bpp"] == 2.0
 
 
 def _mvmic(*args: str) -> subprocess.CompletedProcess[str]:

@@ -3,7 +3,8 @@
     JPEG 2000  OpenJPEG (pylibjpeg-openjpeg): reversible 5/3 lossless; 9/7 at target rates
     HTJ2K      OpenJPH (imagecodecs): reversible lossless; irreversible at quantisation steps
     JPEG-LS    CharLS (pyjpegls): lossless and NEAR = 1, 2, 4
-    JPEG XL    libjxl (imagecodecs): lossless (effort 7 and 9) and lossy at butteraugli distances (effort 7)
+    JPEG XL    libjxl (imagecodecs): lossless (effort 7, 9 and 10, the highest) and lossy at butteraugli
+               distances (effort 7)
 
 JPEG 2000 and HTJ2K code signed samples natively. JPEG-LS and JPEG XL have no signed
 mode, so signed images are level-shifted by 2**(BitsStored-1) into the unsigned range
@@ -103,6 +104,7 @@ class JpegLs(Codec):
 class JpegXl(Codec):
     name = "JPEG XL"
     points = (OperatingPoint("lossless e7", param=7, lossless=True), OperatingPoint("lossless e9", param=9, lossless=True),
+              OperatingPoint("lossless e10", param=10, lossless=True),  # the highest effort libjxl 0.11 has
               *(OperatingPoint(f"d={distance:g}", param=distance) for distance in (0.05, 0.15, 0.4, 1, 2.5, 6, 15)))
 
     def encode(self, frame: np.ndarray, fmt: PixelFormat, point: OperatingPoint) -> bytes:
