@@ -150,12 +150,12 @@ def _decompress(stream: Bitstream, codec: MvmicCodec | None):
 
 def _decoded_header(stream: Bitstream, source: Dataset, ratio: float) -> Dataset:
     """The header of the decoded image: the source's own for lossless, else a lossy derivative's."""
-    if not exact_stream.is_exact(stream):  # lossy, or a stream of the first lossless design
-        from model.codec import max_error_of  # loaded already: parse_for needed the codec
+    if exact_stream.is_exact(stream):
+        max_error = exact_stream.max_error(stream)
+    else:  # lossy, or a stream of the first lossless design: parse_for needed the codec, so it is loaded
+        from model.codec import max_error_of
 
         max_error = max_error_of(stream)
-    else:
-        max_error = exact_stream.max_error(stream)
     if max_error == 0:
         return source  # the original instance, pixel for pixel: same UID, not a derivative
     coded = f"quality code {stream.quality}" if max_error is None else f"maximum error {max_error}"

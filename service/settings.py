@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _storage_bound_is_valid(self) -> "Settings":
         error_bound(self.storage_mode, self.storage_max_error)  # ValueError names what is wrong
+        if self.storage_quality is not None and self.storage_mode != "lossy":
+            raise ValueError(f"MVMIC_STORAGE_QUALITY applies to storage mode lossy only, not {self.storage_mode} "
+                             "(lossless and near-lossless streams have no quality)")
         return self
 
     @property

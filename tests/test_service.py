@@ -68,6 +68,7 @@ def test_models_names_the_served_weights(service_url: str) -> None:
     ({"MVMIC_DEVICE": "tpu"}, "use auto, cpu, cuda or cuda:N"),
     ({"MVMIC_WEIGHTS_DIR": "{tmp}"}, "no mvmicnet-w97-v2.pt there"),
     ({"MVMIC_PORT": "eighty"}, "port"),
+    ({"MVMIC_STORAGE_QUALITY": "4"}, "MVMIC_STORAGE_QUALITY applies to storage mode lossy only"),
 ])
 def test_serve_refuses_unusable_settings_with_a_message(tmp_path: Path, environment: dict, reason: str) -> None:
     environment = {key: value.format(tmp=tmp_path) for key, value in environment.items()}
