@@ -283,7 +283,8 @@ def _decompress(args: argparse.Namespace) -> int:
     data = args.source.read_bytes()
     dataset = mvm_to_dicom(data, _load_codec(args.weights) if needs_weights(data) else None)
     dataset.save_as(args.target, enforce_file_format=True)
-    print(f"{args.target}: {dataset.Rows} x {dataset.Columns}, SOP Instance UID {dataset.SOPInstanceUID}")
+    uid = dataset.get("SOPInstanceUID", "none (the source had none)")
+    print(f"{args.target}: {dataset.Rows} x {dataset.Columns}, SOP Instance UID {uid}")
     return 0
 
 

@@ -9,7 +9,9 @@ import sys
 import zlib
 
 import numpy as np
+import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 
 from model.bitstream import Bitstream, Layer, LayerKind
 from model.codec import MvmicCodec, max_error_of
@@ -177,3 +179,16 @@ def test_the_known_answer_is_this_source_s() -> None:
     decoded = np.zeros_like(plane)
     numba.njit(error_model="numpy")(decode_plane.py_func)(decoded, 4095, 0, data[:used].copy(), coefficients)
     assert np.array_equal(decoded, plane)
+
+
+def test_an_instance_without_a_sop_instance_uid_round_trips_losslessly(tmp_path, mvmic) -> None:
+    """Real files lack UIDs now and then: lossless gives the instance back as it was, UID-less too."""
+    dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    del dataset.SOPInstanceUID
+    source, compressed, decoded = tmp_path / "x.dcm", tmp_path / "x.mvm", tmp_path / "y.dcm"
+    dataset.save_as(source)
+    assert mvmic("compress", str(source), str(compressed), "--mode", "lossless").returncode == 0
+    run = mvmic("decompress", str(compressed), str(decoded))
+    assert run.returncode == 0 and "SOP Instance UID none" in run.stdout, run.stderr
+    back = pydicom.dcmread(decoded)
+    assert "SOPInstanceUID" not in back and np.array_equal(back.pixel_array, dataset.pixel_array)
