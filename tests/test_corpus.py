@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import re
@@ -13,18 +14,22 @@ from collections import defaultdict
 from functools import cache
 from pathlib import Path
 
+import nibabel as nib
 import nrrd
 import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from model.tasks.organs import ORGAN_CLASSES
 from mvmic.corpus.manifest import CorpusEntry, Manifest
 from mvmic.pixels import NativeImage, read_dicom
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PYRADIOMICS_ARCHIVE = REPO_ROOT / "data" / "cache" / "pyradiomics-3.0.1.tar.gz"
 PYRADIOMICS_CASES = ("brain1", "brain2", "breast1", "lung1", "lung2")
+TOTALSEGMENTATOR_ARCHIVE = REPO_ROOT / "data" / "cache" / "totalsegmentator-2.18.0.tar.gz"
+TOTALSEGMENTATOR_FILES = "totalsegmentator-2.18.0/tests/reference_files"
 TEST_MODALITIES = {"CT", "MR", "CR", "NM", "US"}
 # Transfer syntaxes that are lossy, or may be unless LossyImageCompression says "00".
 LOSSY_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81"}
@@ -190,15 +195,22 @@ def test_no_duplicate_pixel_arrays(corpus_dir: Path, corpus_manifest: Manifest) 
 
 
 def test_label_files_match_their_images(corpus_dir: Path, corpus_manifest: Manifest) -> None:
+    # pyradiomics slices carry an expert lesion mask, TotalSegmentator slices an organ map, others nothing.
+    arrays = {"pyradiomics": ("mask", np.bool_), "totalsegmentator": ("organs", np.uint8)}
     for entry in corpus_manifest.entries:
-        if not entry.source.startswith("pyradiomics"):
+        dataset = entry.source.split("-", 1)[0]
+        if dataset not in arrays:
             assert entry.label is None, entry.id
             continue
         assert entry.label, f"{entry.id} has no label"
+        name, dtype = arrays[dataset]
         with np.load(corpus_dir / entry.label) as npz:
-            mask = npz["mask"]
-        assert mask.dtype == np.bool_, entry.id
-        assert mask.shape == (entry.rows, entry.columns), entry.id
+            assert list(npz) == [name], entry.id
+            array = npz[name]
+        assert array.dtype == dtype, entry.id
+        assert array.shape == (entry.rows, entry.columns), entry.id
+        if name == "organs":
+            assert array.max() <= len(ORGAN_CLASSES), entry.id
 
 
 @pytest.mark.parametrize("case", PYRADIOMICS_CASES)
@@ -245,6 +257,57 @@ def test_slices_match_the_source_volume(case: str, corpus_dir: Path, corpus_mani
             dicom = np.asarray(ds.ImagePositionPatient, float) + column * col_spacing * row_dir + row * row_spacing * col_dir
             expected = origin + directions.T @ np.array([column, row, z], dtype=float)
             np.testing.assert_allclose(dicom, expected, atol=1e-3, err_msg=f"{entry.id} pixel ({row}, {column})")
+
+
+# ---------------------------------------------------------------- 5b. organ maps (TotalSegmentator's output)
+
+
+def _organ_entries(manifest: Manifest, case: str) -> list[CorpusEntry]:
+    return sorted((e for e in manifest.entries if re.fullmatch(rf"totalsegmentator-{case}-\d+", e.id)), key=lambda e: e.id)
+
+
+def test_organ_studies_are_split_by_volume(corpus_manifest: Manifest) -> None:
+    splits = {case: {(e.group, e.split) for e in _organ_entries(corpus_manifest, case)} for case in ("ct-series", "ct", "mr")}
+    assert [len(_organ_entries(corpus_manifest, c)) for c in ("ct-series", "ct", "mr")] == [20, 30, 20]
+    assert all(len(groups) == 1 for groups in splits.values()), splits
+    assert [next(iter(splits[c]))[1] for c in ("ct-series", "ct", "mr")] == ["train", "test", "train"]
+
+
+def test_held_out_organ_volume_holds_every_class(corpus_dir: Path, corpus_manifest: Manifest) -> None:
+    counts = sum(np.bincount(e.labels(corpus_dir).organs.ravel(), minlength=len(ORGAN_CLASSES) + 1)
+                 for e in _organ_entries(corpus_manifest, "ct"))
+    assert (counts[1:] > 0).all(), dict(zip(ORGAN_CLASSES, counts[1:].tolist(), strict=True))
+
+
+@pytest.mark.parametrize(("case", "image", "mask"), [("ct", "example_ct_sm.nii.gz", "example_seg.nii.gz"),
+                                                     ("mr", "example_mr_sm.nii.gz", "example_seg_mr.nii.gz")])
+def test_organ_slices_match_the_source_volume(case: str, image: str, mask: str, corpus_dir: Path,
+                                              corpus_manifest: Manifest) -> None:
+    # Independent of the conversion: every pixel's patient position by DICOM's rules, taken back to a
+    # NIfTI voxel through the volume's own affine (RAS), must hold the pixel's value and its liver label
+    # (class 5 in both TotalSegmentator tasks).
+    if not TOTALSEGMENTATOR_ARCHIVE.is_file():
+        pytest.fail(f"{TOTALSEGMENTATOR_ARCHIVE} is missing: `mvmic data prepare` downloads it")
+    with tarfile.open(TOTALSEGMENTATOR_ARCHIVE) as tar:
+        volume, labels = (nib.Nifti1Image.from_bytes(gzip.decompress(tar.extractfile(
+            f"{TOTALSEGMENTATOR_FILES}/{name}").read())) for name in (image, mask))
+    voxels, classes, inverse = np.asanyarray(volume.dataobj), np.asanyarray(labels.dataobj), np.linalg.inv(volume.affine)
+    entries = _organ_entries(corpus_manifest, case)
+    assert len(entries) == voxels.shape[2]
+    liver = ORGAN_CLASSES.index("liver") + 1
+    for entry in entries:
+        image_ = _image(corpus_dir / entry.path)
+        ds = image_.header
+        rows, columns = np.meshgrid(np.arange(entry.rows), np.arange(entry.columns), indexing="ij")
+        row_dir, col_dir = np.asarray(ds.ImageOrientationPatient[:3], float), np.asarray(ds.ImageOrientationPatient[3:], float)
+        lps = (np.asarray(ds.ImagePositionPatient, float)[:, None, None] + columns * float(ds.PixelSpacing[1])
+               * row_dir[:, None, None] + rows * float(ds.PixelSpacing[0]) * col_dir[:, None, None])
+        ijk = np.rint(np.tensordot(inverse, np.stack([-lps[0], -lps[1], lps[2], np.ones(rows.shape)]), axes=1)[:3])
+        i, j, k = ijk.astype(int)
+        values = image_.frame(0).astype(np.int64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        assert np.array_equal(values, voxels[i, j, k]), entry.id
+        organs = entry.labels(corpus_dir).organs
+        assert np.array_equal(organs == liver, classes[i, j, k] == 5), entry.id
 
 
 # ---------------------------------------------------------------- 6. the prepare command

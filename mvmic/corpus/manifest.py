@@ -3,7 +3,8 @@
     data/corpus/
         manifest.json      this module's Manifest
         images/<id>.dcm    uncompressed DICOM, written by mvmic.pixels
-        labels/<id>.npz    expert lesion mask ("mask", bool, rows x columns), if any
+        labels/<id>.npz    expert lesion mask ("mask", bool, rows x columns) and/or organ map
+                           ("organs", uint8 index into model.tasks.organs.ORGAN_CLASSES), if any
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from mvmic.pixels import NativeImage, read_dicom
 
 # Bump when the recipe changes, so that `mvmic data prepare` rebuilds old corpora.
-CORPUS_VERSION = 1
+# 2: TotalSegmentator's CT and MR studies with organ maps.
+CORPUS_VERSION = 2
 SPLITS = ("train", "val", "test")
 
 
@@ -36,10 +40,24 @@ class CorpusEntry:
     bits_stored: int
     signed: bool
     photometric: str
-    label: str | None = None  # relative path of the expert lesion mask
+    label: str | None = None  # relative path of the label file (lesion mask and/or organ map)
 
     def read(self, corpus_dir: Path) -> NativeImage:
         return read_dicom(corpus_dir / self.path)
+
+    def labels(self, corpus_dir: Path) -> Labels:
+        """The entry's lesion mask (all False where it has none) and organ map (None where it has none)."""
+        lesion, organs = np.zeros((self.rows, self.columns), dtype=bool), None
+        if self.label:
+            with np.load(corpus_dir / self.label) as npz:
+                lesion, organs = npz.get("mask", lesion), npz.get("organs")
+        return Labels(lesion, organs)
+
+
+@dataclass(frozen=True)
+class Labels:
+    lesion: np.ndarray  # (rows, columns) bool, expert lesions
+    organs: np.ndarray | None  # (rows, columns) uint8, 0 background, c: ORGAN_CLASSES[c - 1]
 
 
 @dataclass

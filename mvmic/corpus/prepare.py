@@ -2,7 +2,10 @@
 
     pydicom files ----select----> images/pydicom-<name>.dcm ---+
     pyradiomics volumes --slice--> images/pyradiomics-<case>-<z>.dcm --+--> manifest.json
-                                   labels/pyradiomics-<case>-<z>.npz --+
+                                   labels/pyradiomics-<case>-<z>.npz --+    (lesion "mask")
+    TotalSegmentator CT series, CT and MR volumes
+                  --as stored / slice--> images/totalsegmentator-<case>-<z>.dcm --+
+                                         labels/totalsegmentator-<case>-<z>.npz --+  ("organs")
 
 Idempotent: a corpus whose manifest has the current CORPUS_VERSION and whose files
 are all present is left as it is.
@@ -28,6 +31,15 @@ from mvmic.corpus.sources import (
     select_pydicom_images,
 )
 from mvmic.corpus.split import split_of
+from mvmic.corpus.totalsegmentator import (
+    CT_SERIES,
+    DATASET,
+    TOTALSEGMENTATOR_SHA256,
+    TOTALSEGMENTATOR_VERSION,
+    fetch_totalsegmentator,
+    totalsegmentator_series,
+    totalsegmentator_volumes,
+)
 from mvmic.corpus.volume_dicom import slice_image
 from mvmic.pixels import NativeImage, write_dicom
 
@@ -44,7 +56,8 @@ def prepare_corpus(out_dir: Path, cache_dir: Path, force: bool = False) -> Prepa
     manifest_path = out_dir / MANIFEST_NAME
     if not force and _is_complete(out_dir, manifest_path):
         return PrepareResult(Manifest.load(manifest_path), built=False)
-    archive = fetch_pyradiomics(cache_dir)  # first: the step that can fail for outside reasons
+    # First: the steps that can fail for outside reasons.
+    archive, organs_archive = fetch_pyradiomics(cache_dir), fetch_totalsegmentator(cache_dir)
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "images").mkdir(parents=True)
@@ -54,14 +67,19 @@ def prepare_corpus(out_dir: Path, cache_dir: Path, force: bool = False) -> Prepa
         warnings.simplefilter("ignore", UserWarning)
         images, skipped = select_pydicom_images()
         entries = [_add_image(staging, _pydicom_id(p.source), p.source, p.group, p.image) for p in images]
-    for volume in pyradiomics_volumes(archive):
+    for volume in [*pyradiomics_volumes(archive), *totalsegmentator_volumes(organs_archive)]:
         entries.extend(_add_volume(staging, volume))
+    for index, item in enumerate(totalsegmentator_series(organs_archive)):
+        source = f"{DATASET}-{TOTALSEGMENTATOR_VERSION}:{item.source}"
+        entry = _add_image(staging, f"{DATASET}-{CT_SERIES}-{index:03d}", source, f"{DATASET}:{CT_SERIES}", item.image)
+        entries.append(_with_label(staging, entry, organs=item.organs))
     manifest = Manifest(
         entries=entries,
         sources={
             "pydicom": version("pydicom"),
             "pydicom-data": version("pydicom-data"),
             "pyradiomics": f"3.0.1 sdist sha256 {PYRADIOMICS_SHA256}",
+            "totalsegmentator": f"{TOTALSEGMENTATOR_VERSION} sdist sha256 {TOTALSEGMENTATOR_SHA256}",
         },
         skipped=skipped,
     )
@@ -84,16 +102,29 @@ def _is_complete(out_dir: Path, manifest_path: Path) -> bool:
 
 
 def _add_volume(staging: Path, volume: Volume) -> list[CorpusEntry]:
-    group = f"pyradiomics:{volume.case}"
+    group = f"{volume.dataset}:{volume.case}"
     entries = []
     for index in range(volume.voxels.shape[0]):
-        entry_id = f"pyradiomics-{volume.case}-{index:03d}"
-        source = f"pyradiomics-3.0.1:{volume.case}_image.nrrd[z={index}]"
-        entry = _add_image(staging, entry_id, source, group, slice_image(volume, index))
-        label = f"labels/{entry_id}.npz"
-        np.savez_compressed(staging / label, mask=volume.mask[index])
-        entries.append(CorpusEntry(**{**entry.__dict__, "label": label}))
+        entry_id = f"{volume.dataset}-{volume.case}-{index:03d}"
+        entry = _add_image(staging, entry_id, _slice_source(volume, index), group, slice_image(volume, index))
+        entries.append(_with_label(staging, entry, mask=None if volume.mask is None else volume.mask[index],
+                                   organs=None if volume.organs is None else volume.organs[index]))
     return entries
+
+
+def _slice_source(volume: Volume, index: int) -> str:
+    if volume.dataset == "pyradiomics":
+        return f"pyradiomics-3.0.1:{volume.case}_image.nrrd[z={index}]"
+    return f"{volume.dataset}-{TOTALSEGMENTATOR_VERSION}:{volume.case}[z={index}]"
+
+
+def _with_label(staging: Path, entry: CorpusEntry, mask: np.ndarray | None = None,
+                organs: np.ndarray | None = None) -> CorpusEntry:
+    """The entry with its label file: the lesion ``mask`` and/or the ``organs`` map, whichever exist."""
+    label = f"labels/{entry.id}.npz"
+    arrays = {name: array for name, array in (("mask", mask), ("organs", organs)) if array is not None}
+    np.savez_compressed(staging / label, **arrays)
+    return CorpusEntry(**{**entry.__dict__, "label": label})
 
 
 def _add_image(staging: Path, entry_id: str, source: str, group: str, image: NativeImage) -> CorpusEntry:

@@ -2,6 +2,7 @@
 
     pydicom + pydicom-data test files --select_pydicom_images--> NativeImage per kept file
     pyradiomics 3.0.1 sdist data/*.nrrd --pyradiomics_volumes--> Volume (CT/MR + lesion mask)
+    totalsegmentator 2.18.0 sdist tests/reference_files --mvmic.corpus.totalsegmentator--> CT/MR + organ masks
 
 Selection keeps real patient images only: no test patterns or synthetic colour
 charts, no segmentations or dose grids, no thumbnails, nothing that was stored
@@ -53,10 +54,12 @@ class PydicomImage:
 
 @dataclass
 class Volume:
+    dataset: str  # the package it comes from, e.g. "pyradiomics"; with ``case``, the patient
     case: str
     modality: str
     voxels: np.ndarray  # (slices, rows, columns) int16, in modality units (HU for CT)
-    mask: np.ndarray  # (slices, rows, columns) bool, expert lesion label
+    mask: np.ndarray | None  # (slices, rows, columns) bool, expert lesion label
+    organs: np.ndarray | None  # (slices, rows, columns) uint8, index into model.tasks.organs.ORGAN_CLASSES
     spacing: tuple[float, float, float]  # row, column, slice (mm)
     origin: tuple[float, float, float]
     row_direction: tuple[float, float, float]
@@ -125,18 +128,24 @@ def _duplicate(image: NativeImage, seen: dict[str, str], name: str) -> str | Non
 
 def fetch_pyradiomics(cache_dir: Path) -> Path:
     """The pyradiomics source archive, downloaded once with pip and checked by sha256."""
-    archive = cache_dir / f"pyradiomics-{PYRADIOMICS_VERSION}.tar.gz"
+    return fetch_source_archive("pyradiomics", PYRADIOMICS_VERSION, PYRADIOMICS_SHA256, cache_dir)
+
+
+def fetch_source_archive(package: str, release: str, sha256: str, cache_dir: Path) -> Path:
+    """``<package>-<release>.tar.gz`` from PyPI (``pip download --no-binary :all:``), downloaded once
+    into ``cache_dir`` and checked by sha256. Raises RuntimeError if pip fails or the digest differs."""
+    archive = cache_dir / f"{package}-{release}.tar.gz"
     if not archive.exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation",
-                   "--no-binary", ":all:", f"pyradiomics=={PYRADIOMICS_VERSION}", "-d", str(cache_dir)]
+                   "--no-binary", ":all:", f"{package}=={release}", "-d", str(cache_dir)]
         result = subprocess.run(command, check=False, capture_output=True, text=True)
         if result.returncode != 0 or not archive.exists():
-            raise RuntimeError(f"could not download pyradiomics {PYRADIOMICS_VERSION} with pip:\n{result.stderr[-2000:]}")
+            raise RuntimeError(f"could not download {package} {release} with pip:\n{result.stderr[-2000:]}")
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-    if digest != PYRADIOMICS_SHA256:
+    if digest != sha256:
         archive.unlink()
-        raise RuntimeError(f"{archive.name} has sha256 {digest}, expected {PYRADIOMICS_SHA256}; removed, run again")
+        raise RuntimeError(f"{archive.name} has sha256 {digest}, expected {sha256}; removed, run again")
     return archive
 
 
@@ -164,10 +173,12 @@ def _volume(case: str, modality: str, image: np.ndarray, label: np.ndarray, head
     steps = np.linalg.norm(directions, axis=1)
     unit = directions / steps[:, None]
     return Volume(
+        dataset="pyradiomics",
         case=case,
         modality=modality,
         voxels=np.ascontiguousarray(image.transpose(2, 1, 0)).astype(np.int16),
         mask=np.ascontiguousarray(label.transpose(2, 1, 0)) > 0,
+        organs=None,
         spacing=(float(steps[1]), float(steps[0]), float(steps[2])),
         origin=tuple(float(v) for v in header["space origin"]),
         row_direction=tuple(float(v) for v in unit[0]),

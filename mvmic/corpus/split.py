@@ -1,7 +1,7 @@
 """The fixed train/validation/test split, by patient or volume, never by slice.
 
 A group is a PatientID (or, where the file has none, its StudyInstanceUID) for the
-pydicom files, and the case name for the pyradiomics volumes. The table lists the
+pydicom files, and the case name for the pyradiomics and TotalSegmentator studies. The table lists the
 held-out groups; every other group trains. Each modality with more than one group
 has a test group, so the benchmarks cover CT, MR, CR, NM and US.
 """
@@ -13,6 +13,9 @@ HELD_OUT: dict[str, str] = {
     "pyradiomics:lung1": "test",  # CT
     "pyradiomics:brain2": "test",  # MR
     "pyradiomics:breast1": "val",  # MR
+    # TotalSegmentator studies, each with organ maps (that model's output): the 3 mm CT volume
+    # tests; the MR volume and the CT series (1 mm, 512 x 512) train
+    "totalsegmentator:ct": "test",
     # pydicom / pydicom-data patients
     "CQ500-CT-310": "test",  # CT head
     "JXD191021006": "val",  # CT

@@ -3,7 +3,7 @@
     Volume (voxels in HU or MR units) --slice_image(volume, z)--> NativeImage
         stored value = voxel - RescaleIntercept, unsigned, BitsStored 12
 
-The pyradiomics volumes come as NRRD; writing them as the CT and MR Image Storage
+The pyradiomics volumes come as NRRD and TotalSegmentator's as NIfTI; writing them as the CT and MR Image Storage
 instances a scanner would send lets every consumer (training, benchmarks, service
 tests) read the whole corpus through mvmic.pixels.
 """
@@ -20,7 +20,8 @@ from mvmic.corpus.sources import Volume
 from mvmic.pixels import NativeImage, PixelFormat
 
 SOP_CLASSES = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}
-# Scanners digitise CT and MR with 12 bits; CT stores HU + 1024.
+# Scanners digitise CT and MR with 12 bits; CT stores HU + 1024. A volume with lower values
+# (CT padding below -1024 HU, MR with negative values after resampling) gets a lower intercept.
 BITS_STORED = 12
 RESCALE_INTERCEPT = {"CT": -1024, "MR": 0}
 # Fixed dates keep the corpus byte-identical from one build to the next.
@@ -32,15 +33,21 @@ def slice_image(volume: Volume, index: int) -> NativeImage:
     if volume.modality not in SOP_CLASSES:
         raise ValueError(f"Modality {volume.modality!r}: only CT and MR volumes are supported")
     pixel_format = PixelFormat(bits_stored=BITS_STORED, signed=False)
-    stored = volume.voxels[index].astype(np.int32) - RESCALE_INTERCEPT[volume.modality]
+    intercept = rescale_intercept(volume)
+    stored = volume.voxels[index].astype(np.int32) - intercept
     if stored.min() < pixel_format.min_value or stored.max() > pixel_format.max_value:
         raise ValueError(
             f"{volume.case} slice {index}: values {stored.min()}..{stored.max()} do not fit "
-            f"BitsStored {BITS_STORED} with RescaleIntercept {RESCALE_INTERCEPT[volume.modality]}"
+            f"BitsStored {BITS_STORED} with RescaleIntercept {intercept}"
         )
-    header = _header(volume, index)
+    header = _header(volume, index, intercept)
     pixels = stored.astype(pixel_format.dtype)[None, :, :, None]
     return NativeImage(header=header, pixels=pixels, format=pixel_format)
+
+
+def rescale_intercept(volume: Volume) -> int:
+    """The modality's usual intercept, or the volume's lowest value where that is lower."""
+    return min(RESCALE_INTERCEPT[volume.modality], int(volume.voxels.min()))
 
 
 def _uid(*parts: object) -> str:
@@ -48,9 +55,9 @@ def _uid(*parts: object) -> str:
     return generate_uid(entropy_srcs=["mvmic-corpus", *map(str, parts)])
 
 
-def _header(volume: Volume, index: int) -> Dataset:
-    modality = volume.modality
-    sop_instance = _uid(volume.case, "instance", index)
+def _header(volume: Volume, index: int, intercept: int) -> Dataset:
+    modality, patient = volume.modality, f"{volume.dataset}:{volume.case}"
+    sop_instance = _uid(patient, "instance", index)
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = SOP_CLASSES[modality]
@@ -61,20 +68,20 @@ def _header(volume: Volume, index: int) -> Dataset:
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.Modality = modality
-    ds.PatientName = f"pyradiomics^{volume.case}"
-    ds.PatientID = f"pyradiomics:{volume.case}"
+    ds.PatientName = f"{volume.dataset}^{volume.case}"
+    ds.PatientID = patient
     ds.PatientBirthDate = ""
     ds.PatientSex = ""
-    ds.StudyInstanceUID = _uid(volume.case, "study")
-    ds.SeriesInstanceUID = _uid(volume.case, "series")
-    ds.FrameOfReferenceUID = _uid(volume.case, "frame-of-reference")
+    ds.StudyInstanceUID = _uid(patient, "study")
+    ds.SeriesInstanceUID = _uid(patient, "series")
+    ds.FrameOfReferenceUID = _uid(patient, "frame-of-reference")
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = STUDY_DATE.strftime("%Y%m%d")
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = "000000"
     ds.StudyID = volume.case
     ds.AccessionNumber = ""
     ds.ReferringPhysicianName = ""
-    ds.Manufacturer = "pyradiomics test data (converted by MVMIC)"
-    ds.SeriesDescription = f"pyradiomics {volume.case}"
+    ds.Manufacturer = f"{volume.dataset} test data (converted by MVMIC)"
+    ds.SeriesDescription = f"{volume.dataset} {volume.case}"
     ds.SeriesNumber = 1
     ds.InstanceNumber = index + 1
     ds.PatientPosition = "HFS"
@@ -89,7 +96,7 @@ def _header(volume: Volume, index: int) -> Dataset:
     ds.BitsStored = BITS_STORED
     ds.HighBit = BITS_STORED - 1
     ds.PixelRepresentation = 0
-    ds.RescaleIntercept = RESCALE_INTERCEPT[modality]
+    ds.RescaleIntercept = intercept
     ds.RescaleSlope = 1
     if modality == "CT":
         ds.RescaleType = "HU"
