@@ -36,6 +36,7 @@ class LesionParameters:
 
 LESION_PARAMETERS = LesionParameters()
 MIN_LESION_PIXELS = 3  # smaller components of an expert mask are labelling noise, not lesions
+EDGE_REACH = 12  # soft-edge widths computed beyond a lesion's boundary
 
 
 @dataclass
@@ -45,65 +46,95 @@ class LesionImage:
     boxes: np.ndarray  # (n, 4) float64, x0 y0 x1 y1
 
 
-def insert_lesions(image: np.ndarray, rng: np.random.Generator,
-                   parameters: LesionParameters = LESION_PARAMETERS) -> LesionImage:
-    """Add 0..N synthetic lesions to a 2-D image (any units); the caller rounds and clips if needed."""
+@dataclass(frozen=True)
+class ImageRange:
+    """What the generator measures lesions against: the 1st/99th percentiles and the extremes of an image."""
+
+    low: float
+    high: float
+    minimum: float
+    maximum: float
+
+    @classmethod
+    def of(cls, image: np.ndarray) -> ImageRange:
+        low, high = np.percentile(image, [1, 99])
+        return cls(float(low), float(high), float(image.min()), float(image.max()))
+
+
+def insert_lesions(image: np.ndarray, rng: np.random.Generator, parameters: LesionParameters = LESION_PARAMETERS,
+                   whole: ImageRange | None = None) -> LesionImage:
+    """Add 0..N synthetic lesions to a 2-D image (any units); the caller rounds and clips if needed.
+    ``whole``: the range of the whole image when ``image`` is a crop of it, so that a lesion's contrast
+    and the body it may lie in are those it would get in the whole image (default: ``image``'s own)."""
     image = np.asarray(image, dtype=np.float64)
-    low, high = np.percentile(image, [1, 99])
-    value_range = max(high - low, 1e-12)
+    whole = whole or ImageRange.of(image)
+    value_range = max(whole.high - whole.low, 1e-12)
     count = rng.choice(len(parameters.count_weights), p=np.asarray(parameters.count_weights))
-    free = image > image.min() + parameters.body_fraction * (image.max() - image.min())
+    free = image > whole.minimum + parameters.body_fraction * (whole.maximum - whole.minimum)
     result, mask, boxes = image.copy(), np.zeros(image.shape, dtype=bool), []
+    grow = int(parameters.spacing) + 1
     for _ in range(count):
         lesion = _place_lesion(image.shape, free, rng, parameters)
         if lesion is None:
             break
-        alpha, centre_mask = lesion
+        window, alpha, lesion_mask = lesion
         sign = 1.0 if rng.random() < parameters.brighter else -1.0
         contrast = np.exp(rng.uniform(*np.log(parameters.contrast))) * value_range
-        result += sign * contrast * alpha * _texture(image.shape, rng, parameters.texture)
-        mask |= centre_mask
-        boxes.append(_box(centre_mask))
-        free &= ~ndimage.binary_dilation(centre_mask, iterations=int(parameters.spacing) + 1)
+        result[window] += sign * contrast * alpha * _texture(alpha.shape, rng, parameters.texture)
+        mask[window] |= lesion_mask
+        x0, y0, x1, y1 = _box(lesion_mask)
+        top, left = window[0].start, window[1].start
+        boxes.append((x0 + left, y0 + top, x1 + left, y1 + top))
+        around = _window(image.shape, (y0 + y1) // 2 + top, (x0 + x1) // 2 + left, max(x1 - x0, y1 - y0) + grow)
+        free[around] &= ~ndimage.binary_dilation(mask[around], iterations=grow)
     return LesionImage(result, mask, np.asarray(boxes, dtype=np.float64).reshape(-1, 4))
 
 
-def boxes_of(mask: np.ndarray) -> np.ndarray:
-    """One box per connected lesion of an expert mask (8-connectivity), tiny specks dropped."""
+def boxes_of(mask: np.ndarray, min_pixels: int = MIN_LESION_PIXELS) -> np.ndarray:
+    """(n, 4) boxes, one per connected component of a mask (8-connectivity) of at least ``min_pixels``."""
     labels, _ = ndimage.label(mask, structure=np.ones((3, 3)))
     boxes = []
     for index, region in enumerate(ndimage.find_objects(labels), start=1):
-        if region is not None and (labels[region] == index).sum() >= MIN_LESION_PIXELS:
+        if region is not None and (labels[region] == index).sum() >= min_pixels:
             rows, columns = region
             boxes.append((columns.start, rows.start, columns.stop, rows.stop))
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
 
 
 def _place_lesion(shape: tuple[int, ...], free: np.ndarray, rng: np.random.Generator,
-                  parameters: LesionParameters) -> tuple[np.ndarray, np.ndarray] | None:
-    """A soft lesion (alpha in 0..1) and its mask, centred on a free pixel and lying on free pixels."""
+                  parameters: LesionParameters) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray] | None:
+    """A soft lesion (alpha in 0..1) and its mask on a window of the image that holds all of its
+    soft edge, centred on a free pixel and lying on free pixels."""
     candidates = np.flatnonzero(free)
     for _ in range(20):
         if candidates.size == 0:
             return None
         row, column = np.unravel_index(rng.choice(candidates), shape)
         diameter = min(np.exp(rng.uniform(*np.log(parameters.diameter))), 0.5 * min(shape))
-        alpha = _soft_shape(shape, (row, column), diameter / 2, rng, parameters)
+        # The boundary lies within radius * (1 + 3 irregularity); EDGE_REACH widths beyond it alpha < 1e-5.
+        reach = diameter / 2 * (1 + 3 * parameters.irregularity) + EDGE_REACH * parameters.edge_width[1]
+        window = _window(shape, row, column, int(np.ceil(reach)))
+        alpha = _soft_shape(window, (row, column), diameter / 2, rng, parameters)
         lesion_mask = alpha > 0.5
-        if lesion_mask.any() and free[lesion_mask].all():
-            return alpha, lesion_mask
+        if lesion_mask.any() and free[window][lesion_mask].all():
+            return window, alpha, lesion_mask
     return None
 
 
-def _soft_shape(shape: tuple[int, ...], centre: tuple[int, int], radius: float, rng: np.random.Generator,
+def _window(shape: tuple[int, ...], row: int, column: int, reach: int) -> tuple[slice, slice]:
+    return (slice(max(0, row - reach), min(shape[0], row + reach + 1)),
+            slice(max(0, column - reach), min(shape[1], column + reach + 1)))
+
+
+def _soft_shape(window: tuple[slice, slice], centre: tuple[int, int], radius: float, rng: np.random.Generator,
                 parameters: LesionParameters) -> np.ndarray:
-    rows, columns = np.indices(shape, dtype=np.float64)
+    rows, columns = np.mgrid[window].astype(np.float64)
     angle = rng.uniform(0, np.pi)
     dy, dx = rows - centre[0], columns - centre[1]
     u = dx * np.cos(angle) + dy * np.sin(angle)
     v = (-dx * np.sin(angle) + dy * np.cos(angle)) / rng.uniform(*parameters.axis_ratio)
     theta = np.arctan2(v, u)
-    boundary = np.ones(shape)
+    boundary = np.ones(rows.shape)
     for k in (2, 3, 4):
         boundary += rng.uniform(0, parameters.irregularity) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
     distance = np.hypot(u, v) - radius * boundary  # < 0 inside
