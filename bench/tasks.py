@@ -1,15 +1,19 @@
-"""`mvmic bench tasks`: lesion segmentation and detection per rate, from the bitstream and from pixels.
+"""`mvmic bench tasks`: both task sets per rate, from the bitstream and from pixels.
 
-    test split frame --synthetic lesions (fixed seed per frame)--> case   | real: frames with an expert lesion
-      per quality: MVMICNet .mvm --Analyzer (partial decoding, heads)-----> scores "MVMICNet heads"
-                               --decode--> pixels --PixelReference---------> scores "pixel ref on MVMICNet"
-                   JPEG 2000 at the same bits per pixel --decode--> pixels --PixelReference --> "pixel ref on JPEG 2000"
-      once: uncompressed pixels --PixelReference-------------------------> "pixel ref, uncompressed"
-    BD-rate at equal Dice: MVMICNet heads against the JPEG 2000 route (operational points of each curve)
+    task sets of the test split:
+      synthetic: one-sample frames with synthetic lesions (fixed seed per frame)  -> lesion Dice/IoU, AP50, mAP
+      real:      frames with an expert lesion, unmodified                         -> lesion scores
+      organs:    frames with an organ map (TotalSegmentator's output), unmodified  -> Dice/IoU per organ, AP50, mAP
+    per quality: MVMICNet .mvm --Analyzer (partial decoding, heads)-----> scores of each stage's heads
+                             --decode--> pixels --PixelReference---------> scores "pixel ref on MVMICNet"
+                 JPEG 2000 at the same bits per pixel --decode--> pixels --PixelReference --> "pixel ref on JPEG 2000"
+    once: uncompressed pixels --PixelReference-------------------------> "pixel ref, uncompressed"
+    BD-rate at equal Dice (lesion Dice; mean organ Dice): the heads against the JPEG 2000 route
     Dice of the last stage against the first at equal rate; middle quality's Dice against the uncompressed reference
     time per frame at the middle quality: analyse the bitstream vs decode then analyse pixels
+    examples.png: a few frames with truth and the served heads' masks and boxes at the middle quality
 
-Scores are pooled over the set (model.tasks.evaluation). Tables in tasks.md, rows in tasks.json.
+Scores are pooled over each set (model.tasks.evaluation). Tables in tasks.md, rows in tasks.json.
 """
 
 from __future__ import annotations
@@ -28,12 +32,13 @@ import torch
 from bench.bdrate import bd_rate
 from bench.codecs import CODECS, OperatingPoint, registered_codecs
 from model.codec import QUALITY_CODES, MvmicCodec, normalised_planes
-from model.tasks.analysis import Analyzer
+from model.tasks.analysis import Analyzer, FrameAnalysis
 from model.tasks.evaluation import TaskScores
-from model.tasks.heads import PixelReference
+from model.tasks.heads import PixelReference, standardise
 from model.tasks.joint import STAGE2_CODEC, STAGE2_HEADS, STAGE3_CODEC, STAGE3_HEADS
 from model.tasks.lesions import boxes_of, insert_lesions
-from model.tasks.objectives import decode_detections, segmentation_masks
+from model.tasks.objectives import Detections, decode_detections, organ_maps, segmentation_masks
+from model.tasks.organs import ORGAN_CLASSES, organ_boxes
 from mvmic.corpus.manifest import Manifest
 from mvmic.metrics import bits_per_pixel
 from mvmic.pixels import PixelFormat
@@ -41,6 +46,8 @@ from mvmic.pixels import PixelFormat
 QUALITIES = (1, 2, 4, 6, 8)
 MIDDLE_QUALITY = 4
 DEFAULT_PIXEL_REFERENCE = Path(__file__).resolve().parents[1] / "weights" / "pixel-reference.pt"
+SETS = ("synthetic", "real", "organs")
+KEY_SCORE = {"synthetic": "lesion Dice", "real": "lesion Dice", "organs": "mean organ Dice"}
 
 
 @dataclass
@@ -48,25 +55,40 @@ class TaskCase:
     id: str
     frame: np.ndarray  # (rows, columns) stored integers, lesions included
     format: PixelFormat
-    mask: np.ndarray
-    boxes: np.ndarray
+    mask: np.ndarray  # (rows, columns) bool, lesions
+    organs: np.ndarray | None  # (rows, columns) uint8 organ map, None where the frame has none
+    boxes: np.ndarray  # (n, 5) x0 y0 x1 y1 class (model.tasks.heads.DETECTION_CLASSES)
+
+
+def key_score(scores: dict, task_set: str) -> float:
+    """The score BD-rate and the stage comparisons use: lesion Dice, or the mean organ Dice."""
+    return scores["mean_organ_dice"] if task_set == "organs" else scores["lesion"]["dice"]
+
+
+def _case(case_id: str, frame: np.ndarray, fmt: PixelFormat, mask: np.ndarray, lesion_boxes: np.ndarray,
+          organs: np.ndarray | None) -> TaskCase:
+    boxes = np.column_stack([lesion_boxes.reshape(-1, 4), np.zeros(len(lesion_boxes))])
+    if organs is not None:
+        boxes = np.concatenate([boxes, organ_boxes(organs)])
+    return TaskCase(case_id, frame, fmt, mask, organs, boxes)
 
 
 def synthetic_cases(corpus_dir: Path, split: str) -> list[TaskCase]:
     """Every one-sample frame of the split with synthetic lesions, the same on every run. A real
-    lesion of the frame stays a lesion to find: finding it is no false positive."""
+    lesion of the frame stays a lesion to find: finding it is no false positive. Organs are not
+    scored here (the lesions change the organs' appearance): the organ set is unmodified frames."""
     cases = []
     for entry in Manifest.load(corpus_dir / "manifest.json").select(split):
         image = entry.read(corpus_dir)
         if image.format.samples_per_pixel != 1:
             continue
-        real = np.load(corpus_dir / entry.label)["mask"] if entry.label else np.zeros(image.pixels.shape[1:3], bool)
+        real = entry.labels(corpus_dir).lesion
         for frame in range(image.frames):
             generator = np.random.default_rng(zlib.crc32(f"{entry.id}/{frame}".encode()))
             lesions = insert_lesions(image.pixels[frame, ..., 0], generator)
             stored = np.clip(np.round(lesions.image), image.format.min_value, image.format.max_value)
-            cases.append(TaskCase(f"{entry.id}/{frame}", stored.astype(image.format.dtype), image.format,
-                                  lesions.mask | real, np.concatenate([lesions.boxes, boxes_of(real)])))
+            cases.append(_case(f"{entry.id}/{frame}", stored.astype(image.format.dtype), image.format,
+                               lesions.mask | real, np.concatenate([lesions.boxes, boxes_of(real)]), None))
     return cases
 
 
@@ -74,13 +96,28 @@ def real_cases(corpus_dir: Path, split: str) -> list[TaskCase]:
     """Frames of the split whose expert mask holds a lesion, unmodified."""
     cases = []
     for entry in Manifest.load(corpus_dir / "manifest.json").select(split):
-        if not entry.label:
-            continue
-        mask = np.load(corpus_dir / entry.label)["mask"]
+        mask = entry.labels(corpus_dir).lesion
         if mask.any():
             image = entry.read(corpus_dir)
-            cases.append(TaskCase(entry.id, image.pixels[0, ..., 0], image.format, mask, boxes_of(mask)))
+            cases.append(_case(entry.id, image.pixels[0, ..., 0], image.format, mask, boxes_of(mask), None))
     return cases
+
+
+def organ_cases(corpus_dir: Path, split: str) -> list[TaskCase]:
+    """Frames of the split with an organ map, unmodified (no lesion in them is known)."""
+    cases = []
+    for entry in Manifest.load(corpus_dir / "manifest.json").select(split):
+        organs = entry.labels(corpus_dir).organs
+        if organs is not None:
+            image = entry.read(corpus_dir)
+            cases.append(_case(entry.id, image.pixels[0, ..., 0], image.format, np.zeros(organs.shape, bool),
+                               np.zeros((0, 4)), organs))
+    return cases
+
+
+def add_analysis(scores: TaskScores, case: TaskCase, analysis: FrameAnalysis) -> None:
+    scores.add_frame(analysis.mask, case.mask, analysis.organs, case.organs,
+                     Detections(analysis.boxes, analysis.scores, analysis.classes), case.boxes)
 
 
 class PixelAnalyzer:
@@ -92,11 +129,15 @@ class PixelAnalyzer:
         self.network.eval()
 
     @torch.no_grad()
-    def score(self, frame: np.ndarray, fmt: PixelFormat, case: TaskCase, scores: TaskScores) -> None:
+    def analyse(self, frame: np.ndarray, fmt: PixelFormat) -> FrameAnalysis:
         plane = torch.from_numpy(normalised_planes(frame, fmt)[0].astype(np.float32))[None, None]
-        outputs = self.network(plane)
+        outputs = self.network(standardise(plane))
         found = decode_detections(outputs, frame.shape)[0]
-        scores.add(segmentation_masks(outputs, frame.shape)[0], case.mask, found.boxes, found.scores, case.boxes)
+        return FrameAnalysis(0, found.boxes, found.scores, found.classes, segmentation_masks(outputs, frame.shape)[0],
+                             organ_maps(outputs, frame.shape)[0])
+
+    def score(self, frame: np.ndarray, fmt: PixelFormat, case: TaskCase, scores: TaskScores) -> None:
+        add_analysis(scores, case, self.analyse(frame, fmt))
 
 
 def default_stages() -> dict[str, tuple[Path, Path]]:
@@ -112,21 +153,24 @@ def run_tasks_benchmark(corpus_dir: Path, out_dir: Path, stages: dict[str, tuple
                  for name, (codec, heads) in (stages or default_stages()).items()}
     pixels = PixelAnalyzer(pixel_reference)
     result = {"split": split, "qualities": list(QUALITIES), "sets": {}, "every": every,
+              "organ_labels": "TotalSegmentator's output, not expert labels", "organ_classes": list(ORGAN_CLASSES),
               "weights": {name: [str(p) for p in paths] for name, paths in (stages or default_stages()).items()}}
     synthetic = synthetic_cases(corpus_dir, split)[::every]  # every: a quicker run on a subset
-    for name, cases in (("synthetic", synthetic), ("real", real_cases(corpus_dir, split))):
-        result["sets"][name] = _run_set(cases, analyzers, pixels)
+    sets = {"synthetic": synthetic, "real": real_cases(corpus_dir, split), "organs": organ_cases(corpus_dir, split)}
+    for name, cases in sets.items():
+        result["sets"][name] = _run_set(name, cases, analyzers, pixels)
         print(f"{name}: {len(cases)} frames done", flush=True)
     served = list(analyzers.values())[-1]
     result["timing"] = _timing(synthetic[:: max(1, 8 // every)], served, pixels)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _examples(sets, served, out_dir / "examples.png")
     (out_dir / "tasks.json").write_text(json.dumps(result, indent=1) + "\n")
     (out_dir / "tasks.md").write_text(markdown(result) + "\n")
     print(markdown(result))
     return result
 
 
-def _run_set(cases: list[TaskCase], analyzers: dict[str, Analyzer], pixels: PixelAnalyzer) -> dict:
+def _run_set(task_set: str, cases: list[TaskCase], analyzers: dict[str, Analyzer], pixels: PixelAnalyzer) -> dict:
     """Scores per quality: each stage's heads on its own bitstreams; the pixel reference on the
     last stage's decoded pixels and on JPEG 2000 at the last stage's rate."""
     uncompressed = TaskScores()
@@ -145,8 +189,7 @@ def _run_set(cases: list[TaskCase], analyzers: dict[str, Analyzer], pixels: Pixe
                 streams[name] = analyzer.codec.compress_pixels(case.frame[None, ..., None], case.format,
                                                                QUALITY_CODES[quality])
                 stage_rates[name].append(bits_per_pixel(streams[name].to_bytes(), case.frame))
-                analysis = analyzer.analyze(streams[name], min_score=0.0)[0]
-                stage_scores[name].add(analysis.mask, case.mask, analysis.boxes, analysis.scores, case.boxes)
+                add_analysis(stage_scores[name], case, analyzer.analyze(streams[name], min_score=0.0)[0])
             decoded = analyzers[served].codec.decompress(streams[served])[0, ..., 0]
             pixels.score(decoded, case.format, case, on_mvmic)
             point = OperatingPoint(f"{stage_rates[served][-1]:.3f} bpp", param=stage_rates[served][-1])
@@ -158,13 +201,14 @@ def _run_set(cases: list[TaskCase], analyzers: dict[str, Analyzer], pixels: Pixe
                      "pixel_ref_on_mvmicnet": on_mvmic.as_dict(), "pixel_ref_on_jpeg2000": on_jpeg2000.as_dict()})
     reference = uncompressed.as_dict()
     middle = next(r for r in rows if r["quality"] == MIDDLE_QUALITY)
-    result = {"frames": len(cases), "pixel_ref_uncompressed": reference, "rows": rows,
-              "bd_rate_dice_vs_jpeg2000": {name: _bd_rate_at_equal_dice(rows, name) for name in analyzers},
-              "middle_rate_dice_vs_uncompressed_reference": {
-                  name: middle["stages"][name]["dice"] / max(reference["dice"], 1e-9) for name in analyzers}}
+    result = {"frames": len(cases), "key_score": KEY_SCORE[task_set], "pixel_ref_uncompressed": reference, "rows": rows,
+              "bd_rate_vs_jpeg2000": {name: _bd_rate_at_equal_score(rows, name, task_set) for name in analyzers},
+              "middle_rate_vs_uncompressed_reference": {
+                  name: key_score(middle["stages"][name], task_set) / max(key_score(reference, task_set), 1e-9)
+                  for name in analyzers}}
     if len(analyzers) > 1:
         first, last = next(iter(analyzers)), served
-        result["equal_rate"] = {"stages": [first, last], "rows": _dice_at_equal_rate(rows, first, last)}
+        result["equal_rate"] = {"stages": [first, last], "rows": _score_at_equal_rate(rows, first, last, task_set)}
     return result
 
 
@@ -180,30 +224,31 @@ def _operational(rates: list[float], dice: list[float]) -> tuple[list[float], li
     return kept_rates, kept_dice
 
 
-def _bd_rate_at_equal_dice(rows: list[dict], stage: str) -> float | str:
-    """Rate change of the stage's heads against the JPEG 2000 route at equal Dice (JPEG 2000 ran at
-    the last stage's rates), both curves reduced to their operational points."""
+def _bd_rate_at_equal_score(rows: list[dict], stage: str, task_set: str) -> float | str:
+    """Rate change of the stage's heads against the JPEG 2000 route at an equal key score (JPEG 2000 ran
+    at the last stage's rates), both curves reduced to their operational points."""
     served = list(rows[0]["stages"])[-1]
-    reference = _operational([r["stages"][served]["bpp"] for r in rows], [r["pixel_ref_on_jpeg2000"]["dice"] for r in rows])
-    test = _operational([r["stages"][stage]["bpp"] for r in rows], [r["stages"][stage]["dice"] for r in rows])
+    reference = _operational([r["stages"][served]["bpp"] for r in rows],
+                             [key_score(r["pixel_ref_on_jpeg2000"], task_set) for r in rows])
+    test = _operational([r["stages"][stage]["bpp"] for r in rows], [key_score(r["stages"][stage], task_set) for r in rows])
     try:
-        return bd_rate(*reference, *test, quality_name="Dice")
+        return bd_rate(*reference, *test, quality_name=KEY_SCORE[task_set])
     except ValueError as exc:
         return f"n/a: {exc}"
 
 
-def _dice_at_equal_rate(rows: list[dict], reference: str, test: str) -> list[dict]:
-    """At each of the test stage's points, the reference stage's Dice at the same bits per pixel,
+def _score_at_equal_rate(rows: list[dict], reference: str, test: str, task_set: str) -> list[dict]:
+    """At each of the test stage's points, the reference stage's key score at the same bits per pixel,
     interpolated linearly in log rate between its two nearest points (None outside its range)."""
     log_rates = np.log([r["stages"][reference]["bpp"] for r in rows])
-    dice = np.array([r["stages"][reference]["dice"] for r in rows])
+    scores = np.array([key_score(r["stages"][reference], task_set) for r in rows])
     order = np.argsort(log_rates)
     compared = []
     for row in rows:
-        rate, value = row["stages"][test]["bpp"], row["stages"][test]["dice"]
+        rate, value = row["stages"][test]["bpp"], key_score(row["stages"][test], task_set)
         inside = log_rates.min() <= np.log(rate) <= log_rates.max()
-        at_rate = float(np.interp(np.log(rate), log_rates[order], dice[order])) if inside else None
-        compared.append({"quality": row["quality"], "bpp": rate, "dice": value, "reference_dice": at_rate})
+        at_rate = float(np.interp(np.log(rate), log_rates[order], scores[order])) if inside else None
+        compared.append({"quality": row["quality"], "bpp": rate, "score": value, "reference_score": at_rate})
     return compared
 
 
@@ -222,40 +267,119 @@ def _timing(cases: list[TaskCase], analyzer: Analyzer, pixels: PixelAnalyzer) ->
             "decode_then_analyse_ms": decode_ms, "speedup": decode_ms / analyse_ms}
 
 
+def _examples(sets: dict[str, list[TaskCase]], analyzer: Analyzer, path: Path) -> None:
+    """Frames of each set: the image, the truth and what the served heads find at the middle quality
+    (lesions in red, organs in colour, boxes in the colour of their class; organs only on the organ
+    set, whose frames alone have organ labels). Lesion sets show their frames with the most lesion
+    pixels, the organ set two frames a third and two thirds into its volume."""
+    from PIL import Image
+
+    tiles = []
+    for name, cases in sets.items():
+        if name == "organs":
+            chosen = [cases[len(cases) // 3], cases[2 * len(cases) // 3]] if cases else []
+        else:
+            chosen = sorted(cases, key=lambda c: -int(c.mask.sum()))[: 2 if name == "synthetic" else 1]
+        for case in chosen:
+            stream = analyzer.codec.compress_pixels(case.frame[None, ..., None], case.format,
+                                                    QUALITY_CODES[MIDDLE_QUALITY])
+            found = analyzer.analyze(stream)[0]
+            keep = found.classes > 0 if name == "organs" else found.classes == 0
+            row = [_grey(case.frame),
+                   _overlay(case.frame, case.mask, case.organs, case.boxes[:, :4], case.boxes[:, 4]),
+                   _overlay(case.frame, found.mask, found.organs if name == "organs" else None,
+                            found.boxes[keep], found.classes[keep])]
+            tile = Image.fromarray(np.concatenate(row, axis=1).astype(np.uint8))
+            tiles.append(np.asarray(tile.resize((768, round(768 * tile.height / tile.width)))))
+    if tiles:
+        Image.fromarray(np.concatenate(tiles, axis=0)).save(path)
+
+
+COLOURS = np.array([[230, 25, 75], [245, 130, 48], [60, 180, 75], [0, 130, 200], [255, 225, 25],
+                    [145, 30, 180], [70, 240, 240], [240, 50, 230]], dtype=np.float64)  # per DETECTION_CLASSES
+
+
+def _grey(frame: np.ndarray) -> np.ndarray:
+    low, high = np.percentile(frame, [1, 99])
+    return np.clip((frame - low) / max(high - low, 1), 0, 1)[..., None] * 255 * np.ones(3)
+
+
+def _overlay(frame: np.ndarray, lesion: np.ndarray, organs: np.ndarray | None, boxes: np.ndarray,
+             classes: np.ndarray) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    image = _grey(frame)
+    if organs is not None:
+        image[organs > 0] = 0.55 * image[organs > 0] + 0.45 * COLOURS[organs[organs > 0]]
+    image[lesion] = 0.4 * image[lesion] + 0.6 * COLOURS[0]
+    drawn = Image.fromarray(image.astype(np.uint8))
+    draw = ImageDraw.Draw(drawn)
+    for box, index in zip(boxes, classes, strict=True):
+        draw.rectangle([float(v) for v in box], outline=tuple(int(v) for v in COLOURS[int(index)]))
+    return np.asarray(drawn, dtype=np.float64)
+
+
 def markdown(result: dict) -> str:
-    lines = [f"# Task benchmark ({result['split']} split)"]
+    lines = [f"# Task benchmark ({result['split']} split)", "",
+             (f"Organ labels are {result['organ_labels']}. Columns of examples.png: image, truth, served heads at "
+             f"quality {MIDDLE_QUALITY}.")]
     for name, data in result["sets"].items():
         ref = data["pixel_ref_uncompressed"]
         stages = list(data["rows"][0]["stages"])
-        header = ["quality"] + [f"{stage} {column}" for stage in stages for column in ("bpp", "Dice", "IoU", "AP50")]
-        header += ["pixel ref on MVMICNet Dice", "pixel ref on JPEG 2000 Dice", "pixel ref on JPEG 2000 AP50"]
-        lines += ["", f"## {name} lesions: {data['frames']} frames, {ref['true_boxes']} lesions", "",
-                  (f"Pixel reference on uncompressed images: Dice {ref['dice']:.3f}, IoU {ref['iou']:.3f}, "
-                   f"AP50 {ref['ap50']:.3f}"), "",
+        organs = name == "organs"
+        columns = ("bpp", "mean organ Dice", "organ AP50", "organ mAP") if organs else ("bpp", "Dice", "IoU", "AP50", "mAP")
+        header = ["quality"] + [f"{stage} {column}" for stage in stages for column in columns]
+        header += [f"pixel ref on MVMICNet {data['key_score']}", f"pixel ref on JPEG 2000 {data['key_score']}"]
+        lines += ["", f"## {name}: {data['frames']} frames, {_truth_summary(ref, organs)}", "",
+                  f"Pixel reference on uncompressed images: {_summary(ref, organs)}", "",
                   "| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
         for row in data["rows"]:
             cells = [str(row["quality"])]
             for stage in stages:
                 scores = row["stages"][stage]
-                cells += [f"{scores['bpp']:.3f}", f"{scores['dice']:.3f}", f"{scores['iou']:.3f}", f"{scores['ap50']:.3f}"]
-            cells += [f"{row['pixel_ref_on_mvmicnet']['dice']:.3f}", f"{row['pixel_ref_on_jpeg2000']['dice']:.3f}",
-                      f"{row['pixel_ref_on_jpeg2000']['ap50']:.3f}"]
+                cells.append(f"{scores['bpp']:.3f}")
+                values = ((scores["mean_organ_dice"], scores["organ_ap50"], scores["organ_map"]) if organs else
+                          (scores["lesion"]["dice"], scores["lesion"]["iou"], scores["lesion"]["ap50"],
+                           scores["lesion"]["map"]))
+                cells += [f"{v:.3f}" for v in values]
+            cells += [f"{key_score(row[route], name):.3f}" for route in ("pixel_ref_on_mvmicnet", "pixel_ref_on_jpeg2000")]
             lines.append("| " + " | ".join(cells) + " |")
+        if organs:
+            middle = next(r for r in data["rows"] if r["quality"] == MIDDLE_QUALITY)["stages"][stages[-1]]
+            per_class = [f"{organ} {ref['organs'][organ]['dice']:.3f} / {middle['organs'][organ]['dice']:.3f}"
+                         for organ in ref["organs"] if organ in middle["organs"]]
+            lines += ["", f"Dice per organ, pixel reference uncompressed / {stages[-1]} heads at quality "
+                      f"{MIDDLE_QUALITY}: " + "; ".join(per_class)]
         lines.append("")
-        for stage, bd in data["bd_rate_dice_vs_jpeg2000"].items():
-            lines.append(f"BD-rate at equal Dice, {stage} heads vs the pixel reference on JPEG 2000: "
+        for stage, bd in data["bd_rate_vs_jpeg2000"].items():
+            lines.append(f"BD-rate at equal {data['key_score']}, {stage} heads vs the pixel reference on JPEG 2000: "
                          + (f"{bd:+.1f} %" if isinstance(bd, float) else bd))
-        for stage, ratio in data["middle_rate_dice_vs_uncompressed_reference"].items():
-            lines.append(f"Quality {MIDDLE_QUALITY}, {stage} heads: Dice {ratio:.2f}x the pixel reference's on "
-                         "uncompressed images")
+        for stage, ratio in data["middle_rate_vs_uncompressed_reference"].items():
+            lines.append(f"Quality {MIDDLE_QUALITY}, {stage} heads: {data['key_score']} {ratio:.2f}x the pixel "
+                         "reference's on uncompressed images")
         if "equal_rate" in data:
             reference, test = data["equal_rate"]["stages"]
-            compared = [f"q{c['quality']} {c['dice']:.3f} vs "
-                        + (f"{c['reference_dice']:.3f}" if c["reference_dice"] is not None else "n/a (outside its rates)")
+            compared = [f"q{c['quality']} {c['score']:.3f} vs "
+                        + (f"{c['reference_score']:.3f}" if c["reference_score"] is not None else "n/a (outside its rates)")
                         for c in data["equal_rate"]["rows"]]
-            lines.append(f"Dice at equal rate, {test} vs {reference} (log-rate interpolation): " + "; ".join(compared))
+            lines.append(f"{data['key_score']} at equal rate, {test} vs {reference} (log-rate interpolation): "
+                         + "; ".join(compared))
     timing = result["timing"]
     lines += ["", (f"Time per frame (quality {timing['quality']}, median of {timing['frames']}): analyse the "
                    f"bitstream {timing['analyse_bitstream_ms']:.0f} ms, decode then analyse pixels "
                    f"{timing['decode_then_analyse_ms']:.0f} ms ({timing['speedup']:.1f}x)")]
     return "\n".join(lines)
+
+
+def _truth_summary(scores: dict, organs: bool) -> str:
+    if organs:
+        return f"{sum(o['true_boxes'] for o in scores['organs'].values())} organ boxes of {len(scores['organs'])} classes"
+    return f"{scores['lesion']['true_boxes']} lesions"
+
+
+def _summary(scores: dict, organs: bool) -> str:
+    if organs:
+        return (f"mean organ Dice {scores['mean_organ_dice']:.3f}, organ AP50 {scores['organ_ap50']:.3f}, "
+                f"organ mAP {scores['organ_map']:.3f}")
+    lesion = scores["lesion"]
+    return f"Dice {lesion['dice']:.3f}, IoU {lesion['iou']:.3f}, AP50 {lesion['ap50']:.3f}, mAP {lesion['map']:.3f}"

@@ -188,7 +188,11 @@ def save_checkpoint(path: Path, model, optimizer, rng: random.Random, state: dic
 
 def load_checkpoint(path: Path, model, optimizer, rng: random.Random) -> dict:
     checkpoint = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
-    model.load_state_dict(checkpoint["model"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as exc:  # another network, or one of an older design
+        raise ValueError(f"{path} holds a network this command does not train ({str(exc).splitlines()[0]}); "
+                         "start afresh without --resume, or name another --checkpoint") from None
     rates = [group["lr"] for group in optimizer.param_groups]
     optimizer.load_state_dict(checkpoint["optimizer"])
     for group, rate in zip(optimizer.param_groups, rates, strict=True):

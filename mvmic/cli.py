@@ -147,13 +147,15 @@ def _parser() -> argparse.ArgumentParser:
             ("heads", "latent", "checkpoints/heads.pt", "stage 2: train the task heads on the frozen codec's latent"),
             ("pixel-reference", "pixel", "checkpoints/pixel_reference.pt",
              "train the pixel-domain reference network on uncompressed images")):
-        tasks = _training_command(train, name, help_text, default_checkpoint, 1e-3, 8, _train_tasks)
+        tasks = _training_command(train, name, help_text, default_checkpoint, 1e-3, 16, _train_tasks)
+        tasks.add_argument("--device", default="cpu", help="torch device of the network (default: %(default)s)")
         tasks.add_argument("--export", type=Path, default=None, metavar="WEIGHTS",
                            help="after training, write the network as this weights file with a manifest")
         tasks.set_defaults(network=network)
 
     joint = _training_command(train, "joint", "stage 3: fine-tune codec and heads together, R + lambda D + beta L_task",
-                              "checkpoints/joint.pt", 1e-4, 4, _train_joint)
+                              "checkpoints/joint.pt", 1e-4, 8, _train_joint)
+    joint.add_argument("--device", default="cpu", help="torch device of codec and heads (default: %(default)s)")
     joint.add_argument("--export-codec", type=Path, default=None, metavar="WEIGHTS",
                        help="after training, write the codec here (tables refitted) with its manifest")
     joint.add_argument("--export-heads", type=Path, default=None, metavar="WEIGHTS",
@@ -273,8 +275,9 @@ def _write_analysis(data: bytes, codec, heads: Path | None, target: Path | None)
         return
     target.write_text(json.dumps(document, indent=1) + "\n")
     for frame in document["frames"]:
-        boxes = ", ".join(f"{b['label']} {b['score']:.2f} at {b['box']}" for b in frame["boxes"]) or "no lesion"
-        print(f"frame {frame['frame']}: {boxes}; {frame['segmented_pixels']} pixels segmented")
+        boxes = ", ".join(f"{b['label']} {b['score']:.2f} at {b['box']}" for b in frame["boxes"]) or "no box"
+        organs = ", ".join(f"{o['label']} {o['pixels']}" for o in frame["organs"]) or "none"
+        print(f"frame {frame['frame']}: {boxes}; {frame['segmented_pixels']} lesion pixels; organ pixels: {organs}")
 
 
 def _decompress(args: argparse.Namespace) -> int:
@@ -322,8 +325,8 @@ def _train_tasks(args: argparse.Namespace) -> int:
     command = invoked_command()
     state = train_tasks(TaskTrainConfig(corpus_dir=args.corpus, checkpoint=args.checkpoint, network=args.network,
                                         minutes=args.minutes, resume=args.resume, learning_rate=args.learning_rate,
-                                        batch=args.batch, command=command))
-    print(f"step {state['step']}: validation Dice {state['history'][-1]['val_dice']:.3f}")
+                                        batch=args.batch, device=args.device, command=command))
+    print(f"step {state['step']}: {state['history'][-1]}")
     if args.export:
         print(f"weights {args.export} sha256 {export_task_weights(args.checkpoint, args.export, command, args.corpus)}")
     return 0
@@ -338,7 +341,7 @@ def _train_joint(args: argparse.Namespace) -> int:
     command = invoked_command()
     state = train_joint(TaskTrainConfig(corpus_dir=args.corpus, checkpoint=args.checkpoint, network="joint",
                                         minutes=args.minutes, resume=args.resume, learning_rate=args.learning_rate,
-                                        batch=args.batch, command=command))
+                                        batch=args.batch, device=args.device, command=command))
     print(f"step {state['step']}: {state['history'][-1]}")
     if args.export_codec:
         sha256 = export_joint_weights(args.checkpoint, args.export_codec, args.export_heads, command, args.corpus)

@@ -32,6 +32,7 @@ import torch
 from model.codec import QUALITY_CODES, MvmicCodec, Weights
 from model.residual import MAX_ERROR
 from model.tasks.analysis import Analyzer
+from model.tasks.organs import ORGAN_CLASSES
 from service.metrics import ServiceMetrics
 from service.settings import Settings
 
@@ -63,7 +64,9 @@ class ResidentModels:
             "operating_points": {"quality": {str(q): code for q, code in QUALITY_CODES.items()},
                                  "modes": ["lossy"] + (["near-lossless", "lossless"] if residual else []),
                                  "max_error": [1, MAX_ERROR] if residual else None},
-            "tasks": ["lesion detection (boxes)", "lesion segmentation (COCO RLE)"],
+            "tasks": ["lesion detection (boxes)", "lesion segmentation (COCO RLE)",
+                      "organ detection (boxes)", "organ segmentation (COCO RLE per organ)"],
+            "organ_classes": list(ORGAN_CLASSES),
         }
 
 

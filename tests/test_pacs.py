@@ -19,6 +19,7 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
+from model.tasks.organs import ORGAN_CLASSES
 from mvmic.pacs.multipart import parse_related, related_body
 from mvmic.pacs.orthanc import OrthancServer, OrthancStartError, running_orthanc
 from mvmic.pacs.storage import CANNOT_UNDERSTAND, DOES_NOT_MATCH
@@ -124,11 +125,17 @@ def test_analysis_is_stored_as_seg_and_sr_referencing_the_image(client: DICOMweb
     assert source_of_seg.ReferencedSOPInstanceUID == original.SOPInstanceUID
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
     assert evidence.ReferencedSOPInstanceUID == original.SOPInstanceUID
-    # The SEG holds the analysis of the stored bitstream: the mask /v1/analyze finds in it.
+    # The SEG holds the analysis of the stored bitstream: the lesion mask and organ maps /v1/analyze finds in it.
     archived = client.retrieve_instance(*_instance_path(original), media_types=AS_STORED)
     analysis = httpx.post(f"{gateway}/v1/analyze", content=bitstream_of_instance(archived), timeout=120).json()
-    assert int(seg.pixel_array.sum()) == analysis["frames"][0]["segmented_pixels"] > 0  # one frame, one segment
-    boxes = analysis["frames"][0]["boxes"]
+    assert [item.SegmentLabel for item in seg.SegmentSequence] == ["lesion", *ORGAN_CLASSES]
+    pixels = seg.get_pixels_by_source_instance([original.SOPInstanceUID], ignore_spatial_locations=True)[0]
+    frame = analysis["frames"][0]
+    organ_pixels = {organ["label"]: organ["pixels"] for organ in frame["organs"]}
+    assert [int(pixels[..., s].sum()) for s in range(pixels.shape[-1])] == [
+        frame["segmented_pixels"], *(organ_pixels.get(name, 0) for name in ORGAN_CLASSES)]
+    assert pixels.any()
+    boxes = frame["boxes"]
     assert len(boxes) >= 1
     regions = [item for item in _content_items(sr) if item.ValueType == "SCOORD"]
     assert len(regions) == len(boxes)

@@ -1,11 +1,11 @@
 """Stage 3: codec and heads fine-tuned together with the task-aware loss R + lambda D + beta L_task.
 
-    crops with lesions (model.tasks.train.task_batch), random quality code q, step = 2**(-q/8)
+    crops with lesions and organ maps (model.tasks.samples.training_batch), random quality code q, step = 2**(-q/8)
       --CDF 9/7--> bands --/ (step / gain_b * s_b)--> bands in step units
          + uniform noise --> y_b --SubbandContextModel.detail_bits (contexts from q_b)--> R (bits per pixel)
                              y_b --* steps, synthesis--> reconstruction --MSE against the crop--> D
          straight-through deadzone rounding --> q_b (what the decoder gets)
-                             q_b --dequantise, first synthesis steps--> LL1 --LatentHeads--> L_task
+                             q_b --dequantise, first synthesis steps--> LL1 --standardise--> LatentHeads--> L_task
       J = log2(R + lambda(q) D + floor) + beta L_task
 
 What the codec learns here: the band step multipliers s_b (model.subbands.BandStepScales,
@@ -42,9 +42,20 @@ from model.context_model import SubbandContextModel
 from model.lifting import analysis, max_levels, synthesis
 from model.subbands import from_steps, quantize_straight_through, with_uniform_noise
 from model.tasks.analysis import DEFAULT_HEADS
-from model.tasks.heads import LatentHeads
+from model.tasks.heads import LatentHeads, standardise
 from model.tasks.objectives import task_loss
-from model.tasks.train import CODES, SKIPPED_LEVELS, TaskTrainConfig, load_task_planes, task_batch, validate
+from model.tasks.organs import ORGAN_CLASSES
+from model.tasks.samples import TaskBatch, training_batch
+from model.tasks.train import (
+    CODES,
+    SKIPPED_LEVELS,
+    TaskTrainConfig,
+    load_planes_for,
+    mixed_precision,
+    train_check_frames,
+    validate,
+    validation_frames,
+)
 from model.train import (
     RATE_FLOOR,
     descend,
@@ -70,8 +81,9 @@ class JointModel(nn.Module):
         self.codec = SubbandContextModel()
         self.heads = LatentHeads()
 
-    def forward(self, images: torch.Tensor, code: int):
-        """(rate bpp, distortion MSE, head outputs) of (N, 1, H, W) normalised crops at ``code``."""
+    def forward(self, batch: TaskBatch, code: int):
+        """(rate bpp, distortion MSE, head outputs) of a batch of normalised crops at ``code``."""
+        images = batch.images
         bands = analysis(images.double(), min(MAX_LEVELS, max_levels(*images.shape[-2:])))
         scales = self.codec.band_scales()
         q = quantize_straight_through(bands, step_of(code), scales)
@@ -79,8 +91,10 @@ class JointModel(nn.Module):
         rate = self.codec.detail_bits(q, code, values=noisy) / images.numel()
         reconstruction = synthesis(from_steps(noisy, step_of(code), scales))
         distortion = torch.mean((reconstruction - images.double()) ** 2)
-        outputs = self.heads(coarse_reconstruction(q, code, SKIPPED_LEVELS, scales).float())
-        return rate, distortion, outputs
+        latent = coarse_reconstruction(q, code, SKIPPED_LEVELS, scales).float()
+        with mixed_precision(images.device):
+            outputs = self.heads(standardise(latent, *batch.latent_statistics))
+        return rate, distortion, outputs.float()
 
 
 def lagrange_multiplier(code: int) -> float:
@@ -105,8 +119,9 @@ def train_joint(config: TaskTrainConfig) -> dict:
         {"params": model.heads.parameters(), "lr": config.learning_rate},
         {"params": model.codec.band_scales.parameters(), "lr": config.learning_rate},
     ])
-    train_planes = load_task_planes(config.corpus_dir, "train")
-    val_planes = load_task_planes(config.corpus_dir, "val")
+    train_planes = load_planes_for("latent", config.corpus_dir, "train")
+    validation = validation_frames(load_planes_for("latent", config.corpus_dir, "val"))
+    train_check = train_check_frames(train_planes)
     if config.resume and config.checkpoint.exists():
         state = load_checkpoint(config.checkpoint, model, optimizer, rng)
         generator = np.random.default_rng([config.seed, state["step"]])
@@ -115,38 +130,44 @@ def train_joint(config: TaskTrainConfig) -> dict:
                  "task_reference": _task_reference(model, train_planes, rng, generator)}
     state.setdefault("commands", []).append(config.command)
     task_average = state["task_reference"]
+    model.to(config.device)
 
     def step() -> dict[str, str]:
         nonlocal task_average
-        images, masks, boxes = task_batch(train_planes, config.batch, rng, generator)
+        batch = training_batch(train_planes, config.batch, rng, generator)
         code = rng.randint(*CODES)
-        rate, distortion, outputs = model(images, code)
-        task = task_loss(outputs, masks, boxes)
-        rd = torch.log2(rate + lagrange_multiplier(code) * distortion + RATE_FLOOR)
+        rate, distortion, outputs = model(batch.to(config.device), code)
+        task = task_loss(outputs.to("cpu"), batch.targets)
+        rd = torch.log2(rate + lagrange_multiplier(code) * distortion + RATE_FLOOR).cpu()
         descend(optimizer, rd + state["beta"] * task)
         task_average = moving_average(task_average, task.item())
         state["beta"] = min(BETA_MAX, max(BETA_MIN, state["beta"] * math.exp(
             BETA_RATE * (task_average / state["task_reference"] - 1))))
         return {"rd": f"{rd.item():.2f}", "task": f"{task_average:.3f}", "beta": f"{state['beta']:.3f}"}
 
-    return run_until_deadline(config, "joint", model, optimizer, rng, state, step,
-                              lambda: _validation(state, model, val_planes))
+    def check() -> dict:
+        model.to("cpu")
+        result = _validation(state, model, validation, train_check)
+        model.to(config.device)
+        return result
+
+    return run_until_deadline(config, "joint", model, optimizer, rng, state, step, check)
 
 
 def _task_reference(model: JointModel, planes, rng: random.Random, generator: np.random.Generator) -> float:
     losses = []
     with torch.no_grad():
         for _ in range(REFERENCE_BATCHES):
-            images, masks, boxes = task_batch(planes, 4, rng, generator)
-            _, _, outputs = model(images, rng.randint(*CODES))
-            losses.append(task_loss(outputs, masks, boxes))
+            batch = training_batch(planes, 8, rng, generator)
+            _, _, outputs = model(batch, rng.randint(*CODES))
+            losses.append(task_loss(outputs, batch.targets))
     return float(torch.stack(losses).mean())
 
 
-def _validation(state: dict, model: JointModel, val_planes) -> dict:
+def _validation(state: dict, model: JointModel, validation, train_check) -> dict:
     scales = model.codec.band_scales().detach()
-    dice = validate(model.heads, "latent", val_planes, scales)  # as stage 2 measures it, with these steps
-    return {"val_dice": dice, "beta": state["beta"], "band_step_scales": [round(v, 3) for v in scales.tolist()]}
+    scores = validate(model.heads, "latent", validation, train_check, scales)  # as stage 2, with these steps
+    return {**scores, "beta": state["beta"], "band_step_scales": [round(v, 3) for v in scales.tolist()]}
 
 
 def export_joint_weights(checkpoint: Path, codec_out: Path, heads_out: Path, command: str, corpus_dir: Path) -> str:
@@ -155,8 +176,8 @@ def export_joint_weights(checkpoint: Path, codec_out: Path, heads_out: Path, com
     model.load_state_dict(saved["model"])
     last = saved["state"]["history"][-1]
     codec_sha = export_codec(model.codec, saved["state"], codec_out, command, corpus_dir,
-                             {"stage": 3, "validation_dice": last["val_dice"]})
+                             {"stage": 3, "validation": last})
     write_weights(model.heads.state_dict(), heads_out, command, saved["state"], corpus_dir,
-                  {"network": "latent", "stage": 3, "codec_weights_sha256": codec_sha,
-                   "validation_dice": last["val_dice"], "test_metrics": None})
+                  {"network": "latent", "stage": 3, "codec_weights_sha256": codec_sha, "validation": last,
+                   "history": saved["state"]["history"], "organ_classes": list(ORGAN_CLASSES), "test_metrics": None})
     return codec_sha

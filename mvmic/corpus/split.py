@@ -22,6 +22,11 @@ HELD_OUT: dict[str, str] = {
     "5MR2": "test",  # MR 1024 x 1024
     "1.2.826.0.1.3680043.2.1143.3365540476747857567072393009509418480": "val",  # MR multi-frame
     "11RG3": "test",  # CR 1760 x 1760
+    # Full-size frames of three more patients, so that validation looks like the test frames
+    # (the other validation groups are 64 x 64 and 120 x 45 images)
+    "PANCREAS_0001": "val",  # CT 512 x 512
+    "b2cbe507f250": "val",  # CT 512 x 512
+    "021234567": "val",  # MR 484 x 484 and 300 x 484
     "8NM1": "test",  # NM whole body, the only NM patient
     "13US1": "test",  # US RGB
 }

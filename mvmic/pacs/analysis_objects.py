@@ -1,9 +1,11 @@
 """The analysis of an image as standard DICOM objects a PACS stores beside it (built with highdicom).
 
     source instance (as stored) + FrameAnalysis per frame
-        --segmentation--> DICOM Segmentation (binary, one segment "lesion", a frame per source frame)
+        --segmentation--> DICOM Segmentation (binary; segment 1 "lesion", then one per organ class of
+                          model.tasks.organs, SNOMED CT coded; every segment has a frame per source frame)
         --measurement_report--> Comprehensive SR, TID 1500 Measurement Report: one planar ROI group per
-                                box (a closed polyline on its source frame, tracking id with the score)
+                                box (a closed polyline on its source frame, finding type the box's class,
+                                tracking id with the label and score)
 
 Both name the source in their references (SEG: ReferencedSeriesSequence / SourceImageSequence; SR:
 evidence and each region's source image), share its study, and sit in new series of their own.
@@ -20,10 +22,22 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
 from model.tasks.analysis import FrameAnalysis
+from model.tasks.organs import ORGAN_CLASSES
 
 MANUFACTURER = "MVMIC"
 ALGORITHM = "MVMICNet"
 SEG_SERIES_NUMBER, SR_SERIES_NUMBER = 9901, 9902
+# Segmented property (category, type) of each class, in the order of model.tasks.heads.DETECTION_CLASSES.
+PROPERTIES = {
+    "lesion": (codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Lesion),
+    "liver": (codes.SCT.AnatomicalStructure, codes.SCT.Liver),
+    "spleen": (codes.SCT.AnatomicalStructure, codes.SCT.Spleen),
+    "kidney": (codes.SCT.AnatomicalStructure, codes.SCT.Kidney),
+    "stomach": (codes.SCT.AnatomicalStructure, codes.SCT.Stomach),
+    "vertebra": (codes.SCT.AnatomicalStructure, codes.SCT.Vertebra),
+    "back muscle": (codes.SCT.AnatomicalStructure, codes.SCT.ErectorSpinaeMuscle),
+    "aorta": (codes.SCT.AnatomicalStructure, codes.SCT.Aorta),
+}
 
 
 def _algorithm(model_id: str) -> hd.AlgorithmIdentificationSequence:
@@ -41,14 +55,17 @@ def as_reference(source: Dataset) -> Dataset:
 
 
 def segmentation(source: Dataset, frames: list[FrameAnalysis], model_id: str) -> Dataset:
-    lesion = hd.seg.SegmentDescription(
-        segment_number=1, segment_label="lesion", segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-        segmented_property_type=codes.SCT.Lesion, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=_algorithm(model_id))
-    masks = np.stack([frame.mask for frame in frames]).astype(np.uint8)
+    """The lesion mask and the organ maps of every frame; segment 1 is the lesion, segment 1 + c
+    the organ class c (ORGAN_CLASSES[c - 1])."""
+    segments = [hd.seg.SegmentDescription(
+        segment_number=number, segment_label=label, segmented_property_category=PROPERTIES[label][0],
+        segmented_property_type=PROPERTIES[label][1], algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=_algorithm(model_id)) for number, label in enumerate(PROPERTIES, start=1)]
+    masks = np.stack([np.stack([frame.mask, *(frame.organs == c for c in range(1, len(ORGAN_CLASSES) + 1))], axis=-1)
+                      for frame in frames]).astype(np.uint8)  # (frames, rows, columns, segments)
     return hd.seg.Segmentation(
-        source_images=[as_reference(source)], pixel_array=masks if len(frames) > 1 else masks[0],
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[lesion],
+        source_images=[as_reference(source)], pixel_array=masks,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=segments,
         series_instance_uid=hd.UID(), series_number=SEG_SERIES_NUMBER, sop_instance_uid=hd.UID(), instance_number=1,
         manufacturer=MANUFACTURER, manufacturer_model_name=ALGORITHM, software_versions=model_id,
         device_serial_number="none", series_description=f"{ALGORITHM} lesion segmentation",
@@ -60,7 +77,8 @@ def measurement_report(source: Dataset, frames: list[FrameAnalysis], model_id: s
     multiframe = int(getattr(source, "NumberOfFrames", 1) or 1) > 1
     groups = []
     for frame in frames:
-        for number, (box, score) in enumerate(zip(frame.boxes, frame.scores, strict=True), start=len(groups) + 1):
+        for number, (box, score, label) in enumerate(zip(frame.boxes, frame.scores, frame.labels, strict=True),
+                                                     start=len(groups) + 1):
             region = hd.sr.ImageRegion(
                 graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=_closed_rectangle(box),
                 source_image=hd.sr.SourceImageForRegion(
@@ -68,12 +86,12 @@ def measurement_report(source: Dataset, frames: list[FrameAnalysis], model_id: s
                     referenced_frame_numbers=[frame.frame + 1] if multiframe else None))
             groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(),
-                                                             identifier=f"lesion {number} (score {score:.3f})"),
-                referenced_region=region, finding_type=codes.SCT.Lesion, algorithm_id=hd.sr.AlgorithmIdentification(
+                                                             identifier=f"{label} {number} (score {score:.3f})"),
+                referenced_region=region, finding_type=PROPERTIES[label][1], algorithm_id=hd.sr.AlgorithmIdentification(
                     name=ALGORITHM, version=model_id)))
-    if not groups:  # TID 1500 needs a measurement group: an image-level one saying no lesion was found
+    if not groups:  # TID 1500 needs a measurement group: an image-level one saying nothing was found
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="no lesion found"),
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="no lesion or organ found"),
             finding_type=codes.SCT.Lesion, algorithm_id=hd.sr.AlgorithmIdentification(name=ALGORITHM, version=model_id),
             qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.SCT.Lesion, codes.SCT.Absent)],
             source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(reference)]))
@@ -86,7 +104,7 @@ def measurement_report(source: Dataset, frames: list[FrameAnalysis], model_id: s
     return hd.sr.ComprehensiveSR(
         evidence=[reference], content=report, series_instance_uid=hd.UID(), series_number=SR_SERIES_NUMBER,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER,
-        series_description=f"{ALGORITHM} lesion boxes")
+        series_description=f"{ALGORITHM} lesion and organ boxes")
 
 
 def _closed_rectangle(box: np.ndarray) -> np.ndarray:

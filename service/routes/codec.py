@@ -97,7 +97,8 @@ async def decompress(request: Request, models: Models) -> Response:
 
 @router.post("/analyze")
 async def analyze(request: Request, models: Models) -> Response:
-    """Lesion boxes and segmentation of a .mvm bitstream, read from its base layer without decoding pixels."""
+    """Lesion and organ boxes and segmentations of a .mvm bitstream, read from its base layer without decoding
+    pixels."""
     _negotiate(request, (JSON,))
     body = await read_body(request, request.app.state.settings.max_body_bytes)
     return JSONResponse(await _analysis(request, models, body))
