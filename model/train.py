@@ -121,7 +121,7 @@ def train(config: TrainConfig) -> dict:
     model = SubbandContextModel().to(device)
     optimizer = torch.optim.Adam(model.nets.parameters(), lr=config.learning_rate)  # band scales: stage 3
     state = {"step": 0, "history": []}
-    if config.resume and config.checkpoint.exists():
+    if config.resume:
         state = load_checkpoint(config.checkpoint, model, optimizer, rng)
     for group in optimizer.param_groups:  # a resumed run may continue with a smaller step
         group["lr"] = config.learning_rate
@@ -187,6 +187,11 @@ def save_checkpoint(path: Path, model, optimizer, rng: random.Random, state: dic
 
 
 def load_checkpoint(path: Path, model, optimizer, rng: random.Random) -> dict:
+    """Restore model, optimiser and RNG from a checkpoint; return the training state. Raises
+    FileNotFoundError if there is none (a mistyped --resume path must not start a fresh run) and
+    ValueError if it holds another network."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"nothing to resume at {path}: train without --resume to start afresh")
     checkpoint = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
     try:
         model.load_state_dict(checkpoint["model"])

@@ -107,7 +107,7 @@ def train_residual(config: TrainConfig) -> dict:
     model = ResidualContextModel()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     state = {"step": 0, "history": []}
-    if config.resume and config.checkpoint.exists():
+    if config.resume:
         state = load_checkpoint(config.checkpoint, model, optimizer, rng)
     state.setdefault("commands", []).append(config.command)
     state["codec_weights_sha256"] = codec.weights.sha256

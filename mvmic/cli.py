@@ -112,14 +112,14 @@ def _parser() -> argparse.ArgumentParser:
                           help="weights file (default: the shipped one; the residual model that decodes streams "
                                "of the first lossless design is read from <weights>-residual.pt beside it)")
     compress.add_argument("--analysis", type=Path, default=None, metavar="OUT.json",
-                          help="also write the lesion analysis of the bitstream (as `mvmic analyze --json`)")
+                          help="also write the analysis of the bitstream, lesions and organs (as `mvmic analyze --json`)")
     compress.add_argument("--heads", type=Path, default=None, help="task heads weights (default: the shipped ones)")
     compress.set_defaults(run=_compress)
 
-    analyze = commands.add_parser("analyze", help="lesion boxes and segmentation from a .mvm, without decoding pixels")
+    analyze = commands.add_parser("analyze", help="lesion and organ boxes and segmentation from a .mvm, without decoding pixels")
     analyze.add_argument("source", type=Path, metavar="IN.mvm")
     analyze.add_argument("--json", type=Path, default=None, metavar="OUT.json",
-                         help="write the analysis here and print only the boxes (default: print it all)")
+                         help="write the analysis here and print a summary per frame (default: print it all)")
     analyze.add_argument("--weights", type=Path, default=None, help="weights file (default: the shipped one)")
     analyze.add_argument("--heads", type=Path, default=None, help="task heads weights (default: the shipped ones)")
     analyze.set_defaults(run=_analyze)

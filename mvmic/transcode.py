@@ -168,7 +168,8 @@ def _with_pixels(header: Dataset, pixels, stream: Bitstream) -> Dataset:
 
 
 def analyze_mvm(data: bytes, analyzer: Analyzer) -> dict:
-    """The analysis document of a bitstream: lesion boxes and COCO-RLE segmentation per frame."""
+    """The analysis document of a bitstream: labelled boxes, and COCO-RLE lesion and organ segmentations
+    per frame."""
     stream = parse_for(data, analyzer.codec)
     return analysis_document(stream, analyzer.analyze(stream))
 

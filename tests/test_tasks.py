@@ -239,3 +239,17 @@ def test_the_organ_task_set_is_the_held_out_volume_with_a_box_per_organ_part(cor
     for case in cases:  # every box encloses pixels of its class
         for x0, y0, x1, y1, index in case.boxes.astype(int):
             assert (case.organs[y0:y1, x0:x1] == index).any()
+
+
+def test_a_mistyped_resume_or_heads_file_is_a_clear_error(tmp_path, corpus_dir, mvmic) -> None:
+    missing = tmp_path / "missing.pt"
+    run = mvmic("train", "heads", "--resume", "--checkpoint", str(missing), "--minutes", "0")
+    assert run.returncode == 1 and "nothing to resume" in run.stderr and not missing.exists()
+    stream = tmp_path / "x.mvm"
+    assert mvmic("compress", str(corpus_dir / "images" / "pydicom-CT_small.dcm"), str(stream)).returncode == 0
+    checkpoint = tmp_path / "heads-checkpoint.pt"
+    torch.save({"model": {}, "optimizer": {}, "state": {}}, checkpoint)
+    for heads, reason in ((checkpoint, "training checkpoint"), (corpus_dir / "images" / "pydicom-CT_small.dcm",
+                                                                 "not a torch weights file")):
+        run = mvmic("analyze", str(stream), "--heads", str(heads))
+        assert run.returncode == 1 and reason in run.stderr and "Traceback" not in run.stderr

@@ -16,6 +16,7 @@ which is where the time saved over decode-then-analyse comes from.
 from __future__ import annotations
 
 import io
+import pickle
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,8 +72,21 @@ class Analyzer:
 
     @classmethod
     def load(cls, codec: MvmicCodec, path: Path = DEFAULT_HEADS, device: str = "cpu") -> Analyzer:
+        """The heads of a weights file (as `mvmic train heads --export` writes it). Raises ValueError for
+        a file that is not one (a training checkpoint, another network, not a torch file)."""
         heads = LatentHeads()
-        heads.load_state_dict(torch.load(io.BytesIO(Path(path).read_bytes()), map_location="cpu", weights_only=True))
+        try:
+            state = torch.load(io.BytesIO(Path(path).read_bytes()), map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and {"model", "optimizer", "state"} <= set(state):
+                raise ValueError("it is a training checkpoint: export its weights with `mvmic train heads --resume "
+                                 "--minutes 0 --export FILE` first")
+            heads.load_state_dict(state)
+        except (pickle.UnpicklingError, EOFError):
+            raise ValueError(f"{path} is not a torch weights file") from None
+        except (RuntimeError, AttributeError, TypeError) as exc:
+            raise ValueError(f"{path} holds no task heads of this design ({str(exc).splitlines()[0]})") from None
+        except ValueError as exc:
+            raise ValueError(f"{path} is not a task heads weights file: {exc}") from None
         return cls(codec, heads, device)
 
     def analyze(self, stream: Bitstream, min_score: float = REPORT_SCORE) -> list[FrameAnalysis]:

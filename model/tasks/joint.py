@@ -122,7 +122,7 @@ def train_joint(config: TaskTrainConfig) -> dict:
     train_planes = load_planes_for("latent", config.corpus_dir, "train")
     validation = validation_frames(load_planes_for("latent", config.corpus_dir, "val"))
     train_check = train_check_frames(train_planes)
-    if config.resume and config.checkpoint.exists():
+    if config.resume:
         state = load_checkpoint(config.checkpoint, model, optimizer, rng)
         generator = np.random.default_rng([config.seed, state["step"]])
     else:

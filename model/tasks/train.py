@@ -154,7 +154,7 @@ def train_tasks(config: TaskTrainConfig) -> dict:
     model = NETWORKS[config.network]().to(config.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     state = {"step": 0, "history": [], "network": config.network}
-    if config.resume and config.checkpoint.exists():
+    if config.resume:
         state = load_checkpoint(config.checkpoint, model, optimizer, rng)
         generator = np.random.default_rng([config.seed, state["step"]])  # fresh lesions after a resume
     state.setdefault("commands", []).append(config.command)

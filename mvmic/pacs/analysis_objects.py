@@ -68,7 +68,7 @@ def segmentation(source: Dataset, frames: list[FrameAnalysis], model_id: str) ->
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=segments,
         series_instance_uid=hd.UID(), series_number=SEG_SERIES_NUMBER, sop_instance_uid=hd.UID(), instance_number=1,
         manufacturer=MANUFACTURER, manufacturer_model_name=ALGORITHM, software_versions=model_id,
-        device_serial_number="none", series_description=f"{ALGORITHM} lesion segmentation",
+        device_serial_number="none", series_description=f"{ALGORITHM} lesion and organ segmentation",
         omit_empty_frames=False)
 
 
