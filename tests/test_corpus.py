@@ -23,6 +23,7 @@ from pydicom.data import get_testdata_file
 
 from model.tasks.organs import ORGAN_CLASSES
 from mvmic.corpus.manifest import CorpusEntry, Manifest
+from mvmic.corpus.sources import ORGAN_FREE_CASES
 from mvmic.pixels import NativeImage, read_dicom
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -195,22 +196,27 @@ def test_no_duplicate_pixel_arrays(corpus_dir: Path, corpus_manifest: Manifest) 
 
 
 def test_label_files_match_their_images(corpus_dir: Path, corpus_manifest: Manifest) -> None:
-    # pyradiomics slices carry an expert lesion mask, TotalSegmentator slices an organ map, others nothing.
-    arrays = {"pyradiomics": ("mask", np.bool_), "totalsegmentator": ("organs", np.uint8)}
+    # pyradiomics slices carry an expert lesion mask (head MR an organ map too), TotalSegmentator slices
+    # an organ map, others nothing.
     for entry in corpus_manifest.entries:
         dataset = entry.source.split("-", 1)[0]
-        if dataset not in arrays:
+        expected = {"pyradiomics": ["mask"], "totalsegmentator": ["organs"]}.get(dataset)
+        if expected is None:
             assert entry.label is None, entry.id
             continue
+        if any(f":{case}_image.nrrd[" in entry.source for case in ORGAN_FREE_CASES):
+            expected = ["mask", "organs"]
         assert entry.label, f"{entry.id} has no label"
-        name, dtype = arrays[dataset]
         with np.load(corpus_dir / entry.label) as npz:
-            assert list(npz) == [name], entry.id
-            array = npz[name]
-        assert array.dtype == dtype, entry.id
-        assert array.shape == (entry.rows, entry.columns), entry.id
-        if name == "organs":
-            assert array.max() <= len(ORGAN_CLASSES), entry.id
+            assert sorted(npz) == expected, entry.id
+            arrays = {name: npz[name] for name in npz}
+        for name, array in arrays.items():
+            assert array.dtype == {"mask": np.bool_, "organs": np.uint8}[name], entry.id
+            assert array.shape == (entry.rows, entry.columns), entry.id
+        if "organs" in arrays:
+            assert arrays["organs"].max() <= len(ORGAN_CLASSES), entry.id
+            if dataset == "pyradiomics":  # head MR: no organ class in view
+                assert not arrays["organs"].any(), entry.id
 
 
 @pytest.mark.parametrize("case", PYRADIOMICS_CASES)

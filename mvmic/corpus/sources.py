@@ -1,7 +1,8 @@
 """Where the corpus pixels come from: real images shipped inside Python packages.
 
     pydicom + pydicom-data test files --select_pydicom_images--> NativeImage per kept file
-    pyradiomics 3.0.1 sdist data/*.nrrd --pyradiomics_volumes--> Volume (CT/MR + lesion mask)
+    pyradiomics 3.0.1 sdist data/*.nrrd --pyradiomics_volumes--> Volume (CT/MR + lesion mask;
+                                                                   head MR: an all-background organ map)
     totalsegmentator 2.18.0 sdist tests/reference_files --mvmic.corpus.totalsegmentator--> CT/MR + organ masks
 
 Selection keeps real patient images only: no test patterns or synthetic colour
@@ -43,6 +44,9 @@ PYRADIOMICS_VERSION = "3.0.1"
 PYRADIOMICS_SHA256 = "47c57f441d6cb7973fa3b2ea48d3948df78e3348e1c69e1e2ff19001601fc2f5"
 # Case -> modality; every case has <case>_image.nrrd and an expert <case>_label.nrrd.
 PYRADIOMICS_CASES = {"brain1": "MR", "brain2": "MR", "breast1": "MR", "lung1": "CT", "lung2": "CT"}
+# Head MR: none of the organ classes (model.tasks.organs) is in view, so the organ map is known, all
+# background: the organ task's negative examples (without them its heads name organs in any image).
+ORGAN_FREE_CASES = ("brain1", "brain2")
 
 
 @dataclass
@@ -178,7 +182,7 @@ def _volume(case: str, modality: str, image: np.ndarray, label: np.ndarray, head
         modality=modality,
         voxels=np.ascontiguousarray(image.transpose(2, 1, 0)).astype(np.int16),
         mask=np.ascontiguousarray(label.transpose(2, 1, 0)) > 0,
-        organs=None,
+        organs=np.zeros(image.shape[::-1], dtype=np.uint8) if case in ORGAN_FREE_CASES else None,
         spacing=(float(steps[1]), float(steps[0]), float(steps[2])),
         origin=tuple(float(v) for v in header["space origin"]),
         row_direction=tuple(float(v) for v in unit[0]),
