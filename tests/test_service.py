@@ -96,6 +96,8 @@ def test_compress_json_has_the_bitstream_its_rate_and_analysis(service_url: str,
     assert document["compression_ratio"] > 20 and document["mode"] == "lossy" and document["max_error"] is None
     frame = document["analysis"]["frames"][0]
     assert frame["segmentation"]["size"] == [512, 512] and isinstance(frame["boxes"], list)
+    served = httpx.get(f"{service_url}/v1/models", timeout=10).json()["weights"]["heads"]["sha256"]
+    assert document["analysis"]["heads_sha256"] == served  # the result names the weights that made it
 
 
 def test_lossless_round_trip_through_the_service(service_url: str, corpus_dir: Path) -> None:

@@ -15,6 +15,7 @@ which is where the time saved over decode-then-analyse comes from.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import pickle
 from collections import defaultdict
@@ -67,16 +68,17 @@ def coco_rle(mask: np.ndarray) -> dict:
 class Analyzer:
     """Entropy decoding on the CPU (the codec's integer arithmetic), the heads on ``device``."""
 
-    def __init__(self, codec: MvmicCodec, heads: LatentHeads, device: str = "cpu") -> None:
+    def __init__(self, codec: MvmicCodec, heads: LatentHeads, device: str = "cpu", heads_sha256: str | None = None) -> None:
         self.codec, self.device, self.heads = codec, torch.device(device), heads.eval().to(device)
+        self.heads_sha256 = heads_sha256  # of the weights file, which analysis documents name
 
     @classmethod
     def load(cls, codec: MvmicCodec, path: Path = DEFAULT_HEADS, device: str = "cpu") -> Analyzer:
         """The heads of a weights file (as `mvmic train heads --export` writes it). Raises ValueError for
         a file that is not one (a training checkpoint, another network, not a torch file)."""
-        heads = LatentHeads()
+        heads, data = LatentHeads(), Path(path).read_bytes()
         try:
-            state = torch.load(io.BytesIO(Path(path).read_bytes()), map_location="cpu", weights_only=True)
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
             if isinstance(state, dict) and {"model", "optimizer", "state"} <= set(state):
                 raise ValueError("it is a training checkpoint: export its weights with `mvmic train heads --resume "
                                  "--minutes 0 --export FILE` first")
@@ -87,7 +89,7 @@ class Analyzer:
             raise ValueError(f"{path} holds no task heads of this design ({str(exc).splitlines()[0]})") from None
         except ValueError as exc:
             raise ValueError(f"{path} is not a task heads weights file: {exc}") from None
-        return cls(codec, heads, device)
+        return cls(codec, heads, device, hashlib.sha256(data).hexdigest())
 
     def analyze(self, stream: Bitstream, min_score: float = REPORT_SCORE) -> list[FrameAnalysis]:
         return self.analyze_many([stream], min_score)[0]
