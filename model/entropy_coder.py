@@ -14,6 +14,7 @@ escape bin and are then written raw (CompressAI's bypass coding).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -174,9 +175,7 @@ class RansWriter:
     """Symbols with their table indexes in, one rANS byte string out."""
 
     def __init__(self, tables: CodingTables) -> None:
-        from compressai.ans import BufferedRansEncoder  # the C++ coder is only needed to code
-
-        self.tables, self.encoder = tables, BufferedRansEncoder()
+        self.tables, self.encoder = tables, _compressai_ans().BufferedRansEncoder()
 
     def write(self, symbols: Tensor, indexes: Tensor) -> None:
         cdfs, lengths, offsets = self.tables.as_lists()
@@ -191,9 +190,7 @@ class RansReader:
     """The inverse of :class:`RansWriter`; ``symbol_count`` bounds the symbols it will be asked for."""
 
     def __init__(self, tables: CodingTables, stream: bytes, symbol_count: int) -> None:
-        from compressai.ans import RansDecoder
-
-        self.tables, self.decoder = tables, RansDecoder()
+        self.tables, self.decoder = tables, _compressai_ans().RansDecoder()
         # CompressAI's decoder does not check bounds. A valid stream needs none of this;
         # for garbage, zeros decode as the first table entry (at most one 32-bit refill
         # per symbol), and escapes consume at most a bounded multiple of the stream's bits.
@@ -203,3 +200,13 @@ class RansReader:
         cdfs, lengths, offsets = self.tables.as_lists()
         values = self.decoder.decode_stream(indexes.to(torch.int32).tolist(), cdfs, lengths, offsets)
         return torch.tensor(values, dtype=torch.float64)
+
+
+def _compressai_ans():
+    """CompressAI's C++ rANS coder, imported when first needed (the package takes seconds to import).
+    Its import pulls torch_geometric, whose use of torch.jit.script warns on every run: not ours to fix,
+    and not what a user of `mvmic` should read."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+        from compressai import ans
+    return ans
