@@ -157,6 +157,8 @@ def train_tasks(config: TaskTrainConfig) -> dict:
     if config.resume:
         state = load_checkpoint(config.checkpoint, model, optimizer, rng)
         generator = np.random.default_rng([config.seed, state["step"]])  # fresh lesions after a resume
+    for group in optimizer.param_groups:  # a resumed run may continue with a smaller step
+        group["lr"] = config.learning_rate
     state.setdefault("commands", []).append(config.command)
     train_planes = load_planes_for(config.network, config.corpus_dir, "train")
     validation = validation_frames(load_planes_for(config.network, config.corpus_dir, "val"))
