@@ -197,10 +197,12 @@ def test_no_duplicate_pixel_arrays(corpus_dir: Path, corpus_manifest: Manifest) 
 
 def test_label_files_match_their_images(corpus_dir: Path, corpus_manifest: Manifest) -> None:
     # pyradiomics slices carry an expert lesion mask (head MR an organ map too), TotalSegmentator slices
-    # an organ map, others nothing.
+    # an organ map (but the CT angiogram, whose masks outline the aorta only), others nothing.
     for entry in corpus_manifest.entries:
         dataset = entry.source.split("-", 1)[0]
         expected = {"pyradiomics": ["mask"], "totalsegmentator": ["organs"]}.get(dataset)
+        if ":ct-angio[" in entry.source:
+            expected = None
         if expected is None:
             assert entry.label is None, entry.id
             continue
@@ -349,3 +351,11 @@ def test_prepare_into_an_unwritable_place_is_a_clean_error(where: str, tmp_path:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, f"uncaught exception:\n{result.stderr[-800:]}"
     assert "mvmic: error:" in result.stderr, result.stderr[-800:]
+
+
+def test_validation_has_ct_frames_of_the_test_frames_kind(corpus_manifest: Manifest) -> None:
+    # A CT angiogram of a patient of its own validates the lesion task (the other validation images are mostly tiny).
+    angio = [e for e in corpus_manifest.entries if e.group == "totalsegmentator:ct-angio"]
+    assert len(angio) == 24 and {e.split for e in angio} == {"val"}
+    assert {(e.rows, e.columns, e.modality) for e in angio} == {(167, 233, "CT")}
+    assert all(e.label is None for e in angio)  # its masks outline the aorta only: no organ map

@@ -18,7 +18,8 @@ import numpy as np
 from mvmic.pixels import NativeImage, read_dicom
 
 # Bump when the recipe changes, so that `mvmic data prepare` rebuilds old corpora.
-# 2: TotalSegmentator's CT and MR studies with organ maps. 3: head MR with an all-background organ map.
+# 2: TotalSegmentator's CT and MR studies with organ maps. 3: head MR with an all-background organ map;
+# a CT angiogram (TotalSegmentator's aorta report example) to validate on.
 CORPUS_VERSION = 3
 SPLITS = ("train", "val", "test")
 

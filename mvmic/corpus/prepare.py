@@ -120,9 +120,12 @@ def _slice_source(volume: Volume, index: int) -> str:
 
 def _with_label(staging: Path, entry: CorpusEntry, mask: np.ndarray | None = None,
                 organs: np.ndarray | None = None) -> CorpusEntry:
-    """The entry with its label file: the lesion ``mask`` and/or the ``organs`` map, whichever exist."""
+    """The entry with its label file: the lesion ``mask`` and/or the ``organs`` map, whichever exist
+    (neither: the entry as it is, without a label file)."""
     label = f"labels/{entry.id}.npz"
     arrays = {name: array for name, array in (("mask", mask), ("organs", organs)) if array is not None}
+    if not arrays:
+        return entry
     np.savez_compressed(staging / label, **arrays)
     return CorpusEntry(**{**entry.__dict__, "label": label})
 

@@ -16,6 +16,9 @@ HELD_OUT: dict[str, str] = {
     # TotalSegmentator studies, each with organ maps (that model's output): the 3 mm CT volume
     # tests; the MR volume and the CT series (1 mm, 512 x 512) train
     "totalsegmentator:ct": "test",
+    # a CT angiogram (233 x 167 slices of 1.5 mm pixels, no organ map): synthetic lesions on real CT
+    # frames of their test frames' kind, to validate on
+    "totalsegmentator:ct-angio": "val",
     # pydicom / pydicom-data patients
     "CQ500-CT-310": "test",  # CT head
     "JXD191021006": "val",  # CT

@@ -4,6 +4,9 @@
       example_ct_dicom/CT.* (20-slice 512 x 512 CT series) + example_seg_dicom.nii.gz --> "ct-series"
       example_ct_sm.nii.gz (CT, 30 slices of 3 mm)          + example_seg.nii.gz       --> Volume "ct"
       example_mr_sm.nii.gz (MR, 20 slices of 3 mm)          + example_seg_mr.nii.gz    --> Volume "mr"
+      aorta_report/example_ct.nii.gz (CT angiogram, 1.5 mm) every 8th slice, no organ map --> Volume "ct-angio"
+        (its masks outline the aorta only, so every other organ would read as background: it
+        validates the synthetic-lesion task, on a patient and scanner of its own)
     TotalSegmentator class index --ORGAN_GROUPS--> model.tasks.organs.ORGAN_CLASSES index (0: background)
 
 The masks are the output of TotalSegmentator itself (Wasserthal et al., Radiology: AI 2023),
@@ -42,7 +45,12 @@ STUDIES = {
     CT_SERIES: ("CT", "example_ct_dicom", "example_seg_dicom.nii.gz"),
     "ct": ("CT", "example_ct_sm.nii.gz", "example_seg.nii.gz"),
     "mr": ("MR", "example_mr_sm.nii.gz", "example_seg_mr.nii.gz"),
+    "ct-angio": ("CT", "aorta_report/example_ct.nii.gz", None),
 }
+SLICE_STEP = {"ct-angio": 8}  # 191 slices of 1.5 mm: every 8th, 12 mm apart, 24 slices
+# The CT angiogram spans -1094..3343 HU, more than 12 bits hold: 0.16 % of its voxels lie outside
+# what a 12-bit CT stores (-1024..3071 HU) and are clipped to it, as such a scanner would.
+CT_12_BIT_HU = (-1024, 3071)
 # ORGAN_CLASSES name -> TotalSegmentator class indices of the CT task ("total") and of the MR task
 # ("total_mr"), from totalsegmentator/map_to_binary.py of the same release.
 ORGAN_GROUPS = {
@@ -82,10 +90,10 @@ def totalsegmentator_volumes(archive: Path) -> Iterator[Volume]:
     with tarfile.open(archive) as tar:
         for case, (modality, image_name, mask_name) in STUDIES.items():
             if case != CT_SERIES:
-                image, mask = _nifti(tar, image_name), _nifti(tar, mask_name)
-                if not np.allclose(image.affine, mask.affine) or image.shape != mask.shape:
+                image, mask = _nifti(tar, image_name), mask_name and _nifti(tar, mask_name)
+                if mask and (not np.allclose(image.affine, mask.affine) or image.shape != mask.shape):
                     raise RuntimeError(f"{image_name} and {mask_name} do not share a voxel grid")
-                yield _volume(case, modality, image, mask)
+                yield _volume(case, modality, image, mask, SLICE_STEP.get(case, 1))
 
 
 def totalsegmentator_series(archive: Path) -> list[SeriesSlice]:
@@ -125,12 +133,15 @@ def _lps_array(image: nib.Nifti1Image) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(data.transpose(2, 1, 0)), np.array([-corner[0], -corner[1], corner[2]])
 
 
-def _volume(case: str, modality: str, image: nib.Nifti1Image, mask: nib.Nifti1Image) -> Volume:
+def _volume(case: str, modality: str, image: nib.Nifti1Image, mask: nib.Nifti1Image | None, step: int) -> Volume:
+    """Every ``step``-th slice of the volume (from the first) and of its organ map, if it has one."""
     voxels, origin = _lps_array(image)
-    classes, _ = _lps_array(mask)
+    if case == "ct-angio":
+        voxels = np.clip(voxels, *CT_12_BIT_HU)
+    organs = None if mask is None else organ_map(_lps_array(mask)[0][::step].astype(np.uint8), modality)
     x, y, z = (float(v) for v in nib.as_closest_canonical(image).header.get_zooms()[:3])
-    return Volume(dataset=DATASET, case=case, modality=modality, voxels=voxels.astype(np.int16), mask=None,
-                  organs=organ_map(classes.astype(np.uint8), modality), spacing=(y, x, z),
+    return Volume(dataset=DATASET, case=case, modality=modality, voxels=voxels[::step].astype(np.int16), mask=None,
+                  organs=organs, spacing=(y, x, z * step),
                   origin=tuple(float(v) for v in origin), row_direction=(1.0, 0.0, 0.0),
                   column_direction=(0.0, 1.0, 0.0), slice_direction=(0.0, 0.0, 1.0))
 
