@@ -228,11 +228,14 @@ def test_stage3_trains_codec_and_heads_together_and_resumes(tmp_path, corpus_dir
     assert BETA_MIN <= second["beta"] <= BETA_MAX
 
 
-def test_the_organ_task_set_is_the_held_out_volume_with_a_box_per_organ_part(corpus_dir) -> None:
+def test_the_organ_task_set_is_the_held_out_volumes_with_a_box_per_organ_part(corpus_dir) -> None:
     from bench.tasks import organ_cases
 
-    cases = organ_cases(corpus_dir, "test")
+    everything = organ_cases(corpus_dir, "test")
+    head = [c for c in everything if c.id.startswith("pyradiomics-brain2")]
+    cases = [c for c in everything if not c.id.startswith("pyradiomics-brain2")]
     assert len(cases) == 30  # the 3 mm TotalSegmentator CT
+    assert len(head) == 23 and all(not c.organs.any() and len(c.boxes) == 0 for c in head)  # head MR: no organ
     assert all(c.organs is not None and len(c.boxes) and (c.boxes[:, 4] >= 1).all() and not c.mask.any()
                for c in cases)
     assert set(np.concatenate([c.boxes[:, 4] for c in cases]).astype(int)) == set(range(1, len(ORGAN_CLASSES) + 1))

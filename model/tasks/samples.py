@@ -3,9 +3,13 @@
     corpus plane (normalised as the codec sees it) + expert lesion mask + organ map (if any)
       statistics of the whole plane: pixel mean/std, and the mean/std of its LL1 (what the heads
       standardise by at inference, where they see the whole image)
-    training sample:
-      plane --organ planes at fine pixel spacing: shrunk to a random spacing up to MAX_SPACING mm-->
-            --random WINDOW x WINDOW window, left-right flip (planes without organ map)-->
+    training sample: a patient (or volume) drawn uniformly, then one of its planes (a 61-slice lung CT
+                     must not outweigh a single radiograph: the network would learn that one chest)
+      plane --random window, resized to about WINDOW x WINDOW: organ planes at fine pixel spacing
+              shrunk to a random spacing up to MAX_SPACING mm, others zoomed by a random factor in ZOOM-->
+            --left-right flip (planes without organs in view)-->
+            --intensity: gamma in GAMMA over the plane's 1st-99th percentile range, Gaussian noise of
+              up to NOISE of that range (other protocols, windows and doses than the few patients')-->
             --synthetic lesions (model.tasks.lesions: the benchmark's generator, contrast and body
               threshold from the whole plane, as the benchmark draws them)--> image, lesion mask, boxes
             --CROP x CROP crop, centred near a lesion in FOREGROUND of the samples (nnU-Net's foreground
@@ -35,11 +39,15 @@ WINDOW = 256
 MIN_SIDE = 32  # smaller planes are skipped
 MAX_SPACING = 3.5  # mm: organ planes are shrunk to a pixel spacing in [their own, this]
 FOREGROUND = 1 / 3
+ZOOM = (0.7, 1.4)  # log-uniform
+GAMMA = (0.7, 1.4)  # log-uniform
+NOISE = 0.02  # largest noise standard deviation, in units of the plane's 1st-99th percentile range
 
 
 @dataclass
 class TaskPlane:
     id: str
+    group: str  # the patient or volume (mvmic.corpus): training draws patients uniformly
     plane: np.ndarray  # (H, W) float64, normalised as the codec sees it (model.codec.normalised_planes)
     lesion: np.ndarray  # (H, W) bool, expert lesions
     organs: np.ndarray | None  # (H, W) uint8 organ map, None where the source has none
@@ -74,7 +82,7 @@ def load_task_planes(corpus_dir: Path, split: str, latent_statistics=None) -> li
             plane = normalised_planes(image.frame(frame), image.format)[0]
             if min(plane.shape) < MIN_SIDE:
                 continue
-            planes.append(TaskPlane(f"{entry.id}/{frame}", plane, labels.lesion, labels.organs,
+            planes.append(TaskPlane(f"{entry.id}/{frame}", entry.group, plane, labels.lesion, labels.organs,
                                     float(spacing[0]) if spacing else None,
                                     (float(plane.mean()), max(float(plane.std()), 1e-6)),
                                     latent_statistics(plane) if latent_statistics else (0.0, 1.0),
@@ -85,11 +93,18 @@ def load_task_planes(corpus_dir: Path, split: str, latent_statistics=None) -> li
 def training_batch(planes: list[TaskPlane], size: int, rng: random.Random, generator: np.random.Generator,
                    organ_share: float = 0.25) -> TaskBatch:
     """``size`` training samples; a share ``organ_share`` of them from planes with an organ map."""
-    with_organs = [p for p in planes if p.organs is not None]
-    others = [p for p in planes if p.organs is None]
-    chosen = [rng.choice(with_organs if with_organs and (rng.random() < organ_share or not others) else others)
-              for _ in range(size)]
+    with_organs, others = _by_group([p for p in planes if p.organs is not None]), _by_group(
+        [p for p in planes if p.organs is None])
+    chosen = [rng.choice(rng.choice(with_organs if with_organs and (rng.random() < organ_share or not others)
+                                    else others)) for _ in range(size)]
     return _stacked([_training_sample(plane, rng, generator) for plane in chosen], chosen)
+
+
+def _by_group(planes: list[TaskPlane]) -> list[list[TaskPlane]]:
+    groups: dict[str, list[TaskPlane]] = {}
+    for plane in planes:
+        groups.setdefault(plane.group, []).append(plane)
+    return list(groups.values())
 
 
 def frame_batch(plane: TaskPlane, image: np.ndarray, lesion: np.ndarray, lesion_boxes: np.ndarray) -> TaskBatch:
@@ -102,14 +117,20 @@ def frame_batch(plane: TaskPlane, image: np.ndarray, lesion: np.ndarray, lesion_
 
 def _training_sample(plane: TaskPlane, rng: random.Random, generator: np.random.Generator):
     image, expert, organs = plane.plane, plane.lesion, plane.organs
-    if organs is not None and plane.spacing and plane.spacing < MAX_SPACING:
-        image, expert, organs = _shrunk(image, expert, organs, plane.spacing / rng.uniform(plane.spacing, MAX_SPACING))
-    top, left = rng.randint(0, max(0, image.shape[0] - WINDOW)), rng.randint(0, max(0, image.shape[1] - WINDOW))
-    window = (slice(top, top + WINDOW), slice(left, left + WINDOW))
-    image, expert = image[window], expert[window]
-    organs = organs[window] if organs is not None else None
-    if organs is None and rng.random() < 0.5:  # flipped organs would move the liver to the other side
+    in_view = organs is not None and organs.any()  # organs that a flip would move to the wrong side
+    if in_view and plane.spacing and plane.spacing < MAX_SPACING:
+        factor = plane.spacing / rng.uniform(plane.spacing, MAX_SPACING)
+    else:
+        factor = float(np.exp(rng.uniform(*np.log(ZOOM))))
+    side = int(np.ceil(WINDOW / factor))  # the window, cut before it is resized to about WINDOW
+    top, left = rng.randint(0, max(0, image.shape[0] - side)), rng.randint(0, max(0, image.shape[1] - side))
+    window = (slice(top, top + side), slice(left, left + side))
+    image, expert, organs = _resized(image[window], expert[window], organs[window] if organs is not None else None,
+                                     factor)
+    if not in_view and rng.random() < 0.5:  # flipped organs would move the liver to the other side
         image, expert = image[:, ::-1], expert[:, ::-1]
+        organs = organs[:, ::-1] if organs is not None else None
+    image = _intensity(image, plane.range, rng, generator)
     lesions = insert_lesions(image, generator, LESION_PARAMETERS, plane.range)
     top, left = _crop_origin(lesions.image.shape, lesions.boxes, rng)
     crop = (slice(top, top + CROP), slice(left, left + CROP))
@@ -140,13 +161,25 @@ def _crop_origin(shape: tuple[int, int], boxes: np.ndarray, rng: random.Random) 
     return min(max(0, top), max(0, rows - CROP)), min(max(0, left), max(0, columns - CROP))
 
 
-def _shrunk(image: np.ndarray, expert: np.ndarray, organs: np.ndarray, factor: float):
+def _resized(image: np.ndarray, expert: np.ndarray, organs: np.ndarray | None, factor: float):
+    """Image (bilinear, antialiased), expert mask and organ map (nearest) scaled by ``factor``."""
     size = (max(MIN_SIDE, round(image.shape[0] * factor)), max(MIN_SIDE, round(image.shape[1] * factor)))
     as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
     image = F.interpolate(as_tensor(image), size=size, mode="bilinear", antialias=True, align_corners=False)
     expert = F.interpolate(as_tensor(expert), size=size, mode="nearest-exact")
-    organs = F.interpolate(as_tensor(organs), size=size, mode="nearest-exact")
-    return image[0, 0].double().numpy(), expert[0, 0].numpy() > 0.5, organs[0, 0].numpy().astype(np.uint8)
+    if organs is not None:
+        organs = F.interpolate(as_tensor(organs), size=size, mode="nearest-exact")[0, 0].numpy().astype(np.uint8)
+    return image[0, 0].double().numpy(), expert[0, 0].numpy() > 0.5, organs
+
+
+def _intensity(image: np.ndarray, whole: ImageRange, rng: random.Random, generator: np.random.Generator) -> np.ndarray:
+    """Gamma over the whole plane's 1st-99th percentile range (values outside it keep their offset)
+    and Gaussian noise: other contrasts and doses than the training patients' own."""
+    span = max(whole.high - whole.low, 1e-12)
+    relative = np.clip((image - whole.low) / span, 0, 1)
+    gamma = float(np.exp(rng.uniform(*np.log(GAMMA))))
+    image = image + span * (relative**gamma - relative)
+    return image + generator.normal(0, rng.uniform(0, NOISE) * span, image.shape)
 
 
 def _with_class(boxes: np.ndarray, index: int) -> np.ndarray:
