@@ -16,13 +16,13 @@ from model.codec import QUALITY_CODES, MvmicCodec, coarse_reconstruction, step_o
 from model.lifting import analysis, synthesis, zero_subbands
 from model.subbands import BandStepScales, from_steps, with_uniform_noise
 from model.tasks.evaluation import ClassScores, TaskScores, average_precision, box_iou
-from model.tasks.heads import DETECTION_CLASSES, standardise
+from model.tasks.heads import DETECTION_CLASSES, PixelReference, standardise
 from model.tasks.joint import BETA_MAX, BETA_MIN, STAGE2_CODEC, train_joint
 from model.tasks.lesions import LESION_PARAMETERS, boxes_of, insert_lesions
 from model.tasks.objectives import IGNORE, Detections
 from model.tasks.organs import ORGAN_CLASSES, organ_boxes
 from model.tasks.samples import CROP, frame_batch, load_task_planes, training_batch
-from model.tasks.train import TaskTrainConfig, network_input, train_tasks
+from model.tasks.train import TaskTrainConfig, network_input, recalibrate_batch_norm, train_tasks
 from mvmic.pixels import read_dicom, write_dicom
 
 # Some pydicom test files of the train split are anonymised with hashes where UIDs belong; pydicom warns on reads.
@@ -151,6 +151,20 @@ def test_a_crop_is_standardised_as_the_whole_frame_it_comes_from(train_planes) -
     crop = frame_batch(plane, plane.plane[100:228, 200:328], np.zeros((128, 128), bool), np.zeros((0, 4)))
     assert torch.allclose(network_input("pixel", crop, 0), full_input[..., 100:228, 200:328], atol=1e-5)
     assert torch.allclose(standardise(whole.images), full_input, atol=1e-5)
+
+
+def test_batch_norm_statistics_are_measured_afresh_not_left_to_the_last_batches(train_planes) -> None:
+    # Whole-frame results must not depend on what the last training batches held.
+    model = PixelReference()
+    norm = model.stem[1]
+    recalibrate_batch_norm(model, "pixel", train_planes)
+    first = (norm.running_mean.clone(), norm.running_var.clone())
+    with torch.no_grad():  # as if the last batches had been odd ones
+        norm.running_mean.add_(5.0)
+        norm.running_var.mul_(3.0)
+    recalibrate_batch_norm(model, "pixel", train_planes)
+    assert torch.equal(norm.running_mean, first[0]) and torch.equal(norm.running_var, first[1])
+    assert norm.momentum == 0.1 and not torch.equal(first[0], torch.zeros_like(first[0]))
 
 
 def test_training_resumes(tmp_path, corpus_dir) -> None:
