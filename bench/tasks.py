@@ -232,7 +232,7 @@ def _bd_rate_at_equal_score(rows: list[dict], stage: str, task_set: str) -> floa
                              [key_score(r["pixel_ref_on_jpeg2000"], task_set) for r in rows])
     test = _operational([r["stages"][stage]["bpp"] for r in rows], [key_score(r["stages"][stage], task_set) for r in rows])
     try:
-        return bd_rate(*reference, *test, quality_name=KEY_SCORE[task_set])
+        return bd_rate(*reference, *test, quality_name=KEY_SCORE[task_set], fit="pchip")
     except ValueError as exc:
         return f"n/a: {exc}"
 

@@ -180,3 +180,17 @@ def test_duplicate_independent_values_rejected():
     # Two points at the same rate do the same for PSNR as a function of log rate.
     with pytest.raises(ValueError, match="duplicate"):
         bd_psnr([1.0, 1.0, 4.0], [30.0, 31.0, 36.0], [1.0, 2.0, 4.0], [30.0, 33.0, 36.0])
+
+
+def test_pchip_keeps_a_saturating_task_curve_that_wins_everywhere_negative() -> None:
+    # Lesion Dice against bits per pixel (bench tasks): the test route is better at every rate, but its
+    # curve and the reference's flatten out at the top, where one cubic polynomial swings wildly.
+    rate_ref, dice_ref = [0.045, 0.089, 0.311, 0.85, 2.139], [0.016, 0.075, 0.286, 0.307, 0.310]
+    rate_test, dice_test = [0.045, 0.089, 0.311, 0.85], [0.133, 0.218, 0.300, 0.316]
+    assert bd_rate(rate_ref, dice_ref, rate_test, dice_test, "Dice") > 0  # the polynomial fit's artefact
+    assert -70 < bd_rate(rate_ref, dice_ref, rate_test, dice_test, "Dice", fit="pchip") < -30
+    # Where a polynomial fits well (a straight line in log rate), both agree.
+    psnr = [30.0, 33.0, 36.0, 39.0]
+    assert bd_rate([1.0, 2.0, 4.0, 8.0], psnr, [0.8, 1.6, 3.2, 6.4], psnr, fit="pchip") == pytest.approx(-20.0)
+    with pytest.raises(ValueError, match="rise strictly"):
+        bd_rate(rate_ref, [0.1, 0.2, 0.2, 0.3, 0.4], rate_test, dice_test, "Dice", fit="pchip")
