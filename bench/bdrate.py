@@ -121,8 +121,9 @@ def _mean_fit_difference(
 
 def _pchip(x: np.ndarray, y: np.ndarray, label: str) -> PchipInterpolator:
     order = np.argsort(x)
-    if np.any(np.diff(x[order]) <= 0):
-        raise ValueError(f"{label} must rise strictly: an operational curve has one rate per quality")
+    if np.any(np.diff(x[order]) <= 0) or np.any(np.diff(y[order]) <= 0):
+        raise ValueError(f"{label}: quality must rise strictly with rate (reduce the curve to its operational "
+                         "points first)")
     return PchipInterpolator(x[order], y[order])
 
 

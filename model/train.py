@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import random
 import subprocess
 import time
@@ -173,7 +174,8 @@ def run_until_deadline(config, name: str, model: torch.nn.Module, optimizer: tor
             save_checkpoint(config.checkpoint, model, optimizer, rng, state)
             last_save = time.monotonic()
     progress.close()
-    state["history"].append({"step": state["step"], **validate()})
+    if not state["history"] or state["history"][-1]["step"] != state["step"]:
+        state["history"].append({"step": state["step"], **validate()})
     save_checkpoint(config.checkpoint, model, optimizer, rng, state)
     return state
 
@@ -192,7 +194,12 @@ def load_checkpoint(path: Path, model, optimizer, rng: random.Random) -> dict:
     ValueError if it holds another network."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"nothing to resume at {path}: train without --resume to start afresh")
-    checkpoint = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
+    try:
+        checkpoint = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as exc:
+        raise ValueError(f"{path} is not a training checkpoint ({str(exc).splitlines()[0]})") from None
+    if not isinstance(checkpoint, dict) or not {"model", "optimizer", "state"} <= set(checkpoint):
+        raise ValueError(f"{path} is not a training checkpoint (an exported weights file? resume from checkpoints/)")
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as exc:  # another network, or one of an older design

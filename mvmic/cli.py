@@ -192,13 +192,24 @@ def _training_command(train, name: str, help_text: str, checkpoint: str, learnin
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder (default: %(default)s)")
     parser.add_argument("--checkpoint", type=Path, default=Path(checkpoint),
                         help="checkpoint file (default: %(default)s)")
-    parser.add_argument("--minutes", type=float, default=30.0, help="training time (default: %(default)s)")
+    parser.add_argument("--minutes", type=_at_least(0.0, float), default=30.0,
+                        help="training time (default: %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     parser.add_argument("--learning-rate", type=float, default=learning_rate,
                         help="Adam step size (default: %(default)s)")
-    parser.add_argument("--batch", type=int, default=batch, help="crops per step (default: %(default)s)")
+    parser.add_argument("--batch", type=_at_least(1, int), default=batch, help="crops per step (default: %(default)s)")
     parser.set_defaults(run=run)
     return parser
+
+
+def _at_least(low: float, kind: type) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` no smaller than ``low`` (argparse reports the rest)."""
+    def parse(text: str) -> float:
+        value = kind(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text}: at least {low} expected")
+        return value
+    return parse
 
 
 def invoked_command() -> str:

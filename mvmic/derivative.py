@@ -22,7 +22,7 @@ LOSSY_COMPRESSION_CODE = ("113040", "DCM", "Lossy Compression")
 def lossy_derivative(source: Dataset, ratio: float, method: str, description: str) -> Dataset:
     header = copy.deepcopy(source)
     header.SOPInstanceUID = generate_uid()
-    if "file_meta" in header:
+    if hasattr(header, "file_meta"):
         header.file_meta.MediaStorageSOPInstanceUID = header.SOPInstanceUID
     image_type = list(header.get("ImageType", ["DERIVED", "PRIMARY"]))
     header.ImageType = ["DERIVED", *image_type[1:]]

@@ -192,5 +192,6 @@ def test_pchip_keeps_a_saturating_task_curve_that_wins_everywhere_negative() -> 
     # Where a polynomial fits well (a straight line in log rate), both agree.
     psnr = [30.0, 33.0, 36.0, 39.0]
     assert bd_rate([1.0, 2.0, 4.0, 8.0], psnr, [0.8, 1.6, 3.2, 6.4], psnr, fit="pchip") == pytest.approx(-20.0)
-    with pytest.raises(ValueError, match="rise strictly"):
-        bd_rate(rate_ref, [0.1, 0.2, 0.2, 0.3, 0.4], rate_test, dice_test, "Dice", fit="pchip")
+    for quality in ([0.1, 0.2, 0.2, 0.3, 0.4], [0.1, 0.3, 0.25, 0.35, 0.4]):  # flat, or falling with rate
+        with pytest.raises(ValueError, match="rise strictly"):
+            bd_rate(rate_ref, quality, rate_test, dice_test, "Dice", fit="pchip")

@@ -174,6 +174,8 @@ def test_training_resumes(tmp_path, corpus_dir) -> None:
                                          learning_rate=1e-4, command="b"))
     assert second["step"] > first["step"] > 0
     assert second["commands"] == ["a", "b"]
+    steps = [entry["step"] for entry in second["history"]]
+    assert steps == sorted(set(steps)) and steps[-1] == second["step"]  # each step validated once
     # A resumed run uses its own learning rate, not the one saved in the checkpoint.
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["optimizer"]
     assert [group["lr"] for group in saved["param_groups"]] == [1e-4]
@@ -264,6 +266,14 @@ def test_a_mistyped_resume_or_heads_file_is_a_clear_error(tmp_path, corpus_dir, 
     assert run.returncode == 1 and "nothing to resume" in run.stderr and not missing.exists()
     stream = tmp_path / "x.mvm"
     assert mvmic("compress", str(corpus_dir / "images" / "pydicom-CT_small.dcm"), str(stream)).returncode == 0
+    weights = tmp_path / "weights.pt"
+    torch.save(PixelReference().state_dict(), weights)
+    for wrong in (stream, weights):  # not a pickle at all; exported weights rather than a checkpoint
+        run = mvmic("train", "pixel-reference", "--resume", "--checkpoint", str(wrong), "--minutes", "0")
+        assert run.returncode == 1 and "is not a training checkpoint" in run.stderr and "Traceback" not in run.stderr
+    for option, value in (("--batch", "0"), ("--minutes", "-1")):
+        run = mvmic("train", "heads", option, value, "--checkpoint", str(tmp_path / "new.pt"))
+        assert run.returncode == 2 and "at least" in run.stderr and not (tmp_path / "new.pt").exists()
     checkpoint = tmp_path / "heads-checkpoint.pt"
     torch.save({"model": {}, "optimizer": {}, "state": {}}, checkpoint)
     for heads, reason in ((checkpoint, "training checkpoint"), (corpus_dir / "images" / "pydicom-CT_small.dcm",

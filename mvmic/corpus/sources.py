@@ -69,6 +69,7 @@ class Volume:
     row_direction: tuple[float, float, float]
     column_direction: tuple[float, float, float]
     slice_direction: tuple[float, float, float]
+    slice_thickness: float | None = None  # mm, where it differs from the slice spacing (a subsampled volume)
 
 
 def select_pydicom_images() -> tuple[list[PydicomImage], list[dict[str, str]]]:

@@ -141,7 +141,7 @@ def _volume(case: str, modality: str, image: nib.Nifti1Image, mask: nib.Nifti1Im
     organs = None if mask is None else organ_map(_lps_array(mask)[0][::step].astype(np.uint8), modality)
     x, y, z = (float(v) for v in nib.as_closest_canonical(image).header.get_zooms()[:3])
     return Volume(dataset=DATASET, case=case, modality=modality, voxels=voxels[::step].astype(np.int16), mask=None,
-                  organs=organs, spacing=(y, x, z * step),
+                  organs=organs, spacing=(y, x, z * step), slice_thickness=z,
                   origin=tuple(float(v) for v in origin), row_direction=(1.0, 0.0, 0.0),
                   column_direction=(0.0, 1.0, 0.0), slice_direction=(0.0, 0.0, 1.0))
 

@@ -87,7 +87,7 @@ def _header(volume: Volume, index: int, intercept: int) -> Dataset:
     ds.PatientPosition = "HFS"
     ds.ImageOrientationPatient = [*volume.row_direction, *volume.column_direction]
     ds.ImagePositionPatient = _slice_position(volume, index)
-    ds.SliceThickness = volume.spacing[2]
+    ds.SliceThickness = volume.slice_thickness or volume.spacing[2]
     ds.PixelSpacing = [volume.spacing[0], volume.spacing[1]]
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
