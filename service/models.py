@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-import hashlib
 import queue
 import threading
 import time
@@ -103,7 +102,7 @@ def load_models(settings: Settings) -> ResidentModels:
     codec = MvmicCodec.load(settings.codec_weights)
     heads = settings.heads_weights
     analyzer = Analyzer.load(codec, heads, device)
-    return ResidentModels(codec, analyzer, Weights(heads, hashlib.sha256(heads.read_bytes()).hexdigest()), device)
+    return ResidentModels(codec, analyzer, Weights(heads, analyzer.heads_sha256), device)
 
 
 @dataclass

@@ -22,7 +22,13 @@ from model.tasks.lesions import LESION_PARAMETERS, boxes_of, insert_lesions
 from model.tasks.objectives import IGNORE, Detections
 from model.tasks.organs import ORGAN_CLASSES, organ_boxes
 from model.tasks.samples import CROP, frame_batch, load_task_planes, training_batch
-from model.tasks.train import TaskTrainConfig, network_input, recalibrate_batch_norm, train_tasks
+from model.tasks.train import (
+    TaskTrainConfig,
+    calibration_inputs,
+    network_input,
+    recalibrate_batch_norm,
+    train_tasks,
+)
 from mvmic.pixels import read_dicom, write_dicom
 
 # Some pydicom test files of the train split are anonymised with hashes where UIDs belong; pydicom warns on reads.
@@ -155,14 +161,14 @@ def test_a_crop_is_standardised_as_the_whole_frame_it_comes_from(train_planes) -
 
 def test_batch_norm_statistics_are_measured_afresh_not_left_to_the_last_batches(train_planes) -> None:
     # Whole-frame results must not depend on what the last training batches held.
-    model = PixelReference()
+    model, inputs = PixelReference(), calibration_inputs("pixel", train_planes)
     norm = model.stem[1]
-    recalibrate_batch_norm(model, "pixel", train_planes)
+    recalibrate_batch_norm(model, inputs)
     first = (norm.running_mean.clone(), norm.running_var.clone())
     with torch.no_grad():  # as if the last batches had been odd ones
         norm.running_mean.add_(5.0)
         norm.running_var.mul_(3.0)
-    recalibrate_batch_norm(model, "pixel", train_planes)
+    recalibrate_batch_norm(model, inputs)
     assert torch.equal(norm.running_mean, first[0]) and torch.equal(norm.running_var, first[1])
     assert norm.momentum == 0.1 and not torch.equal(first[0], torch.zeros_like(first[0]))
 

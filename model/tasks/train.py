@@ -140,9 +140,16 @@ def frame_scores(model: torch.nn.Module, network: str, frames: list[tuple[TaskPl
     return scores
 
 
-def recalibrate_batch_norm(model: torch.nn.Module, network: str, planes: list[TaskPlane]) -> None:
-    """BatchNorm's running statistics measured afresh, as the exact mean over CALIBRATION_BATCHES fixed
-    training batches, instead of the moving average of the last few batches. With batches of a few
+def calibration_inputs(network: str, planes: list[TaskPlane]) -> list[torch.Tensor]:
+    """The network inputs of CALIBRATION_BATCHES fixed training batches of 16 crops, drawn once per run."""
+    rng, generator = random.Random(CALIBRATION_BATCHES), np.random.default_rng(CALIBRATION_BATCHES)
+    return [network_input(network, training_batch(planes, 16, rng, generator), rng.randint(*CODES))
+            for _ in range(CALIBRATION_BATCHES)]
+
+
+def recalibrate_batch_norm(model: torch.nn.Module, inputs: list[torch.Tensor]) -> None:
+    """BatchNorm's running statistics measured afresh, as the exact mean over the fixed training batches
+    ``inputs`` (calibration_inputs), instead of the moving average of the last few batches. With batches of a few
     crops from very different images, that average moved with whatever the last batches held, and
     whole-frame results with it (a train-frame organ Dice of 0.93 fell to 0.66 at one check and was
     back at the next). Training is unaffected: in training mode BatchNorm uses each batch's own."""
@@ -151,13 +158,11 @@ def recalibrate_batch_norm(model: torch.nn.Module, network: str, planes: list[Ta
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # a cumulative average
-    rng, generator = random.Random(CALIBRATION_BATCHES), np.random.default_rng(CALIBRATION_BATCHES)
     device = next(model.parameters()).device
     model.train()
     with torch.no_grad():
-        for _ in range(CALIBRATION_BATCHES):
-            batch = training_batch(planes, 16, rng, generator)
-            model(network_input(network, batch.to(device), rng.randint(*CODES)))
+        for batch in inputs:
+            model(batch.to(device))
     for norm, momentum in zip(norms, momenta, strict=True):
         norm.momentum = momentum
 
@@ -186,6 +191,7 @@ def train_tasks(config: TaskTrainConfig) -> dict:
     train_planes = load_planes_for(config.network, config.corpus_dir, "train")
     validation = validation_frames(load_planes_for(config.network, config.corpus_dir, "val"))
     train_check = train_check_frames(train_planes)
+    calibration = calibration_inputs(config.network, train_planes)
     running = None
 
     def step() -> dict[str, str]:
@@ -201,7 +207,7 @@ def train_tasks(config: TaskTrainConfig) -> dict:
 
     def check() -> dict:
         model.to("cpu")
-        recalibrate_batch_norm(model, config.network, train_planes)  # also what the checkpoint and export keep
+        recalibrate_batch_norm(model, calibration)  # also what the checkpoint and export keep
         result = validate(model, config.network, validation, train_check)
         model.to(config.device)
         return result
