@@ -13,10 +13,15 @@ escape bin and are then written raw (CompressAI's bypass coding).
 
 from __future__ import annotations
 
+import functools
+import importlib.machinery
+import importlib.util
 import math
-import warnings
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -202,11 +207,20 @@ class RansReader:
         return torch.tensor(values, dtype=torch.float64)
 
 
-def _compressai_ans():
-    """CompressAI's C++ rANS coder, imported when first needed (the package takes seconds to import).
-    Its import pulls torch_geometric, whose use of torch.jit.script warns on every run: not ours to fix,
-    and not what a user of `mvmic` should read."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
-        from compressai import ans
-    return ans
+@functools.cache
+def _compressai_ans() -> ModuleType:
+    """CompressAI's C++ rANS coder (the compiled ``compressai.ans``), loaded from its file without
+    importing the compressai package, which takes seconds (torchvision, torch_geometric): every
+    `mvmic decompress` of a lossy stream paid them. Registered under its own name, so that a later
+    ``import compressai`` (training) finds and keeps this module instead of loading the extension twice."""
+    if "compressai.ans" in sys.modules:
+        return sys.modules["compressai.ans"]
+    package = importlib.util.find_spec("compressai")  # locates the package without running it
+    if package is None or package.origin is None:
+        raise RuntimeError("compressai is not installed: its rANS coder codes the lossy layer")
+    path = str(next(Path(package.origin).parent.glob("ans.*.so")))
+    loader = importlib.machinery.ExtensionFileLoader("compressai.ans", path)
+    module = importlib.util.module_from_spec(importlib.util.spec_from_file_location("compressai.ans", path, loader=loader))
+    loader.exec_module(module)
+    sys.modules["compressai.ans"] = module
+    return module
