@@ -5,14 +5,16 @@ build an app or load weights. Run it with uvicorn's factory mode::
 
     uvicorn service.app:create_app --factory
 
-    startup --lifespan--> worker thread; models load on it in the background
-            (GET /readyz answers 503 until they are resident, /healthz 200 at once)
+    startup --lifespan--> torch threads, MVMIC_WORKERS model worker threads; models load on one of them
+            in the background (GET /readyz answers 503 until they are resident, /healthz 200 at once)
     request --request id (X-Request-ID), logged with route, status and time, never patient data-->
             and counted (service.metrics); routes: health (/healthz, /readyz), metrics (/metrics),
             models (/v1/models), codec (/v1/compress, /v1/decompress, /v1/analyze),
             dicomweb (/dicomweb: STOW-RS, WADO-RS, QIDO-RS in front of the PACS at MVMIC_PACS_URL)
+    shutdown --> the workers finish the jobs queued (up to SHUTDOWN_TIMEOUT_S) and are joined
 """
 
+import asyncio
 import logging
 import time
 import uuid
@@ -25,23 +27,27 @@ from fastapi import FastAPI, Request, Response
 from mvmic.pacs.client import PacsClient
 from service.errors import install_error_handlers
 from service.metrics import ServiceMetrics
-from service.models import ModelWorker, load_models
+from service.models import ModelWorkers, configure_torch, load_models
 from service.routes import codec, dicomweb, health, metrics, models
 from service.settings import Settings
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 log = logging.getLogger("mvmic.service")
+SHUTDOWN_TIMEOUT_S = 30.0
 
 
 def _make_lifespan(settings: Settings) -> Lifespan:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings, app.state.models, app.state.load_error = settings, None, None
-        app.state.worker = ModelWorker(app.state.metrics, settings.batch_size, settings.max_batch_delay_ms / 1000)
-        app.state.worker.submit(load_models, settings).add_done_callback(lambda done: _loaded(app, done))
+        app.state.metrics.torch_threads.set(configure_torch(settings))  # before any worker runs torch
+        app.state.workers = ModelWorkers(app.state.metrics, settings.workers, settings.batch_size,
+                                        settings.max_batch_delay_ms / 1000)
+        app.state.workers.submit(load_models, settings).add_done_callback(lambda done: _loaded(app, done))
         app.state.pacs = PacsClient(settings.pacs_url, settings.pacs_auth) if settings.pacs_url else None
         yield
-        app.state.worker.close()
+        if not await asyncio.to_thread(app.state.workers.close, SHUTDOWN_TIMEOUT_S):
+            log.warning("model workers still busy after %.0f s; exiting without them", SHUTDOWN_TIMEOUT_S)
         if app.state.pacs is not None:
             app.state.pacs.close()
 

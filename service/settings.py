@@ -1,5 +1,6 @@
 """Service configuration, read from ``MVMIC_*`` environment variables."""
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -8,6 +9,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.codec import DEFAULT_WEIGHTS, MODEL_ID
 from mvmic.transcode import error_bound
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on: its affinity mask (taskset, a container's cpuset), else the
+    machine's count. A CPU quota (docker --cpus) is not seen: set MVMIC_WORKERS there."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 class Settings(BaseSettings):
@@ -23,7 +33,10 @@ class Settings(BaseSettings):
                               "(near-lossless/lossless) and -heads.pt")
     device: str = Field("auto", description="where the task heads run: auto (CUDA when there is one, else CPU), "
                         "cpu, cuda or cuda:N; entropy coding always runs on the CPU")
-    threads: int = Field(0, ge=0, description="torch threads for model work; 0 keeps torch's default")
+    workers: int = Field(default_factory=cpu_cores, ge=1, description="model worker threads, i.e. model calls in "
+                         "flight at once, sharing one copy of the weights; default: one per CPU core")
+    threads: int = Field(0, ge=0, description="torch intra-op threads of each worker; 0: CPU cores // workers, "
+                         "at least 1 (service.models.torch_threads)")
     max_body_bytes: int = Field(256 * 2**20, gt=0, description="larger request bodies get 413")
     api_tokens: list[str] = Field(default_factory=list, description="bearer tokens; empty: no authentication")
     verify_bound: bool = Field(True, description="near-lossless/lossless: decode to check the bound")

@@ -67,13 +67,13 @@ async def compress(request: Request, models: Models,
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     body = await read_body(request, request.app.state.settings.max_body_bytes)
     verify = request.app.state.settings.verify_bound
-    result = await request.app.state.worker.run(dicom_to_mvm, body, models.codec, quality, target_bpp, None,
+    result = await request.app.state.workers.run(dicom_to_mvm, body, models.codec, quality, target_bpp, None,
                                                 bound, verify)
     request.app.state.metrics.bits_per_pixel.labels(mode).observe(result.bits_per_pixel)
     if accept == OCTET:
         return Response(result.data, media_type=OCTET)
     if accept == DICOM:
-        return Response(await request.app.state.worker.run(mvm_instance, result, models.codec), media_type=DICOM)
+        return Response(await request.app.state.workers.run(mvm_instance, result, models.codec), media_type=DICOM)
     analysis = await _analysis(request, models, result.data)
     return JSONResponse({"model_id": models.codec.model_id, "bitstream": base64.b64encode(result.data).decode("ascii"),
                   "bytes": len(result.data), "bits_per_pixel": result.bits_per_pixel,
@@ -87,9 +87,9 @@ async def decompress(request: Request, models: Models) -> Response:
     _negotiate(request, (DICOM,))
     body = await read_body(request, request.app.state.settings.max_body_bytes)
     if body.startswith(MAGIC):
-        dataset = await request.app.state.worker.run(mvm_to_dicom, body, models.codec)
+        dataset = await request.app.state.workers.run(mvm_to_dicom, body, models.codec)
     else:
-        dataset = await request.app.state.worker.run(instance_to_dicom, read_dataset(body), models.codec)
+        dataset = await request.app.state.workers.run(instance_to_dicom, read_dataset(body), models.codec)
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return Response(buffer.getvalue(), media_type=DICOM)
@@ -107,7 +107,7 @@ async def analyze(request: Request, models: Models) -> Response:
 async def _analysis(request: Request, models: ResidentModels, data: bytes) -> dict:
     """The analysis document of a bitstream; analyses of concurrent requests share a batch."""
     stream = parse_for(data, models.codec)
-    frames = await request.app.state.worker.run_batched(models.analyzer.analyze_many, stream)
+    frames = await request.app.state.workers.run_batched(models.analyzer.analyze_many, stream)
     return analysis_document(stream, frames, models.analyzer.heads_sha256)
 
 

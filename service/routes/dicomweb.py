@@ -71,7 +71,7 @@ async def store(request: Request, models: Models, pacs: Pacs, study: str | None 
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "the request holds no instance")
     policy = StoragePolicy(settings.storage_bound, settings.storage_quality, settings.verify_bound,
                            settings.store_analysis if analysis is None else analysis)
-    prepared = [await request.app.state.worker.run(prepare_instance, part.content, models.codec, models.analyzer,
+    prepared = [await request.app.state.workers.run(prepare_instance, part.content, models.codec, models.analyzer,
                                                    policy, study) for part in parts]
     for number, item in enumerate(prepared, start=1):  # what happened to each part, never patient data
         log.info("request %s: part %d of %d: %s", request.state.request_id, number, len(prepared),
@@ -144,7 +144,7 @@ async def retrieve(request: Request, models: Models, pacs: Pacs, study: str, ser
         raise HTTPException(exc.status if exc.status in (404, 502) else status.HTTP_502_BAD_GATEWAY,
                             str(exc)) from None
     try:
-        instances = [await request.app.state.worker.run(render, data, syntax, models.codec) for data in stored]
+        instances = [await request.app.state.workers.run(render, data, syntax, models.codec) for data in stored]
     except NotAcceptableError as exc:
         raise HTTPException(status.HTTP_406_NOT_ACCEPTABLE, str(exc)) from None
     body, content_type = related_body(instances, DICOM)
