@@ -10,6 +10,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from model.tasks.analysis import Analyzer
 from mvmic.pixels import read_dicom
 from mvmic.transcode import MVM_TRANSFER_SYNTAX, bitstream_of_instance
 from service.process import free_port
+from service.settings import cpu_cores
 
 TIMEOUT = 120.0
 
@@ -230,6 +232,43 @@ def test_metrics_count_requests_model_time_and_rates(service_url: str, corpus_di
     sent = [row for row in text.splitlines()
             if row.startswith('mvmic_body_bytes_total{direction="in",route="/v1/compress"}')]
     assert float(sent[0].split()[-1]) >= len(source)
+
+
+def _samples(service_url: str, prefix: str) -> dict[str, float]:
+    """The /metrics samples whose name starts with ``prefix``, by name with labels."""
+    rows = httpx.get(f"{service_url}/metrics", timeout=TIMEOUT).text.splitlines()
+    return {name: float(value) for name, value in (row.rsplit(" ", 1) for row in rows if row.startswith(prefix))}
+
+
+def test_metrics_show_the_workers_and_the_jobs_waiting_and_running(service_url: str, corpus_dir: Path) -> None:
+    described = _samples(service_url, "mvmic_model_")
+    workers = int(described["mvmic_model_workers"])
+    assert workers == cpu_cores() and described["mvmic_model_torch_threads"] == max(1, cpu_cores() // workers)
+    source = _dicom(corpus_dir, "pyradiomics-brain2-010")
+    running, waiting = 'mvmic_model_jobs_running{work="dicom_to_mvm"}', 'mvmic_model_jobs_waiting{work="dicom_to_mvm"}'
+    seen: list[tuple[float, float]] = []  # (running, waiting) at each look while the requests are answered
+
+    async def load() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            requests = [asyncio.create_task(client.post(f"{service_url}/v1/compress", content=source,
+                                                        params={"quality": 4},
+                                                        headers={"Content-Type": "application/dicom",
+                                                                 "Accept": "application/octet-stream"}))
+                        for _ in range(workers + 3)]
+            while not all(request.done() for request in requests):
+                rows = (await client.get(f"{service_url}/metrics")).text.splitlines()
+                now = dict(row.rsplit(" ", 1) for row in rows if row.startswith("mvmic_model_jobs_"))
+                seen.append((float(now.get(running, 0)), float(now.get(waiting, 0))))
+                await asyncio.sleep(0.02)
+            return await asyncio.gather(*requests)
+
+    assert all(reply.status_code == 200 for reply in asyncio.run(load()))
+    assert max(r for r, _ in seen) == workers and max(w for _, w in seen) >= 1, seen  # every worker busy, more queued
+    assert all(r <= workers for r, _ in seen)
+    deadline = time.monotonic() + 10
+    while (after := _samples(service_url, "mvmic_model_jobs_")).get(running) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the gauge drops just after the answer is handed over
+    assert after[running] == 0 and after[waiting] == 0
 
 
 def _batch_sizes(service_url: str) -> tuple[float, float]:
