@@ -4,16 +4,17 @@
     JSON with analysis) and analyze (its bitstream), at each concurrency: that many clients send
     requests back to back until REQUESTS_PER_CLIENT each are answered--> requests/s, p50, p99 latency
 
-Client and server share the machine's cores, as they would on a 2-core gateway; the table says
-how many threads the server had. Latency includes queueing: with one model thread, concurrent
-requests wait for each other.
+Client and server share the machine's cores, as they would on a 2-core gateway. The server runs as
+configured by the MVMIC_* environment (MVMIC_WORKERS model workers, default one per core, each with
+MVMIC_THREADS torch threads, default cores // workers); the result records the worker and thread
+counts the server reported on /metrics. Latency includes queueing: with more clients than workers,
+requests wait for a free worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ import httpx
 
 from bench.speed import CT_SLICE
 from service.process import running_service
+from service.settings import cpu_cores
 
 CONCURRENCY = (1, 8, 32)
 REQUESTS_PER_CLIENT = 2
@@ -43,12 +45,19 @@ def run_service_benchmark(corpus_dir: Path, out_dir: Path, concurrency: tuple[in
             for clients in concurrency:
                 rows.append({"route": route, "concurrency": clients,
                              **asyncio.run(_load(target, body, media_type, clients))})
-    result = {"image": CT_SLICE, "cpu_cores": os.cpu_count(), "server_threads": os.environ.get("MVMIC_THREADS",
-                                                                                               "torch default"),
-              "rows": rows}
+        server = _server_gauges(url)
+    result = {"image": CT_SLICE, "cpu_cores": cpu_cores(), "workers": int(server["mvmic_model_workers"]),
+              "torch_threads_per_worker": int(server["mvmic_model_torch_threads"]), "rows": rows}
     (out_dir / "service.json").write_text(json.dumps(result, indent=1) + "\n")
     print(_table(result))
     return result
+
+
+def _server_gauges(url: str) -> dict[str, float]:
+    """The server's unlabelled model gauges (workers, torch threads) from its /metrics."""
+    rows = httpx.get(f"{url}/metrics", timeout=TIMEOUT_S).text.splitlines()
+    return {name: float(value) for name, value in (row.split(" ", 1) for row in rows
+                                                   if row.startswith("mvmic_model_") and "{" not in row)}
 
 
 async def _load(url: str, body: bytes, media_type: str, clients: int) -> dict:
@@ -74,8 +83,8 @@ async def _load(url: str, body: bytes, media_type: str, clients: int) -> dict:
 
 
 def _table(result: dict) -> str:
-    lines = [(f"# Service: {result['image']} 512x512 CT, {result['cpu_cores']} cores, server threads "
-             f"{result['server_threads']}"), "",
+    lines = [(f"# Service: {result['image']} 512x512 CT, {result['cpu_cores']} cores, {result['workers']} model "
+              f"workers x {result['torch_threads_per_worker']} torch threads"), "",
              "| route | concurrency | requests | requests/s | p50 ms | p99 ms |", "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['route']} | {r['concurrency']} | {r['requests']} | {r['requests_per_s']:.2f} | "
               f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} |" for r in result["rows"]]
