@@ -2,6 +2,7 @@
 
     mvmic data prepare [--out DIR]     build the real-image corpus (mvmic.corpus)
     mvmic bench rd [--split test]      classical codecs on the corpus (bench.rd)
+    mvmic export-onnx [HEADS.pt]       the task heads as ONNX Runtime runs them (model.tasks.runtime)
     mvmic serve [--host H --port N]    the HTTP service (service)
     mvmic pacs compress-study UID      compress a study in the PACS in place (mvmic.pacs)
 """
@@ -123,6 +124,15 @@ def _parser() -> argparse.ArgumentParser:
     analyze.add_argument("--weights", type=Path, default=None, help="weights file (default: the shipped one)")
     analyze.add_argument("--heads", type=Path, default=None, help="task heads weights (default: the shipped ones)")
     analyze.set_defaults(run=_analyze)
+
+    export_onnx = commands.add_parser("export-onnx", help="write the ONNX model of task heads weights, which "
+                                      "analysis runs through ONNX Runtime")
+    export_onnx.add_argument("heads", type=Path, nargs="?", default=None, metavar="HEADS.pt",
+                             help="task heads weights (default: the shipped ones)")
+    export_onnx.add_argument("--out", type=Path, default=None, metavar="HEADS.onnx",
+                             help="where to write it (default: beside the weights, suffix .onnx, where analysis "
+                                  "looks for it)")
+    export_onnx.set_defaults(run=_export_onnx)
 
     decompress = commands.add_parser("decompress", help=".mvm bitstream -> DICOM")
     decompress.add_argument("source", type=Path, metavar="IN.mvm")
@@ -291,6 +301,19 @@ def _write_analysis(data: bytes, codec, heads: Path | None, target: Path | None)
         print(f"frame {frame['frame']}: {boxes}; {frame['segmented_pixels']} lesion pixels; organ pixels: {organs}")
 
 
+def _export_onnx(args: argparse.Namespace) -> int:
+    import hashlib
+
+    from model.tasks.analysis import DEFAULT_HEADS
+    from model.tasks.runtime import export_heads_file
+
+    source = args.heads or DEFAULT_HEADS
+    target = export_heads_file(source, args.out)
+    print(f"{target}: {target.stat().st_size} bytes, exported from {source} "
+          f"(sha256 {hashlib.sha256(source.read_bytes()).hexdigest()})")
+    return 0
+
+
 def _decompress(args: argparse.Namespace) -> int:
     from mvmic.transcode import mvm_to_dicom, needs_weights
 
@@ -340,6 +363,10 @@ def _train_tasks(args: argparse.Namespace) -> int:
     print(f"step {state['step']}: {state['history'][-1]}")
     if args.export:
         print(f"weights {args.export} sha256 {export_task_weights(args.checkpoint, args.export, command, args.corpus)}")
+        if args.network == "latent":  # what analysis runs: ONNX Runtime reads the .onnx beside the weights
+            from model.tasks.runtime import export_heads_file
+
+            print(f"ONNX model {export_heads_file(args.export)}")
     return 0
 
 
@@ -356,7 +383,10 @@ def _train_joint(args: argparse.Namespace) -> int:
     print(f"step {state['step']}: {state['history'][-1]}")
     if args.export_codec:
         sha256 = export_joint_weights(args.checkpoint, args.export_codec, args.export_heads, command, args.corpus)
-        print(f"codec {args.export_codec} sha256 {sha256}; heads {args.export_heads}")
+        from model.tasks.runtime import export_heads_file
+
+        print(f"codec {args.export_codec} sha256 {sha256}; heads {args.export_heads} "
+              f"(ONNX model {export_heads_file(args.export_heads)})")
     return 0
 
 

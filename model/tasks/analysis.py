@@ -2,7 +2,8 @@
 
     .mvm --MvmicCodec.decode_coarse: entropy decoding of every level but the finest,
            first synthesis steps--> LL1 (half resolution) per frame --standardise over the frame-->
-      --LatentHeads--> heatmaps per class, sizes, offsets --peaks, score >= REPORT_SCORE--> labelled boxes
+      --LatentHeads (in ONNX Runtime: model.tasks.runtime)--> heatmaps per class, sizes, offsets
+                   --peaks, score >= REPORT_SCORE--> labelled boxes
                    --> lesion logit --x2, > 0, cropped--> lesion mask --> COCO RLE
                    --> organ logits --x2, argmax, cropped--> organ map --> one COCO RLE per organ found
 
@@ -15,9 +16,8 @@ which is where the time saved over decode-then-analyse comes from.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import io
-import pickle
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from pycocotools import mask as coco_mask
+from torch import Tensor
 
 from model.bitstream import Bitstream
 from model.codec import MODEL_ID, MvmicCodec
 from model.tasks.heads import DETECTION_CLASSES, LatentHeads, standardise
 from model.tasks.objectives import decode_detections, organ_maps, segmentation_masks
 from model.tasks.organs import ORGAN_CLASSES
+from model.tasks.runtime import OnnxHeads, load_heads_weights
 
 DEFAULT_HEADS = Path(__file__).resolve().parents[2] / "weights" / f"{MODEL_ID}-heads.pt"
 REPORT_SCORE = 0.3
@@ -65,31 +67,49 @@ def coco_rle(mask: np.ndarray) -> dict:
     return {"size": [int(v) for v in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
 
 
-class Analyzer:
-    """Entropy decoding on the CPU (the codec's integer arithmetic), the heads on ``device``."""
+RUNTIMES = ("onnx", "torch")
 
-    def __init__(self, codec: MvmicCodec, heads: LatentHeads, device: str = "cpu", heads_sha256: str | None = None) -> None:
-        self.codec, self.device, self.heads = codec, torch.device(device), heads.eval().to(device)
-        self.heads_sha256 = heads_sha256  # of the weights file, which analysis documents name
+
+class Analyzer:
+    """Entropy decoding on the CPU (the codec's integer arithmetic), the heads on ``device``: through ONNX
+    Runtime (OnnxHeads, what the service and `mvmic analyze` use) or torch (LatentHeads, as trained)."""
+
+    def __init__(self, codec: MvmicCodec, heads: LatentHeads | OnnxHeads, device: str = "cpu",
+                 heads_sha256: str | None = None) -> None:
+        self.codec, self.device = codec, torch.device(device)
+        self.heads = heads if isinstance(heads, OnnxHeads) else heads.eval().to(device)
+        self.runtime = "onnx" if isinstance(heads, OnnxHeads) else "torch"
+        self.heads_sha256 = heads_sha256  # of the torch weights file, which analysis documents name
 
     @classmethod
-    def load(cls, codec: MvmicCodec, path: Path = DEFAULT_HEADS, device: str = "cpu") -> Analyzer:
-        """The heads of a weights file (as `mvmic train heads --export` writes it). Raises ValueError for
-        a file that is not one (a training checkpoint, another network, not a torch file)."""
-        heads, data = LatentHeads(), Path(path).read_bytes()
-        try:
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-            if isinstance(state, dict) and {"model", "optimizer", "state"} <= set(state):
-                raise ValueError("it is a training checkpoint: export its weights with `mvmic train heads --resume "
-                                 "--minutes 0 --export FILE` first")
-            heads.load_state_dict(state)
-        except (pickle.UnpicklingError, EOFError):
-            raise ValueError(f"{path} is not a torch weights file") from None
-        except (RuntimeError, AttributeError, TypeError) as exc:
-            raise ValueError(f"{path} holds no task heads of this design ({str(exc).splitlines()[0]})") from None
-        except ValueError as exc:
-            raise ValueError(f"{path} is not a task heads weights file: {exc}") from None
+    def load(cls, codec: MvmicCodec, path: Path = DEFAULT_HEADS, device: str = "cpu", runtime: str = "onnx",
+             threads: int | None = None) -> Analyzer:
+        """The heads of a weights file (as `mvmic train heads --export` writes it). ``runtime`` "onnx": the
+        ONNX export beside it (model.tasks.runtime; ``threads``: ONNX Runtime's intra-op threads); "torch":
+        the weights themselves. Raises ValueError for a file that is not one (a training checkpoint, another
+        network, not a torch file) and StaleOnnxError for an export of other weights."""
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
+        data = Path(path).read_bytes()
+        heads = (OnnxHeads.for_weights(path, device, threads, data) if runtime == "onnx"
+                 else load_heads_weights(path, data))
         return cls(codec, heads, device, hashlib.sha256(data).hexdigest())
+
+    @torch.no_grad()
+    def analyze_latent(self, coarse: Tensor, shape: tuple[int, int], min_score: float = REPORT_SCORE
+                       ) -> list[FrameAnalysis]:
+        """The analysis of decoded LL1 planes (N, 1, h, w) of frames of ``shape`` (rows, columns), numbered
+        0..N-1 in order: each standardised over itself, the heads, boxes and masks cropped to ``shape``."""
+        planes = standardise(coarse.float())
+        outputs = self.heads(planes if self.runtime == "onnx" else planes.to(self.device)).to("cpu")
+        detections, masks, organs = (decode_detections(outputs, shape), segmentation_masks(outputs, shape),
+                                     organ_maps(outputs, shape))
+        frames = []
+        for frame, (found, mask, organ_map) in enumerate(zip(detections, masks, organs, strict=True)):
+            keep = found.scores >= min_score
+            frames.append(FrameAnalysis(frame, found.boxes[keep], found.scores[keep], found.classes[keep], mask,
+                                        organ_map))
+        return frames
 
     def analyze(self, stream: Bitstream, min_score: float = REPORT_SCORE) -> list[FrameAnalysis]:
         return self.analyze_many([stream], min_score)[0]
@@ -105,12 +125,7 @@ class Analyzer:
             by_size[(stream.rows, stream.columns)] += [(index, frame) for frame in range(len(coarse[index]))]
         results: list[dict[int, FrameAnalysis]] = [{} for _ in streams]
         for shape, members in by_size.items():
-            planes = standardise(torch.cat([coarse[index][frame].float() for index, frame in members]))
-            outputs = self.heads(planes.to(self.device)).to("cpu")
-            detections, masks, organs = (decode_detections(outputs, shape), segmentation_masks(outputs, shape),
-                                         organ_maps(outputs, shape))
-            for (index, frame), found, mask, organ_map in zip(members, detections, masks, organs, strict=True):
-                keep = found.scores >= min_score
-                results[index][frame] = FrameAnalysis(frame, found.boxes[keep], found.scores[keep],
-                                                      found.classes[keep], mask, organ_map)
+            found = self.analyze_latent(torch.cat([coarse[index][frame] for index, frame in members]), shape, min_score)
+            for (index, frame), analysis in zip(members, found, strict=True):
+                results[index][frame] = dataclasses.replace(analysis, frame=frame)
         return [[frames[f] for f in sorted(frames)] for frames in results]

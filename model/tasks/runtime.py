@@ -1,0 +1,181 @@
+"""The task heads through ONNX Runtime: exported once from their torch weights, run without autograd.
+
+    weights/X-heads.pt --load_heads_weights--> LatentHeads --export_onnx (torch.onnx, TorchScript
+        exporter, dynamic batch/height/width, opset 17)--> weights/X-heads.onnx, whose metadata
+        names the .pt's sha256 (SOURCE_SHA256)
+    OnnxHeads.for_weights(X-heads.pt): the .onnx beside it in an onnxruntime.InferenceSession
+        (CUDAExecutionProvider then CPU on a CUDA device, CPU otherwise); an .onnx made from other
+        weights is refused (StaleOnnxError), a missing one is exported in memory
+    OnnxHeads(planes (N, 1, H/2, W/2) float32) --> HeadOutputs of torch tensors on the CPU,
+        exactly what LatentHeads.forward returns (model.tasks.objectives decodes either)
+
+`mvmic export-onnx [WEIGHTS]` (and `mvmic train heads --export`, `mvmic train joint --export-heads`)
+write the .onnx. The CPU wheel `onnxruntime` is a dependency; the CUDA image replaces it with
+`onnxruntime-gpu` (docker/Dockerfile.cuda).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import logging
+import pickle
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from model.tasks.heads import HeadOutputs, LatentHeads
+
+SOURCE_SHA256 = "mvmic.source_sha256"  # metadata key: sha256 of the .pt the model was exported from
+INPUT = "planes"
+OUTPUTS = tuple(field.name for field in dataclasses.fields(HeadOutputs))  # lesion, organs, heatmap, size, offset
+OPSET = 17
+
+log = logging.getLogger(__name__)
+
+
+class StaleOnnxError(ValueError):
+    """The .onnx beside a heads weights file was not exported from that file."""
+
+
+def onnx_path(weights: Path) -> Path:
+    """Where the ONNX export of a heads weights file lives: beside it, suffix .onnx."""
+    return Path(weights).with_suffix(".onnx")
+
+
+def load_heads_weights(path: Path, data: bytes | None = None) -> LatentHeads:
+    """The heads of a weights file (as `mvmic train heads --export` writes it), in eval mode. Raises
+    ValueError for a file that is not one (a training checkpoint, another network, not a torch file)."""
+    heads, data = LatentHeads(), Path(path).read_bytes() if data is None else data
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and {"model", "optimizer", "state"} <= set(state):
+            raise ValueError("it is a training checkpoint: export its weights with `mvmic train heads --resume "
+                             "--minutes 0 --export FILE` first")
+        heads.load_state_dict(state)
+    except (pickle.UnpicklingError, EOFError):
+        raise ValueError(f"{path} is not a torch weights file") from None
+    except (RuntimeError, AttributeError, TypeError) as exc:
+        raise ValueError(f"{path} holds no task heads of this design ({str(exc).splitlines()[0]})") from None
+    except ValueError as exc:
+        raise ValueError(f"{path} is not a task heads weights file: {exc}") from None
+    return heads.eval()
+
+
+class _Tupled(nn.Module):
+    """LatentHeads with a tuple of tensors as output, which is what an ONNX graph returns."""
+
+    def __init__(self, heads: LatentHeads) -> None:
+        super().__init__()
+        self.heads = heads
+
+    def forward(self, planes: Tensor) -> tuple[Tensor, ...]:
+        outputs = self.heads(planes)
+        return tuple(getattr(outputs, name) for name in OUTPUTS)
+
+
+def export_onnx(heads: LatentHeads, source_sha256: str) -> bytes:
+    """The ONNX model of ``heads`` (inference mode: BatchNorm as its fixed affine map), with dynamic
+    batch, height and width, and ``source_sha256`` (the weights file's) in its metadata."""
+    import onnx
+
+    module = _Tupled(heads).eval()  # the exporter takes the wrapper's mode: in training mode BatchNorm uses batch statistics
+    buffer = io.BytesIO()
+    dynamic = {0: "batch", 2: "height", 3: "width"}  # the input's, and the segmentation outputs' (same size)
+    cells = {0: "batch", 2: "cell_rows", 3: "cell_columns"}  # the detection outputs' (stride 2 from the input)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+        torch.onnx.export(module, (torch.zeros(1, 1, 64, 64),), buffer, dynamo=False, opset_version=OPSET,
+                          input_names=[INPUT], output_names=list(OUTPUTS),
+                          dynamic_axes={INPUT: dynamic, "lesion": dynamic, "organs": dynamic,
+                                        **{name: cells for name in ("heatmap", "size", "offset")}})
+    model = onnx.load_from_string(buffer.getvalue())
+    del model.metadata_props[:]
+    for key, value in ((SOURCE_SHA256, source_sha256), ("mvmic.network", "LatentHeads"),
+                       ("mvmic.torch", torch.__version__)):
+        model.metadata_props.add(key=key, value=value)
+    model.doc_string = "MVMICNet task heads (model/tasks/heads.py): LL1 planes (N, 1, H/2, W/2), standardised"
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def export_heads_file(weights: Path, target: Path | None = None) -> Path:
+    """Write the ONNX model of a heads weights file (by default beside it); return its path."""
+    data = Path(weights).read_bytes()
+    target = onnx_path(weights) if target is None else Path(target)
+    target.write_bytes(export_onnx(load_heads_weights(weights, data), hashlib.sha256(data).hexdigest()))
+    return target
+
+
+def providers_for(device: str | torch.device) -> list:
+    """ONNX Runtime's execution providers for a torch device name: CUDA (that device) then CPU, or CPU.
+    A CUDA device without onnxruntime-gpu's CUDA provider falls back to the CPU, with a warning."""
+    import onnxruntime
+
+    device = torch.device(device)
+    if device.type == "cpu":
+        return ["CPUExecutionProvider"]
+    if device.type != "cuda":
+        raise ValueError(f"ONNX Runtime runs the heads on cpu or cuda, not {device}")
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        log.warning("device %s: this onnxruntime has no CUDA provider (install onnxruntime-gpu); the heads run "
+                    "on the CPU", device)
+        return ["CPUExecutionProvider"]
+    if hasattr(onnxruntime, "preload_dlls"):  # onnxruntime-gpu: CUDA and cuDNN from the nvidia-* wheels
+        onnxruntime.preload_dlls()
+    return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+
+
+class OnnxHeads:
+    """LatentHeads in an ONNX Runtime session: called like the torch module, returns HeadOutputs."""
+
+    def __init__(self, model: bytes, device: str | torch.device = "cpu", threads: int | None = None) -> None:
+        """``model``: the serialised ONNX model. ``threads``: ONNX Runtime's intra-op threads (default:
+        torch's thread count, which the service sets from MVMIC_THREADS)."""
+        import onnxruntime
+        from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3  # errors only
+        providers = providers_for(device)
+        try:
+            self.session = onnxruntime.InferenceSession(model, options, providers=providers)
+        except (InvalidProtobuf, InvalidGraph, Fail) as exc:  # onnxruntime's own, not RuntimeErrors
+            raise ValueError(f"not an ONNX model of the heads ({str(exc).splitlines()[0]})") from None
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        self.source_sha256: str | None = metadata.get(SOURCE_SHA256)
+        names = (tuple(i.name for i in self.session.get_inputs()), tuple(o.name for o in self.session.get_outputs()))
+        if names != ((INPUT,), OUTPUTS):
+            raise ValueError(f"not an ONNX model of the heads: inputs and outputs {names}")
+        self.providers: list[str] = self.session.get_providers()
+
+    @classmethod
+    def for_weights(cls, weights: Path, device: str | torch.device = "cpu", threads: int | None = None,
+                    data: bytes | None = None) -> OnnxHeads:
+        """The heads of a weights file from the .onnx beside it (onnx_path), which must have been exported
+        from this very file; without one the weights are exported in memory. ``data``: the file's bytes."""
+        data = Path(weights).read_bytes() if data is None else data
+        sha256, exported = hashlib.sha256(data).hexdigest(), onnx_path(weights)
+        if not exported.is_file():
+            log.info("%s has no %s beside it: exported in memory", weights, exported.name)
+            return cls(export_onnx(load_heads_weights(weights, data), sha256), device, threads)
+        try:
+            heads = cls(exported.read_bytes(), device, threads)
+        except ValueError as exc:
+            raise ValueError(f"{exported}: {exc}") from None
+        if heads.source_sha256 != sha256:
+            raise StaleOnnxError(f"{exported} was exported from other weights (sha256 {heads.source_sha256}) than "
+                                 f"{Path(weights).name} (sha256 {sha256}): run `mvmic export-onnx {weights}`")
+        return heads
+
+    def __call__(self, planes: Tensor) -> HeadOutputs:
+        inputs = np.ascontiguousarray(planes.detach().to("cpu", torch.float32).numpy())
+        outputs = self.session.run(list(OUTPUTS), {INPUT: inputs})
+        return HeadOutputs(*(torch.from_numpy(output) for output in outputs))
