@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,10 @@ def test_compose_files_are_valid(files: list[str]) -> None:
     command = ["docker-compose", *(option for name in files for option in ("-f", name)), "config", "-q"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_cuda_image_swaps_in_onnxruntime_gpu_of_the_version_pyproject_pins() -> None:
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (pinned,) = [d.split("==")[1] for d in dependencies if d.startswith("onnxruntime==")]
+    text = (ROOT / "docker" / "Dockerfile.cuda").read_text()
+    assert "pip uninstall -y onnxruntime" in text and f'"onnxruntime-gpu[cuda,cudnn]=={pinned}"' in text
