@@ -8,9 +8,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test bench lint clean test-tools
 
-# Re-install whenever pyproject.toml changes. One pip command, so pip
-# resolves all dependencies together.
-$(STAMP): pyproject.toml
+# Re-install whenever pyproject.toml or the C kernels change (pip builds model/table_coder.c).
+# One pip command, so pip resolves all dependencies together.
+$(STAMP): pyproject.toml setup.py model/table_coder.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/pip install -e '.[dev]'

@@ -27,11 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-ALPHA = -1.586134342059924
-BETA = -0.052980118572961
-GAMMA = 0.882911075530934
-DELTA = 0.443506852043971
-KAPPA = 1.230174104914001
+from model.cdf97 import ALPHA, BETA, DELTA, GAMMA, KAPPA
+
 FIXED_POINT_BITS = 24  # fraction bits of exact_synthesis's values and constants: products stay below 2**55
 
 Multiply = Callable[[float, Tensor], Tensor]

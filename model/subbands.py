@@ -18,10 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from model.lifting import Subbands, forward_1d, inverse_1d
+from model.quality import DEADZONE, RECONSTRUCTION
 
 SCALED_DEPTHS = 6  # BandStepScales covers decompositions up to this deep (the codec uses 5)
-DEADZONE = 0.3  # round |c|/step down by this much: small coefficients go to 0
-RECONSTRUCTION = 0.3  # decoded |q| sits this far above the integer, nearer the mass of a Laplacian
 
 
 @cache
