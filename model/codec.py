@@ -48,39 +48,39 @@ from model.bitstream import (
     unpack_integers,
     unpack_payloads,
 )
-from model.colour import from_planes, to_planes
+from model.colour import from_planes
 from model.context_model import SubbandContextModel
 from model.errors import (
     CodecInputError,
     check_bound,
     check_codeable,
-    check_frame_size,
 )
 from model.exact_base import BandStepsFixed, exact_plane
-from model.lifting import Subbands, analysis, max_levels, synthesis, zero_subbands
+from model.lifting import Subbands, analysis, synthesis, zero_subbands
 from model.lossless import stream as exact_stream
-from model.quality import MAX_CODE, MIN_CODE, QUALITY_CODES
+from model.quality import MAX_CODE, MIN_CODE, QUALITY_CODES, step_of
 from model.residual import MAX_ERROR, PlaneContext, ResidualContextModel, quantize_residual
 from model.subbands import dequantize, quantize
+from model.table_codec import (
+    DEFAULT_WEIGHTS,
+    PlaneBands,
+    TableCodec,
+    Weights,
+    base_layers,
+    check_decodable,
+    levels_of,
+    normalised_planes,
+    offset_of,
+    plane_offset,
+)
 from mvmic.pixels import NativeImage, PixelFormat
 
-MODEL_ID = "mvmicnet-w97-v2"
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / f"{MODEL_ID}.pt"
-MAX_LEVELS = 5
+MODEL_ID = "mvmicnet-w97-v2"  # the integer-CNN context model: what `mvmic train codec` trains and writes
+CNN_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / f"{MODEL_ID}.pt"
 ANCHOR_SAMPLE = 1  # colour residuals: green (or Cb) first, red and blue relative to it
 # The analysis of an exact stream (lossless, near-lossless) quantises the decoded frame's wavelet bands at
 # this code, the finest the task heads were trained on (tasks.train).
 EXACT_ANALYSIS_CODE = QUALITY_CODES[8]
-
-
-@dataclass(frozen=True)
-class Weights:
-    path: Path
-    sha256: str
-
-
-def step_of(code: int) -> float:
-    return 2.0 ** (-code / 8)
 
 
 def residual_weights_path(codec_weights: Path) -> Path:
@@ -89,33 +89,64 @@ def residual_weights_path(codec_weights: Path) -> Path:
 
 
 class MvmicCodec:
-    model_id = MODEL_ID
+    """The lossy codec of a weights file, with the residual layer's model when it has one.
 
-    def __init__(self, context: SubbandContextModel, weights: Weights,
+    ``.npz`` weights are mvmicnet-w97-v3 (model.table_codec: lookup-table contexts, compiled; what is
+    served); ``.pt`` weights are the integer-CNN context model of mvmicnet-w97-v2 (model.context_model:
+    what stage-1 training writes). Both quantise the same way; streams of the other model decode
+    through :meth:`for_stream` when its weights lie beside these."""
+
+    def __init__(self, context: SubbandContextModel | TableCodec, weights: Weights,
                  residual: tuple[ResidualContextModel, Weights] | None = None) -> None:
-        self.context = context.eval()
+        self.table = context if isinstance(context, TableCodec) else None
+        self.context = None if self.table else context.eval()
+        self.model_id = self.table.model_id if self.table else MODEL_ID
         self.weights = weights
         self.residual = residual  # the residual layer's model and its weights file, if there is one
-        with torch.no_grad():
-            self.scales = context.band_scales()  # learned band step multipliers (1 before stage 3)
+        self._others: dict[str, MvmicCodec] = {}
+        with torch.no_grad():  # learned band step multipliers (1 before stage 3)
+            self.scales = torch.from_numpy(self.table.band_scales) if self.table else context.band_scales()
 
     @classmethod
     def load(cls, path: Path = DEFAULT_WEIGHTS, residual_path: Path | None = None) -> MvmicCodec:
         """The codec of a weights file, with the residual model beside it (residual_weights_path)
         unless ``residual_path`` names another; without one, only lossy coding is possible."""
-        data = Path(path).read_bytes()
-        context = SubbandContextModel()
-        context.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
-        for net in context.nets:
-            net.snap()  # shipped weights are already snapped; this makes any checkpoint safe too
-            net.freeze()
-        residual_path = Path(residual_path or residual_weights_path(Path(path)))
+        if Path(path).suffix == ".npz":
+            table = TableCodec.load(path)
+            default_residual = Path(path).with_name(table.residual_weights) if table.residual_weights else None
+            context, weights = table, table.weights
+        else:
+            data = Path(path).read_bytes()
+            context = SubbandContextModel()
+            context.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+            for net in context.nets:
+                net.snap()  # shipped weights are already snapped; this makes any checkpoint safe too
+                net.freeze()
+            default_residual, weights = residual_weights_path(Path(path)), Weights(Path(path), hashlib.sha256(data).hexdigest())
+        residual_path = Path(residual_path or default_residual or "")
         residual = None
-        if residual_path.is_file():
+        if residual_path.name and residual_path.is_file():
             residual_data = residual_path.read_bytes()
             residual = (ResidualContextModel.load(residual_data),
                         Weights(residual_path, hashlib.sha256(residual_data).hexdigest()))
-        return cls(context, Weights(Path(path), hashlib.sha256(data).hexdigest()), residual)
+        return cls(context, weights, residual)
+
+    def for_stream(self, stream: Bitstream) -> MvmicCodec:
+        """The codec that decodes ``stream``: this one, or the one of the other model's weights file
+        beside this one (CNN_WEIGHTS' name in the same folder, or the served DEFAULT_WEIGHTS' name),
+        loaded once. Raises WeightsMismatchError, naming both sides, when neither made it."""
+        if stream.model_id == self.model_id or stream.model_id not in (MODEL_ID, TableCodec.model_id):
+            stream.check_made_by(self.model_id, fingerprint(self.weights.sha256))
+            return self
+        if stream.model_id not in self._others:
+            name = CNN_WEIGHTS.name if stream.model_id == MODEL_ID else DEFAULT_WEIGHTS.name
+            other = self.weights.path.with_name(name)
+            if not other.is_file():
+                stream.check_made_by(self.model_id, fingerprint(self.weights.sha256))
+            self._others[stream.model_id] = MvmicCodec.load(other)
+        codec = self._others[stream.model_id]
+        stream.check_made_by(codec.model_id, fingerprint(codec.weights.sha256))
+        return codec
 
     # -- encoding -----------------------------------------------------------------------------------
     def compress(self, image: NativeImage, code: int, max_error: int | None = None) -> Bitstream:
@@ -131,6 +162,8 @@ class MvmicCodec:
             raise CodecInputError(f"quality code {code} out of range {MIN_CODE}..{MAX_CODE}")
         if max_error is not None:
             self._check_residual_possible(max_error)
+        elif self.table:
+            return self.table.compress_pixels(pixels, fmt, code)
         layers = []
         for index in range(pixels.shape[0]):
             payload, bands = self._encode_frame(pixels[index], fmt, code)
@@ -142,7 +175,7 @@ class MvmicCodec:
             model_id=self.model_id, weights_fingerprint=fingerprint(self.weights.sha256),
             rows=pixels.shape[1], columns=pixels.shape[2], frames=pixels.shape[0],
             samples_per_pixel=fmt.samples_per_pixel, bits_stored=fmt.bits_stored, signed=fmt.signed,
-            photometric=fmt.photometric, offset=_offset(fmt), scale_log2=fmt.bits_stored, quality=code,
+            photometric=fmt.photometric, offset=offset_of(fmt), scale_log2=fmt.bits_stored, quality=code,
             layers=tuple(layers),
         )
         if max_error is not None and verify:
@@ -152,10 +185,15 @@ class MvmicCodec:
     def quantized_planes(self, frame: np.ndarray, fmt: PixelFormat, code: int) -> list[Subbands]:
         """The integer subbands of each plane of one frame (rows, columns[, samples]), as the base layer
         codes them."""
-        return [quantize(analysis(torch.from_numpy(plane)[None, None], _levels(*plane.shape)), step_of(code),
+        if self.table:
+            return [_subbands(self.table.quantize(plane, code)) for plane in normalised_planes(frame, fmt)]
+        return [quantize(analysis(torch.from_numpy(plane)[None, None], levels_of(*plane.shape)), step_of(code),
                          self.scales) for plane in normalised_planes(frame, fmt)]
 
     def _encode_frame(self, frame: np.ndarray, fmt: PixelFormat, code: int) -> tuple[bytes, list[Subbands]]:
+        if self.table:
+            payload, planes = self.table.encode_frame(frame, fmt, code)
+            return payload, [_subbands(plane) for plane in planes]
         bands = self.quantized_planes(frame, fmt, code)
         return pack_payloads([self.context.encode(plane, code) for plane in bands]), bands
 
@@ -195,11 +233,15 @@ class MvmicCodec:
         within its maximum error) where it has one, else its base."""
         if exact_stream.is_exact(stream):
             return exact_stream.decompress(stream)
-        _check_decodable(stream)
+        if (codec := self.for_stream(stream)) is not self:
+            return codec.decompress(stream)
+        check_decodable(stream)
         fmt = stream.pixel_format
         residuals = {layer.frame: layer for layer in stream.layers if layer.kind == LayerKind.RESIDUAL}
+        if self.table and not residuals:
+            return self.table.decompress(stream)
         frames = []
-        for layer in _base_layers(stream):
+        for layer in base_layers(stream):
             if layer.frame in residuals:
                 frames.append(self._decode_with_residual(layer.payload, residuals[layer.frame].payload, stream))
             else:
@@ -214,11 +256,13 @@ class MvmicCodec:
         return from_planes(planes, fmt)
 
     def _decode_bands(self, payload: bytes, stream: Bitstream) -> list[Subbands]:
+        if self.table:
+            return [_subbands(plane) for plane in self.table.frame_bands(payload, stream)]
         parts = unpack_payloads(payload)
         planes_expected = 3 if stream.samples_per_pixel == 3 else 1
         if len(parts) != planes_expected:
             raise ValueError(f"frame payload has {len(parts)} planes, expected {planes_expected}")
-        shapes = zero_subbands(stream.rows, stream.columns, _levels(stream.rows, stream.columns))
+        shapes = zero_subbands(stream.rows, stream.columns, levels_of(stream.rows, stream.columns))
         return [self.context.decode(part, shapes, stream.quality) for part in parts]
 
     def _decode_with_residual(self, base_payload: bytes, payload: bytes, stream: Bitstream) -> np.ndarray:
@@ -248,23 +292,33 @@ class MvmicCodec:
         """Partial decoding for analysis: per frame, the low band ``skipped_levels`` levels above
         full resolution, (1, 1, H', W') in normalised units, from the first plane (luma for colour).
         The skipped finest levels are not even entropy decoded."""
-        levels = _levels(stream.rows, stream.columns)
+        levels = levels_of(stream.rows, stream.columns)
         if levels < skipped_levels:
             raise ValueError(f"a {stream.rows} x {stream.columns} image has {levels} wavelet levels, "
                              f"too few to skip {skipped_levels}")
+        kept = levels - skipped_levels
         if exact_stream.is_exact(stream):
             # An exact stream has no base layer: its frames decode in milliseconds, and their bands,
             # quantised at EXACT_ANALYSIS_CODE, are what the heads read from a base layer.
+            if self.table:
+                return [_tensor(self.table.dequantize(self.table.quantize(
+                    normalised_planes(frame, stream.pixel_format)[0], EXACT_ANALYSIS_CODE), EXACT_ANALYSIS_CODE, kept))
+                        for frame in exact_stream.decompress(stream)]
             return [coarse_reconstruction(self.quantized_planes(frame, stream.pixel_format, EXACT_ANALYSIS_CODE)[0],
                                           EXACT_ANALYSIS_CODE, skipped_levels, self.scales)
                     for frame in exact_stream.decompress(stream)]
-        _check_decodable(stream)
+        if (codec := self.for_stream(stream)) is not self:
+            return codec.decode_coarse(stream, skipped_levels)
+        check_decodable(stream)
         shapes = zero_subbands(stream.rows, stream.columns, levels)
         coarse = []
-        for layer in _base_layers(stream):
-            bands = self.context.decode(unpack_payloads(layer.payload)[0], shapes, stream.quality,
-                                        levels=levels - skipped_levels)
-            coarse.append(coarse_reconstruction(bands, stream.quality, skipped_levels, self.scales))
+        for layer in base_layers(stream):
+            if self.table:  # the compiled synthesis: the same float64 operations as coarse_reconstruction's
+                bands = self.table.frame_bands(layer.payload, stream, kept)[0]
+                coarse.append(_tensor(self.table.dequantize(bands, stream.quality, kept)))
+            else:
+                bands = self.context.decode(unpack_payloads(layer.payload)[0], shapes, stream.quality, levels=kept)
+                coarse.append(coarse_reconstruction(bands, stream.quality, skipped_levels, self.scales))
         return coarse
 
 
@@ -288,9 +342,9 @@ class ResidualLayer:
         if not header or not 0 <= header[0] <= MAX_ERROR:
             raise ValueError(f"residual layer maximum error {header[:1]} out of range 0..{MAX_ERROR}")
         steps = BandStepsFixed(tuple(header[1:]))
-        if steps.levels != _levels(stream.rows, stream.columns):
+        if steps.levels != levels_of(stream.rows, stream.columns):
             raise ValueError(f"residual layer has steps for {steps.levels} levels, the image has "
-                             f"{_levels(stream.rows, stream.columns)}")
+                             f"{levels_of(stream.rows, stream.columns)}")
         if len(parts[1]) != FINGERPRINT_BYTES:
             raise ValueError("residual layer weights fingerprint has the wrong length")
         planes = []
@@ -356,34 +410,12 @@ def coarse_reconstruction(bands: Subbands, code: int, skipped_levels: int,
     return synthesis(Subbands(coefficients.low, coefficients.details[:kept]))
 
 
-def _check_decodable(stream: Bitstream) -> None:
-    if not MIN_CODE <= stream.quality <= MAX_CODE:
-        raise ValueError(f"quality code {stream.quality} out of range {MIN_CODE}..{MAX_CODE}")
-    check_frame_size(stream.rows, stream.columns, stream.samples_per_pixel)
+def _subbands(plane: PlaneBands) -> Subbands:
+    """A version 3 plane's integer bands as torch Subbands (N = C = 1), float64 as the torch path has them."""
+    return Subbands(low=_tensor(plane.low.astype(np.float64)),
+                    details=[tuple(_tensor(b.astype(np.float64)) for b in level) for level in plane.details()])
 
 
-def _levels(rows: int, columns: int) -> int:
-    return min(MAX_LEVELS, max_levels(rows, columns))
-
-
-def _offset(fmt: PixelFormat) -> int:
-    """Unsigned values are centred on mid-range before the transform; signed ones already are."""
-    return 0 if fmt.signed else 1 << (fmt.bits_stored - 1)
-
-
-def plane_offset(fmt: PixelFormat, plane: int) -> int:
-    return _offset(fmt) if plane == 0 else 0  # the colour differences of the RCT are centred
-
-
-def normalised_planes(frame: np.ndarray, fmt: PixelFormat) -> list[np.ndarray]:
-    """The planes the wavelet sees: (value - offset) / 2**BitsStored, float64."""
-    return [(plane - plane_offset(fmt, index)) / 2.0**fmt.bits_stored for index, plane in enumerate(to_planes(frame, fmt))]
-
-
-def _base_layers(stream: Bitstream) -> list[Layer]:
-    layers = {layer.frame: layer for layer in stream.layers if layer.kind == LayerKind.BASE}
-    missing = [f for f in range(stream.frames) if f not in layers]
-    if missing:
-        raise ValueError(f"bitstream has no base layer for frame(s) {missing}")
-    return [layers[f] for f in range(stream.frames)]
-
+def _tensor(plane: np.ndarray) -> torch.Tensor:
+    """A (H, W) float64 plane as the (1, 1, H, W) tensor the heads' callers take."""
+    return torch.from_numpy(plane)[None, None]

@@ -30,11 +30,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.codec import MAX_LEVELS, MODEL_ID, normalised_planes, step_of
+from model.codec import MODEL_ID, normalised_planes, step_of
 from model.context_model import SubbandContextModel
 from model.entropy_coder import CodingTables, symbol_counts
 from model.lifting import Subbands, analysis, max_levels
 from model.subbands import quantize
+from model.table_codec import MAX_LEVELS
 from mvmic.corpus.manifest import Manifest
 
 CROP = 256

@@ -147,6 +147,16 @@ def _parser() -> argparse.ArgumentParser:
     codec.add_argument("--export", type=Path, default=None, metavar="WEIGHTS",
                        help="after training, write the model as this weights file")
 
+    contexts = train.add_parser("contexts", help="fit the lookup-table contexts and coding tables of the served lossy "
+                                                 "codec (mvmicnet-w97-v3) on the train split")
+    contexts.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder (default: %(default)s)")
+    contexts.add_argument("--from", dest="source", type=Path, default=None, metavar="WEIGHTS",
+                          help="version 2 weights whose band step scales and residual model are kept "
+                               "(default: the shipped mvmicnet-w97-v2.pt)")
+    contexts.add_argument("--export", type=Path, default=None, metavar="WEIGHTS",
+                          help="the .npz weights file to write, with its manifest (default: the shipped one)")
+    contexts.set_defaults(run=_train_contexts)
+
     residual = _training_command(train, "residual", "the residual layer's entropy model (near-lossless, lossless)",
                                  "checkpoints/residual.pt", 2e-3, 2, _train_residual)
     residual.add_argument("--export", type=Path, default=None, metavar="WEIGHTS",
@@ -315,10 +325,10 @@ def _export_onnx(args: argparse.Namespace) -> int:
 
 
 def _decompress(args: argparse.Namespace) -> int:
-    from mvmic.transcode import mvm_to_dicom, needs_weights
+    from mvmic.transcode import decoder_for, mvm_to_dicom
 
     data = args.source.read_bytes()
-    dataset = mvm_to_dicom(data, _load_codec(args.weights) if needs_weights(data) else None)
+    dataset = mvm_to_dicom(data, decoder_for(data, args.weights))
     dataset.save_as(args.target, enforce_file_format=True)
     uid = dataset.get("SOPInstanceUID", "none (the source had none)")
     print(f"{args.target}: {dataset.Rows} x {dataset.Columns}, SOP Instance UID {uid}")
@@ -335,6 +345,17 @@ def _train_codec(args: argparse.Namespace) -> int:
     print(f"step {state['step']}: validation bits per pixel {state['history'][-1]['val_bpp']}")
     if args.export:
         print(f"weights {args.export} sha256 {export_weights(args.checkpoint, args.export, command, args.corpus)}")
+    return 0
+
+
+def _train_contexts(args: argparse.Namespace) -> int:
+    from model.enc_table_contexts import export
+    from model.table_codec import DEFAULT_WEIGHTS
+
+    out = args.export or DEFAULT_WEIGHTS
+    if out.suffix != ".npz":
+        raise SystemExit(f"mvmic: error: --export {out}: version 3 weights are a .npz file")
+    print(f"weights {out} sha256 {export(out, args.corpus, invoked_command(), args.source)}")
     return 0
 
 

@@ -23,6 +23,7 @@ import copy
 import io
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pydicom
@@ -36,17 +37,17 @@ from model.bitstream import (
     Layer,
     LayerKind,
     TrailingDataError,
-    fingerprint,
     format_version,
 )
 from model.lossless import stream as exact_stream
-from model.lossless.layer import MAX_ERROR
+from model.quality import MAX_ERROR
 from model.rate_control import compress_at
 from mvmic.derivative import lossy_derivative
 from mvmic.pixels import DicomSource, NativeImage, header_bytes, read_dicom, to_dataset
 
 if TYPE_CHECKING:  # the codec and the heads (and torch) load only where a stream needs them
     from model.codec import MvmicCodec
+    from model.table_codec import TableCodec
     from model.tasks.analysis import Analyzer, FrameAnalysis
 
 METHOD = "MVMICNET"
@@ -152,10 +153,12 @@ def _decoded_header(stream: Bitstream, source: Dataset, ratio: float) -> Dataset
     """The header of the decoded image: the source's own for lossless, else a lossy derivative's."""
     if exact_stream.is_exact(stream):
         max_error = exact_stream.max_error(stream)
-    else:  # lossy, or a stream of the first lossless design: parse_for needed the codec, so it is loaded
+    elif any(layer.kind == LayerKind.RESIDUAL for layer in stream.layers):  # the first lossless design
         from model.codec import max_error_of
 
         max_error = max_error_of(stream)
+    else:
+        max_error = None  # lossy
     if max_error == 0:
         return source  # the original instance, pixel for pixel: same UID, not a derivative
     coded = f"quality code {stream.quality}" if max_error is None else f"maximum error {max_error}"
@@ -190,8 +193,24 @@ def parse_for(data: bytes, codec: MvmicCodec | None) -> Bitstream:
         return stream
     if codec is None:
         raise ValueError(f"a bitstream of model {stream.model_id} needs that model's weights to decode")
-    stream.check_made_by(codec.model_id, fingerprint(codec.weights.sha256))
+    codec.for_stream(stream)  # raises WeightsMismatchError unless the codec (or the weights beside it) made it
     return stream
+
+
+def decoder_for(data: bytes, weights: Path | None = None) -> MvmicCodec | TableCodec | None:
+    """The codec that decodes ``data``, loading no more than it needs: None for an exact stream, the
+    torch-free version 3 codec (model.table_codec) for a lossy version 3 stream, else model.codec's
+    (version 2 streams, residual layers). ``weights`` names another weights file."""
+    if not needs_weights(data):
+        return None
+    stream = Bitstream.from_bytes(data)
+    from model.table_codec import DEFAULT_WEIGHTS, MODEL_ID, TableCodec
+
+    if stream.model_id == MODEL_ID and not any(layer.kind == LayerKind.RESIDUAL for layer in stream.layers):
+        return TableCodec.load(weights or DEFAULT_WEIGHTS)
+    from model.codec import MvmicCodec
+
+    return MvmicCodec.load(weights or DEFAULT_WEIGHTS)
 
 
 def needs_weights(data: bytes) -> bool:

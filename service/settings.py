@@ -29,8 +29,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
-    weights_dir: Path = Field(DEFAULT_WEIGHTS.parent, description=f"folder with {MODEL_ID}.pt, its -residual.pt "
-                              "(near-lossless/lossless) and -heads.pt")
+    weights_dir: Path = Field(DEFAULT_WEIGHTS.parent, description=f"folder with {DEFAULT_WEIGHTS.name} (the lossy "
+                              f"codec), {MODEL_ID}-residual.pt (first-design near-lossless/lossless streams), "
+                              f"{MODEL_ID}.pt (decodes older lossy streams) and {MODEL_ID}-heads.pt/.onnx")
     device: str = Field("auto", description="where the task heads run: auto (CUDA when there is one, else CPU), "
                         "cpu, cuda or cuda:N; entropy coding always runs on the CPU")
     workers: int = Field(default_factory=cpu_cores, ge=1, description="model worker threads, i.e. model calls in "
@@ -74,7 +75,7 @@ class Settings(BaseSettings):
 
     @property
     def codec_weights(self) -> Path:
-        return self.weights_dir / f"{MODEL_ID}.pt"
+        return self.weights_dir / DEFAULT_WEIGHTS.name
 
     @property
     def heads_weights(self) -> Path:

@@ -12,7 +12,7 @@ import torch
 
 from model import lifting
 from model.bitstream import Bitstream, BitstreamError, WeightsMismatchError, unpack_payloads
-from model.codec import QUALITY_CODES, CodecInputError, MvmicCodec
+from model.codec import CNN_WEIGHTS, QUALITY_CODES, CodecInputError, MvmicCodec
 from model.lifting import zero_subbands
 from model.rate_control import compress_at
 from mvmic.metrics import psnr
@@ -78,8 +78,8 @@ def test_entropy_decoding_is_exact_under_float_noise_and_thread_changes(corpus_d
     # perturbed too, and another thread count: the latents must not change.
     entries = [e for e in corpus_manifest.select("test") if e.samples_per_pixel == 1][::3][:20]
     assert len(entries) == 20
-    reference = MvmicCodec.load()
-    perturbed = MvmicCodec.load()
+    reference = MvmicCodec.load(CNN_WEIGHTS)  # version 2's integer CNN (version 3: tests/test_lossy_coder.py)
+    perturbed = MvmicCodec.load(CNN_WEIGHTS)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for parameter in perturbed.context.parameters():

@@ -25,7 +25,7 @@ from model.bitstream import (
     unpack_integers,
     unpack_payloads,
 )
-from model.codec import DEFAULT_WEIGHTS, QUALITY_CODES, MvmicCodec, max_error_of
+from model.codec import CNN_WEIGHTS, DEFAULT_WEIGHTS, QUALITY_CODES, MvmicCodec, max_error_of
 from model.errors import BoundViolationError, CodecInputError
 from model.exact_base import BandStepsFixed
 from model.rate_control import compress_at
@@ -119,7 +119,7 @@ def test_decoding_is_exact_with_float_paths_perturbed_and_other_threads(corpus_d
     # Encode losslessly and near-losslessly, then decode with every float of the models perturbed by
     # 1e-5 relative noise, the float base-layer path (dequantisation, synthesis) perturbed, and another
     # thread count: the pixels must be the same, bit for bit.
-    reference = MvmicCodec.load()
+    reference = MvmicCodec.load(CNN_WEIGHTS)  # the integer CNN's floats are the ones to perturb
     streams = []
     for entry_id, max_error in (("pyradiomics-brain2-010", 0), ("pydicom-examples_rgb_color", 0),
                                 ("pyradiomics-lung1-030", 2)):
@@ -131,7 +131,7 @@ def test_decoding_is_exact_with_float_paths_perturbed_and_other_threads(corpus_d
         expected = [_sha256(reference.decompress(s)) for s in streams]
     finally:
         torch.set_num_threads(threads)
-    perturbed = MvmicCodec.load()
+    perturbed = MvmicCodec.load(CNN_WEIGHTS)
     generator = torch.Generator().manual_seed(2)
     noisy = lambda t: t * (1 + 1e-5 * torch.randn(t.shape, generator=generator, dtype=t.dtype))
     with torch.no_grad():
@@ -188,7 +188,7 @@ def test_damaged_or_foreign_residual_layers_are_refused(codec, corpus_dir, tmp_p
     with pytest.raises(TrailingDataError):
         unpack_integers(pack_integers([1, -2]) + b"\x00")
     # A codec without a residual model cannot promise a bound, nor decode one.
-    lonely = tmp_path / "lonely.pt"
+    lonely = tmp_path / "lonely.npz"
     lonely.write_bytes(DEFAULT_WEIGHTS.read_bytes())
     lossy_only = MvmicCodec.load(lonely)
     with pytest.raises(CodecInputError, match="residual model"):

@@ -11,9 +11,8 @@ import torch
 from pycocotools import mask as coco_mask
 from scipy import ndimage
 
-from model.bitstream import unpack_payloads
 from model.codec import QUALITY_CODES, MvmicCodec, coarse_reconstruction, step_of
-from model.lifting import analysis, synthesis, zero_subbands
+from model.lifting import analysis, synthesis
 from model.subbands import BandStepScales, from_steps, with_uniform_noise
 from model.tasks.evaluation import ClassScores, TaskScores, average_precision, box_iou
 from model.tasks.heads import DETECTION_CLASSES, PixelReference, standardise
@@ -116,9 +115,7 @@ def test_partial_decoding_gives_the_low_band_of_the_full_decode(corpus_dir) -> N
     image = read_dicom(corpus_dir / "images" / "pyradiomics-lung1-030.dcm")
     stream = codec.compress(image, QUALITY_CODES[4])
     (coarse,) = codec.decode_coarse(stream)
-    levels = 5
-    shapes = zero_subbands(stream.rows, stream.columns, levels)
-    full = codec.context.decode(unpack_payloads(stream.layers[0].payload)[0], shapes, stream.quality)
+    full = codec._decode_bands(stream.layers[0].payload, stream)[0]  # every level, as decompress decodes them
     assert coarse.shape[-2:] == (256, 256)
     assert torch.equal(coarse, coarse_reconstruction(full, stream.quality, 1, codec.scales))
     with pytest.raises(ValueError, match="too few"):

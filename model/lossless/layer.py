@@ -37,10 +37,10 @@ from model.lossless.plane_coder import (
     decode_plane,
     encode_plane,
 )
+from model.quality import MAX_ERROR
 from mvmic.pixels import PixelFormat
 
 LAYER_VERSION = 1
-MAX_ERROR = 16
 MAX_STRIPES = 64
 STRIPE_ROWS = 512  # the encoder's default: one stripe per 512 rows (a stripe costs about 0.5 % in bits)
 

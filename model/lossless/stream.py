@@ -16,7 +16,7 @@ import numpy as np
 
 from model.bitstream import FINGERPRINT_BYTES, Bitstream, Layer, LayerKind
 from model.errors import CodecInputError, check_bound, check_codeable, check_frame_size
-from model.lossless import layer as exact_layer
+from model.quality import MAX_ERROR
 from mvmic.pixels import PixelFormat
 
 EXACT_MODEL_ID = "mvmic-exact"
@@ -28,15 +28,23 @@ def is_exact(stream: Bitstream) -> bool:
     return any(layer.kind == LayerKind.EXACT for layer in stream.layers)
 
 
+def _layer():
+    """The exact layer's coder (numba kernels): imported on first use, so that reading a stream's kind
+    (is_exact) costs no JIT start-up."""
+    from model.lossless import layer
+
+    return layer
+
+
 def compress(pixels: np.ndarray, fmt: PixelFormat, max_error: int, verify: bool = True,
              stripes: int | None = None, threads: int = 1) -> Bitstream:
     """Code stored values (frames, rows, columns, samples) with every sample within ``max_error``
     (0 lossless, 1..16 near-lossless). ``verify`` decodes the result and raises BoundViolationError if
     any sample is off by more; CodecInputError for an image that cannot be coded."""
     check_codeable(pixels, fmt, minimum=1)
-    if not 0 <= max_error <= exact_layer.MAX_ERROR:
-        raise CodecInputError(f"maximum error {max_error} out of range 0 (lossless)..{exact_layer.MAX_ERROR}")
-    layers = tuple(Layer(LayerKind.EXACT, index, exact_layer.encode_frame(pixels[index], fmt, max_error, stripes,
+    if not 0 <= max_error <= MAX_ERROR:
+        raise CodecInputError(f"maximum error {max_error} out of range 0 (lossless)..{MAX_ERROR}")
+    layers = tuple(Layer(LayerKind.EXACT, index, _layer().encode_frame(pixels[index], fmt, max_error, stripes,
                                                                           threads))
                    for index in range(pixels.shape[0]))
     stream = Bitstream(
@@ -58,10 +66,10 @@ def decompress(stream: Bitstream, threads: int = 1) -> np.ndarray:
     missing = [frame for frame in range(stream.frames) if frame not in layers]
     if missing:
         raise ValueError(f"bitstream has no exact layer for frame(s) {missing}")
-    return np.stack([exact_layer.decode_frame(layers[frame].payload, stream.rows, stream.columns,
+    return np.stack([_layer().decode_frame(layers[frame].payload, stream.rows, stream.columns,
                                               stream.pixel_format, threads) for frame in range(stream.frames)])
 
 
 def max_error(stream: Bitstream) -> int:
     """The error bound an exact stream guarantees for all its frames (0: lossless)."""
-    return max(exact_layer.layer_max_error(layer.payload) for layer in stream.layers if layer.kind == LayerKind.EXACT)
+    return max(_layer().layer_max_error(layer.payload) for layer in stream.layers if layer.kind == LayerKind.EXACT)

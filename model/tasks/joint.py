@@ -37,10 +37,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.codec import DEFAULT_WEIGHTS, MAX_LEVELS, coarse_reconstruction, step_of
+from model.codec import CNN_WEIGHTS, coarse_reconstruction, step_of
 from model.context_model import SubbandContextModel
 from model.lifting import analysis, max_levels, synthesis
 from model.subbands import from_steps, quantize_straight_through, with_uniform_noise
+from model.table_codec import MAX_LEVELS
 from model.tasks.analysis import DEFAULT_HEADS
 from model.tasks.heads import LatentHeads, standardise
 from model.tasks.objectives import task_loss
@@ -68,9 +69,9 @@ from model.train import (
 
 # Stage 3 starts from the served stage-1 codec and stage-2 heads and writes to STAGE3_DIR: its codec is
 # not served yet (see README, "Stage 3").
-STAGE2_CODEC, STAGE2_HEADS = DEFAULT_WEIGHTS, DEFAULT_HEADS
-STAGE3_DIR = DEFAULT_WEIGHTS.parent / "stage3"
-STAGE3_CODEC, STAGE3_HEADS = STAGE3_DIR / DEFAULT_WEIGHTS.name, STAGE3_DIR / DEFAULT_HEADS.name
+STAGE2_CODEC, STAGE2_HEADS = CNN_WEIGHTS, DEFAULT_HEADS
+STAGE3_DIR = CNN_WEIGHTS.parent / "stage3"
+STAGE3_CODEC, STAGE3_HEADS = STAGE3_DIR / CNN_WEIGHTS.name, STAGE3_DIR / DEFAULT_HEADS.name
 BETA_START, BETA_MIN, BETA_MAX, BETA_RATE = 0.1, 1e-3, 10.0, 0.02
 REFERENCE_BATCHES = 8
 

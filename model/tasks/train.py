@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.codec import MAX_LEVELS, QUALITY_CODES, MvmicCodec, coarse_reconstruction, step_of
+from model.codec import QUALITY_CODES, MvmicCodec, coarse_reconstruction, step_of
 from model.lifting import analysis, max_levels
 from model.subbands import quantize
+from model.table_codec import MAX_LEVELS
 from model.tasks.evaluation import TaskScores
 from model.tasks.heads import LatentHeads, PixelReference, plane_statistics, standardise
 from model.tasks.lesions import LESION_PARAMETERS, insert_lesions

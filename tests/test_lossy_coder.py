@@ -1,0 +1,167 @@
+"""mvmicnet-w97-v3's lossy layer: compiled wavelet and table-context rANS against the torch path,
+exactness, escapes, damaged payloads, version 2 streams, and a torch-free decompress."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from model import lifting, lifting_kernels, table_contexts
+from model.codec import CNN_WEIGHTS, MvmicCodec
+from model.enc_table_contexts import fit
+from model.entropy_coder import CodingTables
+from model.quality import QUALITY_CODES, step_of
+from model.subbands import dequantize
+from model.table_codec import MODEL_ID, TableCodec, levels_of, normalised_planes
+
+
+@pytest.fixture(scope="module")
+def table() -> TableCodec:
+    return TableCodec.load()
+
+
+@pytest.fixture(scope="module")
+def cnn() -> MvmicCodec:
+    return MvmicCodec.load(CNN_WEIGHTS)
+
+
+def _frames(corpus_dir, corpus_manifest, count: int = 20) -> list:
+    """``count`` real test-split frames of different patients and modalities, grey and colour."""
+    entries = corpus_manifest.select("test")[:: max(1, len(corpus_manifest.select("test")) // count)][:count]
+    assert len(entries) == count
+    return [(entry.id, entry.read(corpus_dir)) for entry in entries]
+
+
+def test_compiled_wavelet_equals_torch_bit_for_bit() -> None:
+    rng = np.random.default_rng(7)
+    for shape in ((512, 512), (37, 53), (2, 3), (3, 2), (64, 121), (17, 16)):
+        plane = rng.normal(size=shape) * 1000
+        levels = max(1, levels_of(*shape))
+        expected = lifting.analysis(torch.from_numpy(plane)[None, None], levels)
+        low, details = lifting_kernels.analysis(plane, levels)
+        assert np.array_equal(expected.low[0, 0].numpy(), low)
+        for torch_level, level in zip(expected.details, details, strict=True):
+            assert all(np.array_equal(a[0, 0].numpy(), b) for a, b in zip(torch_level, level, strict=True))
+        assert np.array_equal(lifting.synthesis(expected)[0, 0].numpy(), lifting_kernels.synthesis(low, details))
+
+
+def test_torch_and_compiled_paths_give_identical_bitstreams_and_pixels(table, cnn, corpus_dir, corpus_manifest) -> None:
+    # 20 real test frames: the torch quantiser (model.lifting + model.subbands, as version 2 and training
+    # compute it) and the compiled one give the same integer bands, hence byte-identical payloads; the
+    # torch synthesis and the compiled one give the same decoded pixels.
+    for name, image in _frames(corpus_dir, corpus_manifest):
+        frame, code = image.frame(0), QUALITY_CODES[4]
+        for plane, torch_bands in zip(normalised_planes(frame, image.format),
+                                      cnn.quantized_planes(frame, image.format, code), strict=True):
+            bands = table.quantize(plane, code)
+            as_torch = [torch_bands.low.flatten()] + [b.flatten() for level in torch_bands.details for b in level]
+            ours = [bands.low.ravel()] + [b.ravel() for level in bands.details() for b in level]
+            assert all(np.array_equal(a.numpy(), b) for a, b in zip(as_torch, ours, strict=True)), name
+            payload = table.encode_bands(bands)
+            decoded = table.decode_bands(payload, *plane.shape)
+            assert np.array_equal(decoded.flat, bands.flat) and np.array_equal(decoded.low, bands.low), name
+            expected = lifting.synthesis(dequantize(torch_bands, step_of(code), cnn.scales))[0, 0].numpy()
+            assert np.array_equal(table.dequantize(decoded, code), expected), name
+
+
+def test_entropy_decoding_is_exact_under_float_noise_and_threads(table, corpus_dir, corpus_manifest) -> None:
+    # The table index of every coefficient is integer arithmetic on decoded integers: perturbing every
+    # float the codec holds (band step scales, synthesis gains) changes the reconstruction, never the
+    # decoded integers; nor does decoding on several threads at once.
+    perturbed = TableCodec(table.weights, table.lut.reshape(table_contexts.LUT_SHAPE), table.cdfs, table.lengths,
+                           table.offsets, table.band_scales * (1 + 1e-5), table.gains * (1 - 1e-5))
+    streams = []
+    for _, image in _frames(corpus_dir, corpus_manifest)[:8]:
+        stream = table.compress_pixels(image.pixels[:1], image.format, QUALITY_CODES[5])
+        streams.append((stream, [table.frame_bands(layer.payload, stream) for layer in stream.layers]))
+    results: dict[int, bool] = {}
+
+    def decode(index: int) -> None:
+        results[index] = all(
+            all(np.array_equal(a.flat, b.flat) and np.array_equal(a.low, b.low)
+                for a, b in zip(perturbed.frame_bands(layer.payload, stream), bands, strict=True))
+            for stream, expected in streams for layer, bands in zip(stream.layers, expected, strict=True))
+
+    workers = [threading.Thread(target=decode, args=(i,)) for i in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert results == {0: True, 1: True, 2: True}
+
+
+def test_escapes_and_extreme_coefficients_round_trip(table) -> None:
+    rng = np.random.default_rng(3)
+    plane = rng.normal(size=(40, 70)) * 1e-3
+    bands = table.quantize(plane, QUALITY_CODES[4])
+    extremes = np.array([2**30 - 1, -(2**30 - 1), 70_000, -65_537, 5_000, 1, -1, 0])
+    bands.flat[: len(extremes)] = extremes
+    bands.low[0, 0], bands.low[-1, -1] = 2**29, -(2**29)
+    decoded = table.decode_bands(table.encode_bands(bands), *plane.shape)
+    assert np.array_equal(decoded.flat, bands.flat) and np.array_equal(decoded.low, bands.low)
+    bands.flat[0] = 2**30
+    with pytest.raises(ValueError, match="2\\*\\*30"):
+        table.encode_bands(bands)
+
+
+def test_damaged_payloads_decode_without_crashing(table) -> None:
+    rng = np.random.default_rng(5)
+    bands = table.quantize(rng.normal(size=(64, 64)) * 0.1, QUALITY_CODES[6])
+    payload = bytearray(table.encode_bands(bands))
+    for trial in range(50):
+        damaged = bytearray(payload)
+        if trial % 2:
+            damaged[1 + rng.integers(len(damaged) - 1)] ^= 1 << int(rng.integers(8))
+        else:
+            damaged = bytearray([0]) + bytearray(rng.integers(0, 256, size=2 * int(rng.integers(0, 40)), dtype=np.uint8))
+        decoded = table.decode_bands(bytes(damaged), 64, 64)  # wrong values, but no crash and no hang
+        assert decoded.flat.shape == bands.flat.shape
+    for bad in (b"", bytes([250, 0, 0]), bytes([0, 0])):
+        with pytest.raises(ValueError):
+            table.decode_bands(bad, 64, 64)
+
+
+def test_version_2_streams_still_decode_and_equal_version_3(cnn, corpus_dir, corpus_manifest) -> None:
+    served = MvmicCodec.load()
+    assert served.model_id == MODEL_ID
+    _, image = _frames(corpus_dir, corpus_manifest, 20)[3]
+    crop = np.ascontiguousarray(image.pixels[:1, :96, :96])
+    old = cnn.compress_pixels(crop, image.format, QUALITY_CODES[4])
+    new = served.compress_pixels(crop, image.format, QUALITY_CODES[4])
+    assert old.model_id == "mvmicnet-w97-v2" and new.model_id == MODEL_ID
+    # The same quantiser: both streams decode to the same pixels, each through its own model.
+    assert np.array_equal(served.decompress(old), served.decompress(new))
+    assert np.array_equal(served.decompress(old), cnn.decompress(old))
+
+
+def test_fitting_never_raises_the_training_bits(table) -> None:
+    rng = np.random.default_rng(11)
+    counts = np.zeros((table_contexts.CELLS, 1024), np.int64)
+    scales = rng.uniform(0.05, 20, size=table_contexts.CELLS)
+    for cell in rng.choice(table_contexts.CELLS, size=400, replace=False):
+        magnitudes = np.minimum(np.abs(rng.laplace(scale=scales[cell], size=300)).round().astype(int), 1023)
+        np.add.at(counts[cell], magnitudes, 1)
+    lut, tables, history = fit(counts, CodingTables(*(torch.from_numpy(v) for v in (table.cdfs, table.lengths,
+                                                                                       table.offsets))), rounds=3)
+    assert lut.shape == table_contexts.LUT_SHAPE and lut.max() < len(tables.lengths)
+    assert all(later <= earlier * (1 + 1e-9) for earlier, later in zip(history, history[1:]))
+
+
+def test_decompress_of_a_lossy_stream_never_imports_torch(tmp_path, corpus_dir) -> None:
+    source = corpus_dir / "images" / "pyradiomics-brain2-010.dcm"
+    compressed, decoded = tmp_path / "mr.mvm", tmp_path / "mr.dcm"
+    run = subprocess.run([sys.executable, "-m", "mvmic.cli", "compress", str(source), str(compressed), "--quality", "4"],
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    probe = ("import sys; from mvmic.cli import main; sys.argv = ['mvmic', 'decompress', sys.argv[1], sys.argv[2]]; "
+             "code = main(); assert 'torch' not in sys.modules, 'torch imported'; "
+             "assert 'numba' not in sys.modules, 'numba imported'; sys.exit(code)")
+    run = subprocess.run([sys.executable, "-c", probe, str(compressed), str(decoded)], capture_output=True, text=True,
+                         check=False)
+    assert run.returncode == 0, run.stderr
+    assert decoded.stat().st_size > 256 * 256 * 2
