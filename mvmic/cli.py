@@ -94,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
     tasks.add_argument("--every", type=int, default=1,
                        help="only every N-th synthetic frame, for a quicker run (default: all)")
     tasks.set_defaults(run=_bench_tasks)
+    gpu = bench.add_parser("gpu", help="CUDA parity and GPU throughput of heads, codec and service (scripts/gpu-check "
+                                       "runs it on a lent GPU machine; --dry-run: the CPU, small counts)")
+    from bench.gpu import add_run_arguments  # standard library only: --help stays quick
+
+    add_run_arguments(gpu)
+    gpu.set_defaults(run=_bench_gpu)
 
     compress = commands.add_parser("compress", help="DICOM -> .mvm bitstream")
     compress.add_argument("source", type=Path, metavar="IN.dcm")
@@ -449,6 +455,12 @@ def _bench_tasks(args: argparse.Namespace) -> int:
     run_tasks_benchmark(args.corpus, args.out, pixel_reference=args.pixel_reference or DEFAULT_PIXEL_REFERENCE,
                         every=args.every)
     return 0
+
+
+def _bench_gpu(args: argparse.Namespace) -> int:
+    from bench.gpu import run_from_arguments
+
+    return run_from_arguments(args)
 
 
 def _pacs_compress_study(args: argparse.Namespace) -> int:
