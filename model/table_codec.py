@@ -20,8 +20,11 @@ beside it, for the residual layer of the first lossless design, or empty).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -32,6 +35,7 @@ from model.errors import CodecInputError, check_codeable, check_frame_size
 from model.quality import DEADZONE, MAX_CODE, MIN_CODE, RECONSTRUCTION, step_of
 from mvmic.pixels import PixelFormat
 
+T, R = TypeVar("T"), TypeVar("R")
 MODEL_ID = "mvmicnet-w97-v3"
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / f"{MODEL_ID}.npz"
 MAX_LEVELS = 5
@@ -189,14 +193,15 @@ class TableCodec:
         bands = [self.quantize(plane, code) for plane in normalised_planes(frame, fmt)]
         return pack_payloads([self.encode_bands(b) for b in bands]), bands
 
-    def compress_pixels(self, pixels: np.ndarray, fmt: PixelFormat, code: int) -> Bitstream:
-        """Lossy coding of stored values (frames, rows, columns, samples) at quality code ``code``.
-        Raises CodecInputError for pixels this codec cannot code or a code out of range."""
+    def compress_pixels(self, pixels: np.ndarray, fmt: PixelFormat, code: int, threads: int = 1) -> Bitstream:
+        """Lossy coding of stored values (frames, rows, columns, samples) at quality code ``code``, frames on
+        up to ``threads`` threads (the kernels release the GIL). Raises CodecInputError for pixels this
+        codec cannot code or a code out of range."""
         check_codeable(pixels, fmt)
         if not MIN_CODE <= code <= MAX_CODE:
             raise CodecInputError(f"quality code {code} out of range {MIN_CODE}..{MAX_CODE}")
-        layers = tuple(Layer(LayerKind.BASE, index, self.encode_frame(pixels[index], fmt, code)[0])
-                       for index in range(pixels.shape[0]))
+        payloads = _each(lambda index: self.encode_frame(pixels[index], fmt, code)[0], range(pixels.shape[0]), threads)
+        layers = tuple(Layer(LayerKind.BASE, index, payload) for index, payload in enumerate(payloads))
         return Bitstream(model_id=self.model_id, weights_fingerprint=fingerprint(self.weights.sha256),
                          rows=pixels.shape[1], columns=pixels.shape[2], frames=pixels.shape[0],
                          samples_per_pixel=fmt.samples_per_pixel, bits_stored=fmt.bits_stored, signed=fmt.signed,
@@ -219,12 +224,22 @@ class TableCodec:
                   for index, bands in enumerate(self.frame_bands(payload, stream))]
         return from_planes(planes, fmt)
 
-    def decompress(self, stream: Bitstream) -> np.ndarray:
-        """Stored values (frames, rows, columns, samples) of a lossy stream (BASE layers only; raises
-        ValueError for a frame without one, and for residual layers, which need model.codec)."""
+    def decompress(self, stream: Bitstream, threads: int = 1) -> np.ndarray:
+        """Stored values (frames, rows, columns, samples) of a lossy stream, frames on up to ``threads``
+        threads (BASE layers only; raises ValueError for a frame without one, and for residual layers,
+        which need model.codec)."""
         if any(layer.kind == LayerKind.RESIDUAL for layer in stream.layers):
             raise ValueError("residual layers decode with model.codec's residual model, not here")
-        return np.stack([self.decode_frame(layer.payload, stream) for layer in base_layers(stream)])
+        return np.stack(_each(lambda layer: self.decode_frame(layer.payload, stream), base_layers(stream), threads))
+
+
+def _each(work: Callable[[T], R], items: Iterable[T], threads: int) -> list[R]:
+    """``work`` of every item, in order; on a thread pool when there are threads and items to share."""
+    items = list(items)
+    if threads <= 1 or len(items) <= 1:
+        return [work(item) for item in items]
+    with ThreadPoolExecutor(min(threads, len(items))) as pool:
+        return list(pool.map(work, items))
 
 
 def check_decodable(stream: Bitstream) -> None:
