@@ -133,9 +133,9 @@ def load_models(settings: Settings) -> ResidentModels:
 
 def warm_up(models: ResidentModels) -> None:
     """Code, decode and analyse a small synthetic image, lossy and lossless, before the workers share the
-    models: what is built on first use (the coding tables as CompressAI's lists, CompressAI's rANS module,
-    the exact layer's numba kernels and their self-check, which may recompile them) is then built once, on
-    one thread, rather than by several workers at once, and the first requests do not wait for it."""
+    models: what is built on first use (the exact layer's numba kernels and their self-check, which may
+    recompile them; ONNX Runtime's first run) is then built once, on one thread, rather than by several
+    workers at once, and the first requests do not wait for it."""
     rows = np.arange(64)
     pixels = ((rows[:, None] * 40 + rows[None, :] * 20) % 4096).astype(np.uint16)[None, :, :, None]
     fmt = PixelFormat(bits_stored=12, signed=False)

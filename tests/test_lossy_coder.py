@@ -3,6 +3,7 @@ exactness, escapes, damaged payloads, version 2 streams, and a torch-free decomp
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import threading
@@ -149,7 +150,7 @@ def test_fitting_never_raises_the_training_bits(table) -> None:
     lut, tables, history = fit(counts, CodingTables(*(torch.from_numpy(v) for v in (table.cdfs, table.lengths,
                                                                                        table.offsets))), rounds=3)
     assert lut.shape == table_contexts.LUT_SHAPE and lut.max() < len(tables.lengths)
-    assert all(later <= earlier * (1 + 1e-9) for earlier, later in zip(history, history[1:]))
+    assert all(later <= earlier * (1 + 1e-9) for earlier, later in itertools.pairwise(history))
 
 
 def test_decompress_of_a_lossy_stream_never_imports_torch(tmp_path, corpus_dir) -> None:

@@ -68,7 +68,7 @@ def test_models_names_the_served_weights(service_url: str) -> None:
 @pytest.mark.parametrize(("environment", "reason"), [
     ({"MVMIC_DEVICE": "cuda:7"}, "CUDA device(s) here; use auto or cpu"),
     ({"MVMIC_DEVICE": "tpu"}, "use auto, cpu, cuda or cuda:N"),
-    ({"MVMIC_WEIGHTS_DIR": "{tmp}"}, "no mvmicnet-w97-v2.pt there"),
+    ({"MVMIC_WEIGHTS_DIR": "{tmp}"}, "no mvmicnet-w97-v3.npz there"),
     ({"MVMIC_PORT": "eighty"}, "port"),
     ({"MVMIC_STORAGE_QUALITY": "4"}, "MVMIC_STORAGE_QUALITY applies to storage mode lossy only"),
 ])
