@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from model.codec import DEFAULT_WEIGHTS, MvmicCodec, normalised_planes
+from model.codec import CNN_WEIGHTS, MvmicCodec, normalised_planes
 from model.context_model import SubbandContextModel
 from model.entropy_coder import CodingTables
 from model.train import TABLE_FIT_CODES, TrainConfig, fit_tables, quantized_subbands, train
@@ -37,7 +37,7 @@ def _bits(model: SubbandContextModel, tables: CodingTables, plane: torch.Tensor)
 
 
 def test_fitted_tables_code_real_subbands_in_fewer_bits_than_laplacians(corpus_dir: Path) -> None:
-    model = MvmicCodec.load(DEFAULT_WEIGHTS).context
+    model = MvmicCodec.load(CNN_WEIGHTS).context  # v2: the model stage-1 training fits tables for
     image = read_dicom(corpus_dir / "images" / "pyradiomics-lung1-030.dcm")  # test split: unseen in fitting
     plane = torch.from_numpy(normalised_planes(image.frame(0), image.format)[0])
     laplacian = _bits(model, CodingTables.laplacian(), plane)
