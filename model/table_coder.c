@@ -147,11 +147,13 @@ static Py_ssize_t pass_tables(const Bands *b, int level, int orientation, int ph
     Py_ssize_t k = 0;
     for (int64_t i = phase_rows[phase]; i < height; i += 2) {
         int64_t here = base + i * width, up = i > 0 ? here - width : -1, down = i + 1 < height ? here + width : -1;
-        int64_t parent_row = -1, parent_last = 0;
+        int64_t parent_row = -1, parent_last = 0, parent_up = -1, parent_down = -1;
         if (level > 0) {
             int64_t y = i >> 1 < b->rows[parent] - 1 ? i >> 1 : b->rows[parent] - 1;
             parent_row = b->starts[parent] + y * b->columns[parent];
             parent_last = b->columns[parent] - 1;
+            if (y > 0) parent_up = parent_row - b->columns[parent];
+            if (y + 1 < b->rows[parent]) parent_down = parent_row + b->columns[parent];
         }
         int64_t sibling_row[2] = {0, 0}, sibling_last[2] = {0, 0};
         for (int s = 0; s < orientation; s++) {
@@ -173,7 +175,15 @@ static Py_ssize_t pass_tables(const Bands *b, int level, int orientation, int ph
                 own += 2 * near;
             }
             int64_t other = 0;
-            if (parent_row >= 0) other += 2 * absolute(flat[parent_row + ((j >> 1) < parent_last ? (j >> 1) : parent_last)]);
+            if (parent_row >= 0) {
+                int64_t x = (j >> 1) < parent_last ? (j >> 1) : parent_last, around = 0;
+                other += 2 * absolute(flat[parent_row + x]);
+                if (x > 0) around += absolute(flat[parent_row + x - 1]);
+                if (x < parent_last) around += absolute(flat[parent_row + x + 1]);
+                if (parent_up >= 0) around += absolute(flat[parent_up + x]);
+                if (parent_down >= 0) around += absolute(flat[parent_down + x]);
+                other += around >> 1;
+            }
             for (int s = 0; s < orientation; s++) other += absolute(flat[sibling_row[s] + (j < sibling_last[s] ? j : sibling_last[s])]);
             out[k++] = lut[first_cell + bucket(own) * BUCKETS + bucket(other)];
         }

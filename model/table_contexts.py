@@ -6,7 +6,8 @@ lookup table instead of an integer CNN run over whole bands:
 
     own band, decoded neighbours: n = 2 (|up| + |down| + |left| + |right|) + |diagonals|
                                    (only those of earlier passes: none, diagonals, direct, all 8)
-    other bands: m = 2 |parent| + |LH| + |HL| at the same place (the siblings coded before this band)
+    other bands: m = 2 |parent| + (sum of the parent's 4 direct neighbours) // 2
+                     + |LH| + |HL| at the same place (the siblings coded before this band)
     cell = (orientation, depth slot, pass, bucket(n), bucket(m)) --LUT--> table index --> rANS
 
 bucket() counts the half-octave thresholds 1, 2, 3, 4, 6, 8, 11, ... 181 at or below its argument
