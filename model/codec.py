@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,7 +119,11 @@ class MvmicCodec:
         else:
             data = Path(path).read_bytes()
             context = SubbandContextModel()
-            context.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+            try:
+                context.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+            except (EOFError, RuntimeError, KeyError, AttributeError, pickle.UnpicklingError) as exc:
+                raise ValueError(f"{path} is not MVMICNet weights (.npz version 3, .pt version 2): "
+                                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
             for net in context.nets:
                 net.snap()  # shipped weights are already snapped; this makes any checkpoint safe too
                 net.freeze()

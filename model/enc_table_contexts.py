@@ -38,6 +38,7 @@ def gain_rows() -> np.ndarray:
     """(MAX_LEVELS + 1, 1 + 3 MAX_LEVELS): synthesis gains of the low band and every detail band of an
     L-level decomposition in row L, coarsest first (model.subbands.band_gains), zero padded."""
     rows = np.zeros((MAX_LEVELS + 1, 1 + 3 * MAX_LEVELS))
+    rows[0, 0] = 1.0  # no level (under 16 pixels a side): the plane is its own low band
     for levels in range(1, MAX_LEVELS + 1):
         low, details = band_gains(levels)
         rows[levels, : 1 + 3 * levels] = [low, *(g for level in details for g in level)]
@@ -104,6 +105,8 @@ def fit(counts: np.ndarray, tables: CodingTables, rounds: int = ROUNDS) -> tuple
 def export(out: Path, corpus_dir: Path, command: str, v2_weights: Path | None = None) -> str:
     """Fit on the train split and write the weights file (.npz) with its manifest (.json); return its sha256."""
     v2 = MvmicCodec.load(v2_weights or CNN_WEIGHTS)
+    if v2.context is None:
+        raise ValueError(f"--from {v2.weights.path}: the version 2 (.pt) weights whose band steps v3 keeps are needed")
     scales, gains = v2.scales.detach().numpy().astype(np.float64), gain_rows()
     start = v2.context.tables
     arrays = {"lut": np.zeros(table_contexts.LUT_SHAPE, np.uint8), "cdfs": start.cdfs.numpy(),
@@ -113,7 +116,7 @@ def export(out: Path, corpus_dir: Path, command: str, v2_weights: Path | None = 
     counts = symbol_counts(probe, corpus_dir, "train", codes)
     lut, tables, history = fit(counts, start)
     buffer = io.BytesIO()
-    np.savez(buffer, model_id=np.array(MODEL_ID), lut=lut, cdfs=tables.cdfs.numpy(), lengths=tables.lengths.numpy(),
+    np.savez(buffer, model_id=np.array(MODEL_ID), context_version=np.array(table_contexts.CONTEXT_VERSION), lut=lut, cdfs=tables.cdfs.numpy(), lengths=tables.lengths.numpy(),
              offsets=tables.offsets.numpy(), band_scales=scales, gains=gains,
              residual_weights=np.array(v2.residual[1].path.name if v2.residual else ""))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ beside it, for the residual layer of the first lossless design, or empty).
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -102,6 +103,9 @@ class TableCodec:
         if lut.shape != table_contexts.LUT_SHAPE or lut.max() >= len(lengths) or len(lengths) > TABLE_INDEX_LIMIT:
             raise ValueError(f"{weights.path}: lookup table of shape {lut.shape} or table count {len(lengths)} "
                              f"is not this design's")
+        if gains.shape != (MAX_LEVELS + 1, 1 + 3 * MAX_LEVELS) or any(
+                not np.all(gains[levels, : 1 + 3 * levels] > 0) for levels in range(MAX_LEVELS + 1)):
+            raise ValueError(f"{weights.path}: band gains missing for some decomposition depth")
         self.weights, self.residual_weights = weights, residual_weights
         self.lut = np.ascontiguousarray(lut.ravel(), dtype=np.int32)
         self.cdfs, self.lengths = np.ascontiguousarray(cdfs, dtype=np.int32), np.ascontiguousarray(lengths, dtype=np.int32)
@@ -118,10 +122,14 @@ class TableCodec:
                 arrays = {name: npz[name] for name in npz.files}
             if str(arrays.pop("model_id")) != MODEL_ID:
                 raise ValueError("another model's weights")
+            version = int(arrays.pop("context_version", 1))
+            if version != table_contexts.CONTEXT_VERSION:
+                raise ValueError(f"fitted for context definition {version}, this build computes definition "
+                                 f"{table_contexts.CONTEXT_VERSION}: fit them again with mvmic train contexts")
             return cls(Weights(Path(path), hashlib.sha256(data).hexdigest()), arrays["lut"], arrays["cdfs"],
                        arrays["lengths"], arrays["offsets"], arrays["band_scales"], arrays["gains"],
                        str(arrays.get("residual_weights", "")))
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
             raise ValueError(f"{path} is not {MODEL_ID} weights ({exc})") from None
 
     def for_stream(self, stream: Bitstream) -> TableCodec:

@@ -48,6 +48,7 @@ import numpy as np
 
 from model import _table_coder
 
+CONTEXT_VERSION = 2  # the context definition above, as model/table_coder.c computes it; weights name theirs
 BUCKETS = 16  # these constants are also model/table_coder.c's
 THRESHOLDS = (1, 2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64, 91, 128, 181)
 DEPTH_SLOTS = 6  # depth - 1 for levels 1..5 below a parent, then the coarsest level

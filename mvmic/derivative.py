@@ -31,11 +31,12 @@ def lossy_derivative(source: Dataset, ratio: float, method: str, description: st
     header.LossyImageCompressionMethod = [*_values(source, "LossyImageCompressionMethod"), method]
     header.DerivationDescription = description[:1024]
     header.DerivationCodeSequence = Sequence([_code(*LOSSY_COMPRESSION_CODE)])
-    reference = Dataset()
-    reference.ReferencedSOPClassUID = source.SOPClassUID
-    reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
-    reference.PurposeOfReferenceCodeSequence = Sequence([_code("121320", "DCM", "Uncompressed predecessor")])
-    header.SourceImageSequence = Sequence([*source.get("SourceImageSequence", []), reference])
+    if "SOPClassUID" in source and "SOPInstanceUID" in source:  # a source without them cannot be referenced
+        reference = Dataset()
+        reference.ReferencedSOPClassUID = source.SOPClassUID
+        reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+        reference.PurposeOfReferenceCodeSequence = Sequence([_code("121320", "DCM", "Uncompressed predecessor")])
+        header.SourceImageSequence = Sequence([*source.get("SourceImageSequence", []), reference])
     return header
 
 

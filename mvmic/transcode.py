@@ -51,6 +51,7 @@ if TYPE_CHECKING:  # the codec and the heads (and torch) load only where a strea
     from model.tasks.analysis import Analyzer, FrameAnalysis
 
 METHOD = "MVMICNET"
+MAX_HEADER_BYTES = 64 * 2**20  # a DICOM header without its pixels: far below this
 # Private transfer syntax (a UUID-derived 2.25 UID): Pixel Data holds one .mvm bitstream, padded to
 # even length, in the fragments of an encapsulated value.
 MVM_TRANSFER_SYNTAX = UID("2.25.323708217038257544495275216054827656036")
@@ -99,8 +100,8 @@ def dicom_to_mvm(source: DicomSource, codec: MvmicCodec | None, quality: int | N
 def mvm_to_dicom(data: bytes, codec: MvmicCodec | None) -> Dataset:
     """The DICOM instance of a .mvm; ``codec`` may be None for an exact stream (needs_weights)."""
     stream = parse_for(data, codec)
+    source = _source_header(stream)  # first: its geometry must be the stream's before any pixel is decoded
     pixels = _decompress(stream, codec)
-    source = _source_header(stream)
     ratio = pixels.size * source.BitsAllocated / 8 / len(data)
     return _with_pixels(_decoded_header(stream, source, ratio), pixels, stream)
 
@@ -223,7 +224,18 @@ def _source_header(stream: Bitstream) -> Dataset:
     layers = [layer for layer in stream.layers if layer.kind == LayerKind.DICOM_HEADER]
     if not layers:
         raise ValueError("the bitstream carries no DICOM header layer, so no DICOM instance can be rebuilt from it")
+    inflater = zlib.decompressobj()
     try:
-        return pydicom.dcmread(io.BytesIO(zlib.decompress(layers[0].payload)))
-    except (zlib.error, pydicom.errors.InvalidDicomError) as exc:
+        header = inflater.decompress(layers[0].payload, MAX_HEADER_BYTES)
+        if inflater.unconsumed_tail:
+            raise ValueError(f"the DICOM header layer inflates to more than {MAX_HEADER_BYTES} bytes")
+        source = pydicom.dcmread(io.BytesIO(header))
+        geometry = (int(source.Rows), int(source.Columns), int(source.get("NumberOfFrames") or 1),
+                    int(source.SamplesPerPixel), int(source.BitsAllocated))
+    except (zlib.error, pydicom.errors.InvalidDicomError, AttributeError, TypeError, ValueError) as exc:
         raise ValueError(f"the DICOM header layer is damaged: {exc}") from exc
+    if geometry[:4] != (stream.rows, stream.columns, stream.frames, stream.samples_per_pixel):
+        raise ValueError(f"the bitstream's geometry {stream.rows} x {stream.columns}, {stream.frames} frame(s), "
+                         f"{stream.samples_per_pixel} sample(s) is not its DICOM header's {geometry[0]} x "
+                         f"{geometry[1]}, {geometry[2]} frame(s), {geometry[3]} sample(s)")
+    return source

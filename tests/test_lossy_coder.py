@@ -3,22 +3,28 @@ exactness, escapes, damaged payloads, version 2 streams, and a torch-free decomp
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import itertools
 import subprocess
 import sys
 import threading
 
 import numpy as np
+import pydicom
 import pytest
 import torch
 
 from model import lifting, lifting_kernels, table_contexts
+from model.bitstream import Bitstream
 from model.codec import CNN_WEIGHTS, MvmicCodec
 from model.enc_table_contexts import fit
 from model.entropy_coder import CodingTables
 from model.quality import QUALITY_CODES, step_of
 from model.subbands import dequantize
 from model.table_codec import MODEL_ID, TableCodec, levels_of, normalised_planes
+from mvmic.pixels import PixelFormat
+from mvmic.transcode import dicom_to_mvm, mvm_to_dicom
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +172,48 @@ def test_decompress_of_a_lossy_stream_never_imports_torch(tmp_path, corpus_dir) 
                          check=False)
     assert run.returncode == 0, run.stderr
     assert decoded.stat().st_size > 256 * 256 * 2
+
+
+def test_images_under_16_pixels_a_side_are_coded_not_zeroed(table) -> None:
+    # No wavelet level fits: the plane is its own low band (gain 1), coded by its DPCM.
+    rng = np.random.default_rng(13)
+    fmt = PixelFormat(bits_stored=12, signed=False)
+    for rows, columns in ((2, 2), (15, 512), (3, 257), (9, 9)):
+        pixels = rng.integers(0, 4096, size=(1, rows, columns, 1)).astype(np.uint16)
+        for quality in (1, 8):
+            decoded = table.decompress(table.compress_pixels(pixels, fmt, QUALITY_CODES[quality]))
+            error = np.abs(decoded.astype(int) - pixels.astype(int)).max()
+            assert error <= 4096 * step_of(QUALITY_CODES[quality]), (rows, columns, quality, error)
+
+
+def test_weights_of_another_context_definition_are_refused(table, tmp_path) -> None:
+    with np.load(table.weights.path) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    arrays["context_version"] = np.array(1)
+    older = tmp_path / "older.npz"
+    np.savez(older, **arrays)
+    with pytest.raises(ValueError, match="context definition 1"):
+        TableCodec.load(older)
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(ValueError, match="is not mvmicnet-w97-v3 weights"):
+        TableCodec.load(tmp_path / "empty.npz")
+
+
+def test_a_stream_whose_geometry_is_not_its_headers_is_refused(table, corpus_dir) -> None:
+    source = (corpus_dir / "images" / "pyradiomics-brain2-010.dcm").read_bytes()
+    compressed = dicom_to_mvm(source, MvmicCodec.load(), quality=4)
+    stream = Bitstream.from_bytes(compressed.data)
+    forged = dataclasses.replace(stream, rows=8192, columns=8192).to_bytes()  # a valid CRC, a lying header
+    with pytest.raises(ValueError, match="geometry 8192 x 8192"):
+        mvm_to_dicom(forged, table)
+
+
+def test_a_source_without_instance_uid_decodes_to_a_derivative(corpus_dir) -> None:
+    dataset = pydicom.dcmread(corpus_dir / "images" / "pyradiomics-brain2-010.dcm")
+    del dataset.SOPInstanceUID
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    compressed = dicom_to_mvm(buffer.getvalue(), MvmicCodec.load(), quality=4)
+    decoded = mvm_to_dicom(compressed.data, TableCodec.load())
+    assert decoded.LossyImageCompression == "01" and "SourceImageSequence" not in decoded
+    assert decoded.SOPInstanceUID
