@@ -191,6 +191,24 @@ static Py_ssize_t pass_tables(const Bands *b, int level, int orientation, int ph
     return k;
 }
 
+/* Every detail coefficient and lut[its cell], in coding order; returns how many. */
+static Py_ssize_t coding_order_of(const Bands *b, const int32_t *lut, int64_t *symbols, int64_t *tables) {
+    Py_ssize_t k = 0;
+    for (int level = 0; level < b->levels; level++) {
+        for (int orientation = 0; orientation < 3; orientation++) {
+            int band = 3 * level + orientation;
+            for (int phase = 0; phase < PASSES; phase++) {
+                pass_tables(b, level, orientation, phase, lut, tables + k);
+                for (int64_t i = phase_rows[phase]; i < b->rows[band]; i += 2) {
+                    const int64_t *row = b->flat + b->starts[band] + i * b->columns[band];
+                    for (int64_t j = phase_columns[phase]; j < b->columns[band]; j += 2) symbols[k++] = row[j];
+                }
+            }
+        }
+    }
+    return k;
+}
+
 /* ---- argument handling ----------------------------------------------------------------------- */
 
 typedef struct {
@@ -290,19 +308,7 @@ static PyObject *encode_plane(PyObject *self, PyObject *args) {
     }
     Encoder e = {LOWER, words, capacity};
     Py_BEGIN_ALLOW_THREADS
-    Py_ssize_t k = 0;
-    for (int level = 0; level < levels; level++) {
-        for (int orientation = 0; orientation < 3; orientation++) {
-            int band = 3 * level + orientation;
-            for (int phase = 0; phase < PASSES; phase++) {
-                pass_tables(&bands, level, orientation, phase, lut, chosen + k);
-                for (int64_t i = phase_rows[phase]; i < bands.rows[band]; i += 2) {
-                    const int64_t *row = bands.flat + bands.starts[band] + i * bands.columns[band];
-                    for (int64_t j = phase_columns[phase]; j < bands.columns[band]; j += 2) symbols[k++] = row[j];
-                }
-            }
-        }
-    }
+    Py_ssize_t k = coding_order_of(&bands, lut, symbols, chosen);
     for (Py_ssize_t i = k - 1; i >= 0; i--) put_symbol(&e, symbols[i], chosen[i], &tables);
     for (Py_ssize_t i = n_low - 1; i >= 0; i--) put_symbol(&e, residual[i], low_table, &tables);
     e.words[--e.head] = (uint16_t)(e.x & 0xFFFF);  /* the final state: high word first */
@@ -399,19 +405,7 @@ static PyObject *coding_order(PyObject *self, PyObject *args) {
     int64_t *symbols = buffers[5].view.buf, *tables = buffers[6].view.buf;
     const int32_t *lut = buffers[4].view.buf;
     Py_BEGIN_ALLOW_THREADS
-    Py_ssize_t k = 0;
-    for (int level = 0; level < levels; level++) {
-        for (int orientation = 0; orientation < 3; orientation++) {
-            int band = 3 * level + orientation;
-            for (int phase = 0; phase < PASSES; phase++) {
-                pass_tables(&bands, level, orientation, phase, lut, tables + k);
-                for (int64_t i = phase_rows[phase]; i < bands.rows[band]; i += 2) {
-                    const int64_t *row = bands.flat + bands.starts[band] + i * bands.columns[band];
-                    for (int64_t j = phase_columns[phase]; j < bands.columns[band]; j += 2) symbols[k++] = row[j];
-                }
-            }
-        }
-    }
+    coding_order_of(&bands, lut, symbols, tables);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:
