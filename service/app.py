@@ -23,6 +23,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from importlib.metadata import version
 
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 
 from mvmic.pacs.client import PacsClient
 from service.errors import install_error_handlers
@@ -66,7 +67,12 @@ def _loaded(app: FastAPI, done) -> None:
 async def _request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
     request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
     started = time.perf_counter()
-    response = await call_next(request)
+    try:
+        response = await call_next(request)
+    except Exception:
+        log.exception("request %s: %s %s failed", request.state.request_id, request.method, request.url.path)
+        response = JSONResponse({"detail": "internal server error", "request_id": request.state.request_id},
+                                status_code=500)
     response.headers["X-Request-ID"] = request.state.request_id
     _count(request, response, time.perf_counter() - started)
     log.info("request %s: %s %s -> %d in %.1f ms", request.state.request_id, request.method, request.url.path,

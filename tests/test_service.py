@@ -321,3 +321,25 @@ def test_logs_carry_request_ids_and_no_patient_data(guarded_service, corpus_dir:
     assert "request trace-me-42: 415 UnsupportedPixelFormatError" in log
     assert not [identifier for identifier in identifiers if identifier in log]
 
+
+
+def test_a_server_bug_is_a_counted_500_with_the_request_id() -> None:
+    # In process: a route that fails unexpectedly (as a bug would) answers 500 with the request id,
+    # is logged, and is counted in mvmic_requests_total like every other answer.
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    app = create_app(Settings())
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("a bug")
+
+    client = TestClient(app, raise_server_exceptions=False)  # no lifespan: no models are loaded
+    answer = client.get("/boom", headers={"X-Request-ID": "abc123"})
+    assert answer.status_code == 500 and answer.headers["X-Request-ID"] == "abc123"
+    assert answer.json() == {"detail": "internal server error", "request_id": "abc123"}
+    counted = app.state.metrics.requests.labels("/boom", "GET", "500")._value.get()
+    assert counted == 1
