@@ -112,6 +112,9 @@ class TableCodec:
         self.offsets = np.ascontiguousarray(offsets, dtype=np.int32)
         self.tables = (self.cdfs, self.cdfs.shape[1], self.lengths, self.offsets)  # as the kernels take them
         self.band_scales, self.gains = np.asarray(band_scales, dtype=np.float64), np.asarray(gains, dtype=np.float64)
+        # Frames coded at once by default: the CLI sets the machine's cores; the service keeps 1, its
+        # worker threads already share the cores between requests.
+        self.threads = 1
 
     @classmethod
     def load(cls, path: Path = DEFAULT_WEIGHTS) -> TableCodec:
@@ -201,14 +204,15 @@ class TableCodec:
         bands = [self.quantize(plane, code) for plane in normalised_planes(frame, fmt)]
         return pack_payloads([self.encode_bands(b) for b in bands]), bands
 
-    def compress_pixels(self, pixels: np.ndarray, fmt: PixelFormat, code: int, threads: int = 1) -> Bitstream:
+    def compress_pixels(self, pixels: np.ndarray, fmt: PixelFormat, code: int, threads: int | None = None) -> Bitstream:
         """Lossy coding of stored values (frames, rows, columns, samples) at quality code ``code``, frames on
-        up to ``threads`` threads (the kernels release the GIL). Raises CodecInputError for pixels this
+        up to ``threads`` threads (default: self.threads; the kernels release the GIL). Raises CodecInputError for pixels this
         codec cannot code or a code out of range."""
         check_codeable(pixels, fmt)
         if not MIN_CODE <= code <= MAX_CODE:
             raise CodecInputError(f"quality code {code} out of range {MIN_CODE}..{MAX_CODE}")
-        payloads = _each(lambda index: self.encode_frame(pixels[index], fmt, code)[0], range(pixels.shape[0]), threads)
+        payloads = _each(lambda index: self.encode_frame(pixels[index], fmt, code)[0], range(pixels.shape[0]),
+                         threads or self.threads)
         layers = tuple(Layer(LayerKind.BASE, index, payload) for index, payload in enumerate(payloads))
         return Bitstream(model_id=self.model_id, weights_fingerprint=fingerprint(self.weights.sha256),
                          rows=pixels.shape[1], columns=pixels.shape[2], frames=pixels.shape[0],
@@ -232,13 +236,14 @@ class TableCodec:
                   for index, bands in enumerate(self.frame_bands(payload, stream))]
         return from_planes(planes, fmt)
 
-    def decompress(self, stream: Bitstream, threads: int = 1) -> np.ndarray:
+    def decompress(self, stream: Bitstream, threads: int | None = None) -> np.ndarray:
         """Stored values (frames, rows, columns, samples) of a lossy stream, frames on up to ``threads``
-        threads (BASE layers only; raises ValueError for a frame without one, and for residual layers,
+        threads (default: self.threads) (BASE layers only; raises ValueError for a frame without one, and for residual layers,
         which need model.codec)."""
         if any(layer.kind == LayerKind.RESIDUAL for layer in stream.layers):
             raise ValueError("residual layers decode with model.codec's residual model, not here")
-        return np.stack(_each(lambda layer: self.decode_frame(layer.payload, stream), base_layers(stream), threads))
+        return np.stack(_each(lambda layer: self.decode_frame(layer.payload, stream), base_layers(stream),
+                              threads or self.threads))
 
 
 def _each(work: Callable[[T], R], items: Iterable[T], threads: int) -> list[R]:

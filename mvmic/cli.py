@@ -275,7 +275,15 @@ def _bench_rd(args: argparse.Namespace) -> int:
 def _load_codec(weights: Path | None):
     from model.codec import DEFAULT_WEIGHTS, MvmicCodec
 
-    return MvmicCodec.load(weights or DEFAULT_WEIGHTS)
+    return _on_all_cores(MvmicCodec.load(weights or DEFAULT_WEIGHTS))
+
+
+def _on_all_cores(codec):
+    """The codec, coding the frames of a multi-frame image on every core this process may use."""
+    table = getattr(codec, "table", codec)  # MvmicCodec's version 3 codec, or a TableCodec itself
+    if hasattr(table, "threads"):
+        table.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return codec
 
 
 def _compress(args: argparse.Namespace) -> int:
@@ -334,7 +342,8 @@ def _decompress(args: argparse.Namespace) -> int:
     from mvmic.transcode import decoder_for, mvm_to_dicom
 
     data = args.source.read_bytes()
-    dataset = mvm_to_dicom(data, decoder_for(data, args.weights))
+    codec = decoder_for(data, args.weights)
+    dataset = mvm_to_dicom(data, _on_all_cores(codec) if codec is not None else None)
     dataset.save_as(args.target, enforce_file_format=True)
     uid = dataset.get("SOPInstanceUID", "none (the source had none)")
     print(f"{args.target}: {dataset.Rows} x {dataset.Columns}, SOP Instance UID {uid}")

@@ -217,3 +217,16 @@ def test_a_source_without_instance_uid_decodes_to_a_derivative(corpus_dir) -> No
     decoded = mvm_to_dicom(compressed.data, TableCodec.load())
     assert decoded.LossyImageCompression == "01" and "SourceImageSequence" not in decoded
     assert decoded.SOPInstanceUID
+
+
+def test_frames_on_threads_give_the_same_stream_and_pixels(table, corpus_dir, corpus_manifest) -> None:
+    from mvmic.cli import _on_all_cores
+
+    _, image = _frames(corpus_dir, corpus_manifest)[0]
+    pixels = np.ascontiguousarray(np.concatenate([image.pixels[:1], image.pixels[:1] // 2, image.pixels[:1] // 3]))
+    one = table.compress_pixels(pixels, image.format, QUALITY_CODES[4], threads=1)
+    two = table.compress_pixels(pixels, image.format, QUALITY_CODES[4], threads=2)
+    assert one.to_bytes() == two.to_bytes()
+    assert np.array_equal(table.decompress(one, threads=1), table.decompress(one, threads=3))
+    everywhere = _on_all_cores(TableCodec.load())  # what `mvmic compress` / `decompress` use
+    assert everywhere.threads >= 1 and table.threads == 1
