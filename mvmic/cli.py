@@ -332,7 +332,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
     from model.tasks.runtime import export_heads_file
 
     source = args.heads or DEFAULT_HEADS
-    target = export_heads_file(source, args.out)
+    target = export_heads_file(source, args.out, invoked_command())
     print(f"{target}: {target.stat().st_size} bytes, exported from {source} "
           f"(sha256 {hashlib.sha256(source.read_bytes()).hexdigest()})")
     return 0
@@ -402,7 +402,7 @@ def _train_tasks(args: argparse.Namespace) -> int:
         if args.network == "latent":  # what analysis runs: ONNX Runtime reads the .onnx beside the weights
             from model.tasks.runtime import export_heads_file
 
-            print(f"ONNX model {export_heads_file(args.export)}")
+            print(f"ONNX model {export_heads_file(args.export, command=invoked_command())}")
     return 0
 
 
@@ -422,7 +422,7 @@ def _train_joint(args: argparse.Namespace) -> int:
         from model.tasks.runtime import export_heads_file
 
         print(f"codec {args.export_codec} sha256 {sha256}; heads {args.export_heads} "
-              f"(ONNX model {export_heads_file(args.export_heads)})")
+              f"(ONNX model {export_heads_file(args.export_heads, command=invoked_command())})")
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -70,6 +71,10 @@ def test_the_shipped_onnx_model_is_exported_from_the_shipped_heads() -> None:
     assert exported.is_file() and exported.stat().st_size < 20 * 2**20
     metadata = {p.key: p.value for p in onnx.load(exported, load_external_data=False).metadata_props}
     assert metadata[SOURCE_SHA256] == hashlib.sha256(DEFAULT_HEADS.read_bytes()).hexdigest()
+    # The heads' manifest names the export, as every shipped weights file is named by a manifest.
+    recorded = json.loads(DEFAULT_HEADS.with_suffix(".json").read_text())["onnx"]
+    assert recorded["file"] == exported.name
+    assert recorded["sha256"] == hashlib.sha256(exported.read_bytes()).hexdigest()
 
 
 def test_onnx_runtime_and_torch_heads_give_the_same_analysis(analyzers, test_frames) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import logging
 import pickle
 import warnings
@@ -103,11 +104,19 @@ def export_onnx(heads: LatentHeads, source_sha256: str) -> bytes:
     return model.SerializeToString()
 
 
-def export_heads_file(weights: Path, target: Path | None = None) -> Path:
-    """Write the ONNX model of a heads weights file (by default beside it); return its path."""
+def export_heads_file(weights: Path, target: Path | None = None, command: str | None = None) -> Path:
+    """Write the ONNX model of a heads weights file (by default beside it); return its path. The weights'
+    JSON manifest, when there is one, records the export (file, sha256, command) under "onnx"."""
     data = Path(weights).read_bytes()
     target = onnx_path(weights) if target is None else Path(target)
-    target.write_bytes(export_onnx(load_heads_weights(weights, data), hashlib.sha256(data).hexdigest()))
+    model = export_onnx(load_heads_weights(weights, data), hashlib.sha256(data).hexdigest())
+    target.write_bytes(model)
+    manifest = Path(weights).with_suffix(".json")
+    if manifest.is_file():
+        record = json.loads(manifest.read_text())
+        record["onnx"] = {"file": target.name, "sha256": hashlib.sha256(model).hexdigest(),
+                          "command": command or f"mvmic export-onnx {weights}"}
+        manifest.write_text(json.dumps(record, indent=1) + "\n")
     return target
 
 
