@@ -315,7 +315,7 @@ class MvmicCodec:
         if (codec := self.for_stream(stream)) is not self:
             return codec.decode_coarse(stream, skipped_levels)
         check_decodable(stream)
-        shapes = zero_subbands(stream.rows, stream.columns, levels)
+        shapes = None if self.table else zero_subbands(stream.rows, stream.columns, levels)
         coarse = []
         for layer in base_layers(stream):
             if self.table:  # the compiled synthesis: the same float64 operations as coarse_reconstruction's

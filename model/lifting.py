@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from model.cdf97 import ALPHA, BETA, DELTA, GAMMA, KAPPA
+from model.cdf97 import ALPHA, BETA, DELTA, GAMMA, KAPPA, band_shapes
 
 FIXED_POINT_BITS = 24  # fraction bits of exact_synthesis's values and constants: products stay below 2**55
 
@@ -42,24 +42,11 @@ class Subbands:
     details: list[tuple[Tensor, Tensor, Tensor]]  # (LH, HL, HH) per level, coarsest first
 
 
-def max_levels(height: int, width: int, smallest: int = 8) -> int:
-    """Decomposition depth that keeps the low band at least ``smallest`` pixels on each side."""
-    levels = 0
-    while min(height, width) >= 2 * smallest:
-        height, width = (height + 1) // 2, (width + 1) // 2
-        levels += 1
-    return levels
-
-
 def zero_subbands(height: int, width: int, levels: int, dtype: torch.dtype = torch.float64) -> Subbands:
     """Subbands of zeros with the shapes :func:`analysis` gives a (1, 1, height, width) image."""
-    details = []
-    for _ in range(levels):
-        low_h, low_w, high_h, high_w = (height + 1) // 2, (width + 1) // 2, height // 2, width // 2
-        details.append(tuple(torch.zeros(1, 1, h, w, dtype=dtype)
-                             for h, w in ((high_h, low_w), (low_h, high_w), (high_h, high_w))))
-        height, width = low_h, low_w
-    return Subbands(low=torch.zeros(1, 1, height, width, dtype=dtype), details=details[::-1])
+    low, details = band_shapes(height, width, levels)
+    return Subbands(low=torch.zeros(1, 1, *low, dtype=dtype),
+                    details=[tuple(torch.zeros(1, 1, *shape, dtype=dtype) for shape in level) for level in details])
 
 
 def analysis(image: Tensor, levels: int) -> Subbands:

@@ -20,6 +20,7 @@ beside it, for the residual layer of the first lossless design, or empty).
 from __future__ import annotations
 
 import hashlib
+import os
 import zipfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,7 @@ import numpy as np
 
 from model import _table_coder, lifting_kernels, table_contexts
 from model.bitstream import Bitstream, Layer, LayerKind, fingerprint, pack_payloads, unpack_payloads
+from model.cdf97 import band_shapes, max_levels
 from model.colour import from_planes, to_planes
 from model.errors import CodecInputError, check_codeable, check_frame_size
 from model.quality import DEADZONE, MAX_CODE, MIN_CODE, RECONSTRUCTION, step_of
@@ -75,22 +77,8 @@ class PlaneBands:
 
 def levels_of(rows: int, columns: int) -> int:
     """The decomposition depth of an image: as many levels as keep the low band >= 8 pixels a side,
-    at most MAX_LEVELS (model.lifting.max_levels)."""
-    levels = 0
-    while min(rows, columns) >= 16 and levels < MAX_LEVELS:
-        rows, columns = (rows + 1) // 2, (columns + 1) // 2
-        levels += 1
-    return levels
-
-
-def band_shapes(rows: int, columns: int, levels: int) -> tuple[tuple[int, int], list[tuple[tuple[int, int], ...]]]:
-    """(low band shape, (LH, HL, HH) shapes per level, coarsest first) of an analysis."""
-    details = []
-    for _ in range(levels):
-        low_rows, low_columns, high_rows, high_columns = (rows + 1) // 2, (columns + 1) // 2, rows // 2, columns // 2
-        details.append(((high_rows, low_columns), (low_rows, high_columns), (high_rows, high_columns)))
-        rows, columns = low_rows, low_columns
-    return (rows, columns), details[::-1]
+    at most MAX_LEVELS."""
+    return min(MAX_LEVELS, max_levels(rows, columns))
 
 
 class TableCodec:
@@ -153,8 +141,8 @@ class TableCodec:
         levels = levels_of(*plane.shape)
         low, details = lifting_kernels.analysis(plane, levels)
         low_step, steps = self.band_steps(levels, code)
-        quantised = [np.sign(band / s) * np.floor(np.maximum(np.abs(band / s) + 0.5 - DEADZONE, 0))
-                     for level, level_steps in zip(details, steps, strict=True) for band, s in zip(level, level_steps, strict=True)]
+        quantised = [_deadzone_round(band / s) for level, level_steps in zip(details, steps, strict=True)
+                     for band, s in zip(level, level_steps, strict=True)]
         starts, rows, columns = table_contexts.layout([tuple(b.shape for b in level) for level in details])
         flat = np.concatenate([q.ravel() for q in quantised]).astype(np.int64) if quantised else np.zeros(0, np.int64)
         return PlaneBands(np.round(low / low_step).astype(np.int64), flat, starts, rows, columns)
@@ -206,8 +194,8 @@ class TableCodec:
 
     def compress_pixels(self, pixels: np.ndarray, fmt: PixelFormat, code: int, threads: int | None = None) -> Bitstream:
         """Lossy coding of stored values (frames, rows, columns, samples) at quality code ``code``, frames on
-        up to ``threads`` threads (default: self.threads; the kernels release the GIL). Raises CodecInputError for pixels this
-        codec cannot code or a code out of range."""
+        up to ``threads`` threads (default: self.threads; the kernels release the GIL). Raises
+        CodecInputError for pixels this codec cannot code or a code out of range."""
         check_codeable(pixels, fmt)
         if not MIN_CODE <= code <= MAX_CODE:
             raise CodecInputError(f"quality code {code} out of range {MIN_CODE}..{MAX_CODE}")
@@ -246,6 +234,15 @@ class TableCodec:
                               threads or self.threads))
 
 
+def cpu_cores() -> int:
+    """The CPU cores this process may run on: its affinity mask (taskset, a container's cpuset), else the
+    machine's count. A CPU quota (docker --cpus) is not seen: set MVMIC_WORKERS there."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def _each(work: Callable[[T], R], items: Iterable[T], threads: int) -> list[R]:
     """``work`` of every item, in order; on a thread pool when there are threads and items to share."""
     items = list(items)
@@ -253,6 +250,11 @@ def _each(work: Callable[[T], R], items: Iterable[T], threads: int) -> list[R]:
         return [work(item) for item in items]
     with ThreadPoolExecutor(min(threads, len(items))) as pool:
         return list(pool.map(work, items))
+
+
+def _deadzone_round(scaled: np.ndarray) -> np.ndarray:
+    """model.subbands' dead-zone rounding of values in step units, in the same float operations."""
+    return np.sign(scaled) * np.floor(np.maximum(np.abs(scaled) + 0.5 - DEADZONE, 0))
 
 
 def check_decodable(stream: Bitstream) -> None:

@@ -33,9 +33,9 @@ from tqdm import tqdm
 from model.codec import MODEL_ID, normalised_planes, step_of
 from model.context_model import SubbandContextModel
 from model.entropy_coder import CodingTables, symbol_counts
-from model.lifting import Subbands, analysis, max_levels
+from model.lifting import Subbands, analysis
 from model.subbands import quantize
-from model.table_codec import MAX_LEVELS
+from model.table_codec import levels_of
 from mvmic.corpus.manifest import Manifest
 
 CROP = 256
@@ -89,7 +89,7 @@ def random_batch(planes: list[torch.Tensor], size: int, rng: random.Random) -> t
 
 
 def quantized_subbands(planes: torch.Tensor, code: int, scales: torch.Tensor | None = None) -> Subbands:
-    levels = min(MAX_LEVELS, max_levels(*planes.shape[-2:]))
+    levels = levels_of(*planes.shape[-2:])
     with torch.no_grad():
         return quantize(analysis(planes, levels), step_of(code), scales)
 

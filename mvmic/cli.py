@@ -280,9 +280,11 @@ def _load_codec(weights: Path | None):
 
 def _on_all_cores(codec):
     """The codec, coding the frames of a multi-frame image on every core this process may use."""
+    from model.table_codec import cpu_cores
+
     table = getattr(codec, "table", codec)  # MvmicCodec's version 3 codec, or a TableCodec itself
     if hasattr(table, "threads"):
-        table.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        table.threads = cpu_cores()
     return codec
 
 

@@ -1,6 +1,5 @@
 """Service configuration, read from ``MVMIC_*`` environment variables."""
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -8,16 +7,8 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.codec import DEFAULT_WEIGHTS, MODEL_ID
+from model.table_codec import cpu_cores
 from mvmic.transcode import error_bound
-
-
-def cpu_cores() -> int:
-    """The CPU cores this process may run on: its affinity mask (taskset, a container's cpuset), else the
-    machine's count. A CPU quota (docker --cpus) is not seen: set MVMIC_WORKERS there."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 class Settings(BaseSettings):

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 import torch
 
-from model import lifting
+from model import cdf97, lifting
 from model.bitstream import Bitstream, BitstreamError, WeightsMismatchError, unpack_payloads
 from model.codec import CNN_WEIGHTS, QUALITY_CODES, CodecInputError, MvmicCodec
 from model.lifting import zero_subbands
@@ -65,7 +65,7 @@ def test_rate_targets_are_met(codec, corpus_dir) -> None:
 def _latents(codec: MvmicCodec, stream: Bitstream) -> list[torch.Tensor]:
     """The entropy-decoded integer subbands of the first frame, flattened."""
     part = unpack_payloads(stream.layers[0].payload)[0]
-    levels = lifting.max_levels(stream.rows, stream.columns)
+    levels = cdf97.max_levels(stream.rows, stream.columns)
     shapes = zero_subbands(stream.rows, stream.columns, min(levels, 5))
     bands = codec.context.decode(part, shapes, stream.quality)
     return [bands.low.flatten()] + [b.flatten() for level in bands.details for b in level]

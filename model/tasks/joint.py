@@ -39,9 +39,9 @@ from torch import nn
 
 from model.codec import CNN_WEIGHTS, coarse_reconstruction, step_of
 from model.context_model import SubbandContextModel
-from model.lifting import analysis, max_levels, synthesis
+from model.lifting import analysis, synthesis
 from model.subbands import from_steps, quantize_straight_through, with_uniform_noise
-from model.table_codec import MAX_LEVELS
+from model.table_codec import levels_of
 from model.tasks.analysis import DEFAULT_HEADS
 from model.tasks.heads import LatentHeads, standardise
 from model.tasks.objectives import task_loss
@@ -85,7 +85,7 @@ class JointModel(nn.Module):
     def forward(self, batch: TaskBatch, code: int):
         """(rate bpp, distortion MSE, head outputs) of a batch of normalised crops at ``code``."""
         images = batch.images
-        bands = analysis(images.double(), min(MAX_LEVELS, max_levels(*images.shape[-2:])))
+        bands = analysis(images.double(), levels_of(*images.shape[-2:]))
         scales = self.codec.band_scales()
         q = quantize_straight_through(bands, step_of(code), scales)
         noisy = with_uniform_noise(bands, step_of(code), scales)

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from model.codec import QUALITY_CODES, MvmicCodec, coarse_reconstruction, step_of
-from model.lifting import analysis, max_levels
+from model.lifting import analysis
 from model.subbands import quantize
-from model.table_codec import MAX_LEVELS
+from model.table_codec import levels_of
 from model.tasks.evaluation import TaskScores
 from model.tasks.heads import LatentHeads, PixelReference, plane_statistics, standardise
 from model.tasks.lesions import LESION_PARAMETERS, insert_lesions
@@ -79,7 +79,7 @@ def mixed_precision(device: str | torch.device) -> contextlib.AbstractContextMan
 def latent_input(images: torch.Tensor, code: int, scales: torch.Tensor | None = None) -> torch.Tensor:
     """What the heads get for (N, 1, H, W) images coded at ``code``: the decoder's LL1, unstandardised."""
     with torch.no_grad():
-        levels = min(MAX_LEVELS, max_levels(*images.shape[-2:]))
+        levels = levels_of(*images.shape[-2:])
         bands = quantize(analysis(images.double(), levels), step_of(code), scales)
         return coarse_reconstruction(bands, code, SKIPPED_LEVELS, scales).float()
 
