@@ -2,7 +2,7 @@
 
     mvmic data prepare [--out DIR]     build the real-image corpus (mvmic.corpus)
     mvmic bench rd [--split test]      classical codecs on the corpus (bench.rd)
-    mvmic export-onnx [HEADS.pt]       the task heads as ONNX Runtime runs them (model.tasks.runtime)
+    mvmic export-onnx [HEADS.pt] [--int8]  the task heads as ONNX Runtime runs them (model.tasks.runtime)
     mvmic serve [--host H --port N]    the HTTP service (service)
     mvmic pacs compress-study UID      compress a study in the PACS in place (mvmic.pacs)
 """
@@ -138,6 +138,11 @@ def _parser() -> argparse.ArgumentParser:
     export_onnx.add_argument("--out", type=Path, default=None, metavar="HEADS.onnx",
                              help="where to write it (default: beside the weights, suffix .onnx, where analysis "
                                   "looks for it)")
+    export_onnx.add_argument("--int8", action="store_true",
+                             help="also write the int8 model that CPUs run (suffix .int8.onnx), calibrated on the "
+                                  "corpus's train split (model.tasks.quantize)")
+    export_onnx.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS,
+                             help="corpus folder for --int8's calibration (default: %(default)s)")
     export_onnx.set_defaults(run=_export_onnx)
 
     decompress = commands.add_parser("decompress", help=".mvm bitstream -> DICOM")
@@ -331,12 +336,13 @@ def _export_onnx(args: argparse.Namespace) -> int:
     import hashlib
 
     from model.tasks.analysis import DEFAULT_HEADS
-    from model.tasks.runtime import export_heads_file
+    from model.tasks.runtime import export_heads_file, int8_path
 
     source = args.heads or DEFAULT_HEADS
-    target = export_heads_file(source, args.out, invoked_command())
-    print(f"{target}: {target.stat().st_size} bytes, exported from {source} "
-          f"(sha256 {hashlib.sha256(source.read_bytes()).hexdigest()})")
+    target = export_heads_file(source, args.out, invoked_command(), args.corpus if args.int8 else None)
+    for written in (target, int8_path(target)) if args.int8 else (target,):
+        print(f"{written}: {written.stat().st_size} bytes, exported from {source} "
+              f"(sha256 {hashlib.sha256(source.read_bytes()).hexdigest()})")
     return 0
 
 
@@ -404,7 +410,8 @@ def _train_tasks(args: argparse.Namespace) -> int:
         if args.network == "latent":  # what analysis runs: ONNX Runtime reads the .onnx beside the weights
             from model.tasks.runtime import export_heads_file
 
-            print(f"ONNX model {export_heads_file(args.export, command=invoked_command())}")
+            print(f"ONNX model {export_heads_file(args.export, command=invoked_command(), calibration_corpus=args.corpus)}"
+                  " and its int8 twin")
     return 0
 
 
@@ -421,10 +428,13 @@ def _train_joint(args: argparse.Namespace) -> int:
     print(f"step {state['step']}: {state['history'][-1]}")
     if args.export_codec:
         sha256 = export_joint_weights(args.checkpoint, args.export_codec, args.export_heads, command, args.corpus)
+        from model.codec import MvmicCodec
         from model.tasks.runtime import export_heads_file
 
-        print(f"codec {args.export_codec} sha256 {sha256}; heads {args.export_heads} "
-              f"(ONNX model {export_heads_file(args.export_heads, command=invoked_command())})")
+        exported = export_heads_file(args.export_heads, command=invoked_command(), calibration_corpus=args.corpus,
+                                     codec=MvmicCodec.load(args.export_codec))
+        print(f"codec {args.export_codec} sha256 {sha256}; heads {args.export_heads} (ONNX model {exported} and its "
+              "int8 twin)")
     return 0
 
 

@@ -34,6 +34,7 @@ from model.rate_control import compress_at
 from model.residual import MAX_ERROR
 from model.tasks.analysis import Analyzer
 from model.tasks.organs import ORGAN_CLASSES
+from model.tasks.runtime import int8_path
 from mvmic.pixels import PixelFormat
 from service.metrics import ServiceMetrics
 from service.settings import Settings, cpu_cores
@@ -61,7 +62,7 @@ class ResidentModels:
             "weights": {
                 "codec": {"file": self.codec.weights.path.name, "sha256": self.codec.weights.sha256},
                 "residual": None if residual is None else {"file": residual[1].path.name, "sha256": residual[1].sha256},
-                "heads": {"file": self.heads.path.name, "sha256": self.heads.sha256},
+                "heads": {"file": self.heads.path.name, "sha256": self.heads.sha256, "runtime": self.analyzer.runtime},
             },
             "operating_points": {"quality": {str(q): code for q, code in QUALITY_CODES.items()},
                                  "modes": ["lossy"] + (["near-lossless", "lossless"] if residual else []),
@@ -92,7 +93,10 @@ def check_settings(settings: Settings) -> str:
     """The device to use, once the settings are known to be usable: `mvmic serve` checks them before
     it starts the server, so a wrong device or weights folder is a message, not a failed readiness."""
     device = resolve_device(settings.device)
-    for needed in (settings.codec_weights, settings.heads_weights):
+    files = [settings.codec_weights, settings.heads_weights]
+    if settings.heads_runtime == "onnx-int8":
+        files.append(int8_path(settings.heads_weights))
+    for needed in files:
         if not needed.is_file():
             raise FileNotFoundError(f"MVMIC_WEIGHTS_DIR={settings.weights_dir}: no {needed.name} there")
     return device
@@ -125,7 +129,7 @@ def load_models(settings: Settings) -> ResidentModels:
     device = check_settings(settings)
     codec = MvmicCodec.load(settings.codec_weights)
     heads = settings.heads_weights
-    analyzer = Analyzer.load(codec, heads, device)
+    analyzer = Analyzer.load(codec, heads, device, settings.heads_runtime)
     models = ResidentModels(codec, analyzer, Weights(heads, analyzer.heads_sha256), device)
     warm_up(models)
     return models

@@ -22,9 +22,12 @@ class Settings(BaseSettings):
     log_level: str = "info"
     weights_dir: Path = Field(DEFAULT_WEIGHTS.parent, description=f"folder with {DEFAULT_WEIGHTS.name} (the lossy "
                               f"codec), {MODEL_ID}-residual.pt (first-design near-lossless/lossless streams), "
-                              f"{MODEL_ID}.pt (decodes older lossy streams) and {MODEL_ID}-heads.pt/.onnx")
+                              f"{MODEL_ID}.pt (decodes older lossy streams) and {MODEL_ID}-heads.pt/.onnx/.int8.onnx")
     device: str = Field("auto", description="where the task heads run: auto (CUDA when there is one, else CPU), "
                         "cpu, cuda or cuda:N; entropy coding always runs on the CPU")
+    heads_runtime: Literal["auto", "onnx", "onnx-int8", "torch"] = Field(
+        "auto", description="how the task heads run: auto (ONNX Runtime, int8 on a CPU, float on CUDA), onnx (float), "
+        "onnx-int8, torch (model.tasks.analysis.Analyzer.load)")
     workers: int = Field(default_factory=cpu_cores, ge=1, description="model worker threads, i.e. model calls in "
                          "flight at once, sharing one copy of the weights; default: one per CPU core")
     threads: int = Field(0, ge=0, description="torch intra-op threads of each worker; 0: CPU cores // workers, "

@@ -63,6 +63,8 @@ def test_models_names_the_served_weights(service_url: str) -> None:
     assert described["operating_points"]["modes"] == ["lossy", "near-lossless", "lossless"]
     assert described["operating_points"]["quality"]["4"] == QUALITY_CODES[4]
     assert described["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu") and described["tasks"]
+    # The heads through ONNX Runtime, int8 on a CPU (model.tasks.quantize), float on CUDA.
+    assert described["weights"]["heads"]["runtime"] == ("onnx" if torch.cuda.is_available() else "onnx-int8")
 
 
 @pytest.mark.parametrize(("environment", "reason"), [
@@ -70,6 +72,7 @@ def test_models_names_the_served_weights(service_url: str) -> None:
     ({"MVMIC_DEVICE": "tpu"}, "use auto, cpu, cuda or cuda:N"),
     ({"MVMIC_WEIGHTS_DIR": "{tmp}"}, "no mvmicnet-w97-v3.npz there"),
     ({"MVMIC_PORT": "eighty"}, "port"),
+    ({"MVMIC_HEADS_RUNTIME": "tensorrt"}, "heads_runtime"),
     ({"MVMIC_STORAGE_QUALITY": "4"}, "MVMIC_STORAGE_QUALITY applies to storage mode lossy only"),
 ])
 def test_serve_refuses_unusable_settings_with_a_message(tmp_path: Path, environment: dict, reason: str) -> None:

@@ -6,6 +6,7 @@
                    --peaks, score >= REPORT_SCORE--> labelled boxes
                    --> lesion logit --x2, > 0, cropped--> lesion mask --> COCO RLE
                    --> organ logits --x2, argmax, cropped--> organ map --> one COCO RLE per organ found
+                       (both in ONNX Runtime too: OnnxHeads.masks)
 
 The organ classes (model.tasks.organs) were learned on abdominal CT and MR only: elsewhere the
 organ output means nothing (README, "Task heads").
@@ -32,7 +33,7 @@ from model.codec import MODEL_ID, MvmicCodec
 from model.tasks.heads import DETECTION_CLASSES, LatentHeads, standardise
 from model.tasks.objectives import decode_detections, organ_maps, segmentation_masks
 from model.tasks.organs import ORGAN_CLASSES
-from model.tasks.runtime import OnnxHeads, load_heads_weights
+from model.tasks.runtime import OnnxHeads, int8_path, load_heads_weights
 
 DEFAULT_HEADS = Path(__file__).resolve().parents[2] / "weights" / f"{MODEL_ID}-heads.pt"
 REPORT_SCORE = 0.3
@@ -52,9 +53,9 @@ class FrameAnalysis:
         return [DETECTION_CLASSES[c] for c in self.classes]
 
     def to_json(self) -> dict:
-        organs = [{"label": name, "segmentation": coco_rle(self.organs == index),
-                   "pixels": int((self.organs == index).sum())}
-                  for index, name in enumerate(ORGAN_CLASSES, start=1) if (self.organs == index).any()]
+        pixels = np.bincount(self.organs.ravel(), minlength=1 + len(ORGAN_CLASSES))
+        organs = [{"label": name, "segmentation": coco_rle(self.organs == index), "pixels": int(pixels[index])}
+                  for index, name in enumerate(ORGAN_CLASSES, start=1) if pixels[index]]
         return {"frame": self.frame,
                 "boxes": [{"box": [round(float(v), 1) for v in box], "score": round(float(score), 4), "label": label}
                           for box, score, label in zip(self.boxes, self.scores, self.labels, strict=True)],
@@ -67,7 +68,7 @@ def coco_rle(mask: np.ndarray) -> dict:
     return {"size": [int(v) for v in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
 
 
-RUNTIMES = ("onnx", "torch")
+RUNTIMES = ("auto", "onnx", "onnx-int8", "torch")
 
 
 class Analyzer:
@@ -78,21 +79,26 @@ class Analyzer:
                  heads_sha256: str | None = None) -> None:
         self.codec, self.device = codec, torch.device(device)
         self.heads = heads if isinstance(heads, OnnxHeads) else heads.eval().to(device)
-        self.runtime = "onnx" if isinstance(heads, OnnxHeads) else "torch"
+        self.runtime = ("torch" if not isinstance(heads, OnnxHeads) else
+                        "onnx-int8" if heads.precision == "int8" else "onnx")
         self.heads_sha256 = heads_sha256  # of the torch weights file, which analysis documents name
 
     @classmethod
-    def load(cls, codec: MvmicCodec, path: Path = DEFAULT_HEADS, device: str = "cpu", runtime: str = "onnx",
+    def load(cls, codec: MvmicCodec, path: Path = DEFAULT_HEADS, device: str = "cpu", runtime: str = "auto",
              threads: int | None = None) -> Analyzer:
         """The heads of a weights file (as `mvmic train heads --export` writes it). ``runtime`` "onnx": the
-        ONNX export beside it (model.tasks.runtime; ``threads``: ONNX Runtime's intra-op threads); "torch":
-        the weights themselves. Raises ValueError for a file that is not one (a training checkpoint, another
-        network, not a torch file) and StaleOnnxError for an export of other weights."""
+        ONNX export beside it (model.tasks.runtime; ``threads``: ONNX Runtime's intra-op threads);
+        "onnx-int8": its int8 export (model.tasks.quantize); "auto": the int8 export on a CPU where there is
+        one, the float export otherwise (CUDA runs float); "torch": the weights themselves. Raises ValueError
+        for a file that is not one (a training checkpoint, another network, not a torch file),
+        StaleOnnxError for an export of other weights, FileNotFoundError for "onnx-int8" without an export."""
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
+        if runtime == "auto":
+            runtime = "onnx-int8" if torch.device(device).type == "cpu" and int8_path(path).is_file() else "onnx"
         data = Path(path).read_bytes()
-        heads = (OnnxHeads.for_weights(path, device, threads, data) if runtime == "onnx"
-                 else load_heads_weights(path, data))
+        heads = (load_heads_weights(path, data) if runtime == "torch"
+                 else OnnxHeads.for_weights(path, device, threads, data, int8=runtime == "onnx-int8"))
         return cls(codec, heads, device, hashlib.sha256(data).hexdigest())
 
     @torch.no_grad()
@@ -101,9 +107,10 @@ class Analyzer:
         """The analysis of decoded LL1 planes (N, 1, h, w) of frames of ``shape`` (rows, columns), numbered
         0..N-1 in order: each standardised over itself, the heads, boxes and masks cropped to ``shape``."""
         planes = standardise(coarse.float())
-        outputs = self.heads(planes if self.runtime == "onnx" else planes.to(self.device)).to("cpu")
-        detections, masks, organs = (decode_detections(outputs, shape), segmentation_masks(outputs, shape),
-                                     organ_maps(outputs, shape))
+        outputs = self.heads(planes if self.runtime != "torch" else planes.to(self.device)).to("cpu")
+        detections = decode_detections(outputs, shape)
+        masks, organs = (self.heads.masks(outputs, shape) if isinstance(self.heads, OnnxHeads)
+                         else (segmentation_masks(outputs, shape), organ_maps(outputs, shape)))
         frames = []
         for frame, (found, mask, organ_map) in enumerate(zip(detections, masks, organs, strict=True)):
             keep = found.scores >= min_score
