@@ -4,7 +4,8 @@
       synthetic: one-sample frames with synthetic lesions (fixed seed per frame)  -> lesion Dice/IoU, AP50, mAP
       real:      frames with an expert lesion, unmodified                         -> lesion scores
       organs:    frames with an organ map (TotalSegmentator's output), unmodified  -> Dice/IoU per organ, AP50, mAP
-    per quality: MVMICNet .mvm --Analyzer (partial decoding, heads)-----> scores of each stage's heads
+    per quality: MVMICNet .mvm --Analyzer (partial decoding, heads)-----> scores of each stage's heads (int8 as
+                 served on a CPU; the last stage's float heads beside them)
                              --decode--> pixels --PixelReference---------> scores "pixel ref on MVMICNet"
                  JPEG 2000 at the same bits per pixel --decode--> pixels --PixelReference --> "pixel ref on JPEG 2000"
     once: uncompressed pixels --PixelReference-------------------------> "pixel ref, uncompressed"
@@ -146,15 +147,27 @@ def default_stages() -> dict[str, tuple[Path, Path]]:
     return {name: paths for name, paths in stages.items() if all(p.exists() for p in paths)}
 
 
+def stage_analyzers(stages: dict[str, tuple[Path, Path]]) -> dict[str, Analyzer]:
+    """Each stage's heads as the service runs them (runtime "auto": int8 on a CPU where they were exported so);
+    the last stage's also in float, as "NAME float" before it, when it runs in int8: what quantisation costs."""
+    analyzers = {}
+    for index, (name, (codec, heads)) in enumerate(stages.items()):
+        served = Analyzer.load(MvmicCodec.load(codec), heads)
+        if index == len(stages) - 1 and served.runtime == "onnx-int8":
+            analyzers[f"{name} float"] = Analyzer.load(served.codec, heads, runtime="onnx")
+        analyzers[name] = served
+    return analyzers
+
+
 def run_tasks_benchmark(corpus_dir: Path, out_dir: Path, stages: dict[str, tuple[Path, Path]] | None = None,
                         pixel_reference: Path = DEFAULT_PIXEL_REFERENCE, split: str = "test", every: int = 1) -> dict:
     registered_codecs(["JPEG 2000"])
-    analyzers = {name: Analyzer.load(MvmicCodec.load(codec), heads)
-                 for name, (codec, heads) in (stages or default_stages()).items()}
+    analyzers = stage_analyzers(stages or default_stages())
     pixels = PixelAnalyzer(pixel_reference)
     result = {"split": split, "qualities": list(QUALITIES), "sets": {}, "every": every,
               "organ_labels": "TotalSegmentator's output, not expert labels", "organ_classes": list(ORGAN_CLASSES),
-              "weights": {name: [str(p) for p in paths] for name, paths in (stages or default_stages()).items()}}
+              "weights": {name: [str(p) for p in paths] for name, paths in (stages or default_stages()).items()},
+              "runtimes": {name: analyzer.runtime for name, analyzer in analyzers.items()}}
     synthetic = synthetic_cases(corpus_dir, split)[::every]  # every: a quicker run on a subset
     sets = {"synthetic": synthetic, "real": real_cases(corpus_dir, split), "organs": organ_cases(corpus_dir, split)}
     for name, cases in sets.items():
