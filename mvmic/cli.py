@@ -121,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     compress.add_argument("--analysis", type=Path, default=None, metavar="OUT.json",
                           help="also write the analysis of the bitstream, lesions and organs (as `mvmic analyze --json`)")
     compress.add_argument("--heads", type=Path, default=None, help="task heads weights (default: the shipped ones)")
+    _heads_runtime_option(compress)
     compress.set_defaults(run=_compress)
 
     analyze = commands.add_parser("analyze", help="lesion and organ boxes and segmentation from a .mvm, without decoding pixels")
@@ -129,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="write the analysis here and print a summary per frame (default: print it all)")
     analyze.add_argument("--weights", type=Path, default=None, help="weights file (default: the shipped one)")
     analyze.add_argument("--heads", type=Path, default=None, help="task heads weights (default: the shipped ones)")
+    _heads_runtime_option(analyze)
     analyze.set_defaults(run=_analyze)
 
     export_onnx = commands.add_parser("export-onnx", help="write the ONNX model of task heads weights, which "
@@ -137,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
                              help="task heads weights (default: the shipped ones)")
     export_onnx.add_argument("--out", type=Path, default=None, metavar="HEADS.onnx",
                              help="where to write it (default: beside the weights, suffix .onnx, where analysis "
-                                  "looks for it)")
+                                  "looks for it and the weights' manifest records it; --int8's model goes beside it)")
     export_onnx.add_argument("--int8", action="store_true",
                              help="also write the int8 model that CPUs run (suffix .int8.onnx), calibrated on the "
                                   "corpus's train split (model.tasks.quantize)")
@@ -214,6 +216,13 @@ def _parser() -> argparse.ArgumentParser:
     originals.add_argument("--discard-originals", action="store_true", help="keep no copy of the originals")
     study.set_defaults(run=_pacs_compress_study)
     return parser
+
+
+def _heads_runtime_option(parser: argparse.ArgumentParser) -> None:
+    # checked by Analyzer.load (model.tasks.analysis.RUNTIMES), which --help must not import
+    parser.add_argument("--heads-runtime", default="auto", metavar="RUNTIME",
+                        help="how the task heads run: auto (ONNX Runtime, int8 where exported), onnx (float), "
+                             "onnx-int8 or torch (default: %(default)s; the service's MVMIC_HEADS_RUNTIME)")
 
 
 def _training_command(train, name: str, help_text: str, checkpoint: str, learning_rate: float, batch: int,
@@ -306,22 +315,22 @@ def _compress(args: argparse.Namespace) -> int:
     print(f"{args.target}: {len(result.data)} bytes, {result.bits_per_pixel:.4f} bits per pixel, "
           f"ratio {result.ratio:.1f}:1, {coded}")
     if args.analysis:
-        _write_analysis(result.data, codec, args.heads, args.analysis)
+        _write_analysis(result.data, codec, args.heads, args.heads_runtime, args.analysis)
     return 0
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    _write_analysis(args.source.read_bytes(), _load_codec(args.weights), args.heads, args.json)
+    _write_analysis(args.source.read_bytes(), _load_codec(args.weights), args.heads, args.heads_runtime, args.json)
     return 0
 
 
-def _write_analysis(data: bytes, codec, heads: Path | None, target: Path | None) -> None:
+def _write_analysis(data: bytes, codec, heads: Path | None, runtime: str, target: Path | None) -> None:
     import json
 
     from model.tasks.analysis import DEFAULT_HEADS, Analyzer
     from mvmic.transcode import analyze_mvm
 
-    document = analyze_mvm(data, Analyzer.load(codec, heads or DEFAULT_HEADS))
+    document = analyze_mvm(data, Analyzer.load(codec, heads or DEFAULT_HEADS, runtime=runtime))
     if target is None:
         print(json.dumps(document))
         return

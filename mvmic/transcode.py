@@ -175,15 +175,15 @@ def analyze_mvm(data: bytes, analyzer: Analyzer) -> dict:
     """The analysis document of a bitstream: labelled boxes, and COCO-RLE lesion and organ segmentations
     per frame."""
     stream = parse_for(data, analyzer.codec)
-    return analysis_document(stream, analyzer.analyze(stream), analyzer.heads_sha256)
+    return analysis_document(stream, analyzer.analyze(stream), analyzer)
 
 
-def analysis_document(stream: Bitstream, frames: list[FrameAnalysis], heads_sha256: str | None) -> dict:
-    """What the analysis found, with the networks that found it: the codec's model and the heads'
-    weights file (sha256), so that a stored result can be traced to the weights that made it."""
-    return {"model_id": stream.model_id, "heads_sha256": heads_sha256, "rows": stream.rows,
-            "columns": stream.columns, "quality_code": stream.quality,
-            "frames": [frame.to_json() for frame in frames]}
+def analysis_document(stream: Bitstream, frames: list[FrameAnalysis], analyzer: Analyzer) -> dict:
+    """What the analysis found, with the networks that found it: the codec's model, the heads' weights file
+    (sha256), their runtime and the ONNX model that ran (Analyzer.provenance), so that a stored result can be
+    traced to what made it."""
+    return {"model_id": stream.model_id, **analyzer.provenance, "rows": stream.rows, "columns": stream.columns,
+            "quality_code": stream.quality, "frames": [frame.to_json() for frame in frames]}
 
 
 def parse_for(data: bytes, codec: MvmicCodec | None) -> Bitstream:

@@ -58,7 +58,9 @@ def _make_lifespan(settings: Settings) -> Lifespan:
 def _loaded(app: FastAPI, done) -> None:
     try:
         app.state.models = done.result()
-        log.info("models resident: %s on %s", app.state.models.codec.model_id, app.state.models.device)
+        models = app.state.models
+        log.info("models resident: %s on %s, task heads in %s", models.codec.model_id, models.device,
+                 models.analyzer.runtime)
     except Exception as exc:  # noqa: BLE001 - reported by /readyz, the service keeps answering
         app.state.load_error = f"{type(exc).__name__}: {exc}"
         log.error("models failed to load: %s", app.state.load_error)

@@ -62,7 +62,9 @@ class ResidentModels:
             "weights": {
                 "codec": {"file": self.codec.weights.path.name, "sha256": self.codec.weights.sha256},
                 "residual": None if residual is None else {"file": residual[1].path.name, "sha256": residual[1].sha256},
-                "heads": {"file": self.heads.path.name, "sha256": self.heads.sha256, "runtime": self.analyzer.runtime},
+                "heads": {"file": self.heads.path.name, "sha256": self.heads.sha256,
+                          "runtime": self.analyzer.runtime,
+                          "model_sha256": self.analyzer.provenance["heads_model_sha256"]},
             },
             "operating_points": {"quality": {str(q): code for q, code in QUALITY_CODES.items()},
                                  "modes": ["lossy"] + (["near-lossless", "lossless"] if residual else []),

@@ -242,6 +242,47 @@ def test_int8_exports_follow_their_weights(tmp_path: Path, corpus_dir, codec) ->
     with torch.no_grad():
         heads.segmentation.bias.add_(1.0)
     torch.save(heads.state_dict(), weights)
-    export_heads_file(weights)  # the float export alone, the int8 one left stale
+    export_heads_file(weights, tmp_path / "elsewhere.onnx", calibration_corpus=corpus_dir)
     with pytest.raises(StaleOnnxError, match=f"mvmic export-onnx {weights} --int8"):
-        Analyzer.load(codec, weights)
+        Analyzer.load(codec, weights)  # exports elsewhere do not replace the ones analysis reads
+    assert (tmp_path / "elsewhere.int8.onnx").is_file()
+    # A float model where the int8 export belongs, or an empty file (an interrupted export), is refused.
+    int8_path(weights).write_bytes(onnx_path(weights).read_bytes())
+    with pytest.raises(ValueError, match="a float model where the int8 export belongs"):
+        Analyzer.load(codec, weights, runtime="onnx-int8")
+    int8_path(weights).write_bytes(b"")
+    with pytest.raises(ValueError, match="not an ONNX model of the heads"):
+        Analyzer.load(codec, weights, runtime="onnx-int8")
+    # The float export alone removes the int8 one beside it, now stale: auto falls back to float.
+    export_heads_file(weights)
+    assert not int8_path(weights).exists() and Analyzer.load(codec, weights).runtime == "onnx"
+    with pytest.raises(ValueError, match="would overwrite the weights"):
+        export_heads_file(weights, weights)
+
+
+def test_export_records_in_the_manifest_only_what_lies_beside_the_weights(tmp_path: Path, corpus_dir) -> None:
+    weights = tmp_path / "heads.pt"
+    torch.save(LatentHeads().eval().state_dict(), weights)
+    manifest = weights.with_suffix(".json")
+    manifest.write_text(json.dumps({"file": weights.name}))
+    assert main(["export-onnx", str(weights), "--int8", "--corpus", str(corpus_dir)]) == 0
+    recorded = json.loads(manifest.read_text())
+    assert recorded["onnx"]["file"] == "heads.onnx" and recorded["onnx_int8"]["file"] == "heads.int8.onnx"
+    assert recorded["onnx_int8"]["sha256"] == hashlib.sha256(int8_path(weights).read_bytes()).hexdigest()
+    assert main(["export-onnx", str(weights), "--out", str(tmp_path / "copy.onnx")]) == 0
+    assert json.loads(manifest.read_text()) == recorded
+    assert main(["export-onnx", str(weights)]) == 0  # float alone: the int8 export and its record go
+    assert "onnx_int8" not in json.loads(manifest.read_text()) and not int8_path(weights).exists()
+
+
+def test_the_cli_names_the_heads_runtime_it_ran(tmp_path: Path, corpus_dir, codec) -> None:
+    stream = codec.compress(read_dicom(corpus_dir / "images" / "pyradiomics-brain2-010.dcm"), QUALITY_CODES[4])
+    (tmp_path / "b.mvm").write_bytes(stream.to_bytes())
+    for runtime in ("auto", "onnx", "torch"):
+        assert main(["analyze", str(tmp_path / "b.mvm"), "--heads-runtime", runtime, "--json",
+                     str(tmp_path / f"{runtime}.json")]) == 0
+    documents = {runtime: json.loads((tmp_path / f"{runtime}.json").read_text()) for runtime in ("auto", "onnx", "torch")}
+    assert [documents[r]["heads_runtime"] for r in ("auto", "onnx", "torch")] == ["onnx-int8", "onnx", "torch"]
+    assert documents["auto"]["heads_model_sha256"] == hashlib.sha256(int8_path(DEFAULT_HEADS).read_bytes()).hexdigest()
+    assert documents["torch"]["heads_model_sha256"] is None
+    assert main(["analyze", str(tmp_path / "b.mvm"), "--heads-runtime", "tensorrt"]) == 1

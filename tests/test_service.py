@@ -23,7 +23,8 @@ from pydicom.encaps import generate_fragments
 
 from model.bitstream import Bitstream
 from model.codec import DEFAULT_WEIGHTS, QUALITY_CODES, MvmicCodec
-from model.tasks.analysis import Analyzer
+from model.tasks.analysis import DEFAULT_HEADS, Analyzer
+from model.tasks.runtime import int8_path, onnx_path
 from mvmic.pixels import read_dicom
 from mvmic.transcode import MVM_TRANSFER_SYNTAX, bitstream_of_instance
 from service.process import free_port
@@ -101,8 +102,13 @@ def test_compress_json_has_the_bitstream_its_rate_and_analysis(service_url: str,
     assert document["compression_ratio"] > 20 and document["mode"] == "lossy" and document["max_error"] is None
     frame = document["analysis"]["frames"][0]
     assert frame["segmentation"]["size"] == [512, 512] and isinstance(frame["boxes"], list)
-    served = httpx.get(f"{service_url}/v1/models", timeout=10).json()["weights"]["heads"]["sha256"]
-    assert document["analysis"]["heads_sha256"] == served  # the result names the weights that made it
+    served = httpx.get(f"{service_url}/v1/models", timeout=10).json()["weights"]["heads"]
+    # The result names the weights that made it, how they ran and the ONNX model that ran.
+    assert document["analysis"]["heads_sha256"] == served["sha256"]
+    assert document["analysis"]["heads_runtime"] == served["runtime"]
+    assert document["analysis"]["heads_model_sha256"] == served["model_sha256"]
+    expected = onnx_path(DEFAULT_HEADS) if torch.cuda.is_available() else int8_path(DEFAULT_HEADS)
+    assert served["model_sha256"] == hashlib.sha256(expected.read_bytes()).hexdigest()
 
 
 def test_lossless_round_trip_through_the_service(service_url: str, corpus_dir: Path) -> None:

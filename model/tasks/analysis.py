@@ -83,6 +83,13 @@ class Analyzer:
                         "onnx-int8" if heads.precision == "int8" else "onnx")
         self.heads_sha256 = heads_sha256  # of the torch weights file, which analysis documents name
 
+    @property
+    def provenance(self) -> dict:
+        """What an analysis document names of the heads that made it: the weights file's sha256, the runtime
+        (int8 and float results differ slightly) and the sha256 of the ONNX model that ran (None in torch)."""
+        return {"heads_sha256": self.heads_sha256, "heads_runtime": self.runtime,
+                "heads_model_sha256": getattr(self.heads, "model_sha256", None)}
+
     @classmethod
     def load(cls, codec: MvmicCodec, path: Path = DEFAULT_HEADS, device: str = "cpu", runtime: str = "auto",
              threads: int | None = None) -> Analyzer:

@@ -43,13 +43,16 @@ CALIBRATION_FRAMES = 64  # one frame per corpus entry, spread over the split's e
 def calibration_planes(corpus_dir: Path, codec: MvmicCodec, count: int = CALIBRATION_FRAMES) -> list[np.ndarray]:
     """Standardised LL1 planes (1, 1, h, w) float32 of ``count`` one-channel frames of the train split, evenly
     spread over its entries, each quantised at the next quality code in turn. Raises FileNotFoundError
-    without a corpus (`mvmic data prepare`)."""
+    without a corpus (`mvmic data prepare`), ValueError when its train split has no one-channel frame."""
     import torch
 
     manifest = corpus_dir / "manifest.json"
     if not manifest.is_file():
         raise FileNotFoundError(f"no corpus at {corpus_dir} to calibrate the int8 heads on: run `mvmic data prepare`")
     entries = [e for e in Manifest.load(manifest).select(CALIBRATION_SPLIT) if e.samples_per_pixel == 1]
+    if not entries:
+        raise ValueError(f"the {CALIBRATION_SPLIT} split of the corpus at {corpus_dir} holds no one-channel frame to "
+                         "calibrate the int8 heads on")
     chosen = [entries[i] for i in np.unique(np.linspace(0, len(entries) - 1, min(count, len(entries))).astype(int))]
     codes, planes = list(QUALITY_CODES.values()), []
     for index, entry in enumerate(chosen):

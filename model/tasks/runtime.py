@@ -122,12 +122,16 @@ def export_onnx(heads: LatentHeads, source_sha256: str) -> bytes:
 
 def export_heads_file(weights: Path, target: Path | None = None, command: str | None = None,
                       calibration_corpus: Path | None = None, codec: MvmicCodec | None = None) -> Path:
-    """Write the ONNX model of a heads weights file (by default beside it); return its path. With a
-    ``calibration_corpus``, also the int8 model (int8_path of the target), calibrated on its train split as
-    ``codec`` (default: the served one) quantises it. The weights' JSON manifest, when there is one,
-    records each export (file, sha256, command) under "onnx" and "onnx_int8"."""
+    """Write the ONNX model of a heads weights file (by default beside it, where analysis reads it); return its
+    path. With a ``calibration_corpus``, also the int8 model (int8_path of the target), calibrated on its train
+    split as ``codec`` (default: the served one) quantises it; without one, an int8 export left beside the
+    target (now stale) is removed. Exports beside the weights are recorded in their JSON manifest, when there
+    is one (file, sha256, command under "onnx" and "onnx_int8"). Raises ValueError for a target that is the
+    weights file itself."""
     data = Path(weights).read_bytes()
     target = onnx_path(weights) if target is None else Path(target)
+    if target.resolve() == Path(weights).resolve() or int8_path(target).resolve() == Path(weights).resolve():
+        raise ValueError(f"{target}: the export would overwrite the weights {weights}")
     model = export_onnx(load_heads_weights(weights, data), hashlib.sha256(data).hexdigest())
     exports = {"onnx": (target, model)}
     if calibration_corpus is not None:
@@ -136,8 +140,12 @@ def export_heads_file(weights: Path, target: Path | None = None, command: str | 
 
         codec = MvmicCodec.load() if codec is None else codec
         exports["onnx_int8"] = (int8_path(target), quantize_heads(model, calibration_planes(calibration_corpus, codec)))
+    elif int8_path(target).is_file():
+        log.warning("%s was exported from the weights before: removed (`--int8` writes it anew)", int8_path(target))
+        int8_path(target).unlink()
     manifest = Path(weights).with_suffix(".json")
-    record = json.loads(manifest.read_text()) if manifest.is_file() else None
+    beside = target.resolve() == onnx_path(weights).resolve()
+    record = json.loads(manifest.read_text()) if beside and manifest.is_file() else None
     for key, (path, content) in exports.items():
         path.write_bytes(content)
         if record is not None:
@@ -145,6 +153,8 @@ def export_heads_file(weights: Path, target: Path | None = None, command: str | 
                            "command": command or f"mvmic export-onnx {weights}"
                                                  f"{' --int8' if calibration_corpus is not None else ''}"}
     if record is not None:
+        if "onnx_int8" not in exports:
+            record.pop("onnx_int8", None)
         manifest.write_text(json.dumps(record, indent=1) + "\n")
     return target
 
@@ -175,7 +185,7 @@ class OnnxHeads:
         """``model``: the serialised ONNX model. ``threads``: ONNX Runtime's intra-op threads (default:
         torch's thread count, which the service sets from MVMIC_THREADS)."""
         import onnxruntime
-        from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf
+        from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph, InvalidProtobuf
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
@@ -188,11 +198,12 @@ class OnnxHeads:
         providers = providers_for(device)
         try:
             self.session = onnxruntime.InferenceSession(model, options, providers=providers)
-        except (InvalidProtobuf, InvalidGraph, Fail) as exc:  # onnxruntime's own, not RuntimeErrors
+        except (InvalidProtobuf, InvalidGraph, InvalidArgument, Fail) as exc:  # onnxruntime's own, not RuntimeErrors
             raise ValueError(f"not an ONNX model of the heads ({str(exc).splitlines()[0]})") from None
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.source_sha256: str | None = metadata.get(SOURCE_SHA256)
         self.precision: str = metadata.get(PRECISION, "float")  # "int8" for model.tasks.quantize's exports
+        self.model_sha256 = hashlib.sha256(model).hexdigest()  # of the ONNX model running, which documents name
         names = (tuple(i.name for i in self.session.get_inputs()), tuple(o.name for o in self.session.get_outputs()))
         if names != ((INPUT,), OUTPUTS):
             raise ValueError(f"not an ONNX model of the heads: inputs and outputs {names}")
@@ -217,6 +228,9 @@ class OnnxHeads:
             heads = cls(exported.read_bytes(), device, threads)
         except ValueError as exc:
             raise ValueError(f"{exported}: {exc}") from None
+        if heads.precision != ("int8" if int8 else "float"):
+            raise ValueError(f"{exported}: a {heads.precision} model where the {'int8' if int8 else 'float'} export "
+                             f"belongs: run `mvmic export-onnx {weights}{' --int8' if int8 else ''}`")
         if heads.source_sha256 != sha256:
             raise StaleOnnxError(f"{exported} was exported from other weights (sha256 {heads.source_sha256}) than "
                                  f"{Path(weights).name} (sha256 {sha256}): run `mvmic export-onnx {weights}"

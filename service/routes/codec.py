@@ -108,7 +108,7 @@ async def _analysis(request: Request, models: ResidentModels, data: bytes) -> di
     """The analysis document of a bitstream; analyses of concurrent requests share a batch."""
     stream = parse_for(data, models.codec)
     frames = await request.app.state.workers.run_batched(models.analyzer.analyze_many, stream)
-    return analysis_document(stream, frames, models.analyzer.heads_sha256)
+    return analysis_document(stream, frames, models.analyzer)
 
 
 def _negotiate(request: Request, offered: tuple[str, ...]) -> str:
