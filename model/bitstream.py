@@ -22,11 +22,12 @@ at most 10 bytes, below 2**64; svarint = zigzag-encoded varint, 0 -1 1 -2 -> 0 1
     | 1-3    | rows                | varint                   | 1..65535                              |
     | 1-3    | columns             | varint                   | 1..65535                              |
     | 1-3    | frames              | varint                   | 1..2**20                              |
-    | 1      | samples per pixel   | u8                       | 1 (MONOCHROME*) or 3 (RGB, YBR_FULL)  |
+    | 1      | samples per pixel   | u8                       | 1 (MONOCHROME*, PALETTE COLOR) or 3   |
     | 1      | bits stored         | u8                       | 1..16                                 |
     | 1      | flags               | u8                       | bit 0: signed; bits 1-7: zero         |
     | 1      | photometric         | u8                       | 0 MONOCHROME1, 1 MONOCHROME2,         |
-    |        |                     |                          | 2 RGB, 3 YBR_FULL                     |
+    |        |                     |                          | 2 RGB, 3 YBR_FULL, 4 PALETTE COLOR    |
+    |        |                     |                          | (indices; exact layers, lossless only)|
     | 1-5    | offset              | svarint                  | -2**31..2**31-1                       |
     | 1      | scale_log2          | svarint                  | -32..32                               |
     | 2      | quality             | u16                      | model-defined, e.g. quality index*256 |
@@ -92,9 +93,9 @@ CRC_BYTES = 4
 # against the bytes left before anything is read or allocated for it.
 MIN_LAYER_BYTES = 3
 
-PHOTOMETRIC_CODES = {"MONOCHROME1": 0, "MONOCHROME2": 1, "RGB": 2, "YBR_FULL": 3}
+PHOTOMETRIC_CODES = {"MONOCHROME1": 0, "MONOCHROME2": 1, "RGB": 2, "YBR_FULL": 3, "PALETTE COLOR": 4}
 PHOTOMETRIC_NAMES = {code: name for name, code in PHOTOMETRIC_CODES.items()}
-PHOTOMETRIC_SAMPLES = {"MONOCHROME1": 1, "MONOCHROME2": 1, "RGB": 3, "YBR_FULL": 3}
+PHOTOMETRIC_SAMPLES = {"MONOCHROME1": 1, "MONOCHROME2": 1, "RGB": 3, "YBR_FULL": 3, "PALETTE COLOR": 1}
 
 # Printable ASCII without spaces: model ids end up in error messages and logs verbatim.
 _MODEL_ID = re.compile(rb"[\x21-\x7e]+")

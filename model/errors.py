@@ -23,12 +23,16 @@ class BoundViolationError(RuntimeError):
     """The encoder's own decoding of a bitstream broke the promised maximum error."""
 
 
-def check_codeable(pixels: np.ndarray, fmt: PixelFormat, minimum: int = 2) -> None:
+def check_codeable(pixels: np.ndarray, fmt: PixelFormat, minimum: int = 2, lossless: bool = False) -> None:
     """Raise CodecInputError unless ``pixels`` (frames, rows, columns, samples) of ``fmt`` can be coded:
-    a supported photometric interpretation and at least ``minimum`` rows and columns."""
-    if fmt.photometric not in CODEABLE_PHOTOMETRICS:
-        raise CodecInputError(f"PhotometricInterpretation {fmt.photometric} cannot be coded lossily "
-                              f"(supported: {', '.join(sorted(CODEABLE_PHOTOMETRICS))})")
+    a supported photometric interpretation and at least ``minimum`` rows and columns. PALETTE COLOR values
+    are indices into colour tables: coded ``lossless`` only, since an index off by one is another colour."""
+    if fmt.photometric == "PALETTE COLOR" and not lossless:
+        raise CodecInputError("PhotometricInterpretation PALETTE COLOR holds indices into colour tables: it is coded "
+                              "lossless only (an index off by one is another colour)")
+    if fmt.photometric not in CODEABLE_PHOTOMETRICS | {"PALETTE COLOR"}:
+        raise CodecInputError(f"PhotometricInterpretation {fmt.photometric} is not supported "
+                              f"({', '.join(sorted(CODEABLE_PHOTOMETRICS))}, and PALETTE COLOR lossless)")
     rows, columns = pixels.shape[1:3]
     if min(rows, columns) < minimum:
         raise CodecInputError(f"image of {rows} x {columns} pixels is too small (at least {minimum} x {minimum})")

@@ -104,6 +104,13 @@ class NativeImage:
     def frames(self) -> int:
         return self.pixels.shape[0]
 
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of the Pixel Data these pixels are written as (to_dataset), padding aside: YBR_FULL_422
+        stores two samples a pixel."""
+        samples = 2 if self.header.PhotometricInterpretation == "YBR_FULL_422" else self.format.samples_per_pixel
+        return self.pixels.shape[0] * self.pixels.shape[1] * self.pixels.shape[2] * samples * self.header.BitsAllocated // 8
+
     def frame(self, index: int) -> np.ndarray:
         """One frame as (rows, columns) for one sample, (rows, columns, samples) otherwise."""
         frame = self.pixels[index]
@@ -118,8 +125,11 @@ def read_dicom(source: DicomSource) -> NativeImage:
     """
     dataset = read_dataset(source)
     _check_pixel_module(dataset)
+    _check_bits_outside_stored(dataset)
     pixels, photometric = _decode(dataset)
-    header = _header_after_decoding(dataset, photometric)
+    # Native YBR_FULL_422 is coded as YBR_FULL and written back subsampled (to_dataset): the same bytes.
+    native_422 = _is_native_ybr_422(dataset)
+    header = _header_after_decoding(dataset, "YBR_FULL_422" if native_422 else photometric)
     _check_writable(header)
     pixel_format = PixelFormat(
         bits_stored=int(header.BitsStored),
@@ -136,6 +146,8 @@ def to_dataset(image: NativeImage, pixels: np.ndarray | None = None) -> Dataset:
     _check_pixels_fit(pixels, image)
     dataset = copy.deepcopy(image.header)
     container = np.dtype(f"<{'i' if image.format.signed else 'u'}{dataset.BitsAllocated // 8}")
+    if dataset.PhotometricInterpretation == "YBR_FULL_422":
+        pixels = _subsampled_422(pixels)
     data = np.ascontiguousarray(pixels, dtype=container).tobytes()
     dataset.PixelData = data + b"\x00" * (len(data) % 2)  # values have even length
     dataset["PixelData"].VR = "OB" if dataset.BitsAllocated == 8 else "OW"
@@ -190,9 +202,30 @@ def _check_pixel_module(dataset: Dataset) -> None:
         raise UnsupportedPixelFormatError(f"SamplesPerPixel {dataset.SamplesPerPixel} is not supported (1 or 3)")
 
 
+def _check_bits_outside_stored(dataset: Dataset) -> None:
+    """Refuse native Pixel Data whose words carry bits above BitsStored (an overlay embedded in the pixel
+    words, or padding): decoders drop them, so no MVMIC stream could give the stored bytes back. Signed
+    values may only sign-extend there. Compressed syntaxes hold BitsStored bits by construction."""
+    syntax = UID(dataset.file_meta.TransferSyntaxUID)
+    allocated, stored = int(dataset.BitsAllocated), int(dataset.BitsStored)
+    if syntax.is_compressed or stored >= allocated:
+        return
+    words = np.frombuffer(dataset.PixelData, f"{'<' if syntax.is_little_endian else '>'}u{allocated // 8}",
+                          count=len(dataset.PixelData) // (allocated // 8))
+    high = words >> (stored - 1 if dataset.PixelRepresentation else stored)
+    allowed = (0, (1 << (allocated - stored + 1)) - 1) if dataset.PixelRepresentation else (0,)
+    outside = int(np.count_nonzero(~np.isin(high, allowed)))
+    if outside:
+        raise UnsupportedPixelFormatError(
+            f"{outside} stored values have bits set above BitsStored {stored} of BitsAllocated {allocated} (e.g. an "
+            "overlay embedded in the pixel words): MVMIC would not give them back, so it does not code this image")
+
+
 def _decode(dataset: Dataset) -> tuple[np.ndarray, str]:
     """All frames as (frames, rows, columns, samples) and the photometric of the result."""
     syntax = UID(dataset.file_meta.TransferSyntaxUID)
+    if _is_native_ybr_422(dataset):
+        return _expanded_422(dataset), "YBR_FULL"
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError as exc:
@@ -211,6 +244,44 @@ def _decode(dataset: Dataset) -> tuple[np.ndarray, str]:
         raise DicomInputError(f"PixelData cannot be decoded ({syntax.name}): {exc}") from exc
     # A decoder upsamples YBR_FULL_422 chroma: the array it returns is YBR_FULL.
     return np.stack(frames), "YBR_FULL" if photometric == "YBR_FULL_422" else photometric
+
+
+def _is_native_ybr_422(dataset: Dataset) -> bool:
+    return (str(dataset.PhotometricInterpretation) == "YBR_FULL_422"
+            and not UID(dataset.file_meta.TransferSyntaxUID).is_compressed)
+
+
+def _expanded_422(dataset: Dataset) -> np.ndarray:
+    """Native YBR_FULL_422 Pixel Data as YBR_FULL (frames, rows, columns, 3): each pair of pixels stores
+    Y1 Y2 Cb Cr (PS3.3 C.7.6.3.1.2), the pair's chroma repeated over both, as pydicom's pixel_array gives
+    one frame (its frame iterator mis-sizes these frames: 2 or more frames failed to decode)."""
+    rows, columns, frames = int(dataset.Rows), int(dataset.Columns), int(dataset.get("NumberOfFrames") or 1)
+    if columns % 2:
+        raise DicomInputError(f"YBR_FULL_422 pairs the pixels of a row: Columns must be even, not {columns}")
+    syntax, size = UID(dataset.file_meta.TransferSyntaxUID), int(dataset.BitsAllocated) // 8
+    dtype = np.dtype(f"{'<' if syntax.is_little_endian else '>'}{'i' if dataset.PixelRepresentation else 'u'}{size}")
+    count = frames * rows * columns * 2
+    if len(dataset.PixelData) < count * size:
+        raise DicomInputError(f"PixelData holds {len(dataset.PixelData)} bytes, {frames} YBR_FULL_422 frame(s) of "
+                              f"{rows} x {columns} need {count * size}")
+    pairs = np.frombuffer(dataset.PixelData, dtype, count=count).reshape(frames, rows, columns // 2, 4)
+    expanded = np.empty((frames, rows, columns, 3), dtype.newbyteorder("<"))
+    expanded[..., 0] = pairs[..., :2].reshape(frames, rows, columns)
+    expanded[..., 1] = np.repeat(pairs[..., 2], 2, axis=-1)
+    expanded[..., 2] = np.repeat(pairs[..., 3], 2, axis=-1)
+    return expanded
+
+
+def _subsampled_422(pixels: np.ndarray) -> np.ndarray:
+    """YBR_FULL (frames, rows, columns, 3) as YBR_FULL_422 words (frames, rows, columns // 2, 4): Y1 Y2 Cb Cr,
+    each chroma the rounded mean of the pair's (exactly the stored one after a lossless round trip; within
+    a near-lossless bound of it when both are)."""
+    frames, rows, columns = pixels.shape[:3]
+    pairs = pixels.reshape(frames, rows, columns // 2, 2, 3).astype(np.int64)
+    packed = np.empty((frames, rows, columns // 2, 4), np.int64)
+    packed[..., :2] = pairs[..., 0]
+    packed[..., 2:] = (pairs[..., 0, 1:] + pairs[..., 1, 1:] + 1) // 2
+    return packed
 
 
 def _header_after_decoding(dataset: Dataset, photometric: str) -> Dataset:
@@ -241,6 +312,23 @@ def _make_little_endian(dataset: Dataset) -> None:
     except Exception as exc:  # pydicom decodes lazily: a malformed element fails only here
         raise DicomInputError(f"header element cannot be decoded: {exc}") from exc
     dataset.set_original_encoding(False, True, dataset.original_character_set)
+
+
+def as_little_endian(dataset: Dataset) -> Dataset:
+    """An uncompressed dataset from a big-endian file (Explicit VR Big Endian, retired) in Explicit VR
+    Little Endian, in place: Pixel Data swapped in words of BitsAllocated, every other binary element in
+    words of its VR (PS3.5 7.3). Raises DicomInputError for an element that cannot be decoded."""
+    pixel_data = dataset.get("PixelData")
+    if pixel_data is not None:
+        del dataset.PixelData
+    _make_little_endian(dataset)
+    if pixel_data is not None:
+        size = int(dataset.get("BitsAllocated", 8)) // 8
+        dataset.PixelData = (np.frombuffer(pixel_data, f">u{size}", count=len(pixel_data) // size).astype(f"<u{size}")
+                             .tobytes() + pixel_data[len(pixel_data) // size * size:]) if size > 1 else pixel_data
+        dataset["PixelData"].VR = "OB" if size == 1 else "OW"
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return dataset
 
 
 def header_bytes(header: Dataset) -> bytes:

@@ -93,8 +93,8 @@ def dicom_to_mvm(source: DicomSource, codec: MvmicCodec | None, quality: int | N
                          max_error, verify)
     data = stream.to_bytes()
     pixels = image.pixels.shape[0] * image.pixels.shape[1] * image.pixels.shape[2]
-    raw_bytes = pixels * image.format.samples_per_pixel * image.header.BitsAllocated // 8
-    return Compressed(data, 8 * len(data) / pixels, raw_bytes / len(data), stream.quality, max_error, image.header)
+    return Compressed(data, 8 * len(data) / pixels, image.stored_bytes / len(data), stream.quality, max_error,
+                      image.header)
 
 
 def mvm_to_dicom(data: bytes, codec: MvmicCodec | None) -> Dataset:
@@ -102,8 +102,8 @@ def mvm_to_dicom(data: bytes, codec: MvmicCodec | None) -> Dataset:
     stream = parse_for(data, codec)
     source = _source_header(stream)  # first: its geometry must be the stream's before any pixel is decoded
     pixels = _decompress(stream, codec)
-    ratio = pixels.size * source.BitsAllocated / 8 / len(data)
-    return _with_pixels(_decoded_header(stream, source, ratio), pixels, stream)
+    image = NativeImage(source, pixels, stream.pixel_format)
+    return _with_pixels(_decoded_header(stream, source, image.stored_bytes / len(data)), pixels, stream)
 
 
 def mvm_instance(compressed: Compressed, codec: MvmicCodec | None) -> bytes:

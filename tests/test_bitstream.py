@@ -219,7 +219,7 @@ def test_header_fields_out_of_range_with_a_valid_crc() -> None:
         samples_at: (2, "samples_per_pixel 2"),
         samples_at + 1: (17, "bits_stored 17"),
         samples_at + 2: (0x02, "flags 0x02"),
-        samples_at + 3: (4, "unknown photometric code 4"),
+        samples_at + 3: (5, "unknown photometric code 5"),
     }
     for index, (value, message) in cases.items():
         with pytest.raises(InvalidFieldError, match=message):
@@ -300,7 +300,7 @@ def test_fingerprint_is_the_sha256_prefix() -> None:
         ({"samples_per_pixel": 3}, "MONOCHROME2 has 1 samples per pixel, not 3"),
         ({"bits_stored": 0}, "bits_stored 0"),
         ({"signed": 1}, "signed must be a bool"),
-        ({"photometric": "PALETTE COLOR"}, "PALETTE COLOR"),
+        ({"photometric": "PALETTE"}, "'PALETTE' is not one of"),
         ({"offset": 1 << 31}, "offset"),
         ({"scale_log2": 33}, "scale_log2 33"),
         ({"quality": -1}, "quality -1"),

@@ -18,6 +18,7 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
+from test_dicom_oddities import ct_like, dicom_instance, ybr_422_words
 
 from model.tasks.organs import ORGAN_CLASSES
 from mvmic.pacs.multipart import parse_related, related_body
@@ -171,6 +172,48 @@ def test_stow_reports_failures_per_instance(gateway: str, corpus_dir: Path) -> N
     metadata = 'multipart/related; type="application/dicom+json"; boundary=B'  # STOW of JSON + bulk data
     answer = httpx.post(f"{gateway}/dicomweb/studies", content=b"--B--", headers={"Content-Type": metadata})
     assert answer.status_code == 415
+
+
+def test_stow_of_dicom_oddities_stores_every_instance_and_gives_each_back(gateway: str, corpus_dir: Path) -> None:
+    """One request holding issue 18's inputs and a good image: each is stored, compressed or as received, none
+    fails the request, and WADO-RS gives back every one with its original Pixel Data (the big-endian dose
+    with its words swapped to little endian)."""
+    values, overlay = ct_like(64, 64), np.zeros((64, 64), np.uint16)
+    overlay[8:24, 8:56] = 1
+    lut, descriptor = (np.arange(256, dtype="<u2") * 256).tobytes(), [256, 0, 16]
+    dose = (np.arange(2 * 8 * 10, dtype=np.uint32) * 25_000).reshape(2, 8, 10)
+    sent = [
+        (corpus_dir / "images" / f"{MR}.dcm").read_bytes(),
+        dicom_instance(np.random.default_rng(2).integers(0, 4096, (2, 2)).astype("<u2").tobytes(), 2, 2, bits_stored=12),
+        dicom_instance((values | overlay << 12).astype("<u2").tobytes(), 64, 64, bits_stored=12),
+        dicom_instance(ybr_422_words(3, 40, 48), 40, 48, bits_allocated=8, samples=3, photometric="YBR_FULL_422",
+                       frames=3),
+        dicom_instance((values % 256).astype("<u2").tobytes(), 64, 64, photometric="PALETTE COLOR",
+                       RedPaletteColorLookupTableDescriptor=descriptor, RedPaletteColorLookupTableData=lut,
+                       GreenPaletteColorLookupTableDescriptor=descriptor, GreenPaletteColorLookupTableData=lut,
+                       BluePaletteColorLookupTableDescriptor=descriptor, BluePaletteColorLookupTableData=lut),
+        dicom_instance(dose.astype(">u4").tobytes(), 8, 10, bits_allocated=32, frames=2, big_endian=True,
+                       sop_class="1.2.840.10008.5.1.4.1.1.481.2", DoseGridScaling=1.5e-5, Modality="RTDOSE"),
+    ]
+    body, content_type = related_body(sent, "application/dicom")
+    answer = httpx.post(f"{gateway}/dicomweb/studies", content=body, headers={"Content-Type": content_type},
+                        timeout=300)
+    assert answer.status_code == 200, answer.text
+    originals = [pydicom.dcmread(io.BytesIO(data)) for data in sent]
+    referenced = Dataset.from_json(answer.json()).ReferencedSOPSequence
+    assert {str(item.ReferencedSOPInstanceUID) for item in referenced} == {str(o.SOPInstanceUID) for o in originals}
+    for original in originals:
+        url = (f"{gateway}/dicomweb/studies/{original.StudyInstanceUID}/series/{original.SeriesInstanceUID}"
+               f"/instances/{original.SOPInstanceUID}")
+        got = httpx.get(url, headers={"Accept": 'multipart/related; type="application/dicom"'}, timeout=120)
+        assert got.status_code == 200, got.text
+        [part] = parse_related(got.content, got.headers["content-type"])
+        given = pydicom.dcmread(io.BytesIO(part.content))
+        assert given.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        if original.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian:
+            assert given.PixelData == original.PixelData, original.PhotometricInterpretation
+        else:
+            assert np.array_equal(given.pixel_array, dose)
 
 
 def test_stow_takes_a_chunked_body(gateway: str, corpus_dir: Path) -> None:

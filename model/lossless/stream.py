@@ -41,7 +41,7 @@ def compress(pixels: np.ndarray, fmt: PixelFormat, max_error: int, verify: bool 
     """Code stored values (frames, rows, columns, samples) with every sample within ``max_error``
     (0 lossless, 1..16 near-lossless). ``verify`` decodes the result and raises BoundViolationError if
     any sample is off by more; CodecInputError for an image that cannot be coded."""
-    check_codeable(pixels, fmt, minimum=1)
+    check_codeable(pixels, fmt, minimum=1, lossless=max_error == 0)
     if not 0 <= max_error <= MAX_ERROR:
         raise CodecInputError(f"maximum error {max_error} out of range 0 (lossless)..{MAX_ERROR}")
     layers = tuple(Layer(LayerKind.EXACT, index, _layer().encode_frame(pixels[index], fmt, max_error, stripes,

@@ -1,14 +1,17 @@
 """What the gateway does to each instance on its way into the PACS, and on its way out.
 
     into the PACS (STOW-RS, `mvmic pacs compress-study`):
-      Part 10 bytes --read--> not DICOM: failed (0xC000); other study than the request's: failed (0xA900);
-                               the encoder's bound check fails: failed (0x0110), nothing stored
+      Part 10 bytes --read--> not DICOM: failed (0xC000); other study than the request's: failed (0xA900)
         no pixels (SR, KO...) or pixels MVMIC does not code --> stored as received (never lost)
+        the encoder's bound check fails, or an unexpected error while compressing (bugs) --> logged, stored
+            as received
         an image --dicom_to_mvm at the storage bound + mvm_instance--> the MVMIC instance
                  [--analysis of the same bitstream--> DICOM SEG + Comprehensive SR]
+                 an MVMIC instance no smaller than the received one --> stored as received
     out of the PACS (WADO-RS):
       stored instance --transfer-syntax=*--> as stored
-                      --Explicit VR Little Endian--> decoded (MVMIC: instance_to_dicom, else pydicom)
+                      --Explicit VR Little Endian--> decoded (MVMIC: instance_to_dicom, else pydicom; a
+                           big-endian one swapped: as_little_endian), or NotAcceptableError (406) when it cannot be
                       --anything else--> NotAcceptableError (406), unless already stored so
 """
 
@@ -25,7 +28,7 @@ from model.codec import MvmicCodec
 from model.errors import BoundViolationError, CodecInputError
 from model.tasks.analysis import Analyzer
 from mvmic.pacs.analysis_objects import measurement_report, segmentation
-from mvmic.pixels import DicomInputError, UnsupportedPixelFormatError, read_dataset
+from mvmic.pixels import DicomInputError, UnsupportedPixelFormatError, as_little_endian, read_dataset
 from mvmic.transcode import MVM_TRANSFER_SYNTAX, dicom_to_mvm, instance_to_dicom, mvm_instance, parse_for
 
 log = logging.getLogger("mvmic.pacs")
@@ -76,6 +79,18 @@ def prepare_instance(data: bytes, codec: MvmicCodec, analyzer: Analyzer | None, 
         prepared.instances, prepared.note = [data], "stored as received: no pixels to compress, or already MVMIC"
         return prepared
     try:
+        return _compressed(data, prepared, codec, analyzer, policy)
+    except Exception:  # a bug must not lose the instance nor take the request down with it
+        log.exception("unexpected error while compressing an instance; stored as received")
+        prepared.instances, prepared.failure = [data], None
+        prepared.note = "stored as received: unexpected error while compressing (logged with its traceback)"
+        return prepared
+
+
+def _compressed(data: bytes, prepared: Prepared, codec: MvmicCodec, analyzer: Analyzer | None,
+                policy: StoragePolicy) -> Prepared:
+    """``prepared`` with the compressed instance (or the received one, or a failure) and its note."""
+    try:
         compressed = dicom_to_mvm(data, codec, policy.quality, max_error=policy.max_error, verify=policy.verify)
     except (UnsupportedPixelFormatError, CodecInputError) as exc:
         prepared.instances, prepared.note = [data], f"stored as received: {exc}"
@@ -83,10 +98,15 @@ def prepare_instance(data: bytes, codec: MvmicCodec, analyzer: Analyzer | None, 
     except DicomInputError as exc:
         prepared.failure, prepared.note = CANNOT_UNDERSTAND, str(exc)
         return prepared
-    except BoundViolationError as exc:  # never store what would not keep the promised bound
-        prepared.failure, prepared.note = PROCESSING_FAILURE, str(exc)
+    except BoundViolationError as exc:  # never store what would not keep the promised bound: the original does
+        log.error("an encoder broke its bound (a bug): %s; stored as received", exc)
+        prepared.instances, prepared.note = [data], f"stored as received: {exc}"
         return prepared
     stored = mvm_instance(compressed, codec)
+    if len(stored) >= len(data):  # small images, big headers: never store more than came in
+        prepared.instances = [data]
+        prepared.note = f"stored as received: the MVMIC instance would be {len(stored)} bytes, not fewer than {len(data)}"
+        return prepared
     stored_header = read_dataset(stored)
     prepared.instances, prepared.note = [stored], f"compressed {compressed.ratio:.2f}:1"
     prepared.sop_instance = str(stored_header.SOPInstanceUID)  # lossy: a derivative's new UID
@@ -122,10 +142,18 @@ def render(data: bytes, transfer_syntax: str, codec: MvmicCodec) -> bytes:
                                  f"not {transfer_syntax}")
     if stored == MVM_TRANSFER_SYNTAX:
         return _part10(instance_to_dicom(dataset, codec))
-    if dataset.file_meta.TransferSyntaxUID.is_compressed:
-        dataset.decompress()
-    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    return _part10(dataset)
+    syntax = dataset.file_meta.TransferSyntaxUID
+    try:
+        if syntax.is_compressed:
+            dataset.decompress()
+        elif not syntax.is_little_endian:
+            as_little_endian(dataset)
+        dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        return _part10(dataset)
+    except Exception as exc:  # pydicom's decoders and writers raise many types: this gateway cannot convert it
+        raise NotAcceptableError(f"instance {dataset.get('SOPInstanceUID')} is stored as {syntax.name}, which this "
+                                 f"gateway cannot give as {ExplicitVRLittleEndian} ({type(exc).__name__}: {exc}); "
+                                 "ask for it as stored (transfer-syntax=*)") from exc
 
 
 def _transfer_syntax(dataset: Dataset) -> str:
