@@ -12,6 +12,7 @@ integer codes, encoding (and for PSNR decoding) once per probe.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -42,6 +43,9 @@ def compress_at(codec: MvmicCodec | None, pixels: np.ndarray, fmt: PixelFormat, 
                                        ("target_psnr", target_psnr)) if value is not None]
     if len(chosen) > 1:
         raise ValueError(f"give one of quality, target bpp or target PSNR, not {' and '.join(chosen)}")
+    for name, target in (("target bits per pixel", target_bpp), ("target PSNR", target_psnr)):
+        if target is not None and not (math.isfinite(target) and target > 0):
+            raise ValueError(f"{name} {target}: a positive finite number is needed")
     if max_error is not None:
         if chosen:
             raise ValueError(f"a {chosen[0].replace('_', ' ')} does not apply with a maximum error: lossless and "

@@ -263,6 +263,10 @@ def test_cli_lossless_keeps_the_instance_and_near_lossless_marks_it(tmp_path, co
     (("--mode", "near-lossless", "--max-error", "17"), "needs a max error between 1 and 16"),
     (("--max-error", "2"), "applies to mode near-lossless only"),
     (("--mode", "lossless", "--target-bpp", "2"), "does not apply with a maximum error"),
+    (("--target-bpp", "-1"), "target bits per pixel -1.0: a positive finite number is needed"),
+    (("--target-bpp", "0"), "a positive finite number is needed"),
+    (("--target-bpp", "nan"), "a positive finite number is needed"),
+    (("--target-psnr", "inf"), "target PSNR inf: a positive finite number is needed"),
 ])
 def test_cli_mode_errors_are_one_line(tmp_path, corpus_dir, mvmic, options, message) -> None:
     source = corpus_dir / "images" / "pyradiomics-brain2-010.dcm"

@@ -161,6 +161,21 @@ def test_near_lossless_needs_its_bound(service_url: str, corpus_dir: Path) -> No
     assert response.status_code == 422 and "needs a max error" in response.json()["detail"]
 
 
+def test_rate_targets_are_honoured_or_refused(service_url: str, corpus_dir: Path) -> None:
+    source = _dicom(corpus_dir, "pyradiomics-brain2-010")
+    original = pydicom.dcmread(io.BytesIO(source)).pixel_array.astype(np.float64)
+    response = _post(f"{service_url}/v1/compress", source, "application/dicom", "application/dicom", target_psnr=45)
+    assert response.status_code == 200, response.text
+    decoded = pydicom.dcmread(io.BytesIO(_post(f"{service_url}/v1/decompress", response.content, "application/dicom",
+                                               "application/dicom").content)).pixel_array
+    peak = 2 ** int(pydicom.dcmread(io.BytesIO(source)).BitsStored) - 1
+    assert 10 * np.log10(peak**2 / np.mean((decoded - original) ** 2)) >= 45
+    for bad in ({"target_bpp": "inf"}, {"target_bpp": "nan"}, {"target_bpp": "0"}, {"target_psnr": "-3"}):
+        assert _post(f"{service_url}/v1/compress", source, "application/dicom", **bad).status_code == 422, bad
+    both = _post(f"{service_url}/v1/compress", source, "application/dicom", quality=4, target_psnr=45)
+    assert both.status_code == 400 and "give one of quality" in both.json()["detail"]
+
+
 def test_analyze_reads_a_bitstream(service_url: str, corpus_dir: Path) -> None:
     stream = _post(f"{service_url}/v1/compress", _dicom(corpus_dir, "pyradiomics-lung1-030"), "application/dicom",
                    "application/octet-stream", quality=6).content

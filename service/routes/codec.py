@@ -56,7 +56,9 @@ Models = Annotated[ResidentModels, Depends(resident)]
 @router.post("/compress", responses={200: {"content": {JSON: {}, OCTET: {}, DICOM: {}}}})
 async def compress(request: Request, models: Models,
                    quality: Annotated[int | None, Query(ge=1, le=8)] = None,
-                   target_bpp: Annotated[float | None, Query(gt=0)] = None,
+                   target_bpp: Annotated[float | None, Query(gt=0, allow_inf_nan=False)] = None,
+                   target_psnr: Annotated[float | None, Query(gt=0, allow_inf_nan=False,
+                                                              description="dB on the native range")] = None,
                    mode: Mode = "lossy",
                    max_error: Annotated[int | None, Query(ge=1, le=MAX_ERROR)] = None) -> Response:
     """Compress one DICOM instance (body ``application/dicom``)."""
@@ -67,7 +69,7 @@ async def compress(request: Request, models: Models,
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     body = await read_body(request, request.app.state.settings.max_body_bytes)
     verify = request.app.state.settings.verify_bound
-    result = await request.app.state.workers.run(dicom_to_mvm, body, models.codec, quality, target_bpp, None,
+    result = await request.app.state.workers.run(dicom_to_mvm, body, models.codec, quality, target_bpp, target_psnr,
                                                 bound, verify)
     request.app.state.metrics.bits_per_pixel.labels(mode).observe(result.bits_per_pixel)
     if accept == OCTET:
