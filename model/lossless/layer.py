@@ -1,15 +1,15 @@
 """The exact layer: one frame coded losslessly or near-losslessly in the pixel domain.
 
     frame (rows, columns, samples) stored integers
-      --planes: grey v - min; colour G, then R - G', B - G' (G' = decoded green, so each sample keeps
-               its own bound)--> int32 planes of values 0..max
+      --planes: grey v - min; colour G (signed colour, layer version 2: G - min), then R - G', B - G'
+               (G' = decoded green, so each sample keeps its own bound)--> int32 planes of values 0..max
       --enc_least_squares: per plane, 24 gradient classes of 18-tap integer predictors (side information)
       --rows cut into independent stripes (each coded alone, so stripes decode on parallel threads)
       --plane_coder.encode_plane (prediction blend, contexts, adaptive binary range coding)--> bytes
 
 Payload of an EXACT layer (model.bitstream.pack_payloads / pack_integers):
 
-    [ pack_integers([LAYER_VERSION, max error tau, stripes, classes]),
+    [ pack_integers([version, max error tau, stripes, classes]),  version 1, or 2 for signed colour
       per plane:  pack_integers(per class: 0 (the class below's coefficients) or 1, LS_TAPS coefficients),
       per stripe, per plane: the range coder's bytes ]
 
@@ -41,6 +41,10 @@ from model.quality import MAX_ERROR
 from mvmic.pixels import PixelFormat
 
 LAYER_VERSION = 1
+# Version 2: signed colour codes its green plane as G - min (version 1 coded G itself, which fails on negative
+# green: the encoder's own check withheld every such stream). Every other
+# image still writes version 1, byte for byte as before.
+SIGNED_COLOUR_VERSION = 2
 MAX_STRIPES = 64
 STRIPE_ROWS = 512  # the encoder's default: one stripe per 512 rows (a stripe costs about 0.5 % in bits)
 
@@ -108,7 +112,9 @@ def encode_frame(frame: np.ndarray, fmt: PixelFormat, max_error: int, stripes: i
     values = frame.reshape(frame.shape[0], frame.shape[1], -1).astype(np.int64)
     ranges = _ranges(fmt)
     colour = fmt.samples_per_pixel == 3
-    first = (values[..., 1] if colour else values[..., 0] - fmt.min_value).astype(np.int32)
+    version = SIGNED_COLOUR_VERSION if colour and fmt.signed else LAYER_VERSION
+    shift = _green_shift(version, fmt)
+    first = (values[..., 1] - shift if colour else values[..., 0] - fmt.min_value).astype(np.int32)
     fitted = [fit_predictors(first)]
     if colour:  # the chroma predictors are fitted on the original green; the stripes use the decoded one
         fitted += [fit_predictors((values[..., s] - values[..., 1] + fmt.peak).astype(np.int32)) for s in (0, 2)]
@@ -120,20 +126,25 @@ def encode_frame(frame: np.ndarray, fmt: PixelFormat, max_error: int, stripes: i
         plane = np.ascontiguousarray(first[top:bottom])
         parts = [_code(plane, ranges[0], max_error, predictors[0])]
         if colour:
-            green = plane.astype(np.int64)  # reconstructed
+            green = plane.astype(np.int64) + shift  # reconstructed
             for index, sample in enumerate((0, 2), start=1):
                 difference = (values[top:bottom, :, sample] - green + fmt.peak).astype(np.int32)
                 parts.append(_code(difference, ranges[index], max_error, predictors[index]))
         return parts
 
     coded = _map(stripe, _stripe_bounds(rows, stripes), threads)
-    header = pack_integers([LAYER_VERSION, max_error, stripes, LS_CLASSES])
+    header = pack_integers([version, max_error, stripes, LS_CLASSES])
     return pack_payloads([header, *side, *(part for parts in coded for part in parts)])
+
+
+def _green_shift(version: int, fmt: PixelFormat) -> int:
+    """What the green plane of a colour frame is coded less of: min (signed, version 2), else 0."""
+    return fmt.min_value if version == SIGNED_COLOUR_VERSION else 0
 
 
 def layer_max_error(payload: bytes) -> int:
     """The bound an EXACT layer promises."""
-    return _read_header(_parts(payload))[0]
+    return _read_header(_parts(payload))[1]
 
 
 def _parts(payload: bytes) -> list[bytes]:
@@ -143,21 +154,26 @@ def _parts(payload: bytes) -> list[bytes]:
         raise ExactLayerError(f"exact layer does not parse: {exc}") from exc
 
 
-def _read_header(parts: list[bytes]) -> tuple[int, int, int]:
-    """(maximum error, stripes, classes) of a layer's parts."""
+def _read_header(parts: list[bytes]) -> tuple[int, int, int, int]:
+    """(version, maximum error, stripes, classes) of a layer's parts."""
     header = unpack_integers(parts[0]) if parts else []
-    if len(header) != 4 or header[0] != LAYER_VERSION or not 0 <= header[1] <= MAX_ERROR:
-        raise ExactLayerError(f"exact layer header {header[:4]} is not version {LAYER_VERSION} with a maximum error "
-                              f"0..{MAX_ERROR}")
-    return header[1], header[2], header[3]
+    versions = (LAYER_VERSION, SIGNED_COLOUR_VERSION)
+    if len(header) != 4 or header[0] not in versions or not 0 <= header[1] <= MAX_ERROR:
+        raise ExactLayerError(f"exact layer header {header[:4]} is not version {' or '.join(map(str, versions))} "
+                              f"with a maximum error 0..{MAX_ERROR}")
+    return header[0], header[1], header[2], header[3]
 
 
 def decode_frame(payload: bytes, rows: int, columns: int, fmt: PixelFormat, threads: int = 1) -> np.ndarray:
     """Stored values (rows, columns, samples) in ``fmt.dtype`` from an EXACT layer payload."""
     check_decoder()
     parts = _parts(payload)
-    max_error, stripes, classes = _read_header(parts)
+    version, max_error, stripes, classes = _read_header(parts)
     planes = fmt.samples_per_pixel
+    if version == SIGNED_COLOUR_VERSION and not (planes == 3 and fmt.signed):
+        raise ExactLayerError(f"exact layer version {version} codes signed colour, not {planes}-sample "
+                              f"{'signed' if fmt.signed else 'unsigned'} frames")
+    shift = _green_shift(version, fmt)
     if not 1 <= stripes <= min(MAX_STRIPES, rows) or classes != LS_CLASSES:
         raise ExactLayerError(f"exact layer has {stripes} stripes and {classes} predictor classes for {rows} rows")
     if len(parts) != 1 + planes + stripes * planes:
@@ -173,6 +189,7 @@ def decode_frame(payload: bytes, rows: int, columns: int, fmt: PixelFormat, thre
         first = _decode(mine[0], shape, ranges[0], max_error, predictors[0]).astype(np.int64)
         if planes == 1:
             return (first + fmt.min_value)[..., None]
+        first += shift
         red, blue = (_decode(mine[i], shape, ranges[i], max_error, predictors[i]) - fmt.peak + first
                      for i in (1, 2))
         return np.stack([red, first, blue], axis=-1)
