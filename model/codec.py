@@ -53,6 +53,7 @@ from model.colour import from_planes
 from model.context_model import SubbandContextModel
 from model.errors import (
     CodecInputError,
+    TooSmallToAnalyseError,
     check_bound,
     check_codeable,
 )
@@ -299,8 +300,9 @@ class MvmicCodec:
         The skipped finest levels are not even entropy decoded."""
         levels = levels_of(stream.rows, stream.columns)
         if levels < skipped_levels:
-            raise ValueError(f"a {stream.rows} x {stream.columns} image has {levels} wavelet levels, "
-                             f"too few to skip {skipped_levels}")
+            raise TooSmallToAnalyseError(f"a {stream.rows} x {stream.columns} image is too small to analyse: it has "
+                                         f"{levels} wavelet levels, the task heads read the band {skipped_levels} "
+                                         "level(s) above full resolution")
         kept = levels - skipped_levels
         if exact_stream.is_exact(stream):
             # An exact stream has no base layer: its frames decode in milliseconds, and their bands,

@@ -1,6 +1,7 @@
 """What the codecs refuse, and the bound check they share (no torch: the exact layer uses it too).
 
     CodecInputError       the image cannot be coded (photometric interpretation, size): HTTP 415
+    TooSmallToAnalyseError  coded, but too small for the task heads (partial decoding): HTTP 422
     BoundViolationError   an encoder's own decoding broke its promised maximum error: a bug, reported
                           instead of returning a bitstream that does not keep its promise
 """
@@ -17,6 +18,10 @@ MAX_SAMPLES_PER_FRAME = 1 << 26  # a forged header must not make a decoder alloc
 
 class CodecInputError(ValueError):
     """The image cannot be coded by MVMICNet; the message says why."""
+
+
+class TooSmallToAnalyseError(CodecInputError):
+    """The image has fewer wavelet levels than partial decoding skips: the task heads cannot see it."""
 
 
 class BoundViolationError(RuntimeError):

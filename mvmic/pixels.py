@@ -125,6 +125,7 @@ def read_dicom(source: DicomSource) -> NativeImage:
     """
     dataset = read_dataset(source)
     _check_pixel_module(dataset)
+    _check_native_length(dataset)
     _check_bits_outside_stored(dataset)
     pixels, photometric = _decode(dataset)
     # Native YBR_FULL_422 is coded as YBR_FULL and written back subsampled (to_dataset): the same bytes.
@@ -148,6 +149,8 @@ def to_dataset(image: NativeImage, pixels: np.ndarray | None = None) -> Dataset:
     container = np.dtype(f"<{'i' if image.format.signed else 'u'}{dataset.BitsAllocated // 8}")
     if dataset.PhotometricInterpretation == "YBR_FULL_422":
         pixels = _subsampled_422(pixels)
+    elif dataset.SamplesPerPixel > 1 and dataset.get("PlanarConfiguration") == 1:
+        pixels = pixels.transpose(0, 3, 1, 2)  # colour-by-plane: all red, then green, then blue, per frame
     data = np.ascontiguousarray(pixels, dtype=container).tobytes()
     dataset.PixelData = data + b"\x00" * (len(data) % 2)  # values have even length
     dataset["PixelData"].VR = "OB" if dataset.BitsAllocated == 8 else "OW"
@@ -202,6 +205,32 @@ def _check_pixel_module(dataset: Dataset) -> None:
         raise UnsupportedPixelFormatError(f"SamplesPerPixel {dataset.SamplesPerPixel} is not supported (1 or 3)")
 
 
+def _declared_bytes(dataset: Dataset) -> int:
+    """Bytes of native Pixel Data that the pixel attributes declare, padding aside (YBR_FULL_422: two
+    samples a pixel)."""
+    samples = 2 if str(dataset.PhotometricInterpretation) == "YBR_FULL_422" else int(dataset.SamplesPerPixel)
+    frames = int(dataset.get("NumberOfFrames") or 1)
+    return frames * int(dataset.Rows) * int(dataset.Columns) * samples * int(dataset.BitsAllocated) // 8
+
+
+def _check_native_length(dataset: Dataset) -> None:
+    """Refuse native Pixel Data longer than its attributes declare (more frames than NumberOfFrames says,
+    trailing bytes) or with a non-zero pad byte: decoders drop those bytes, so no MVMIC stream could give
+    them back. Shorter Pixel Data is the decoders' error (DicomInputError)."""
+    if UID(dataset.file_meta.TransferSyntaxUID).is_compressed:
+        return
+    declared, held = _declared_bytes(dataset), len(dataset.PixelData)
+    padding = dataset.PixelData[declared:]
+    if held == declared + 1 and padding != b"\x00":
+        raise UnsupportedPixelFormatError(f"PixelData's pad byte is {padding[0]:#04x}, not zero: MVMIC would not "
+                                          "give it back, so it does not code this image")
+    if held > declared + (declared % 2):
+        raise UnsupportedPixelFormatError(
+            f"PixelData holds {held} bytes where NumberOfFrames, Rows, Columns, SamplesPerPixel and BitsAllocated "
+            f"declare {declared} (and a zero pad byte when odd): MVMIC would not give the rest back, so it does "
+            "not code this image")
+
+
 def _check_bits_outside_stored(dataset: Dataset) -> None:
     """Refuse native Pixel Data whose words carry bits above BitsStored (an overlay embedded in the pixel
     words, or padding): decoders drop them, so no MVMIC stream could give the stored bytes back. Signed
@@ -211,7 +240,7 @@ def _check_bits_outside_stored(dataset: Dataset) -> None:
     if syntax.is_compressed or stored >= allocated:
         return
     words = np.frombuffer(dataset.PixelData, f"{'<' if syntax.is_little_endian else '>'}u{allocated // 8}",
-                          count=len(dataset.PixelData) // (allocated // 8))
+                          count=_declared_bytes(dataset) // (allocated // 8))
     high = words >> (stored - 1 if dataset.PixelRepresentation else stored)
     allowed = (0, (1 << (allocated - stored + 1)) - 1) if dataset.PixelRepresentation else (0,)
     outside = int(np.count_nonzero(~np.isin(high, allowed)))
@@ -291,8 +320,8 @@ def _header_after_decoding(dataset: Dataset, photometric: str) -> Dataset:
         if keyword in dataset:
             delattr(dataset, keyword)
     dataset.PhotometricInterpretation = photometric
-    if dataset.SamplesPerPixel > 1:
-        dataset.PlanarConfiguration = 0  # arrays are colour-by-pixel
+    if dataset.SamplesPerPixel > 1 and dataset.get("PlanarConfiguration") not in (0, 1):
+        dataset.PlanarConfiguration = 0  # required for colour; to_dataset writes what it declares
     _make_little_endian(dataset)
     return dataset
 
@@ -316,17 +345,20 @@ def _make_little_endian(dataset: Dataset) -> None:
 
 def as_little_endian(dataset: Dataset) -> Dataset:
     """An uncompressed dataset from a big-endian file (Explicit VR Big Endian, retired) in Explicit VR
-    Little Endian, in place: Pixel Data swapped in words of BitsAllocated, every other binary element in
-    words of its VR (PS3.5 7.3). Raises DicomInputError for an element that cannot be decoded."""
-    pixel_data = dataset.get("PixelData")
+    Little Endian, in place: Pixel Data swapped in words of BitsAllocated (8-bit data in OW: in 16-bit
+    words), every other binary element in words of its VR (PS3.5 7.3). Raises DicomInputError for an
+    element that cannot be decoded."""
+    pixel_data, vr = dataset.get("PixelData"), dataset["PixelData"].VR if "PixelData" in dataset else None
     if pixel_data is not None:
         del dataset.PixelData
     _make_little_endian(dataset)
     if pixel_data is not None:
-        size = int(dataset.get("BitsAllocated", 8)) // 8
+        # Words of BitsAllocated; 8-bit data in OW (pydicom's reading too) was written in 16-bit words.
+        allocated = int(dataset.get("BitsAllocated", 8))
+        size = allocated // 8 if allocated > 8 else 2 if vr == "OW" else 1
         dataset.PixelData = (np.frombuffer(pixel_data, f">u{size}", count=len(pixel_data) // size).astype(f"<u{size}")
                              .tobytes() + pixel_data[len(pixel_data) // size * size:]) if size > 1 else pixel_data
-        dataset["PixelData"].VR = "OB" if size == 1 else "OW"
+        dataset["PixelData"].VR = vr if vr in ("OB", "OW") else "OW"
     dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     return dataset
 

@@ -1,6 +1,7 @@
 """What each failure of the codec means over HTTP: a status and a one-line reason, never a traceback.
 
     DicomInputError (not DICOM, malformed)            400
+    TooSmallToAnalyseError (analysis of a tiny image)  422
     UnsupportedPixelFormatError, CodecInputError      415 (a DICOM image MVMIC cannot code)
     WeightsMismatchError (bitstream of other weights)  409
     BitstreamError, ValueError (damaged bitstream)    400
@@ -12,12 +13,13 @@ from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
 from model.bitstream import BitstreamError, WeightsMismatchError
-from model.errors import CodecInputError
+from model.errors import CodecInputError, TooSmallToAnalyseError
 from mvmic.pixels import DicomInputError, UnsupportedPixelFormatError
 
 log = logging.getLogger("mvmic.service")
 
 STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (  # most specific first
+    (TooSmallToAnalyseError, status.HTTP_422_UNPROCESSABLE_CONTENT),
     (UnsupportedPixelFormatError, status.HTTP_415_UNSUPPORTED_MEDIA_TYPE),
     (CodecInputError, status.HTTP_415_UNSUPPORTED_MEDIA_TYPE),
     (DicomInputError, status.HTTP_400_BAD_REQUEST),

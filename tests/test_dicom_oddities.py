@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import io
 import logging
+from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, generate_uid
 
@@ -137,6 +139,23 @@ def test_bits_above_bits_stored_are_never_dropped(tmp_path, codec) -> None:
     assert decoded.PixelData == original.PixelData
 
 
+@pytest.mark.parametrize(("bits_allocated", "bits_stored"), [(8, 1), (8, 8), (16, 12), (16, 16)])
+def test_signed_colour_with_negative_green_is_coded_exactly(bits_allocated: int, bits_stored: int) -> None:
+    """Found by tests/test_properties.py: the exact layer coded signed colour's green plane as it was, and its
+    own check withheld every stream with a negative green sample (exact layer version 2 fixes it)."""
+    low, high = -(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1
+    values = np.random.default_rng(bits_stored).integers(low, high + 1, (5, 7, 3))
+    values[0, 0] = (0, low, high)
+    data = dicom_instance(values.astype(f"<i{bits_allocated // 8}").tobytes(), 5, 7, bits_allocated=bits_allocated,
+                          bits_stored=bits_stored, signed=True, samples=3, photometric="RGB")
+    original, decoded = _lossless_round_trip(data)
+    assert decoded.PixelData == original.PixelData
+    near = mvm_to_dicom(dicom_to_mvm(data, None, max_error=1).data, None)
+    buffer = io.BytesIO()
+    near.save_as(buffer, enforce_file_format=True)
+    assert np.abs(read_dicom(buffer.getvalue()).pixels[0].astype(np.int64) - values).max() <= 1
+
+
 def test_palette_colour_indices_are_coded_lossless_only(tmp_path, codec) -> None:
     indices = (ct_like(32, 32) * 16).astype("<u2")
     descriptor = [4096, 0, 16]
@@ -181,3 +200,51 @@ def test_an_unexpected_error_while_compressing_stores_the_instance_as_received(m
         prepared = prepare_instance(data, codec, None, LOSSLESS)
     assert prepared.failure is None and prepared.instances == [data]
     assert "unexpected error" in prepared.note and "IndexError: a bug" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["OBXXXX1A_expb.dcm", "OBXXXX1A_expb_2frame.dcm", "SC_rgb_small_odd_big_endian.dcm",
+                                  "MR_small_bigendian.dcm"])
+def test_big_endian_instances_are_given_little_endian_with_the_same_pixels(name: str) -> None:
+    """pydicom's big-endian files, 8-bit data in OW among them (written in 16-bit words)."""
+    path = get_testdata_file(name)
+    given = pydicom.dcmread(io.BytesIO(render(Path(path).read_bytes(), ExplicitVRLittleEndian, None)))
+    assert given.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert np.array_equal(given.pixel_array, pydicom.dcmread(path).pixel_array)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (np.arange(64 * 64, dtype="<u2").tobytes(), "PixelData holds 16384 bytes where"),  # a frame NumberOfFrames omits
+    (b"\x01\x02" * 50, "PixelData holds 8292 bytes where"),  # trailing bytes
+])
+def test_pixel_data_beyond_what_is_declared_is_never_dropped(extra: bytes, message: str, codec) -> None:
+    data = dicom_instance(ct_like(64, 64).tobytes() + extra, 64, 64, bits_stored=12)
+    with pytest.raises(UnsupportedPixelFormatError, match=message):
+        read_dicom(data)
+    prepared = prepare_instance(data, codec, None, LOSSLESS)
+    assert prepared.failure is None and prepared.instances == [data]
+
+
+def test_a_non_zero_pad_byte_is_never_dropped() -> None:
+    ds = pydicom.dcmread(io.BytesIO(dicom_instance(bytes(range(35)) + b"\x00", 5, 7, bits_allocated=8)))
+    ds.PixelData = bytes(range(35)) + b"\xff"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    with pytest.raises(UnsupportedPixelFormatError, match="pad byte is 0xff, not zero"):
+        read_dicom(buffer.getvalue())
+
+
+@pytest.mark.parametrize("name", ["color-pl.dcm", "SC_rgb.dcm"])
+def test_colour_by_plane_comes_back_byte_for_byte(name: str) -> None:
+    data = Path(get_testdata_file(name)).read_bytes()
+    original, decoded = _lossless_round_trip(data)
+    assert decoded.PlanarConfiguration == original.PlanarConfiguration and decoded.PixelData == original.PixelData
+
+
+def test_the_gateway_stores_readable_dicom_whose_pixels_it_cannot_read_as_received(codec) -> None:
+    odd_422 = dicom_instance(bytes(2 * 4 * 21), 4, 21, bits_allocated=8, samples=3, photometric="YBR_FULL_422")
+    truncated = dicom_instance(ct_like(64, 64).tobytes()[:-512], 64, 64, bits_stored=12)
+    for data in (odd_422, truncated):
+        with pytest.raises(ValueError):
+            read_dicom(data)
+        prepared = prepare_instance(data, codec, None, LOSSLESS)
+        assert prepared.failure is None and prepared.instances == [data], prepared.note

@@ -176,6 +176,18 @@ def test_rate_targets_are_honoured_or_refused(service_url: str, corpus_dir: Path
     assert both.status_code == 400 and "give one of quality" in both.json()["detail"]
 
 
+def test_an_image_too_small_to_analyse_is_still_compressed(service_url: str) -> None:
+    from test_dicom_oddities import ct_like, dicom_instance
+
+    tiny = dicom_instance(ct_like(9, 40).tobytes(), 9, 40, bits_stored=12)
+    response = _post(f"{service_url}/v1/compress", tiny, "application/dicom", mode="lossless")
+    assert response.status_code == 200, response.text
+    assert response.json()["analysis"] is None and "too small to analyse" in response.json()["analysis_skipped"]
+    stream = base64.b64decode(response.json()["bitstream"])
+    refused = _post(f"{service_url}/v1/analyze", stream, "application/octet-stream")
+    assert refused.status_code == 422 and "too small to analyse" in refused.json()["detail"]
+
+
 def test_analyze_reads_a_bitstream(service_url: str, corpus_dir: Path) -> None:
     stream = _post(f"{service_url}/v1/compress", _dicom(corpus_dir, "pyradiomics-lung1-030"), "application/dicom",
                    "application/octet-stream", quality=6).content

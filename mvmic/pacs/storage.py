@@ -2,7 +2,7 @@
 
     into the PACS (STOW-RS, `mvmic pacs compress-study`):
       Part 10 bytes --read--> not DICOM: failed (0xC000); other study than the request's: failed (0xA900)
-        no pixels (SR, KO...) or pixels MVMIC does not code --> stored as received (never lost)
+        no pixels (SR, KO...), pixels MVMIC does not code or cannot read --> stored as received (never lost)
         the encoder's bound check fails, or an unexpected error while compressing (bugs) --> logged, stored
             as received
         an image --dicom_to_mvm at the storage bound + mvm_instance--> the MVMIC instance
@@ -25,10 +25,10 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from model.codec import MvmicCodec
-from model.errors import BoundViolationError, CodecInputError
+from model.errors import BoundViolationError, CodecInputError, TooSmallToAnalyseError
 from model.tasks.analysis import Analyzer
 from mvmic.pacs.analysis_objects import measurement_report, segmentation
-from mvmic.pixels import DicomInputError, UnsupportedPixelFormatError, as_little_endian, read_dataset
+from mvmic.pixels import DicomInputError, as_little_endian, read_dataset
 from mvmic.transcode import MVM_TRANSFER_SYNTAX, dicom_to_mvm, instance_to_dicom, mvm_instance, parse_for
 
 log = logging.getLogger("mvmic.pacs")
@@ -92,11 +92,8 @@ def _compressed(data: bytes, prepared: Prepared, codec: MvmicCodec, analyzer: An
     """``prepared`` with the compressed instance (or the received one, or a failure) and its note."""
     try:
         compressed = dicom_to_mvm(data, codec, policy.quality, max_error=policy.max_error, verify=policy.verify)
-    except (UnsupportedPixelFormatError, CodecInputError) as exc:
+    except (DicomInputError, CodecInputError) as exc:  # DICOM (it parsed), pixels MVMIC cannot or does not code
         prepared.instances, prepared.note = [data], f"stored as received: {exc}"
-        return prepared
-    except DicomInputError as exc:
-        prepared.failure, prepared.note = CANNOT_UNDERSTAND, str(exc)
         return prepared
     except BoundViolationError as exc:  # never store what would not keep the promised bound: the original does
         log.error("an encoder broke its bound (a bug): %s; stored as received", exc)
@@ -118,7 +115,11 @@ def _compressed(data: bytes, prepared: Prepared, codec: MvmicCodec, analyzer: An
 def analysis_instances(stored: Dataset, bitstream: bytes, analyzer: Analyzer) -> list[bytes]:
     """The SEG and SR of a stored instance's analysis; one highdicom refuses (e.g. a CT without a Frame of
     Reference cannot have a SEG) is left out and logged, never failing the image's own storage."""
-    frames = analyzer.analyze(parse_for(bitstream, analyzer.codec))
+    try:
+        frames = analyzer.analyze(parse_for(bitstream, analyzer.codec))
+    except TooSmallToAnalyseError as exc:
+        log.info("no analysis objects: %s", exc)
+        return []
     objects = []
     for build in (segmentation, measurement_report):
         try:

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response,
 from fastapi.responses import JSONResponse
 
 from model.bitstream import MAGIC
+from model.errors import TooSmallToAnalyseError
 from model.residual import MAX_ERROR
 from mvmic.pixels import read_dataset
 from mvmic.transcode import (
@@ -76,11 +77,15 @@ async def compress(request: Request, models: Models,
         return Response(result.data, media_type=OCTET)
     if accept == DICOM:
         return Response(await request.app.state.workers.run(mvm_instance, result, models.codec), media_type=DICOM)
-    analysis = await _analysis(request, models, result.data)
+    try:
+        analysis, skipped = await _analysis(request, models, result.data), None
+    except TooSmallToAnalyseError as exc:  # the compression stands; the heads cannot see so small an image
+        analysis, skipped = None, str(exc)
     return JSONResponse({"model_id": models.codec.model_id, "bitstream": base64.b64encode(result.data).decode("ascii"),
                   "bytes": len(result.data), "bits_per_pixel": result.bits_per_pixel,
                   "compression_ratio": result.ratio, "quality_code": result.quality_code, "mode": mode,
-                  "max_error": bound, "analysis": analysis})
+                  "max_error": bound, "analysis": analysis,
+                  **({"analysis_skipped": skipped} if skipped else {})})
 
 
 @router.post("/decompress", response_class=Response, responses={200: {"content": {DICOM: {}}}})
