@@ -37,6 +37,9 @@ DicomSource = str | PathLike[str] | bytes | BinaryIO
 MAX_BITS_STORED = 16
 SUPPORTED_BITS_ALLOCATED = (8, 16)
 SUPPORTED_SAMPLES = (1, 3)
+# PS3.3 C.7.6.3.1.2: the samples of each photometric interpretation (YBR: every YBR_* variant).
+SAMPLES_OF_PHOTOMETRIC = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "YBR": 3, "HSV": 3,
+                          "ARGB": 4, "CMYK": 4}
 REQUIRED_PIXEL_ATTRIBUTES = (
     "Rows",
     "Columns",
@@ -203,6 +206,11 @@ def _check_pixel_module(dataset: Dataset) -> None:
         )
     if dataset.SamplesPerPixel not in SUPPORTED_SAMPLES:
         raise UnsupportedPixelFormatError(f"SamplesPerPixel {dataset.SamplesPerPixel} is not supported (1 or 3)")
+    photometric = str(dataset.PhotometricInterpretation)
+    expected = SAMPLES_OF_PHOTOMETRIC.get(photometric.split("_")[0] if photometric.startswith("YBR") else photometric)
+    if expected is not None and dataset.SamplesPerPixel != expected:
+        raise DicomInputError(f"SamplesPerPixel {dataset.SamplesPerPixel} does not fit PhotometricInterpretation "
+                              f"{photometric}, which has {expected} sample(s) per pixel")
 
 
 def _declared_bytes(dataset: Dataset) -> int:
@@ -240,7 +248,7 @@ def _check_bits_outside_stored(dataset: Dataset) -> None:
     if syntax.is_compressed or stored >= allocated:
         return
     words = np.frombuffer(dataset.PixelData, f"{'<' if syntax.is_little_endian else '>'}u{allocated // 8}",
-                          count=_declared_bytes(dataset) // (allocated // 8))
+                          count=min(_declared_bytes(dataset), len(dataset.PixelData)) // (allocated // 8))
     high = words >> (stored - 1 if dataset.PixelRepresentation else stored)
     allowed = (0, (1 << (allocated - stored + 1)) - 1) if dataset.PixelRepresentation else (0,)
     outside = int(np.count_nonzero(~np.isin(high, allowed)))

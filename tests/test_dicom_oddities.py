@@ -248,3 +248,14 @@ def test_the_gateway_stores_readable_dicom_whose_pixels_it_cannot_read_as_receiv
             read_dicom(data)
         prepared = prepare_instance(data, codec, None, LOSSLESS)
         assert prepared.failure is None and prepared.instances == [data], prepared.note
+
+
+@pytest.mark.parametrize(("photometric", "samples"), [("YBR_FULL_422", 1), ("PALETTE COLOR", 3), ("RGB", 1),
+                                                      ("MONOCHROME2", 3)])
+def test_samples_that_do_not_fit_the_photometric_interpretation_are_named(photometric: str, samples: int,
+                                                                          codec) -> None:
+    data = dicom_instance(bytes(4 * 6 * samples), 4, 6, bits_allocated=8, samples=samples, photometric=photometric)
+    with pytest.raises(ValueError, match=f"SamplesPerPixel {samples} does not fit PhotometricInterpretation"):
+        read_dicom(data)
+    prepared = prepare_instance(data, codec, None, LOSSLESS)
+    assert prepared.instances == [data] and "unexpected" not in prepared.note
