@@ -40,6 +40,8 @@ at most 10 bytes, below 2**64; svarint = zigzag-encoded varint, 0 -1 1 -2 -> 0 1
     | m      |   payload           | bytes                    |                                       |
     | 4      | CRC32               | u32                      | zlib.crc32 of every preceding byte    |
 
+A stream holds each (kind, frame index) at most once: a repeated layer is refused, not read.
+
 An exact layer's payload is laid out in model.lossless.layer (maximum error, stripes, least-squares
 predictors, one range-coded stream per stripe and plane); it needs no weights and no base layer.
 Version 2 is version 1 plus that layer kind: lossy streams are still written as version 1, so older
@@ -203,6 +205,10 @@ class Bitstream:
                 raise InvalidFieldError(f"layer {index} is a {type(layer).__name__}, not a Layer")
             if layer.frame >= self.frames:
                 raise InvalidFieldError(f"layer {index} is for frame {layer.frame}, the image has {self.frames} frames")
+        seen = [(layer.kind, layer.frame) for layer in self.layers]
+        for index, key in enumerate(seen):
+            if key in seen[:index]:  # a decoder would read one and ignore the other: no stream holds two
+                raise InvalidFieldError(f"layer {index} repeats the {LayerKind(key[0]).name} layer of frame {key[1]}")
 
     @property
     def pixel_format(self) -> PixelFormat:

@@ -306,6 +306,7 @@ def test_fingerprint_is_the_sha256_prefix() -> None:
         ({"quality": -1}, "quality -1"),
         ({"layers": (Layer(LayerKind.BASE, 1, b""),)}, "frame 1, the image has 1 frames"),
         ({"layers": (b"zy",)}, "not a Layer"),
+        ({"layers": (Layer(LayerKind.BASE, 0, b"a"), Layer(LayerKind.BASE, 0, b"b"))}, "repeats the BASE layer of frame 0"),
     ],
 )
 def test_construction_rejects_invalid_fields(change: dict[str, object], message: str) -> None:
