@@ -29,6 +29,11 @@ if TYPE_CHECKING:  # the codec (and torch) load only where a lossy stream is mad
     from model.codec import MvmicCodec
 
 
+class RateTargetError(ValueError):
+    """The operating point asked for is not one: conflicting or out-of-range quality, rate or PSNR targets
+    (HTTP 422, as FastAPI's own parameter checks)."""
+
+
 def compress_at(codec: MvmicCodec | None, pixels: np.ndarray, fmt: PixelFormat, quality: int | None = None,
                 target_bpp: float | None = None, target_psnr: float | None = None,
                 extra_layers: tuple[Layer, ...] = (), max_error: int | None = None, verify: bool = True) -> Bitstream:
@@ -42,13 +47,13 @@ def compress_at(codec: MvmicCodec | None, pixels: np.ndarray, fmt: PixelFormat, 
     chosen = [name for name, value in (("quality", quality), ("target_bpp", target_bpp),
                                        ("target_psnr", target_psnr)) if value is not None]
     if len(chosen) > 1:
-        raise ValueError(f"give one of quality, target bpp or target PSNR, not {' and '.join(chosen)}")
+        raise RateTargetError(f"give one of quality, target bpp or target PSNR, not {' and '.join(chosen)}")
     for name, target in (("target bits per pixel", target_bpp), ("target PSNR", target_psnr)):
         if target is not None and not (math.isfinite(target) and target > 0):
-            raise ValueError(f"{name} {target}: a positive finite number is needed")
+            raise RateTargetError(f"{name} {target}: a positive finite number is needed")
     if max_error is not None:
         if chosen:
-            raise ValueError(f"a {chosen[0].replace('_', ' ')} does not apply with a maximum error: lossless and "
+            raise RateTargetError(f"a {chosen[0].replace('_', ' ')} does not apply with a maximum error: lossless and "
                              f"near-lossless streams have no base layer (the exact layer codes the pixels themselves)")
         stream = exact_stream.compress(pixels, fmt, max_error, verify)
         return replace(stream, layers=(*stream.layers, *extra_layers))
@@ -67,7 +72,7 @@ def compress_at(codec: MvmicCodec | None, pixels: np.ndarray, fmt: PixelFormat, 
 
 def _quality_code(quality: int) -> int:
     if quality not in QUALITY_CODES:
-        raise ValueError(f"quality {quality} out of range {min(QUALITY_CODES)}..{max(QUALITY_CODES)}")
+        raise RateTargetError(f"quality {quality} out of range {min(QUALITY_CODES)}..{max(QUALITY_CODES)}")
     return QUALITY_CODES[quality]
 
 

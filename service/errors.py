@@ -2,6 +2,7 @@
 
     DicomInputError (not DICOM, malformed)            400
     TooSmallToAnalyseError (analysis of a tiny image)  422
+    RateTargetError (conflicting or invalid targets)   422
     UnsupportedPixelFormatError, CodecInputError      415 (a DICOM image MVMIC cannot code)
     WeightsMismatchError (bitstream of other weights)  409
     BitstreamError, ValueError (damaged bitstream)    400
@@ -14,12 +15,14 @@ from fastapi.responses import JSONResponse
 
 from model.bitstream import BitstreamError, WeightsMismatchError
 from model.errors import CodecInputError, TooSmallToAnalyseError
+from model.rate_control import RateTargetError
 from mvmic.pixels import DicomInputError, UnsupportedPixelFormatError
 
 log = logging.getLogger("mvmic.service")
 
 STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (  # most specific first
     (TooSmallToAnalyseError, status.HTTP_422_UNPROCESSABLE_CONTENT),
+    (RateTargetError, status.HTTP_422_UNPROCESSABLE_CONTENT),
     (UnsupportedPixelFormatError, status.HTTP_415_UNSUPPORTED_MEDIA_TYPE),
     (CodecInputError, status.HTTP_415_UNSUPPORTED_MEDIA_TYPE),
     (DicomInputError, status.HTTP_400_BAD_REQUEST),

@@ -173,7 +173,9 @@ def test_rate_targets_are_honoured_or_refused(service_url: str, corpus_dir: Path
     for bad in ({"target_bpp": "inf"}, {"target_bpp": "nan"}, {"target_bpp": "0"}, {"target_psnr": "-3"}):
         assert _post(f"{service_url}/v1/compress", source, "application/dicom", **bad).status_code == 422, bad
     both = _post(f"{service_url}/v1/compress", source, "application/dicom", quality=4, target_psnr=45)
-    assert both.status_code == 400 and "give one of quality" in both.json()["detail"]
+    assert both.status_code == 422 and "give one of quality" in both.json()["detail"]
+    lossless = _post(f"{service_url}/v1/compress", source, "application/dicom", mode="lossless", target_psnr=45)
+    assert lossless.status_code == 422 and "does not apply with a maximum error" in lossless.json()["detail"]
 
 
 def test_an_image_too_small_to_analyse_is_still_compressed(service_url: str) -> None:
