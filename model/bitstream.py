@@ -205,10 +205,12 @@ class Bitstream:
                 raise InvalidFieldError(f"layer {index} is a {type(layer).__name__}, not a Layer")
             if layer.frame >= self.frames:
                 raise InvalidFieldError(f"layer {index} is for frame {layer.frame}, the image has {self.frames} frames")
-        seen = [(layer.kind, layer.frame) for layer in self.layers]
-        for index, key in enumerate(seen):
-            if key in seen[:index]:  # a decoder would read one and ignore the other: no stream holds two
-                raise InvalidFieldError(f"layer {index} repeats the {LayerKind(key[0]).name} layer of frame {key[1]}")
+        seen: set[tuple[int, int]] = set()
+        for index, layer in enumerate(self.layers):
+            if (layer.kind, layer.frame) in seen:  # a decoder would read one and ignore the other
+                raise InvalidFieldError(f"layer {index} repeats the {LayerKind(layer.kind).name} layer of frame "
+                                        f"{layer.frame}")
+            seen.add((layer.kind, layer.frame))
 
     @property
     def pixel_format(self) -> PixelFormat:

@@ -349,9 +349,9 @@ def _export_onnx(args: argparse.Namespace) -> int:
 
     source = args.heads or DEFAULT_HEADS
     target = export_heads_file(source, args.out, invoked_command(), args.corpus if args.int8 else None)
+    sha256 = hashlib.sha256(source.read_bytes()).hexdigest()
     for written in (target, int8_path(target)) if args.int8 else (target,):
-        print(f"{written}: {written.stat().st_size} bytes, exported from {source} "
-              f"(sha256 {hashlib.sha256(source.read_bytes()).hexdigest()})")
+        print(f"{written}: {written.stat().st_size} bytes, exported from {source} (sha256 {sha256})")
     return 0
 
 

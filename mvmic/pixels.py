@@ -109,10 +109,8 @@ class NativeImage:
 
     @property
     def stored_bytes(self) -> int:
-        """Bytes of the Pixel Data these pixels are written as (to_dataset), padding aside: YBR_FULL_422
-        stores two samples a pixel."""
-        samples = 2 if self.header.PhotometricInterpretation == "YBR_FULL_422" else self.format.samples_per_pixel
-        return self.pixels.shape[0] * self.pixels.shape[1] * self.pixels.shape[2] * samples * self.header.BitsAllocated // 8
+        """Bytes of the Pixel Data these pixels are written as (to_dataset), padding aside."""
+        return pixel_data_bytes(self.header, self.frames)
 
     def frame(self, index: int) -> np.ndarray:
         """One frame as (rows, columns) for one sample, (rows, columns, samples) otherwise."""
@@ -213,12 +211,16 @@ def _check_pixel_module(dataset: Dataset) -> None:
                               f"{photometric}, which has {expected} sample(s) per pixel")
 
 
+def pixel_data_bytes(header: Dataset, frames: int) -> int:
+    """Bytes of native Pixel Data that a header's pixel attributes declare for ``frames`` frames, padding
+    aside (YBR_FULL_422: two samples a pixel, PS3.3 C.7.6.3.1.2)."""
+    samples = 2 if str(header.PhotometricInterpretation) == "YBR_FULL_422" else int(header.SamplesPerPixel)
+    return frames * int(header.Rows) * int(header.Columns) * samples * int(header.BitsAllocated) // 8
+
+
 def _declared_bytes(dataset: Dataset) -> int:
-    """Bytes of native Pixel Data that the pixel attributes declare, padding aside (YBR_FULL_422: two
-    samples a pixel)."""
-    samples = 2 if str(dataset.PhotometricInterpretation) == "YBR_FULL_422" else int(dataset.SamplesPerPixel)
-    frames = int(dataset.get("NumberOfFrames") or 1)
-    return frames * int(dataset.Rows) * int(dataset.Columns) * samples * int(dataset.BitsAllocated) // 8
+    """Bytes of native Pixel Data that a dataset declares (pixel_data_bytes of its NumberOfFrames)."""
+    return pixel_data_bytes(dataset, int(dataset.get("NumberOfFrames") or 1))
 
 
 def _check_native_length(dataset: Dataset) -> None:
@@ -297,11 +299,11 @@ def _expanded_422(dataset: Dataset) -> np.ndarray:
         raise DicomInputError(f"YBR_FULL_422 pairs the pixels of a row: Columns must be even, not {columns}")
     syntax, size = UID(dataset.file_meta.TransferSyntaxUID), int(dataset.BitsAllocated) // 8
     dtype = np.dtype(f"{'<' if syntax.is_little_endian else '>'}{'i' if dataset.PixelRepresentation else 'u'}{size}")
-    count = frames * rows * columns * 2
-    if len(dataset.PixelData) < count * size:
+    if len(dataset.PixelData) < _declared_bytes(dataset):
         raise DicomInputError(f"PixelData holds {len(dataset.PixelData)} bytes, {frames} YBR_FULL_422 frame(s) of "
-                              f"{rows} x {columns} need {count * size}")
-    pairs = np.frombuffer(dataset.PixelData, dtype, count=count).reshape(frames, rows, columns // 2, 4)
+                              f"{rows} x {columns} need {_declared_bytes(dataset)}")
+    pairs = np.frombuffer(dataset.PixelData, dtype, count=_declared_bytes(dataset) // size)
+    pairs = pairs.reshape(frames, rows, columns // 2, 4)
     expanded = np.empty((frames, rows, columns, 3), dtype.newbyteorder("<"))
     expanded[..., 0] = pairs[..., :2].reshape(frames, rows, columns)
     expanded[..., 1] = np.repeat(pairs[..., 2], 2, axis=-1)

@@ -43,7 +43,7 @@ from model.lossless import stream as exact_stream
 from model.quality import MAX_ERROR
 from model.rate_control import compress_at
 from mvmic.derivative import lossy_derivative
-from mvmic.pixels import DicomSource, NativeImage, header_bytes, read_dicom, to_dataset
+from mvmic.pixels import DicomSource, NativeImage, header_bytes, pixel_data_bytes, read_dicom, to_dataset
 
 if TYPE_CHECKING:  # the codec and the heads (and torch) load only where a stream needs them
     from model.codec import MvmicCodec
@@ -102,8 +102,8 @@ def mvm_to_dicom(data: bytes, codec: MvmicCodec | None) -> Dataset:
     stream = parse_for(data, codec)
     source = _source_header(stream)  # first: its geometry must be the stream's before any pixel is decoded
     pixels = _decompress(stream, codec)
-    image = NativeImage(source, pixels, stream.pixel_format)
-    return _with_pixels(_decoded_header(stream, source, image.stored_bytes / len(data)), pixels, stream)
+    ratio = pixel_data_bytes(source, pixels.shape[0]) / len(data)
+    return _with_pixels(_decoded_header(stream, source, ratio), pixels, stream)
 
 
 def mvm_instance(compressed: Compressed, codec: MvmicCodec | None) -> bytes:

@@ -114,9 +114,10 @@ class Analyzer:
         """The analysis of decoded LL1 planes (N, 1, h, w) of frames of ``shape`` (rows, columns), numbered
         0..N-1 in order: each standardised over itself, the heads, boxes and masks cropped to ``shape``."""
         planes = standardise(coarse.float())
-        outputs = self.heads(planes if self.runtime != "torch" else planes.to(self.device)).to("cpu")
+        onnx = isinstance(self.heads, OnnxHeads)
+        outputs = self.heads(planes if onnx else planes.to(self.device)).to("cpu")
         detections = decode_detections(outputs, shape)
-        masks, organs = (self.heads.masks(outputs, shape) if isinstance(self.heads, OnnxHeads)
+        masks, organs = (self.heads.masks(outputs, shape) if onnx
                          else (segmentation_masks(outputs, shape), organ_maps(outputs, shape)))
         frames = []
         for frame, (found, mask, organ_map) in enumerate(zip(detections, masks, organs, strict=True)):
