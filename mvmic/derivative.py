@@ -1,7 +1,9 @@
 """The header of a lossy-compressed derivative of a DICOM instance (PS3.3 C.7.6.1.1.5).
 
-    source header --lossy_derivative(ratio, method)--> header of the decoded instance
-        new SOPInstanceUID (file meta too), ImageType DERIVED,
+    source header --lossy_derivative(ratio, method, content)--> header of the decoded instance
+        new SOPInstanceUID (file meta too), the same for the same source and content (a gateway or
+            `mvmic pacs compress-study` run twice replaces its derivative, never stores a second one),
+        ImageType DERIVED,
         LossyImageCompression "01", ratio and method appended to any earlier ones,
         DerivationCodeSequence (DCM 113040 "Lossy Compression"),
         SourceImageSequence -> the source instance
@@ -10,6 +12,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -19,9 +22,13 @@ from pydicom.uid import generate_uid
 LOSSY_COMPRESSION_CODE = ("113040", "DCM", "Lossy Compression")
 
 
-def lossy_derivative(source: Dataset, ratio: float, method: str, description: str) -> Dataset:
+def lossy_derivative(source: Dataset, ratio: float, method: str, description: str, content: bytes) -> Dataset:
+    """The derivative's header; ``content`` is what identifies its pixels (the bitstream that codes them):
+    its SOP Instance UID is pydicom's root and a hash of the source's UID and ``content`` (PS3.5 B.2;
+    pydicom.uid.generate_uid with entropy sources)."""
     header = copy.deepcopy(source)
-    header.SOPInstanceUID = generate_uid()
+    header.SOPInstanceUID = generate_uid(entropy_srcs=[str(source.get("SOPInstanceUID", "")),
+                                                       hashlib.sha256(content).hexdigest()])
     if hasattr(header, "file_meta"):
         header.file_meta.MediaStorageSOPInstanceUID = header.SOPInstanceUID
     image_type = list(header.get("ImageType", ["DERIVED", "PRIMARY"]))

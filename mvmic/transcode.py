@@ -103,14 +103,14 @@ def mvm_to_dicom(data: bytes, codec: MvmicCodec | None) -> Dataset:
     source = _source_header(stream)  # first: its geometry must be the stream's before any pixel is decoded
     pixels = _decompress(stream, codec)
     ratio = pixel_data_bytes(source, pixels.shape[0]) / len(data)
-    return _with_pixels(_decoded_header(stream, source, ratio), pixels, stream)
+    return _with_pixels(_decoded_header(stream, source, ratio, data), pixels, stream)
 
 
 def mvm_instance(compressed: Compressed, codec: MvmicCodec | None) -> bytes:
     """The DICOM instance that stores ``compressed``: its header as decoding would give it (lossless: the
     original), Pixel Data the encapsulated .mvm under MVM_TRANSFER_SYNTAX."""
     stream = parse_for(compressed.data, codec)
-    dataset = _decoded_header(stream, _source_header(stream), compressed.ratio)  # a fresh object
+    dataset = _decoded_header(stream, _source_header(stream), compressed.ratio, compressed.data)  # a fresh object
     dataset.PixelData = encapsulate([compressed.data + b"\x00" * (len(compressed.data) % 2)], has_bot=False)
     dataset["PixelData"].VR = "OB"
     dataset["PixelData"].is_undefined_length = True
@@ -150,8 +150,9 @@ def _decompress(stream: Bitstream, codec: MvmicCodec | None):
     return exact_stream.decompress(stream) if exact_stream.is_exact(stream) else codec.decompress(stream)
 
 
-def _decoded_header(stream: Bitstream, source: Dataset, ratio: float) -> Dataset:
-    """The header of the decoded image: the source's own for lossless, else a lossy derivative's."""
+def _decoded_header(stream: Bitstream, source: Dataset, ratio: float, data: bytes) -> Dataset:
+    """The header of the decoded image: the source's own for lossless, else a lossy derivative's (its UID
+    from the source's and the bitstream ``data``: decoding a stream twice gives one instance)."""
     if exact_stream.is_exact(stream):
         max_error = exact_stream.max_error(stream)
     elif any(layer.kind == LayerKind.RESIDUAL for layer in stream.layers):  # the first lossless design
@@ -164,7 +165,7 @@ def _decoded_header(stream: Bitstream, source: Dataset, ratio: float) -> Dataset
         return source  # the original instance, pixel for pixel: same UID, not a derivative
     coded = f"quality code {stream.quality}" if max_error is None else f"maximum error {max_error}"
     kind = "Lossy" if max_error is None else "Near-lossless"
-    return lossy_derivative(source, ratio, METHOD, f"{kind} compression with {stream.model_id}, {coded}")
+    return lossy_derivative(source, ratio, METHOD, f"{kind} compression with {stream.model_id}, {coded}", data)
 
 
 def _with_pixels(header: Dataset, pixels, stream: Bitstream) -> Dataset:

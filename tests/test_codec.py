@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,19 @@ def test_cli_compress_decompress_writes_a_lossy_derivative(tmp_path, corpus_dir,
     for keyword in ("PatientID", "PatientName", "StudyInstanceUID", "SeriesInstanceUID", "Rows", "BitsStored"):
         assert result.get(keyword) == original.get(keyword), keyword
     assert psnr(original.pixel_array, result.pixel_array, 4095) > 40
+
+
+def test_a_derivative_has_one_uid_per_source_and_bitstream(codec, corpus_dir) -> None:
+    """Decoding a stream twice, or storing it as an instance, gives one derivative, not several: a repeated
+    STOW or compress-study replaces it in the PACS instead of storing a copy."""
+    from mvmic.transcode import dicom_to_mvm, mvm_instance, mvm_to_dicom
+
+    source = (corpus_dir / "images" / "pyradiomics-brain2-010.dcm").read_bytes()
+    streams = [dicom_to_mvm(source, codec, quality) for quality in (2, 2, 5)]
+    uids = [str(mvm_to_dicom(stream.data, codec).SOPInstanceUID) for stream in streams]
+    stored = pydicom.dcmread(BytesIO(mvm_instance(streams[0], codec)))
+    assert uids[0] == uids[1] == stored.SOPInstanceUID == stored.file_meta.MediaStorageSOPInstanceUID
+    assert uids[2] != uids[0] and pydicom.dcmread(BytesIO(source)).SOPInstanceUID not in uids
 
 
 def test_cli_errors_are_one_line(tmp_path, mvmic) -> None:
