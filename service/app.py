@@ -7,7 +7,9 @@ build an app or load weights. Run it with uvicorn's factory mode::
 
     startup --lifespan--> torch threads, MVMIC_WORKERS model worker threads; models load on one of them
             in the background (GET /readyz answers 503 until they are resident, /healthz 200 at once)
-    request --request id (X-Request-ID), logged with route, status and time, never patient data-->
+    request --request id (X-Request-ID), logged with its route template (a path such as
+            /dicomweb/studies/{study} and a QIDO query hold UIDs and patient names: uvicorn's access log,
+            which prints them, is off), status and time, never patient data-->
             and counted (service.metrics); routes: health (/healthz, /readyz), metrics (/metrics),
             models (/v1/models), codec (/v1/compress, /v1/decompress, /v1/analyze),
             dicomweb (/dicomweb: STOW-RS, WADO-RS, QIDO-RS in front of the PACS at MVMIC_PACS_URL)
@@ -45,7 +47,7 @@ def _make_lifespan(settings: Settings) -> Lifespan:
         app.state.workers = ModelWorkers(app.state.metrics, settings.workers, settings.batch_size,
                                         settings.max_batch_delay_ms / 1000)
         app.state.workers.submit(load_models, settings).add_done_callback(lambda done: _loaded(app, done))
-        app.state.pacs = PacsClient(settings.pacs_url, settings.pacs_auth) if settings.pacs_url else None
+        app.state.pacs = PacsClient(settings.pacs_url, settings.pacs_auth, settings.pacs_timeout_s) if settings.pacs_url else None
         yield
         if not await asyncio.to_thread(app.state.workers.close, SHUTDOWN_TIMEOUT_S):
             log.warning("model workers still busy after %.0f s; exiting without them", SHUTDOWN_TIMEOUT_S)
@@ -72,20 +74,25 @@ async def _request_id(request: Request, call_next: Callable[[Request], Awaitable
     try:
         response = await call_next(request)
     except Exception:
-        log.exception("request %s: %s %s failed", request.state.request_id, request.method, request.url.path)
+        log.exception("request %s: %s %s failed", request.state.request_id, request.method, _route(request))
         response = JSONResponse({"detail": "internal server error", "request_id": request.state.request_id},
                                 status_code=500)
     response.headers["X-Request-ID"] = request.state.request_id
     _count(request, response, time.perf_counter() - started)
-    log.info("request %s: %s %s -> %d in %.1f ms", request.state.request_id, request.method, request.url.path,
+    log.info("request %s: %s %s -> %d in %.1f ms", request.state.request_id, request.method, _route(request),
              response.status_code, 1000 * (time.perf_counter() - started))
     return response
 
 
-def _count(request: Request, response: Response, seconds: float) -> None:
-    """Requests, latency and bytes out by route template (never the raw path: unbounded labels)."""
+def _route(request: Request) -> str:
+    """The route template that answered (never the raw path, which may hold UIDs), or 'unmatched'."""
     route = request.scope.get("route")
-    path = route.path if route is not None else "unmatched"
+    return route.path if route is not None else "unmatched"
+
+
+def _count(request: Request, response: Response, seconds: float) -> None:
+    """Requests, latency and bytes out by route template (the raw path would make unbounded labels)."""
+    path = _route(request)
     metrics = request.app.state.metrics
     metrics.requests.labels(path, request.method, str(response.status_code)).inc()
     metrics.latency.labels(path).observe(seconds)
@@ -93,7 +100,9 @@ def _count(request: Request, response: Response, seconds: float) -> None:
 
 
 def _configure_logging(level: str) -> None:
-    """The service's own log lines beside uvicorn's, at MVMIC_LOG_LEVEL."""
+    """The service's own log lines beside uvicorn's, at MVMIC_LOG_LEVEL; uvicorn's access log off, however
+    uvicorn was started (its lines carry the raw path and query: UIDs, QIDO's PatientName=...)."""
+    logging.getLogger("uvicorn.access").disabled = True
     if not log.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))

@@ -1,9 +1,9 @@
 """A real service process on 127.0.0.1, started and stopped from Python (the tests and `mvmic bench
 service` talk to it over HTTP, as a PACS would).
 
-    running_service(log, environment) --uvicorn service.app:create_app --factory on a free port-->
-        wait for GET /healthz, then for GET /readyz = 200 (models resident) --> yield the base URL
-        --> terminate (kill after 10 s)
+    running_service(log, environment) --start_service: uvicorn service.app:create_app --factory on a
+        free port, wait for GET /healthz, then for GET /readyz = 200 (models resident)--> yield the base
+        URL --> terminate (kill after 10 s)
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@contextmanager
-def running_service(log: Path, environment: dict[str, str] | None = None, port: int | None = None) -> Iterator[str]:
-    """Base URL of a uvicorn process serving the app factory, once its models are resident. Its output
-    goes to ``log`` (a file, not a pipe, so a chatty server can never block)."""
+def start_service(log: Path, environment: dict[str, str] | None = None,
+                  port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """A uvicorn process serving the app factory and its base URL, once its models are resident; the
+    caller stops it. Its output goes to ``log`` (a file, not a pipe, so a chatty server can never block).
+    ServiceStartError (with the log) when it exits or is not ready in time; it is stopped then."""
     port = port or free_port()
     base_url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory",
@@ -49,6 +50,17 @@ def running_service(log: Path, environment: dict[str, str] | None = None, port: 
         wait_until_answering(process, f"{base_url}/healthz", STARTUP_TIMEOUT_S, log, ServiceStartError)
         wait_until_answering(process, f"{base_url}/readyz", READY_TIMEOUT_S, log, ServiceStartError,
                              lambda response: response.status_code == 200)
+    except BaseException:
+        stop(process)
+        raise
+    return process, base_url
+
+
+@contextmanager
+def running_service(log: Path, environment: dict[str, str] | None = None, port: int | None = None) -> Iterator[str]:
+    """Base URL of a service started by start_service, stopped when the block ends."""
+    process, base_url = start_service(log, environment, port)
+    try:
         yield base_url
     finally:
         stop(process)

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     pacs_url: str | None = Field(None, description="the upstream PACS's DICOMweb root, e.g. http://orthanc:8042/dicom-web")
     public_url: str | None = Field(None, description="the gateway's own base URL in the retrieve URLs it answers "
                                    "with (default: from each request's Host header)")
+    pacs_timeout_s: float = Field(120.0, gt=0, description="how long the gateway waits for the PACS to connect, "
+                                  "or for each read or write, before answering its client 503 with Retry-After")
     pacs_user: str | None = None
     pacs_password: SecretStr | None = None
     storage_mode: Literal["lossless", "near-lossless", "lossy"] = Field(

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from mvmic.pacs.orthanc import OrthancServer, OrthancStartError, running_orthanc
 from service.process import ServiceStartError, running_service
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -70,3 +71,14 @@ def corpus_manifest(corpus_dir: Path):  # -> mvmic.corpus.manifest.Manifest, imp
     from mvmic.corpus.manifest import Manifest
 
     return Manifest.load(corpus_dir / "manifest.json")
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
+    """A real Orthanc with its DICOMweb plugin, one per test module (inside the private network namespace
+    `make test` runs pytest in)."""
+    try:
+        with running_orthanc(tmp_path_factory.mktemp("orthanc")) as server:
+            yield server
+    except OrthancStartError as exc:
+        pytest.fail(str(exc))

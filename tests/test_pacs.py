@@ -22,7 +22,7 @@ from test_dicom_oddities import ct_like, dicom_instance, ybr_422_words
 
 from model.tasks.organs import ORGAN_CLASSES
 from mvmic.pacs.multipart import parse_related, related_body
-from mvmic.pacs.orthanc import OrthancServer, OrthancStartError, running_orthanc
+from mvmic.pacs.orthanc import OrthancServer
 from mvmic.pacs.storage import CANNOT_UNDERSTAND, DOES_NOT_MATCH
 from mvmic.transcode import MVM_TRANSFER_SYNTAX, bitstream_of_instance
 from service.process import ServiceStartError, free_port, running_service
@@ -32,18 +32,10 @@ DECODED = (("application/dicom", ExplicitVRLittleEndian),)
 CT_WITH_LESION, MR, ULTRASOUND = "pyradiomics-lung1-041", "pyradiomics-brain2-008", "pydicom-US1_UNCR"
 
 
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
-    try:
-        with running_orthanc(tmp_path_factory.mktemp("orthanc")) as server:
-            yield server
-    except OrthancStartError as exc:
-        pytest.fail(str(exc))
-
-
-def _gateway(tmp_path_factory: pytest.TempPathFactory, orthanc: OrthancServer, port: int | None = None,
-             **settings: str) -> Iterator[str]:
-    environment = {"MVMIC_PACS_URL": orthanc.dicomweb, "MVMIC_PACS_USER": orthanc.auth[0],
+def serve_gateway(tmp_path_factory: pytest.TempPathFactory, orthanc: OrthancServer, port: int | None = None,
+                  pacs_url: str | None = None, **settings: str) -> Iterator[str]:
+    """The gateway in front of ``orthanc`` (reached at ``pacs_url``, default its DICOMweb root)."""
+    environment = {"MVMIC_PACS_URL": pacs_url or orthanc.dicomweb, "MVMIC_PACS_USER": orthanc.auth[0],
                    "MVMIC_PACS_PASSWORD": orthanc.auth[1], **settings}
     try:
         with running_service(tmp_path_factory.mktemp("gateway") / "uvicorn.log", environment, port) as url:
@@ -55,7 +47,7 @@ def _gateway(tmp_path_factory: pytest.TempPathFactory, orthanc: OrthancServer, p
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, orthanc: OrthancServer) -> Iterator[str]:
     """The gateway as configured by default: lossless storage, no analysis unless asked."""
-    yield from _gateway(tmp_path_factory, orthanc)
+    yield from serve_gateway(tmp_path_factory, orthanc)
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +273,7 @@ def test_near_lossless_gateway_keeps_every_pixel_within_its_bound(tmp_path_facto
                                                                   orthanc: OrthancServer, corpus_dir: Path) -> None:
     original = _read(corpus_dir, "pyradiomics-brain2-015")
     port = free_port()  # dicomweb-client's Host header leaves the port out: MVMIC_PUBLIC_URL puts it back
-    for url in _gateway(tmp_path_factory, orthanc, port, MVMIC_STORAGE_MODE="near-lossless",
+    for url in serve_gateway(tmp_path_factory, orthanc, port, MVMIC_STORAGE_MODE="near-lossless",
                         MVMIC_STORAGE_MAX_ERROR="2", MVMIC_PUBLIC_URL=f"http://127.0.0.1:{port}"):
         answer = DICOMwebClient(f"{url}/dicomweb", timeout=300).store_instances([original])
         stored = answer.ReferencedSOPSequence[0]

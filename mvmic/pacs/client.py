@@ -4,8 +4,11 @@
     retrieve(resource)          WADO-RS  GET  {root}/{resource}, transfer-syntax=* (as stored) -> instances
     search(resource, query)     QIDO-RS  GET  {root}/{resource}?query   -> the PACS's answer as it came
 
-Every request carries the configured credentials (HTTP basic). A PACS that cannot be reached or
-answers with an unexpected status raises PacsError, which names the status and the PACS's reason.
+Every request carries the configured credentials (HTTP basic). A failed connection is tried again
+(twice) before anything is sent. A PACS that cannot be reached, resets the connection or does not answer
+within ``timeout`` raises PacsError with status 503 and a Retry-After; one that answers 5xx, 502 with
+its own Retry-After or ours; an unknown resource, 404; any other refusal, 502. The message names the
+PACS's status and reason, never the resource (whose UIDs identify a patient's study).
 """
 
 from __future__ import annotations
@@ -20,12 +23,23 @@ DICOM = "application/dicom"
 AS_STORED = f'multipart/related; type="{DICOM}"; transfer-syntax=*'
 
 
-class PacsError(RuntimeError):
-    """The upstream PACS could not be reached or refused a request."""
+RETRY_AFTER_S = 10  # what the gateway tells its clients when the PACS is down and said nothing itself
+CONNECT_RETRIES = 2
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+
+class PacsError(RuntimeError):
+    """The upstream PACS could not be reached or refused a request: ``status`` is what a gateway answers
+    its own client (503 unreachable or too slow, 502 refused or failing, 404 unknown resource);
+    ``retry_after`` (seconds) is set when trying again later may succeed."""
+
+    def __init__(self, message: str, status: int = 502, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
 
 
 @dataclass
@@ -37,7 +51,8 @@ class PacsClient:
 
     def __post_init__(self) -> None:
         self.root = self.root.rstrip("/")
-        self.http = httpx.Client(auth=self.auth, timeout=self.timeout)
+        self.http = httpx.Client(auth=self.auth, timeout=self.timeout,
+                                 transport=httpx.HTTPTransport(retries=CONNECT_RETRIES))
 
     def close(self) -> None:
         self.http.close()
@@ -59,19 +74,40 @@ class PacsClient:
         try:
             return [part.content for part in parse_related(response.content, response.headers.get("content-type", ""))]
         except MultipartError as exc:
-            raise PacsError(f"the PACS answered {resource} with a malformed multipart body: {exc}", 502) from exc
+            raise PacsError(f"the PACS answered a retrieve with a malformed multipart body: {exc}") from exc
 
     def search(self, resource: str, query: str = "", accept: str = "application/dicom+json") -> httpx.Response:
-        """A QIDO-RS query, answered as the PACS answered it (status, type and body)."""
-        return self._send("GET", f"{resource}?{query}" if query else resource, headers={"Accept": accept})
+        """A QIDO-RS query, answered as the PACS answered it (status, type and body), unless it failed (5xx)."""
+        response = self._send("GET", f"{resource}?{query}" if query else resource, headers={"Accept": accept})
+        if response.status_code >= 500:
+            raise self._refused(response, "search")
+        return response
 
     def _send(self, method: str, resource: str, **kwargs) -> httpx.Response:
         try:
             return self.http.request(method, f"{self.root}/{resource}", **kwargs)
-        except httpx.HTTPError as exc:
-            raise PacsError(f"the PACS at {self.root} cannot be reached: {exc}", 502) from exc
+        except httpx.TimeoutException as exc:
+            raise PacsError(f"the PACS at {self.root} did not answer within {self.timeout:g} s "
+                            f"({type(exc).__name__})", 503, RETRY_AFTER_S) from exc
+        except httpx.TransportError as exc:  # refused, reset, closed mid-answer
+            raise PacsError(f"the PACS at {self.root} cannot be reached or closed the connection "
+                            f"({type(exc).__name__}: {exc})", 503, RETRY_AFTER_S) from exc
 
     @staticmethod
     def _refused(response: httpx.Response, action: str) -> PacsError:
-        return PacsError(f"the PACS refused to {action} {response.request.url.path}: HTTP {response.status_code} "
-                         f"{response.text[:300]}", response.status_code)
+        if response.status_code == 404:  # the PACS's words would name the resource
+            return PacsError(f"the PACS has no such resource to {action}", 404)
+        reason = f"the PACS refused to {action}: HTTP {response.status_code} {_reason(response)}"
+        if response.status_code >= 500:
+            given = response.headers.get("retry-after", "")
+            return PacsError(reason, 502, int(given) if given.isdigit() else RETRY_AFTER_S)
+        return PacsError(reason)
+
+
+def _reason(response: httpx.Response) -> str:
+    """The PACS's own words, short, on one line (Orthanc answers JSON with a Message)."""
+    try:
+        message = response.json().get("Message", "")
+    except (ValueError, AttributeError):
+        message = ""
+    return (message or response.reason_phrase or "").replace("\n", " ")[:200]

@@ -5,6 +5,9 @@
         --> storage.prepare_instance (the encoder checks its own bound) --> STOW-RS
         --> lossless: the same SOP Instance UID, so the PACS must replace the original (Orthanc:
             OverwriteInstances); read back as stored to confirm it did
+    a run killed at any point and run again: each instance is either still the original in the PACS
+        (compressed by the rerun) or already replaced (MVMIC: unchanged); originals are written whole
+        or not at all; derivatives' UIDs derive from their source and bitstream (stored again in place)
     --> summary: instances compressed / already compressed or not compressible / failed, bytes before
         and after
 
@@ -14,6 +17,7 @@ which DICOMweb cannot delete; the summary says so.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,8 +84,7 @@ def _compress_one(pacs: PacsClient, resource: str, codec: MvmicCodec, policy: St
         summary.unchanged += 1
         return
     if originals is not None:
-        originals.mkdir(parents=True, exist_ok=True)
-        (originals / f"{instance}.dcm").write_bytes(data)
+        _keep(originals / f"{instance}.dcm", data)
     answer = Dataset.from_json(pacs.store(prepared.instances))
     if answer.get("FailedSOPSequence"):  # Orthanc sends an empty one when nothing failed
         reason = answer.FailedSOPSequence[0].get("FailureReason")
@@ -94,6 +97,18 @@ def _compress_one(pacs: PacsClient, resource: str, codec: MvmicCodec, policy: St
     summary.compressed += 1
     summary.bytes_before += len(data)
     summary.bytes_after += len(prepared.instances[0])
+
+
+def _keep(path: Path, data: bytes) -> None:
+    """``data`` at ``path`` whole or not at all (a kill mid-write leaves no truncated original), and on disk
+    before the PACS is asked to replace it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.partial")
+    with partial.open("wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(partial, path)
 
 
 def _stored_syntax(pacs: PacsClient, resource: str) -> str:

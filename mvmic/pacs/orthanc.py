@@ -51,20 +51,23 @@ def in_private_network() -> bool:
     return network_interfaces() == ["lo"]
 
 
-def orthanc_configuration(folder: Path, http_port: int, dicom_port: int) -> dict:
+def orthanc_configuration(folder: Path, http_port: int, dicom_port: int, dicomweb_servers: dict | None = None) -> dict:
+    """Orthanc's configuration; ``dicomweb_servers`` (name -> {"Url": ..., "HttpHeaders": ...}) are the
+    DICOMweb servers it can push to and retrieve from, as a PACS that uses the gateway would list it."""
     return {
         "Name": "MVMIC-TEST", "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "index"),
         "HttpPort": http_port, "DicomPort": dicom_port, "RemoteAccessAllowed": True,
         "AuthenticationEnabled": True, "RegisteredUsers": {USER: PASSWORD},
         "Plugins": [str(PLUGINS / "libOrthancDicomWeb.so")],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Servers": dicomweb_servers or {}},
         # The gateway stores a lossless instance under the original's SOP Instance UID, in place of it.
         "OverwriteInstances": True, "StorageCompression": False, "HttpsVerifyPeers": False,
     }
 
 
 @contextmanager
-def running_orthanc(folder: Path, http_port: int = 8042, dicom_port: int = 4242) -> Iterator[OrthancServer]:
+def running_orthanc(folder: Path, http_port: int = 8042, dicom_port: int = 4242,
+                    dicomweb_servers: dict | None = None) -> Iterator[OrthancServer]:
     if shutil.which(ORTHANC) is None:
         raise OrthancStartError("Orthanc is not installed: apt-get install orthanc orthanc-dicomweb (make test does)")
     if not in_private_network():
@@ -72,7 +75,7 @@ def running_orthanc(folder: Path, http_port: int = 8042, dicom_port: int = 4242)
                                 f"{network_interfaces()}: start it inside `unshare --net` with lo up (make test does)")
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "orthanc.json"
-    config.write_text(json.dumps(orthanc_configuration(folder, http_port, dicom_port), indent=2))
+    config.write_text(json.dumps(orthanc_configuration(folder, http_port, dicom_port, dicomweb_servers), indent=2))
     url = f"http://127.0.0.1:{http_port}"
     with (folder / "orthanc.log").open("wb") as log:
         process = subprocess.Popen([ORTHANC, str(config)], stdout=log, stderr=subprocess.STDOUT)

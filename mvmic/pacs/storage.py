@@ -73,7 +73,7 @@ def prepare_instance(data: bytes, codec: MvmicCodec, analyzer: Analyzer | None, 
     prepared = Prepared(str(dataset.get("SOPClassUID", "")) or None, str(dataset.get("SOPInstanceUID", "")) or None,
                         original_bytes=len(data))
     if study is not None and dataset.get("StudyInstanceUID") != study:
-        prepared.failure, prepared.note = DOES_NOT_MATCH, f"the instance is of study {dataset.get('StudyInstanceUID')}"
+        prepared.failure, prepared.note = DOES_NOT_MATCH, "the instance is of another study than the request's"
         return prepared
     if "PixelData" not in dataset or _transfer_syntax(dataset) == MVM_TRANSFER_SYNTAX:
         prepared.instances, prepared.note = [data], "stored as received: no pixels to compress, or already MVMIC"
@@ -138,7 +138,7 @@ def render(data: bytes, transfer_syntax: str, codec: MvmicCodec) -> bytes:
     if stored == transfer_syntax:
         return data
     if transfer_syntax != ExplicitVRLittleEndian:
-        raise NotAcceptableError(f"instance {dataset.get('SOPInstanceUID')} is stored as {stored}; the gateway "
+        raise NotAcceptableError(f"an instance is stored as {stored}; the gateway "
                                  f"gives it as stored (transfer-syntax=*) or as {ExplicitVRLittleEndian}, "
                                  f"not {transfer_syntax}")
     if stored == MVM_TRANSFER_SYNTAX:
@@ -152,7 +152,7 @@ def render(data: bytes, transfer_syntax: str, codec: MvmicCodec) -> bytes:
         dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         return _part10(dataset)
     except Exception as exc:  # pydicom's decoders and writers raise many types: this gateway cannot convert it
-        raise NotAcceptableError(f"instance {dataset.get('SOPInstanceUID')} is stored as {syntax.name}, which this "
+        raise NotAcceptableError(f"an instance is stored as {syntax.name}, which this "
                                  f"gateway cannot give as {ExplicitVRLittleEndian} ({type(exc).__name__}: {exc}); "
                                  "ask for it as stored (transfer-syntax=*)") from exc
 

@@ -3,9 +3,13 @@
     STOW-RS  POST /dicomweb/studies[/{study}]  multipart/related; type="application/dicom"
              --each part: mvmic.pacs.storage.prepare_instance (model thread; MVMIC_STORAGE_MODE,
                lossless by default; SEG + SR with MVMIC_STORE_ANALYSIS or ?analysis=true)-->
-             PACS STOW-RS --> PS3.18 response dataset: 200 all stored, 202 some, 409 none
+             PACS STOW-RS --> PS3.18 response dataset: 200 all stored, 202 some, 409 none;
+             the PACS down, too slow or resetting: 503, failing (5xx): 502, both with Retry-After and
+             every instance in FailedSOPSequence (0x0110): nothing was stored for sure, so the client
+             sends the request again (lossless instances keep their UIDs, derivatives get the same
+             new ones: a repeated request replaces, never duplicates)
     WADO-RS  GET /dicomweb/studies/{study}[/series/{series}[/instances/{instance}]]
-             PACS, as stored --storage.render: Accept's transfer-syntax (default Explicit VR Little
+             PACS (down: 503, failing: 502, with Retry-After), as stored --storage.render: Accept's transfer-syntax (default Explicit VR Little
              Endian, decoded; * as stored; what it cannot give: 406)--> multipart/related
     QIDO-RS  GET /dicomweb/studies, /series, /instances (and nested), and */metadata: the PACS's
              answer as it came, its retrieve URLs pointing at the gateway
@@ -80,7 +84,8 @@ async def store(request: Request, models: Models, pacs: Pacs, study: str | None 
     try:
         answer = await run_in_threadpool(pacs.store, outgoing) if outgoing else {}
     except PacsError as exc:
-        raise HTTPException(status.HTTP_502_BAD_GATEWAY, str(exc)) from None
+        log.warning("request %s: the PACS failed the store: %s", request.state.request_id, exc)
+        return _stow_failed(request, prepared, exc)
     return _stow_response(request, pacs, prepared, answer)
 
 
@@ -109,6 +114,23 @@ def _stow_response(request: Request, pacs: PacsClient, prepared: list[Prepared],
     code = (status.HTTP_200_OK if not failed else
             status.HTTP_202_ACCEPTED if response.ReferencedSOPSequence else status.HTTP_409_CONFLICT)
     return JSONResponse(response.to_json_dict(), status_code=code, media_type=DICOM_JSON)
+
+
+def _stow_failed(request: Request, prepared: list[Prepared], error: PacsError) -> JSONResponse:
+    """The PACS did not store the request: every instance failed, with its own reason or 0x0110, and the
+    PACS's failure as the status (503 or 502; Retry-After when trying again may succeed)."""
+    response = Dataset()
+    response.FailedSOPSequence = [_failure(p.sop_class, p.sop_instance, PROCESSING_FAILURE if p.failure is None
+                                           else p.failure) for p in prepared]
+    request.app.state.metrics.stored.labels("failed").inc(len(prepared))
+    code = error.status if error.status in (502, 503) else status.HTTP_502_BAD_GATEWAY
+    headers = {**error.headers, "Warning": f'299 mvmic "{_quoted(str(error))}"'}
+    return JSONResponse(response.to_json_dict(), status_code=code, media_type=DICOM_JSON, headers=headers)
+
+
+def _quoted(text: str) -> str:
+    """``text`` fit for a quoted-string of an HTTP header (RFC 9110 5.6.4): one line, Latin-1, no quotes."""
+    return " ".join(text.split()).replace("\\", "/").replace('"', "'").encode("latin-1", "replace").decode("latin-1")
 
 
 def _through_gateway(request: Request, pacs: PacsClient, text: str) -> str:
@@ -141,8 +163,7 @@ async def retrieve(request: Request, models: Models, pacs: Pacs, study: str, ser
     try:
         stored = await run_in_threadpool(pacs.retrieve, resource)
     except PacsError as exc:
-        raise HTTPException(exc.status if exc.status in (404, 502) else status.HTTP_502_BAD_GATEWAY,
-                            str(exc)) from None
+        raise HTTPException(exc.status, str(exc), exc.headers) from None
     try:
         instances = [await request.app.state.workers.run(render, data, syntax, models.codec) for data in stored]
     except NotAcceptableError as exc:
@@ -175,7 +196,7 @@ async def search(request: Request, pacs: Pacs) -> Response:
         answer = await run_in_threadpool(pacs.search, resource, request.url.query,
                                          request.headers.get("accept", DICOM_JSON))
     except PacsError as exc:
-        raise HTTPException(status.HTTP_502_BAD_GATEWAY, str(exc)) from None
+        raise HTTPException(exc.status, str(exc), exc.headers) from None
     # surrogateescape: any bytes the PACS sends come back unchanged, only its URLs are replaced
     body = _through_gateway(request, pacs, answer.content.decode("utf-8", "surrogateescape")).encode(
         "utf-8", "surrogateescape")
