@@ -22,7 +22,7 @@ from test_dicom_oddities import ct_like, dicom_instance, ybr_422_words
 
 from model.tasks.organs import ORGAN_CLASSES
 from mvmic.pacs.multipart import parse_related, related_body
-from mvmic.pacs.orthanc import OrthancServer
+from mvmic.pacs.orthanc import OrthancServer, running_orthanc
 from mvmic.pacs.storage import CANNOT_UNDERSTAND, DOES_NOT_MATCH
 from mvmic.transcode import MVM_TRANSFER_SYNTAX, bitstream_of_instance
 from service.process import ServiceStartError, free_port, running_service
@@ -71,7 +71,19 @@ def _instance_path(dataset: Dataset) -> tuple[str, str, str]:
     return dataset.StudyInstanceUID, dataset.SeriesInstanceUID, dataset.SOPInstanceUID
 
 
-def test_stored_lossless_retrieved_exact_and_as_stored(client: DICOMwebClient, pacs: DICOMwebClient,
+def _retrieve(gateway: str, dataset: Dataset, transfer_syntax: str) -> Dataset:
+    """WADO-RS of one instance through the gateway in ``transfer_syntax`` (dicomweb-client refuses to ask
+    for a private one)."""
+    url = f"{gateway}/dicomweb/studies/{dataset.StudyInstanceUID}/series/{dataset.SeriesInstanceUID}" \
+          f"/instances/{dataset.SOPInstanceUID}"
+    got = httpx.get(url, timeout=120,
+                    headers={"Accept": f'multipart/related; type="application/dicom"; transfer-syntax={transfer_syntax}'})
+    assert got.status_code == 200, got.text
+    [part] = parse_related(got.content, got.headers["content-type"])
+    return pydicom.dcmread(io.BytesIO(part.content))
+
+
+def test_stored_lossless_retrieved_exact_and_as_stored(client: DICOMwebClient, pacs: DICOMwebClient, gateway: str,
                                                        corpus_dir: Path) -> None:
     originals = [_read(corpus_dir, entry) for entry in (MR, ULTRASOUND)]
     answer = client.store_instances(originals)
@@ -86,8 +98,12 @@ def test_stored_lossless_retrieved_exact_and_as_stored(client: DICOMwebClient, p
         archived = pacs.retrieve_instance(*_instance_path(original), media_types=AS_STORED)
         assert archived.file_meta.TransferSyntaxUID == MVM_TRANSFER_SYNTAX
         assert len(bitstream_of_instance(archived)) < len(original.PixelData) / 1.5
-        as_stored = client.retrieve_instance(*_instance_path(original), media_types=AS_STORED)
+        as_stored = _retrieve(gateway, original, MVM_TRANSFER_SYNTAX)
+        assert as_stored.file_meta.TransferSyntaxUID == MVM_TRANSFER_SYNTAX
         assert bitstream_of_instance(as_stored) == bitstream_of_instance(archived)
+        any_syntax = client.retrieve_instance(*_instance_path(original), media_types=AS_STORED)
+        assert any_syntax.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian  # a standard one: decoded
+        assert any_syntax.PixelData == original.PixelData
 
 
 def test_qido_passes_through_with_retrieve_urls_of_the_gateway(client: DICOMwebClient, gateway: str,
@@ -119,7 +135,7 @@ def test_analysis_is_stored_as_seg_and_sr_referencing_the_image(client: DICOMweb
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
     assert evidence.ReferencedSOPInstanceUID == original.SOPInstanceUID
     # The SEG holds the analysis of the stored bitstream: the lesion mask and organ maps /v1/analyze finds in it.
-    archived = client.retrieve_instance(*_instance_path(original), media_types=AS_STORED)
+    archived = _retrieve(gateway, original, MVM_TRANSFER_SYNTAX)
     analysis = httpx.post(f"{gateway}/v1/analyze", content=bitstream_of_instance(archived), timeout=120).json()
     assert [item.SegmentLabel for item in seg.SegmentSequence] == ["lesion", *ORGAN_CLASSES]
     pixels = seg.get_pixels_by_source_instance([original.SOPInstanceUID], ignore_spatial_locations=True)[0]
@@ -232,10 +248,51 @@ def test_wado_decodes_by_default_and_refuses_what_it_cannot_give(client: DICOMwe
     assert np.array_equal(same.pixel_array, original.pixel_array)
     jpeg = httpx.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; '
                                              'transfer-syntax=1.2.840.10008.1.2.4.50'}, timeout=120)
-    assert jpeg.status_code == 406 and "transfer-syntax=*" in jpeg.json()["detail"]
+    assert jpeg.status_code == 406 and f"transfer-syntax={MVM_TRANSFER_SYNTAX}" in jpeg.json()["detail"]
+    preferred = httpx.get(url, timeout=120, headers={"Accept": 'multipart/related; type="application/dicom"; '
+                          'transfer-syntax=1.2.840.10008.1.2.4.50, multipart/related; type="application/dicom"; '
+                          f'transfer-syntax={MVM_TRANSFER_SYNTAX}'})  # the first it can give
+    assert preferred.status_code == 200
+    assert preferred.headers["content-type"].endswith(f"transfer-syntax={MVM_TRANSFER_SYNTAX}")
     assert httpx.get(url, headers={"Accept": "image/png"}, timeout=60).status_code == 406
     missing = httpx.get(f"{gateway}/dicomweb/studies/1.2.3/series/4.5.6/instances/7.8.9", timeout=60)
     assert missing.status_code == 404
+
+
+def test_a_pacs_pushes_a_study_through_the_gateway_and_retrieves_it_back(
+        tmp_path_factory: pytest.TempPathFactory, gateway: str, pacs: DICOMwebClient, corpus_dir: Path) -> None:
+    """A hospital's Orthanc with the gateway in its DICOMweb servers: its own STOW-RS client pushes a study,
+    which the archive stores compressed; its WADO-RS client (which asks for transfer-syntax=*) gets the
+    study back decoded, every Pixel Data as it was."""
+    originals = [_read(corpus_dir, f"pyradiomics-brain2-{number:03d}") for number in (19, 20)]
+    study = originals[0].StudyInstanceUID
+    folder = tmp_path_factory.mktemp("hospital")
+    with running_orthanc(folder, 8043, 4243, {"mvmic": {"Url": f"{gateway}/dicomweb/"}}) as hospital:
+        for original in originals:
+            buffer = io.BytesIO()
+            original.save_as(buffer, enforce_file_format=True)
+            uploaded = httpx.post(f"{hospital.url}/instances", content=buffer.getvalue(), auth=hospital.auth)
+        hospital_study = uploaded.json()["ParentStudy"]
+        pushed = httpx.post(f"{hospital.url}/dicom-web/servers/mvmic/stow", auth=hospital.auth, timeout=300,
+                            json={"Resources": [hospital_study]})
+        assert pushed.status_code == 200, pushed.text
+        for original in originals:
+            archived = pacs.retrieve_instance(*_instance_path(original), media_types=AS_STORED)
+            assert archived.file_meta.TransferSyntaxUID == MVM_TRANSFER_SYNTAX
+        assert httpx.delete(f"{hospital.url}/studies/{hospital_study}", auth=hospital.auth).status_code == 200
+        retrieved = httpx.post(f"{hospital.url}/dicom-web/servers/mvmic/retrieve", auth=hospital.auth, timeout=300,
+                               json={"Resources": [{"Study": study}]})
+        assert retrieved.status_code == 200, retrieved.text
+        back = {}
+        for identifier in httpx.get(f"{hospital.url}/instances", auth=hospital.auth).json():
+            data = httpx.get(f"{hospital.url}/instances/{identifier}/file", auth=hospital.auth, timeout=60).content
+            dataset = pydicom.dcmread(io.BytesIO(data))
+            back[dataset.SOPInstanceUID] = dataset
+    assert int(retrieved.json()["ReceivedInstancesCount"]) == len(back)  # the study: these and earlier tests'
+    assert {original.SOPInstanceUID for original in originals} <= set(back)
+    assert {dataset.file_meta.TransferSyntaxUID for dataset in back.values()} == {ExplicitVRLittleEndian}
+    for original in originals:
+        assert back[original.SOPInstanceUID].PixelData == original.PixelData
 
 
 def test_gateway_without_a_pacs_says_so(service_url: str) -> None:

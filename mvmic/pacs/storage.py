@@ -8,11 +8,12 @@
         an image --dicom_to_mvm at the storage bound + mvm_instance--> the MVMIC instance
                  [--analysis of the same bitstream--> DICOM SEG + Comprehensive SR]
                  an MVMIC instance no smaller than the received one --> stored as received
-    out of the PACS (WADO-RS):
-      stored instance --transfer-syntax=*--> as stored
+    out of the PACS (WADO-RS), in the first acceptable transfer syntax it can be given in:
+      stored instance --its own syntax--> as stored (MVMIC's private one only for a client that names it)
+                      --* (the server's choice)--> as stored, or decoded when stored as MVMIC
                       --Explicit VR Little Endian--> decoded (MVMIC: instance_to_dicom, else pydicom; a
                            big-endian one swapped: as_little_endian), or NotAcceptableError (406) when it cannot be
-                      --anything else--> NotAcceptableError (406), unless already stored so
+                      --anything else--> NotAcceptableError (406)
 """
 
 from __future__ import annotations
@@ -129,19 +130,27 @@ def analysis_instances(stored: Dataset, bitstream: bytes, analyzer: Analyzer) ->
     return objects
 
 
-def render(data: bytes, transfer_syntax: str, codec: MvmicCodec) -> bytes:
-    """A stored instance in ``transfer_syntax`` ('*': as stored)."""
-    if transfer_syntax == "*":
-        return data
+def render(data: bytes, acceptable: list[str], codec: MvmicCodec) -> tuple[bytes, str]:
+    """A stored instance in the first of the ``acceptable`` transfer syntaxes (a client's order of preference)
+    the gateway can give, and that syntax: as stored, decoded to Explicit VR Little Endian, or for '*' (any
+    syntax the server chooses) as stored unless that is MVMIC's private one, which only a client that names it
+    gets: every other client, a PACS retrieving through the gateway among them, gets the images decoded.
+    NotAcceptableError when it can give none of them."""
     dataset = read_dataset(data)
     stored = _transfer_syntax(dataset)
-    if stored == transfer_syntax:
-        return data
-    if transfer_syntax != ExplicitVRLittleEndian:
-        raise NotAcceptableError(f"an instance is stored as {stored}; the gateway "
-                                 f"gives it as stored (transfer-syntax=*) or as {ExplicitVRLittleEndian}, "
-                                 f"not {transfer_syntax}")
-    if stored == MVM_TRANSFER_SYNTAX:
+    for syntax in acceptable:
+        if syntax == stored or (syntax == "*" and stored != MVM_TRANSFER_SYNTAX):
+            return data, stored
+        if syntax in ("*", ExplicitVRLittleEndian):
+            return _decoded(dataset, codec), ExplicitVRLittleEndian
+    raise NotAcceptableError(f"an instance is stored as {stored}; the gateway gives it as stored "
+                             f"(transfer-syntax={stored}, or * for a standard one) or as {ExplicitVRLittleEndian}, "
+                             f"not {', '.join(acceptable)}")
+
+
+def _decoded(dataset: Dataset, codec: MvmicCodec) -> bytes:
+    """The instance in Explicit VR Little Endian, or NotAcceptableError when it cannot be converted."""
+    if _transfer_syntax(dataset) == MVM_TRANSFER_SYNTAX:
         return _part10(instance_to_dicom(dataset, codec))
     syntax = dataset.file_meta.TransferSyntaxUID
     try:
@@ -154,7 +163,7 @@ def render(data: bytes, transfer_syntax: str, codec: MvmicCodec) -> bytes:
     except Exception as exc:  # pydicom's decoders and writers raise many types: this gateway cannot convert it
         raise NotAcceptableError(f"an instance is stored as {syntax.name}, which this "
                                  f"gateway cannot give as {ExplicitVRLittleEndian} ({type(exc).__name__}: {exc}); "
-                                 "ask for it as stored (transfer-syntax=*)") from exc
+                                 f"ask for it as stored (transfer-syntax={syntax})") from exc
 
 
 def _transfer_syntax(dataset: Dataset) -> str:

@@ -9,8 +9,9 @@
              sends the request again (lossless instances keep their UIDs, derivatives get the same
              new ones: a repeated request replaces, never duplicates)
     WADO-RS  GET /dicomweb/studies/{study}[/series/{series}[/instances/{instance}]]
-             PACS (down: 503, failing: 502, with Retry-After), as stored --storage.render: Accept's transfer-syntax (default Explicit VR Little
-             Endian, decoded; * as stored; what it cannot give: 406)--> multipart/related
+             PACS (down: 503, failing: 502, with Retry-After), as stored --storage.render: the first
+             transfer syntax of Accept it can give (default Explicit VR Little Endian, decoded; its stored
+             syntax; * as stored, MVMIC instances decoded; none of them: 406)--> multipart/related
     QIDO-RS  GET /dicomweb/studies, /series, /instances (and nested), and */metadata: the PACS's
              answer as it came, its retrieve URLs pointing at the gateway
 """
@@ -157,30 +158,37 @@ def _failure(sop_class: str | None, sop_instance: str | None, reason: int) -> Da
 @router.get("/studies/{study}/series/{series}/instances/{instance}", response_class=Response)
 async def retrieve(request: Request, models: Models, pacs: Pacs, study: str, series: str | None = None,
                    instance: str | None = None) -> Response:
-    """Instances decoded to Explicit VR Little Endian (default), or as stored with transfer-syntax=*."""
-    syntax = _requested_syntax(request.headers.get("accept", "*/*"))
+    """Instances in the first transfer syntax of the Accept header the gateway can give each in: decoded to
+    Explicit VR Little Endian (the default), as stored (naming its syntax), or * (standard syntaxes only:
+    MVMIC instances decoded)."""
+    acceptable = _acceptable_syntaxes(request.headers.get("accept", "*/*"))
     resource = request.url.path.split("/dicomweb/", 1)[1]
     try:
         stored = await run_in_threadpool(pacs.retrieve, resource)
     except PacsError as exc:
         raise HTTPException(exc.status, str(exc), exc.headers) from None
     try:
-        instances = [await request.app.state.workers.run(render, data, syntax, models.codec) for data in stored]
+        rendered = [await request.app.state.workers.run(render, data, acceptable, models.codec) for data in stored]
     except NotAcceptableError as exc:
         raise HTTPException(status.HTTP_406_NOT_ACCEPTABLE, str(exc)) from None
-    body, content_type = related_body(instances, DICOM)
-    return Response(body, media_type=content_type if syntax == "*" else f"{content_type}; transfer-syntax={syntax}")
+    body, content_type = related_body([data for data, _ in rendered], DICOM)
+    syntaxes = {syntax for _, syntax in rendered}
+    return Response(body, media_type=f"{content_type}; transfer-syntax={syntaxes.pop()}" if len(syntaxes) == 1
+                    else content_type)
 
 
-def _requested_syntax(accept: str) -> str:
-    """The transfer syntax of the first media range that asks for DICOM instances; 406 when none does."""
+def _acceptable_syntaxes(accept: str) -> list[str]:
+    """The transfer syntaxes of the media ranges that ask for DICOM instances, in order; 406 when none does."""
+    syntaxes = []
     for media_range in accept.split(","):
         media = parse_media_type(media_range.strip() or "*/*")
         if media.type in ("*/*", "multipart/*") or (
                 media.type == "multipart/related" and media.parameters.get("type", DICOM).lower() == DICOM):
-            return media.parameters.get("transfer-syntax", ExplicitVRLittleEndian)
-    raise HTTPException(status.HTTP_406_NOT_ACCEPTABLE,
-                        f'WADO-RS answers multipart/related; type="{DICOM}" [; transfer-syntax=...], not {accept}')
+            syntaxes.append(media.parameters.get("transfer-syntax", ExplicitVRLittleEndian))
+    if not syntaxes:
+        raise HTTPException(status.HTTP_406_NOT_ACCEPTABLE,
+                            f'WADO-RS answers multipart/related; type="{DICOM}" [; transfer-syntax=...], not {accept}')
+    return syntaxes
 
 
 # -- QIDO-RS and metadata: passed through -------------------------------------------------------------
