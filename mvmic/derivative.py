@@ -5,8 +5,12 @@
             `mvmic pacs compress-study` run twice replaces its derivative, never stores a second one),
         ImageType DERIVED,
         LossyImageCompression "01", ratio and method appended to any earlier ones,
-        DerivationCodeSequence (DCM 113040 "Lossy Compression"),
-        SourceImageSequence -> the source instance
+        the derivation: DerivationDescription, DerivationCodeSequence (DCM 113040 "Lossy Compression"),
+        SourceImageSequence -> the source instance;
+          in the instance itself (General Image Module), or, for an image with functional groups
+          (Enhanced CT, MR...), in a Derivation Image functional group (PS3.3 C.7.6.16.2.6), where
+          such IODs define it, with every frame's Frame Type value 1 DERIVED and the source in the
+          Source Image Evidence Sequence as well (C.8.15.2, C.8.13.1)
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
 LOSSY_COMPRESSION_CODE = ("113040", "DCM", "Lossy Compression")
+UNCOMPRESSED_PREDECESSOR_CODE = ("121320", "DCM", "Uncompressed predecessor")
+FUNCTIONAL_GROUPS = ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")
 
 
 def lossy_derivative(source: Dataset, ratio: float, method: str, description: str, content: bytes) -> Dataset:
@@ -36,15 +42,78 @@ def lossy_derivative(source: Dataset, ratio: float, method: str, description: st
     header.LossyImageCompression = "01"
     header.LossyImageCompressionRatio = [*_values(source, "LossyImageCompressionRatio"), f"{ratio:.4g}"]
     header.LossyImageCompressionMethod = [*_values(source, "LossyImageCompressionMethod"), method]
-    header.DerivationDescription = description[:1024]
-    header.DerivationCodeSequence = Sequence([_code(*LOSSY_COMPRESSION_CODE)])
+    derivation = Dataset()
+    derivation.DerivationDescription = description[:1024]
+    derivation.DerivationCodeSequence = Sequence([_code(*LOSSY_COMPRESSION_CODE)])
+    derivation.SourceImageSequence = Sequence()
     if "SOPClassUID" in source and "SOPInstanceUID" in source:  # a source without them cannot be referenced
         reference = Dataset()
         reference.ReferencedSOPClassUID = source.SOPClassUID
         reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
-        reference.PurposeOfReferenceCodeSequence = Sequence([_code("121320", "DCM", "Uncompressed predecessor")])
-        header.SourceImageSequence = Sequence([*source.get("SourceImageSequence", []), reference])
+        reference.PurposeOfReferenceCodeSequence = Sequence([_code(*UNCOMPRESSED_PREDECESSOR_CODE)])
+        derivation.SourceImageSequence.append(reference)
+    if _has_functional_groups(header):
+        _derive_frames(header, derivation)
+        if derivation.SourceImageSequence and "StudyInstanceUID" in source and "SeriesInstanceUID" in source:
+            _add_evidence(header, source)
+    else:
+        header.DerivationDescription = derivation.DerivationDescription
+        header.DerivationCodeSequence = derivation.DerivationCodeSequence
+        if derivation.SourceImageSequence:
+            header.SourceImageSequence = Sequence([*source.get("SourceImageSequence", []),
+                                                   *derivation.SourceImageSequence])
     return header
+
+
+def _has_functional_groups(header: Dataset) -> bool:
+    return bool(header.get("SharedFunctionalGroupsSequence"))
+
+
+def _derive_frames(header: Dataset, derivation: Dataset) -> None:
+    """Marks every frame DERIVED (Frame Type value 1 of each *FrameTypeSequence item, PS3.3 C.7.6.16.2.x) and adds
+    ``derivation`` as a Derivation Image functional group: to each frame's own group when the frames already carry
+    one (a macro is either shared or per frame, never both), else to the shared group."""
+    for keyword in FUNCTIONAL_GROUPS:
+        for group in header.get(keyword, []):
+            for element in group:
+                if element.keyword.endswith("FrameTypeSequence") and element.VR == "SQ":
+                    for item in element.value:
+                        if item.get("FrameType"):
+                            item.FrameType = ["DERIVED", *list(item.FrameType)[1:]]
+    per_frame = header.get("PerFrameFunctionalGroupsSequence", [])
+    if any("DerivationImageSequence" in group for group in per_frame):
+        for number, group in enumerate(per_frame, start=1):
+            item = copy.deepcopy(derivation)
+            for reference in item.get("SourceImageSequence", []):
+                reference.ReferencedFrameNumber = number  # frame n is decoded from the source's frame n
+            group.DerivationImageSequence = Sequence([*group.get("DerivationImageSequence", []), item])
+    else:
+        shared = header.SharedFunctionalGroupsSequence[0]
+        shared.DerivationImageSequence = Sequence([*shared.get("DerivationImageSequence", []), derivation])
+
+
+def _add_evidence(header: Dataset, source: Dataset) -> None:
+    """The source in the header's Source Image Evidence Sequence (a Hierarchical SOP Instance Reference:
+    study, then series, then instance), beside any evidence the source already named."""
+    evidence = header.get("SourceImageEvidenceSequence") or Sequence()
+    study = next((item for item in evidence if item.get("StudyInstanceUID") == source.StudyInstanceUID), None)
+    if study is None:
+        study = Dataset()
+        study.StudyInstanceUID = source.StudyInstanceUID
+        study.ReferencedSeriesSequence = Sequence()
+        evidence.append(study)
+    series = next((item for item in study.get("ReferencedSeriesSequence", [])
+                   if item.get("SeriesInstanceUID") == source.SeriesInstanceUID), None)
+    if series is None:
+        series = Dataset()
+        series.SeriesInstanceUID = source.SeriesInstanceUID
+        series.ReferencedSOPSequence = Sequence()
+        study.ReferencedSeriesSequence = Sequence([*study.get("ReferencedSeriesSequence", []), series])
+    instance = Dataset()
+    instance.ReferencedSOPClassUID = source.SOPClassUID
+    instance.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    series.ReferencedSOPSequence = Sequence([*series.get("ReferencedSOPSequence", []), instance])
+    header.SourceImageEvidenceSequence = evidence
 
 
 def _values(dataset: Dataset, keyword: str) -> list[str]:

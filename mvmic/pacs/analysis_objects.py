@@ -8,7 +8,10 @@
                                 tracking id with the label and score)
 
 Both name the source in their references (SEG: ReferencedSeriesSequence / SourceImageSequence; SR:
-evidence and each region's source image), share its study, and sit in new series of their own.
+evidence and each region's source image), share its study, and sit in new series of their own. Both pass
+dciodvfy (tests/test_conformance.py): the source's missing Type 2 patient and study attributes are copied
+empty (unknown), a SEG without plane orientation carries Patient Orientation, and a SEG in a frame of
+reference has a slice thickness (or no SEG is made, ValueError).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import copy
 
 import highdicom as hd
 import numpy as np
-from pydicom.dataset import Dataset
+from highdicom.spatial import get_image_coordinate_system
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
@@ -27,6 +31,11 @@ from model.tasks.organs import ORGAN_CLASSES
 MANUFACTURER = "MVMIC"
 ALGORITHM = "MVMICNet"
 SEG_SERIES_NUMBER, SR_SERIES_NUMBER = 9901, 9902
+# Type 2 attributes of the Patient and General Study modules that the objects copy from their source: empty
+# (unknown) where the source lacks them (highdicom reads them unconditionally).
+SHARED_TYPE_2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                 "ReferringPhysicianName", "StudyID", "AccessionNumber")
+REQUIRED = ("StudyInstanceUID", "SOPClassUID", "SOPInstanceUID")  # Type 1: without them nothing can reference it
 # Segmented property (category, type) of each class, in the order of model.tasks.heads.DETECTION_CLASSES.
 PROPERTIES = {
     "lesion": (codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Lesion),
@@ -47,29 +56,71 @@ def _algorithm(model_id: str) -> hd.AlgorithmIdentificationSequence:
 
 def as_reference(source: Dataset) -> Dataset:
     """The source's header as the objects reference it: highdicom reads attributes, never pixels, and
-    a stored MVMIC instance's private transfer syntax means nothing to it."""
-    header = copy.copy(source)
-    header.file_meta = copy.copy(source.file_meta)
+    a stored MVMIC instance's private transfer syntax means nothing to it. Raises ValueError for a source
+    without the UIDs that the objects must reference."""
+    missing = [keyword for keyword in REQUIRED if not source.get(keyword)]
+    if missing:
+        raise ValueError(f"the source has no {', '.join(missing)}, which the analysis objects must reference")
+    # its own elements dict (copy.copy and Dataset(source) share the source's), adding and removing elements only;
+    # the file meta, whose element it alters, copied whole (a few elements)
+    header = Dataset(dict(source))
+    header.file_meta = copy.deepcopy(source.get("file_meta", FileMetaDataset()))
     header.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    for keyword in SHARED_TYPE_2:
+        if keyword not in header:
+            setattr(header, keyword, None)  # present, empty: unknown
     return header
 
 
 def segmentation(source: Dataset, frames: list[FrameAnalysis], model_id: str) -> Dataset:
     """The lesion mask and the organ maps of every frame; segment 1 is the lesion, segment 1 + c
-    the organ class c (ORGAN_CLASSES[c - 1])."""
+    the organ class c (ORGAN_CLASSES[c - 1]). Raises ValueError for a source it cannot conform to
+    (_seg_reference), as highdicom does for one it refuses."""
     segments = [hd.seg.SegmentDescription(
         segment_number=number, segment_label=label, segmented_property_category=PROPERTIES[label][0],
         segmented_property_type=PROPERTIES[label][1], algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=_algorithm(model_id)) for number, label in enumerate(PROPERTIES, start=1)]
     masks = np.stack([np.stack([frame.mask, *(frame.organs == c for c in range(1, len(ORGAN_CLASSES) + 1))], axis=-1)
                       for frame in frames]).astype(np.uint8)  # (frames, rows, columns, segments)
-    return hd.seg.Segmentation(
-        source_images=[as_reference(source)], pixel_array=masks,
+    seg = hd.seg.Segmentation(
+        source_images=[_seg_reference(source)], pixel_array=masks,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=segments,
         series_instance_uid=hd.UID(), series_number=SEG_SERIES_NUMBER, sop_instance_uid=hd.UID(), instance_number=1,
         manufacturer=MANUFACTURER, manufacturer_model_name=ALGORITHM, software_versions=model_id,
         device_serial_number="none", series_description=f"{ALGORITHM} lesion and organ segmentation",
         omit_empty_frames=False)
+    planes = [*seg.get("SharedFunctionalGroupsSequence", []), *seg.get("PerFrameFunctionalGroupsSequence", [])[:1]]
+    if not any("PlaneOrientationSequence" in group for group in planes) and "PatientOrientation" not in seg:
+        # General Image Module, Type 2C: required when the image has no Image Orientation (Patient); the
+        # masks lie on the source's pixel grid, so they share its orientation (empty: unknown)
+        seg.PatientOrientation = source.get("PatientOrientation") or None
+    return seg
+
+
+def _seg_reference(source: Dataset) -> Dataset:
+    """as_reference, for a Segmentation: a SEG in a frame of reference needs a Slice Thickness (PS3.3
+    C.7.6.16.2.1, Pixel Measures). A source with a frame of reference but no position (a secondary capture,
+    say) gets a SEG without one, on its pixel grid; a source with a position but no slice thickness gets
+    none (ValueError)."""
+    reference = as_reference(source)
+    if "FrameOfReferenceUID" not in reference or _slice_thickness(reference):
+        return reference
+    if get_image_coordinate_system(reference) is None:  # highdicom would keep the frame, with no geometry in it
+        del reference.FrameOfReferenceUID
+        return reference
+    raise ValueError("the source has a frame of reference but no Slice Thickness, which a Segmentation in that "
+                     "frame of reference needs")
+
+
+def _slice_thickness(dataset: Dataset) -> float | None:
+    """The Slice Thickness where highdicom reads it: the shared Pixel Measures of a multi-frame image with
+    functional groups, else the top level; None if absent or empty."""
+    shared = dataset.get("SharedFunctionalGroupsSequence")
+    if shared and "PixelMeasuresSequence" in shared[0]:
+        value = shared[0].PixelMeasuresSequence[0].get("SliceThickness")
+    else:
+        value = dataset.get("SliceThickness")
+    return float(value) if value not in (None, "") else None
 
 
 def measurement_report(source: Dataset, frames: list[FrameAnalysis], model_id: str) -> Dataset:
