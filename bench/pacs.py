@@ -41,8 +41,7 @@ def run_pacs_benchmark(corpus_dir: Path, out_dir: Path, split: str = "test", mod
     rows = []
     for mode in modes:
         with tempfile.TemporaryDirectory() as folder, running_orthanc(Path(folder) / "orthanc") as orthanc:
-            settings = {"MVMIC_PACS_URL": orthanc.dicomweb, "MVMIC_PACS_USER": orthanc.auth[0],
-                        "MVMIC_PACS_PASSWORD": orthanc.auth[1], **MODES[mode]}
+            settings = {**orthanc.gateway_environment(), **MODES[mode]}
             pacs = PacsClient(orthanc.dicomweb, orthanc.auth)
             with running_service(out_dir / f"gateway-{mode.replace(' ', '-')}.log", settings) as url:
                 for entry in entries:

@@ -86,6 +86,15 @@ def _parser() -> argparse.ArgumentParser:
                             help="storage mode (repeatable; default: both)")
     pacs_bench.add_argument("--limit", type=int, default=None, help="only the first N images")
     pacs_bench.set_defaults(run=_bench_pacs)
+    soak = bench.add_parser("soak", help="minutes of locust clients on compress, decompress, analyze, STOW-RS and "
+                                         "WADO-RS: failures, latency, memory growth (run it in scripts/private-network)")
+    soak.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder (default: %(default)s)")
+    soak.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "soak", help="output folder")
+    soak.add_argument("--users", type=int, default=32, help="concurrent clients (default: %(default)s)")
+    soak.add_argument("--duration", type=int, default=600, help="seconds of load (default: %(default)s)")
+    soak.add_argument("--warmup", type=int, default=60,
+                      help="seconds before memory growth is measured (default: %(default)s)")
+    soak.set_defaults(run=_bench_soak)
     tasks = bench.add_parser("tasks", help="lesion Dice/IoU/AP50 per rate: heads on the bitstream vs pixel routes")
     tasks.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder (default: %(default)s)")
     tasks.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "tasks", help="output folder")
@@ -475,6 +484,13 @@ def _bench_pacs(args: argparse.Namespace) -> int:
 
     run_pacs_benchmark(args.corpus, args.out, args.split, tuple(args.mode or MODES), args.limit)
     return 0
+
+
+def _bench_soak(args: argparse.Namespace) -> int:
+    from bench.soak import run_soak_benchmark
+
+    result = run_soak_benchmark(args.corpus, args.out, args.users, args.duration, args.warmup)
+    return 0 if result["pass"] else 1
 
 
 def _bench_tasks(args: argparse.Namespace) -> int:

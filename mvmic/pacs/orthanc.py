@@ -39,6 +39,10 @@ class OrthancServer:
     auth: tuple[str, str]
     storage: Path
 
+    def gateway_environment(self) -> dict[str, str]:
+        """The MVMIC_* settings of a gateway (service.settings) in front of this Orthanc."""
+        return {"MVMIC_PACS_URL": self.dicomweb, "MVMIC_PACS_USER": self.auth[0], "MVMIC_PACS_PASSWORD": self.auth[1]}
+
 
 def network_interfaces() -> list[str]:
     # /proc/self/net is this process's namespace (/sys/class/net stays the one sysfs was mounted in).
