@@ -31,11 +31,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return command(args)
     except (DicomInputError, OSError, RuntimeError, ValueError) as exc:
-        print(f"mvmic: error: {exc}", file=sys.stderr)
+        print(f"mvmic: error: {_message(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("mvmic: interrupted", file=sys.stderr)
         return 130
+
+
+def _message(error: Exception) -> str:
+    """One line per problem; for invalid MVMIC_* settings, where and what, never the value given (a token,
+    a password)."""
+    errors = getattr(error, "errors", None)  # pydantic's ValidationError, imported lazily by the commands
+    if callable(errors):
+        return "; ".join(f"{'.'.join(str(part) for part in item['loc']) or 'settings'}: {item['msg']}"
+                         for item in errors(include_input=False, include_url=False))
+    return str(error)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -32,6 +32,13 @@ from pydicom.filewriter import write_data_element
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+# pydicom's warnings about a value that breaks its VR's rules (a UID with a leading zero, say) quote the value,
+# and go to the process's stderr and log: a patient's name or a study's UID in the service's log. MVMIC reads
+# and keeps such values as they are (a lossless instance is the original) and checks the attributes it uses
+# itself, naming the attribute, never the value; the conformance of what it writes is checked by dciodvfy.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
+
 DicomSource = str | PathLike[str] | bytes | BinaryIO
 
 MAX_BITS_STORED = 16

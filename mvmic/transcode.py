@@ -132,8 +132,10 @@ def instance_to_dicom(dataset: Dataset, codec: MvmicCodec | None) -> Dataset:
 def bitstream_of_instance(dataset: Dataset) -> bytes:
     """The .mvm inside an instance of MVM_TRANSFER_SYNTAX (its even-length padding removed)."""
     syntax = dataset.get("file_meta", Dataset()).get("TransferSyntaxUID")
-    if syntax != MVM_TRANSFER_SYNTAX or "PixelData" not in dataset:
+    if syntax != MVM_TRANSFER_SYNTAX:
         raise ValueError(f"not an MVMIC instance: transfer syntax {syntax}, expected {MVM_TRANSFER_SYNTAX}")
+    if "PixelData" not in dataset:
+        raise ValueError("an MVMIC instance without Pixel Data (cut short?)")
     data = b"".join(list(generate_fragments(dataset.PixelData))[1:])  # item 0 is the empty offset table
     try:
         Bitstream.from_bytes(data)

@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse
 
 from mvmic.pacs.client import PacsClient
 from service.errors import install_error_handlers
-from service.metrics import ServiceMetrics
+from service.metrics import ServiceMetrics, route_of
 from service.models import ModelWorkers, configure_torch, load_models
 from service.routes import codec, dicomweb, health, metrics, models
 from service.settings import Settings
@@ -74,25 +74,19 @@ async def _request_id(request: Request, call_next: Callable[[Request], Awaitable
     try:
         response = await call_next(request)
     except Exception:
-        log.exception("request %s: %s %s failed", request.state.request_id, request.method, _route(request))
+        log.exception("request %s: %s %s failed", request.state.request_id, request.method, route_of(request))
         response = JSONResponse({"detail": "internal server error", "request_id": request.state.request_id},
                                 status_code=500)
     response.headers["X-Request-ID"] = request.state.request_id
     _count(request, response, time.perf_counter() - started)
-    log.info("request %s: %s %s -> %d in %.1f ms", request.state.request_id, request.method, _route(request),
+    log.info("request %s: %s %s -> %d in %.1f ms", request.state.request_id, request.method, route_of(request),
              response.status_code, 1000 * (time.perf_counter() - started))
     return response
 
 
-def _route(request: Request) -> str:
-    """The route template that answered (never the raw path, which may hold UIDs), or 'unmatched'."""
-    route = request.scope.get("route")
-    return route.path if route is not None else "unmatched"
-
-
 def _count(request: Request, response: Response, seconds: float) -> None:
-    """Requests, latency and bytes out by route template (the raw path would make unbounded labels)."""
-    path = _route(request)
+    """Requests, latency and bytes out by route template."""
+    path = route_of(request)
     metrics = request.app.state.metrics
     metrics.requests.labels(path, request.method, str(response.status_code)).inc()
     metrics.latency.labels(path).observe(seconds)

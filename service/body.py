@@ -2,6 +2,8 @@
 
 from fastapi import HTTPException, Request, status
 
+from service.metrics import route_of
+
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, or 413 as soon as it is known to exceed ``limit`` bytes: from Content-Length
@@ -17,7 +19,7 @@ async def read_body(request: Request, limit: int) -> bytes:
         chunks.append(chunk)
     if not size:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "empty request body")
-    request.app.state.metrics.body_bytes.labels(request.url.path, "in").inc(size)
+    request.app.state.metrics.body_bytes.labels(route_of(request), "in").inc(size)
     return b"".join(chunks)
 
 

@@ -14,10 +14,19 @@
     mvmic_gateway_bytes_total{kind}                 their bytes as received and as sent to the PACS
 """
 
+from fastapi import Request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BPP_BUCKETS = (0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 3, 4, 6, 8, 12, 16)
+
+
+def route_of(request: Request) -> str:
+    """The route template that answers ``request`` (e.g. /dicomweb/studies/{study}), or 'unmatched': the label
+    of its metrics and the name in its log lines. Never the raw path, which holds UIDs and would make a
+    series per study."""
+    route = request.scope.get("route")
+    return route.path if route is not None else "unmatched"
 
 
 class ServiceMetrics:

@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     store_analysis: bool = Field(False, description="also store each image's analysis as DICOM SEG and SR")
 
     @model_validator(mode="after")
+    def _tokens_are_tokens(self) -> "Settings":
+        # RFC 6750 b64token: an empty or blank entry would let a request with "Bearer" and nothing after it in
+        if any(not token or any(character.isspace() for character in token) for token in self.api_tokens):
+            raise ValueError("MVMIC_API_TOKENS: every token must be non-empty and hold no whitespace")
+        return self
+
+    @model_validator(mode="after")
     def _storage_bound_is_valid(self) -> "Settings":
         error_bound(self.storage_mode, self.storage_max_error)  # ValueError names what is wrong
         if self.storage_quality is not None and self.storage_mode != "lossy":

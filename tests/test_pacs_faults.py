@@ -34,12 +34,22 @@ PACS_TIMEOUT_S = 3  # the gateway's MVMIC_PACS_TIMEOUT_S in these tests; "slow" 
 PACS_RETRY_AFTER = "7"  # what the failing PACS asks for
 
 
+def _answer(status: str, body: bytes, *headers: str) -> bytes:
+    """An HTTP answer the fault proxy sends in the PACS's place."""
+    head = [f"HTTP/1.1 {status}", *headers, f"Content-Length: {len(body)}", "Connection: close", "", ""]
+    return "\r\n".join(head).encode() + body
+
+
+PACS_503 = _answer("503 Service Unavailable", b"", f"Retry-After: {PACS_RETRY_AFTER}")
+
+
 class FaultProxy:
     """A TCP proxy in front of a server, with one fault at a time:
 
         pass    bytes relayed both ways
         down    nothing listens: connections are refused
-        error   answers every request itself: 503 with Retry-After 7, nothing reaches the server
+        error   answers every request itself with ``answer`` (default: 503 with Retry-After 7), nothing reaches
+                the server
         reset   relays the first 2 KiB of a request, then resets both connections (mid-STOW)
         slow    relays, but holds the server's answer back ``delay`` seconds
 
@@ -47,16 +57,16 @@ class FaultProxy:
     """
 
     def __init__(self, upstream_port: int) -> None:
-        self.upstream_port, self.mode, self.delay = upstream_port, "pass", 0.0
+        self.upstream_port, self.mode, self.delay, self.answer = upstream_port, "pass", 0.0, PACS_503
         self.open: set[socket.socket] = set()
         self.listener = self._listen(0)
         self.port = self.listener.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def set(self, mode: str, delay: float = 0.0) -> None:
+    def set(self, mode: str, delay: float = 0.0, answer: bytes = b"") -> None:
         for connection in list(self.open):
             _close(connection)
-        self.delay = delay
+        self.delay, self.answer = delay, answer or PACS_503
         if mode == "down" and self.listener is not None:
             self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread; close alone would not
             self.listener.close()
@@ -86,8 +96,7 @@ class FaultProxy:
 
     def _handle(self, client: socket.socket, mode: str) -> None:
         if mode == "error":
-            client.sendall(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: " + PACS_RETRY_AFTER.encode()
-                           + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            client.sendall(self.answer)
             client.shutdown(socket.SHUT_WR)
             client.settimeout(30)
             while client.recv(65536):  # the request, read to its end: closing with unread bytes would reset
@@ -194,6 +203,7 @@ def test_a_failing_pacs_gives_every_instance_back_as_failed_with_retry_after(
     assert answer.status_code == code, (answer.headers, answer.text)
     assert answer.headers["retry-after"] == (PACS_RETRY_AFTER if fault == "error" else "10")
     assert answer.headers["warning"].startswith("299 mvmic ")
+    assert "127.0.0.1" not in answer.headers["warning"]  # the PACS's address (and any credentials in it)
     failed = Dataset.from_json(answer.json()).FailedSOPSequence
     assert [item.FailureReason for item in failed] == [PROCESSING_FAILURE] * 2
     assert {item.ReferencedSOPInstanceUID for item in failed} == \
@@ -204,6 +214,33 @@ def test_a_failing_pacs_gives_every_instance_back_as_failed_with_retry_after(
     again = _stow(gateway, originals)  # what a client does after Retry-After
     assert again.status_code == 200, again.text
     _assert_exactly_once_and_exact(gateway, orthanc, originals)
+
+
+@pytest.mark.parametrize(("answer", "code", "retry_after"), [
+    (_answer("500 Internal Server Error", b'{"Message": "cannot store Confidential^Patricia"}',
+             "Retry-After: Fri, 01 Jan 2100 00:00:00 GMT"), 502, "years"),  # its words: a patient's name
+    (_answer("500 Internal Server Error", b'{"Message": 123}', "Retry-After: \u00b2"), 502, "10"),
+    (_answer("200 OK", b"{not json", "Content-Type: application/dicom+json"), 502, None),
+    (_answer("200 OK", b'{"00081199": {"vr": "SQ", "Value": [1, 2]}}', "Content-Type: application/dicom+json"), 502,
+     None),
+    (_answer("200 OK", b"{}", "Content-Type: application/dicom+json"), 409, None),  # acknowledged nothing
+    (_answer("200 OK", b""), 409, None),
+])
+def test_a_pacs_answering_what_dicomweb_does_not_define_is_a_bad_gateway(
+        gateway: str, proxy: FaultProxy, corpus_dir: Path, answer: bytes, code: int, retry_after: str | None) -> None:
+    """Never 400 (the request was good) nor 500, never success for instances the PACS did not acknowledge,
+    never the PACS's own words to the client."""
+    proxy.set("error", answer=answer)
+    try:
+        response = _stow(gateway, _instances(corpus_dir, 2, 3))
+    finally:
+        proxy.set("pass")
+    assert response.status_code == code, (response.headers, response.text)
+    reasons = [item.FailureReason for item in Dataset.from_json(response.json()).FailedSOPSequence]
+    assert reasons == [PROCESSING_FAILURE] * 2
+    assert "Confidential" not in response.text + str(response.headers)
+    given = response.headers.get("retry-after")
+    assert given == retry_after if retry_after != "years" else int(given) > 365 * 86400
 
 
 def test_a_slow_pacs_within_the_timeout_is_waited_for(gateway: str, orthanc: OrthancServer, proxy: FaultProxy,

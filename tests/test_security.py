@@ -50,7 +50,9 @@ def _identified(corpus_dir: Path, entry_id: str = "pyradiomics-brain2-011") -> p
     dataset = pydicom.dcmread(corpus_dir / "images" / f"{entry_id}.dcm")
     dataset.PatientName, dataset.PatientID = "Confidential^Patricia", "PID-7734-SECRET"
     dataset.PatientBirthDate, dataset.AccessionNumber = "19230417", "ACC-SECRET-99"
-    dataset.StudyInstanceUID, dataset.SeriesInstanceUID = generate_uid(), generate_uid()
+    # a component with a leading zero, as some modalities write: pydicom's validation warning would quote it
+    dataset.StudyInstanceUID = f"1.2.840.99.0{generate_uid()[-20:].lstrip('.')}"
+    dataset.SeriesInstanceUID = generate_uid()
     dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     return dataset
 
@@ -84,6 +86,10 @@ def test_every_route_but_the_probes_and_docs_needs_the_token(gateway: Gateway) -
             assert response.status_code == 200, (method, path)
         else:
             assert response.status_code == 401 and response.headers["WWW-Authenticate"] == "Bearer", (method, path)
+    for header in (f"Bearer {TOKEN}", f"bearer  {TOKEN}"):  # RFC 6750: the scheme in any case, 1*SP
+        assert httpx.get(f"{gateway.url}/v1/models", headers={"Authorization": header}).status_code == 200
+    for header in ("Bearer", f"Bearer {TOKEN[:-1]}", f"Basic {TOKEN}"):
+        assert httpx.get(f"{gateway.url}/v1/models", headers={"Authorization": header}).status_code == 401
 
 
 def test_every_body_is_limited_while_it_streams_in(gateway: Gateway, corpus_dir: Path) -> None:
@@ -143,6 +149,8 @@ def test_no_patient_identifier_in_any_log_line_or_error_message(gateway: Gateway
                                                           "AccessionNumber": dataset.AccessionNumber})
     assert dataset.StudyInstanceUID in found.text  # the search did reach the PACS with the identifiers
     send("GET", "/dicomweb/series", 200, params={"PatientName": str(dataset.PatientName)})  # the search did reach the PACS with the identifiers
+    metrics = httpx.get(f"{gateway.url}/metrics", timeout=30).text  # no token needed: nothing identifying
+    assert 'route="/dicomweb/studies/{study}"' in metrics and [i for i in identifiers if i in metrics] == []
     log = gateway.log.read_text(errors="replace")
     assert "POST /dicomweb/studies -> 202" in log and "GET /dicomweb/studies/{study}/series/{series}" in log
     assert [identifier for identifier in identifiers if identifier in log] == []

@@ -8,7 +8,9 @@
                                 tracking id with the label and score)
 
 Both name the source in their references (SEG: ReferencedSeriesSequence / SourceImageSequence; SR:
-evidence and each region's source image), share its study, and sit in new series of their own. Both pass
+evidence and each region's source image), share its study, and sit in new series of their own, whose
+UIDs (and their own) derive from the source's and the model's: storing an image again replaces its
+analysis, never adds a second one. Both pass
 dciodvfy (tests/test_conformance.py): the source's missing Type 2 patient and study attributes are copied
 empty (unknown), a SEG without plane orientation carries Patient Orientation, and a SEG in a frame of
 reference has a slice thickness (or no SEG is made, ValueError).
@@ -23,7 +25,7 @@ import numpy as np
 from highdicom.spatial import get_image_coordinate_system
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from model.tasks.analysis import FrameAnalysis
 from model.tasks.organs import ORGAN_CLASSES
@@ -47,6 +49,13 @@ PROPERTIES = {
     "back muscle": (codes.SCT.AnatomicalStructure, codes.SCT.ErectorSpinaeMuscle),
     "aorta": (codes.SCT.AnatomicalStructure, codes.SCT.Aorta),
 }
+
+
+def _uid(source: Dataset, role: str, model_id: str) -> hd.UID:
+    """The UID of one of an analysis's objects (or of something inside one), the same for the same source
+    instance, role and model: the analysis of an image stored again replaces its SEG and SR in the PACS
+    instead of adding a copy (pydicom's root and a hash, PS3.5 B.2)."""
+    return hd.UID(generate_uid(entropy_srcs=[str(source.get("SOPInstanceUID", "")), role, model_id]))
 
 
 def _algorithm(model_id: str) -> hd.AlgorithmIdentificationSequence:
@@ -85,7 +94,8 @@ def segmentation(source: Dataset, frames: list[FrameAnalysis], model_id: str) ->
     seg = hd.seg.Segmentation(
         source_images=[_seg_reference(source)], pixel_array=masks,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=segments,
-        series_instance_uid=hd.UID(), series_number=SEG_SERIES_NUMBER, sop_instance_uid=hd.UID(), instance_number=1,
+        series_instance_uid=_uid(source, "SEG series", model_id), series_number=SEG_SERIES_NUMBER,
+        sop_instance_uid=_uid(source, "SEG", model_id), instance_number=1,
         manufacturer=MANUFACTURER, manufacturer_model_name=ALGORITHM, software_versions=model_id,
         device_serial_number="none", series_description=f"{ALGORITHM} lesion and organ segmentation",
         omit_empty_frames=False)
@@ -136,25 +146,27 @@ def measurement_report(source: Dataset, frames: list[FrameAnalysis], model_id: s
                     referenced_sop_class_uid=source.SOPClassUID, referenced_sop_instance_uid=source.SOPInstanceUID,
                     referenced_frame_numbers=[frame.frame + 1] if multiframe else None))
             groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(),
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=_uid(source, f"region {number}", model_id),
                                                              identifier=f"{label} {number} (score {score:.3f})"),
                 referenced_region=region, finding_type=PROPERTIES[label][1], algorithm_id=hd.sr.AlgorithmIdentification(
                     name=ALGORITHM, version=model_id)))
     if not groups:  # TID 1500 needs a measurement group: an image-level one saying nothing was found
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="no lesion or organ found"),
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=_uid(source, "no finding", model_id),
+                                                         identifier="no lesion or organ found"),
             finding_type=codes.SCT.Lesion, algorithm_id=hd.sr.AlgorithmIdentification(name=ALGORITHM, version=model_id),
             qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.SCT.Lesion, codes.SCT.Absent)],
             source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(reference)]))
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=hd.UID(), name=ALGORITHM, manufacturer_name=MANUFACTURER, model_name=model_id))
+            uid=_uid(source, "device", model_id), name=ALGORITHM, manufacturer_name=MANUFACTURER, model_name=model_id))
     report = hd.sr.MeasurementReport(observation_context=hd.sr.ObservationContext(observer_device_context=observer),
                                      procedure_reported=codes.SCT.ImagingProcedure, imaging_measurements=groups)
     return hd.sr.ComprehensiveSR(
-        evidence=[reference], content=report, series_instance_uid=hd.UID(), series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER,
+        evidence=[reference], content=report, series_instance_uid=_uid(source, "SR series", model_id),
+        series_number=SR_SERIES_NUMBER, sop_instance_uid=_uid(source, "SR", model_id), instance_number=1,
+        manufacturer=MANUFACTURER,
         series_description=f"{ALGORITHM} lesion and organ boxes")
 
 

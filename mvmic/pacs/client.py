@@ -1,21 +1,26 @@
 """A DICOMweb client of the upstream PACS: what the gateway and `mvmic pacs` ask of it.
 
-    store(instances)            STOW-RS  POST {root}/studies            -> PS3.18 response dataset (JSON)
+    store(instances)            STOW-RS  POST {root}/studies            -> PS3.18 response dataset
     retrieve(resource)          WADO-RS  GET  {root}/{resource}, transfer-syntax=* (as stored) -> instances
     search(resource, query)     QIDO-RS  GET  {root}/{resource}?query   -> the PACS's answer as it came
 
 Every request carries the configured credentials (HTTP basic). A failed connection is tried again
 (twice) before anything is sent. A PACS that cannot be reached, resets the connection or does not answer
-within ``timeout`` raises PacsError with status 503 and a Retry-After; one that answers 5xx, 502 with
-its own Retry-After or ours; an unknown resource, 404; any other refusal, 502. The message names the
-PACS's status and reason, never the resource (whose UIDs identify a patient's study).
+within ``timeout`` (to connect, and to each read or write) raises PacsError with status 503 and a
+Retry-After; one that answers 5xx, 502 with its own Retry-After (seconds or an HTTP date) or ours; an
+unknown resource, 404; any other refusal or an answer that is not what DICOMweb defines, 502. The
+message names what failed and the PACS's status, never the PACS's address (it may hold credentials),
+its own words or the resource (they may name a patient or a study's UIDs).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 
 import httpx
+from pydicom.dataset import Dataset
 
 from mvmic.pacs.multipart import MultipartError, parse_related, related_body
 
@@ -57,14 +62,25 @@ class PacsClient:
     def close(self) -> None:
         self.http.close()
 
-    def store(self, instances: list[bytes]) -> dict:
-        """STOW-RS of ``instances`` (Part 10 files); the PACS's response dataset (DICOM JSON), or {}."""
+    def store(self, instances: list[bytes]) -> Dataset:
+        """STOW-RS of ``instances`` (Part 10 files); the PACS's PS3.18 response dataset (empty if it sent
+        none), or PacsError 502 for an answer that is not one."""
         body, content_type = related_body(instances, DICOM)
         response = self._send("POST", "studies", content=body,
                               headers={"Content-Type": content_type, "Accept": "application/dicom+json"})
         if response.status_code not in (200, 202, 409):
             raise self._refused(response, "store")
-        return response.json() if response.content else {}
+        if not response.content:
+            return Dataset()
+        try:
+            answer = Dataset.from_json(response.json())
+            for item in [*answer.get("ReferencedSOPSequence", []), *answer.get("FailedSOPSequence", [])]:
+                str(item.ReferencedSOPInstanceUID)
+                int(item.get("FailureReason", 0))
+        except Exception as exc:  # JSON and pydicom raise many types on a malformed answer
+            raise PacsError(f"the PACS answered the store (HTTP {response.status_code}) with a body that is not a "
+                            f"PS3.18 response dataset ({type(exc).__name__})") from exc
+        return answer
 
     def retrieve(self, resource: str) -> list[bytes]:
         """The instances of a study, series or instance (``studies/S[/series/R[/instances/I]]``), as stored."""
@@ -74,7 +90,7 @@ class PacsClient:
         try:
             return [part.content for part in parse_related(response.content, response.headers.get("content-type", ""))]
         except MultipartError as exc:
-            raise PacsError(f"the PACS answered a retrieve with a malformed multipart body: {exc}") from exc
+            raise PacsError(f"the PACS answered a retrieve with a malformed multipart body ({exc})") from exc
 
     def search(self, resource: str, query: str = "", accept: str = "application/dicom+json") -> httpx.Response:
         """A QIDO-RS query, answered as the PACS answered it (status, type and body), unless it failed (5xx)."""
@@ -86,28 +102,31 @@ class PacsClient:
     def _send(self, method: str, resource: str, **kwargs) -> httpx.Response:
         try:
             return self.http.request(method, f"{self.root}/{resource}", **kwargs)
+        except httpx.InvalidURL as exc:  # a path parameter no URL can hold (a NUL byte, say)
+            raise PacsError(f"not a valid DICOMweb resource ({exc})", 400) from exc
         except httpx.TimeoutException as exc:
-            raise PacsError(f"the PACS at {self.root} did not answer within {self.timeout:g} s "
-                            f"({type(exc).__name__})", 503, RETRY_AFTER_S) from exc
+            raise PacsError(f"the PACS did not answer within {self.timeout:g} s ({type(exc).__name__})", 503,
+                            RETRY_AFTER_S) from exc
         except httpx.TransportError as exc:  # refused, reset, closed mid-answer
-            raise PacsError(f"the PACS at {self.root} cannot be reached or closed the connection "
-                            f"({type(exc).__name__}: {exc})", 503, RETRY_AFTER_S) from exc
+            raise PacsError(f"the PACS cannot be reached or closed the connection ({type(exc).__name__})", 503,
+                            RETRY_AFTER_S) from exc
 
     @staticmethod
     def _refused(response: httpx.Response, action: str) -> PacsError:
-        if response.status_code == 404:  # the PACS's words would name the resource
+        if response.status_code == 404:
             return PacsError(f"the PACS has no such resource to {action}", 404)
-        reason = f"the PACS refused to {action}: HTTP {response.status_code} {_reason(response)}"
+        reason = f"the PACS refused to {action}: HTTP {response.status_code}"
         if response.status_code >= 500:
-            given = response.headers.get("retry-after", "")
-            return PacsError(reason, 502, int(given) if given.isdigit() else RETRY_AFTER_S)
+            return PacsError(reason, 502, retry_after(response.headers.get("retry-after", "")))
         return PacsError(reason)
 
 
-def _reason(response: httpx.Response) -> str:
-    """The PACS's own words, short, on one line (Orthanc answers JSON with a Message)."""
+def retry_after(header: str, default: int = RETRY_AFTER_S) -> int:
+    """Seconds from a Retry-After header (RFC 9110 10.2.3: delay-seconds or an HTTP date), else ``default``."""
+    header = header.strip()
+    if header.isascii() and header.isdigit():
+        return int(header)
     try:
-        message = response.json().get("Message", "")
-    except (ValueError, AttributeError):
-        message = ""
-    return (message or response.reason_phrase or "").replace("\n", " ")[:200]
+        return max(0, round(parsedate_to_datetime(header).timestamp() - time.time()))
+    except (TypeError, ValueError, OverflowError):
+        return default

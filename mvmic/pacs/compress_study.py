@@ -85,7 +85,7 @@ def _compress_one(pacs: PacsClient, resource: str, codec: MvmicCodec, policy: St
         return
     if originals is not None:
         _keep(originals / f"{instance}.dcm", data)
-    answer = Dataset.from_json(pacs.store(prepared.instances))
+    answer = pacs.store(prepared.instances)
     if answer.get("FailedSOPSequence"):  # Orthanc sends an empty one when nothing failed
         reason = answer.FailedSOPSequence[0].get("FailureReason")
         summary.failed.append(f"{instance}: the PACS refused the compressed instance (FailureReason {reason})")

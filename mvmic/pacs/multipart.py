@@ -71,11 +71,13 @@ def _part(chunk: bytes, root_type: str) -> Part:
     return Part(content_type, content)
 
 
-def related_body(parts: list[bytes], part_type: str) -> tuple[bytes, str]:
-    """(body, Content-Type) of a multipart/related message whose parts are all of ``part_type``."""
+def related_body(parts: list[bytes], part_type: str, part_parameters: list[str] | None = None) -> tuple[bytes, str]:
+    """(body, Content-Type) of a multipart/related message whose parts are all of ``part_type``, each part's
+    Content-Type with its own ``part_parameters`` (e.g. 'transfer-syntax=1.2.840.10008.1.2.1') if given."""
     boundary = uuid.uuid4().hex
     pieces = []
-    for content in parts:
-        pieces += [f"--{boundary}\r\nContent-Type: {part_type}\r\n\r\n".encode(), content, b"\r\n"]
+    for number, content in enumerate(parts):
+        own = f"{part_type}; {part_parameters[number]}" if part_parameters else part_type
+        pieces += [f"--{boundary}\r\nContent-Type: {own}\r\n\r\n".encode(), content, b"\r\n"]
     pieces.append(f"--{boundary}--\r\n".encode())
     return b"".join(pieces), f'multipart/related; type="{part_type}"; boundary={boundary}'

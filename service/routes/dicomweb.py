@@ -83,28 +83,34 @@ async def store(request: Request, models: Models, pacs: Pacs, study: str | None 
                  item.note if item.failure is None else f"failed ({item.failure:#06x}): {item.note}")
     outgoing = [data for item in prepared for data in item.instances]
     try:
-        answer = await run_in_threadpool(pacs.store, outgoing) if outgoing else {}
+        answer = await run_in_threadpool(pacs.store, outgoing) if outgoing else Dataset()
     except PacsError as exc:
         log.warning("request %s: the PACS failed the store: %s", request.state.request_id, exc)
         return _stow_failed(request, prepared, exc)
     return _stow_response(request, pacs, prepared, answer)
 
 
-def _stow_response(request: Request, pacs: PacsClient, prepared: list[Prepared], answer: dict) -> JSONResponse:
-    """The PS3.18 response: what the PACS referenced, and what failed here or there, with the reason."""
-    answer = Dataset.from_json(answer) if answer else Dataset()
+def _stow_response(request: Request, pacs: PacsClient, prepared: list[Prepared], answer: Dataset) -> JSONResponse:
+    """The PS3.18 response: what the PACS referenced, and what failed here or there, with the reason. An
+    instance sent that the PACS neither referenced nor listed as failed is not known to be stored: failed
+    (0x0110)."""
     response = Dataset()
     response.ReferencedSOPSequence = []
     for item in answer.get("ReferencedSOPSequence", []):
         reference = Dataset()
-        reference.ReferencedSOPClassUID = item.ReferencedSOPClassUID
+        if "ReferencedSOPClassUID" in item:
+            reference.ReferencedSOPClassUID = item.ReferencedSOPClassUID
         reference.ReferencedSOPInstanceUID = item.ReferencedSOPInstanceUID
         if "RetrieveURL" in item:
             reference.RetrieveURL = _through_gateway(request, pacs, str(item.RetrieveURL))
         response.ReferencedSOPSequence.append(reference)
+    pacs_failed = answer.get("FailedSOPSequence", [])
+    answered = {str(item.ReferencedSOPInstanceUID) for item in [*response.ReferencedSOPSequence, *pacs_failed]}
     failed = [_failure(p.sop_class, p.sop_instance, p.failure) for p in prepared if p.failure is not None]
-    failed += [_failure(item.get("ReferencedSOPClassUID"), item.get("ReferencedSOPInstanceUID"),
-                        int(item.get("FailureReason", PROCESSING_FAILURE))) for item in answer.get("FailedSOPSequence", [])]
+    failed += [_failure(p.sop_class, p.sop_instance, PROCESSING_FAILURE) for p in prepared
+               if p.failure is None and p.instances and p.sop_instance not in answered]
+    failed += [_failure(item.get("ReferencedSOPClassUID"), item.ReferencedSOPInstanceUID,
+                        int(item.get("FailureReason", PROCESSING_FAILURE))) for item in pacs_failed]
     if failed:
         response.FailedSOPSequence = failed
     metrics = request.app.state.metrics
@@ -171,24 +177,42 @@ async def retrieve(request: Request, models: Models, pacs: Pacs, study: str, ser
         rendered = [await request.app.state.workers.run(render, data, acceptable, models.codec) for data in stored]
     except NotAcceptableError as exc:
         raise HTTPException(status.HTTP_406_NOT_ACCEPTABLE, str(exc)) from None
-    body, content_type = related_body([data for data, _ in rendered], DICOM)
+    except ValueError as exc:  # not DICOM, a damaged MVMIC instance: what the PACS holds, not the request
+        log.warning("request %s: the PACS gave an instance the gateway cannot read: %s", request.state.request_id,
+                    type(exc).__name__)
+        raise HTTPException(status.HTTP_502_BAD_GATEWAY, f"the PACS gave an instance the gateway cannot read "
+                            f"({type(exc).__name__}); ask for it as stored in its own transfer syntax") from None
+    body, content_type = related_body([data for data, _ in rendered], DICOM,
+                                      [f"transfer-syntax={syntax}" for _, syntax in rendered])
     syntaxes = {syntax for _, syntax in rendered}
     return Response(body, media_type=f"{content_type}; transfer-syntax={syntaxes.pop()}" if len(syntaxes) == 1
                     else content_type)
 
 
 def _acceptable_syntaxes(accept: str) -> list[str]:
-    """The transfer syntaxes of the media ranges that ask for DICOM instances, in order; 406 when none does."""
-    syntaxes = []
+    """The transfer syntaxes of the media ranges that ask for DICOM instances, by preference (RFC 9110
+    12.4.2: higher q first, in order among equals; q=0 not acceptable); 406 when none is."""
+    ranked = []
     for media_range in accept.split(","):
         media = parse_media_type(media_range.strip() or "*/*")
         if media.type in ("*/*", "multipart/*") or (
                 media.type == "multipart/related" and media.parameters.get("type", DICOM).lower() == DICOM):
-            syntaxes.append(media.parameters.get("transfer-syntax", ExplicitVRLittleEndian))
+            quality = _quality(media.parameters.get("q", "1"))
+            if quality > 0:
+                ranked.append((-quality, len(ranked), media.parameters.get("transfer-syntax", ExplicitVRLittleEndian)))
+    syntaxes = [syntax for *_, syntax in sorted(ranked)]
     if not syntaxes:
         raise HTTPException(status.HTTP_406_NOT_ACCEPTABLE,
                             f'WADO-RS answers multipart/related; type="{DICOM}" [; transfer-syntax=...], not {accept}')
     return syntaxes
+
+
+def _quality(text: str) -> float:
+    """A q parameter's weight: 0 to 1 (RFC 9110 12.4.2), 1 when it is not a number."""
+    try:
+        return min(max(float(text), 0.0), 1.0)
+    except ValueError:
+        return 1.0
 
 
 # -- QIDO-RS and metadata: passed through -------------------------------------------------------------
@@ -205,6 +229,8 @@ async def search(request: Request, pacs: Pacs) -> Response:
                                          request.headers.get("accept", DICOM_JSON))
     except PacsError as exc:
         raise HTTPException(exc.status, str(exc), exc.headers) from None
+    if answer.status_code >= 400:  # the PACS's words may repeat the query: a patient's name, a UID
+        raise HTTPException(answer.status_code, f"the PACS refused the search: HTTP {answer.status_code}")
     # surrogateescape: any bytes the PACS sends come back unchanged, only its URLs are replaced
     body = _through_gateway(request, pacs, answer.content.decode("utf-8", "surrogateescape")).encode(
         "utf-8", "surrogateescape")
