@@ -40,6 +40,15 @@ test: lint test-tools
 bench: $(STAMP)
 	$(BIN)/mvmic bench rd
 
+# schemathesis against the whole OpenAPI of a real gateway in front of a real Orthanc (bench/api_fuzz.py):
+# every phase, FUZZ_API_EXAMPLES per operation, a new seed each run (SEED=N to replay one); reports and
+# logs in results/api-fuzz/. tests/test_openapi.py runs the same in CI with 10 examples.
+FUZZ_API_EXAMPLES ?= 500
+.PHONY: fuzz-api
+fuzz-api: $(STAMP) test-tools
+	$(BIN)/mvmic data prepare
+	scripts/private-network $(BIN)/python -m bench.api_fuzz --max-examples $(FUZZ_API_EXAMPLES) $(if $(SEED),--seed $(SEED))
+
 # Leaves data/ alone: the corpus is slow to rebuild.
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -2,18 +2,23 @@
 and the /dicomweb gateway), when MVMIC_API_TOKENS lists tokens."""
 
 import hmac
+from typing import Annotated
 
-from fastapi import HTTPException, Request, status
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+# Declares the scheme in the OpenAPI document; require_token decides (no tokens configured: no check).
+bearer = HTTPBearer(auto_error=False, description="one of MVMIC_API_TOKENS, when it lists tokens")
 
 
-def require_token(request: Request) -> None:
+def require_token(request: Request,
+                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
     tokens: list[str] = request.app.state.settings.api_tokens
     if not tokens:
         return
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    given = given.lstrip(" ")  # RFC 6750 2.1: "Bearer" 1*SP b64token
+    given = credentials.credentials.lstrip(" ") if credentials is not None else ""  # RFC 6750 2.1: 1*SP
     # compare_digest against every token: the time taken says nothing about which one nearly matched.
     matches = [hmac.compare_digest(given.encode(), token.encode()) for token in tokens]
-    if scheme.lower() != "bearer" or not any(matches):
+    if credentials is None or not any(matches):
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
                             {"WWW-Authenticate": "Bearer"})

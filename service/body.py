@@ -1,4 +1,10 @@
-"""Request bodies read with a size limit, also for chunked bodies that declare no length."""
+"""Request bodies read with a size limit, also for chunked bodies that declare no length.
+
+The routes read their bodies raw (``read_body``), so FastAPI cannot see them; ``raw_body`` declares
+them in the OpenAPI document (``openapi_extra``).
+"""
+
+from typing import Any
 
 from fastapi import HTTPException, Request, status
 
@@ -21,6 +27,13 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "empty request body")
     request.app.state.metrics.body_bytes.labels(route_of(request), "in").inc(size)
     return b"".join(chunks)
+
+
+def raw_body(description: str, *media_types: str) -> dict[str, Any]:
+    """``openapi_extra`` of a route that reads a required body of bytes of one of ``media_types``."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    return {"requestBody": {"required": True, "description": description,
+                            "content": {media_type: binary for media_type in media_types}}}
 
 
 def _too_large(limit: int) -> HTTPException:

@@ -6,12 +6,17 @@
     UnsupportedPixelFormatError, CodecInputError      415 (a DICOM image MVMIC cannot code)
     WeightsMismatchError (bitstream of other weights)  409
     BitstreamError, ValueError (damaged bitstream)    400
+
+Every refusal, these and the routes' own (401, 406, 413, ...), is JSON ``{"detail": reason}``;
+``error_responses`` declares them in the OpenAPI document.
 """
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from model.bitstream import BitstreamError, WeightsMismatchError
 from model.errors import CodecInputError, TooSmallToAnalyseError
@@ -30,6 +35,31 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (  # most specific fi
     (BitstreamError, status.HTTP_400_BAD_REQUEST),
     (ValueError, status.HTTP_400_BAD_REQUEST),
 )
+
+REASONS = {
+    400: "malformed input: not DICOM, a damaged bitstream or multipart body, an empty body",
+    401: "missing or wrong bearer token (MVMIC_API_TOKENS)",
+    404: "no such study, series or instance in the PACS",
+    406: "the Accept header asks for nothing the route can answer with",
+    409: "the bitstream was made by other weights",
+    413: "the body exceeds MVMIC_MAX_BODY_BYTES",
+    415: "a DICOM image MVMIC cannot code, or a body of another media type",
+    422: "invalid parameters, conflicting rate targets, or an image too small to analyse",
+    502: "the PACS cannot be reached or refused the request",
+    503: "the models are still loading (Retry-After), or no PACS is configured",
+}
+
+
+class Problem(BaseModel):
+    """The body of every refusal."""
+
+    detail: str | list[dict[str, Any]] = Field(description="the reason; FastAPI's own parameter checks (422) list "
+                                               "each invalid parameter instead")
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` of a route's refusals: ``Problem`` bodies, with REASONS as descriptions."""
+    return {code: {"model": Problem, "description": REASONS[code]} for code in codes}
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -23,7 +23,7 @@ from test_dicom_oddities import ct_like, dicom_instance, ybr_422_words
 from model.tasks.organs import ORGAN_CLASSES
 from mvmic.pacs.multipart import parse_related, related_body
 from mvmic.pacs.orthanc import OrthancServer, running_orthanc
-from mvmic.pacs.storage import CANNOT_UNDERSTAND, DOES_NOT_MATCH
+from mvmic.pacs.storage import CANNOT_UNDERSTAND, DOES_NOT_MATCH, PROCESSING_FAILURE
 from mvmic.transcode import MVM_TRANSFER_SYNTAX, bitstream_of_instance
 from service.process import ServiceStartError, free_port, running_service
 
@@ -180,6 +180,70 @@ def test_stow_reports_failures_per_instance(gateway: str, corpus_dir: Path) -> N
     metadata = 'multipart/related; type="application/dicom+json"; boundary=B'  # STOW of JSON + bulk data
     answer = httpx.post(f"{gateway}/dicomweb/studies", content=b"--B--", headers={"Content-Type": metadata})
     assert answer.status_code == 415
+
+
+def test_stow_reports_an_instance_the_pacs_cannot_parse_as_failed_and_the_others_as_stored(
+        gateway: str, client: DICOMwebClient, corpus_dir: Path) -> None:
+    """Found by schemathesis (make fuzz-api): Orthanc 1.10 answers HTTP 400 when it cannot parse one instance,
+    with those it stored referenced and that one in no sequence; the gateway answered 502, though it had stored
+    the others. Here: an instance without pixels (stored as received) and two stray bytes after its last
+    element, which pydicom reads and Orthanc refuses."""
+    good = (corpus_dir / "images" / f"{MR}.dcm").read_bytes()
+    header = pydicom.dcmread(io.BytesIO(good))
+    stored = header.SOPInstanceUID
+    del header.PixelData
+    header.SOPInstanceUID = header.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    stray = io.BytesIO()
+    header.save_as(stray, enforce_file_format=True)
+    body, content_type = related_body([good, stray.getvalue() + b"\x09\x00"], "application/dicom")
+    answer = httpx.post(f"{gateway}/dicomweb/studies", content=body, headers={"Content-Type": content_type},
+                        timeout=300)
+    assert answer.status_code == 202, answer.text
+    dataset = Dataset.from_json(answer.json())
+    assert [item.ReferencedSOPInstanceUID for item in dataset.ReferencedSOPSequence] == [stored]
+    [failed] = dataset.FailedSOPSequence
+    assert failed.ReferencedSOPInstanceUID == header.SOPInstanceUID and failed.FailureReason == PROCESSING_FAILURE
+    assert client.retrieve_instance(*_instance_path(_read(corpus_dir, MR)), media_types=AS_STORED)
+
+
+def test_path_parameters_reach_the_pacs_as_they_were_sent(gateway: str, client: DICOMwebClient,
+                                                          corpus_dir: Path) -> None:
+    """Found by schemathesis: the gateway built the PACS's URL from the decoded request path, so a path
+    parameter's characters became URL syntax: a control character made it invalid (httpx.InvalidURL, a 500),
+    '?' or '#' cut the PACS's path short (a study UID ending in '#' answered for the study without it)."""
+    original = _read(corpus_dir, MR)
+    client.store_instances([original])
+    study = original.StudyInstanceUID
+    assert httpx.get(f"{gateway}/dicomweb/studies/{study}/series", timeout=60).status_code == 200
+    for suffix in ("%23", "%3F", "%3Flimit=1"):  # URL syntax, once decoded
+        answer = httpx.get(f"{gateway}/dicomweb/studies/{study}{suffix}/series", timeout=60)
+        # the series of no study (the PACS's 4xx, or none found), never those of the study
+        assert 400 <= answer.status_code < 500 or answer.json() == [], (suffix, answer.text)
+        answer = httpx.get(f"{gateway}/dicomweb/studies/{study}{suffix}", timeout=60)
+        assert answer.status_code == 404, (suffix, answer.text)
+    for path in ("~J%2B%F0%9A%B2%934%17/series", "%C2%B6%11%F1%AA%BD%89/series/9/instances"):  # were 500s
+        answer = httpx.get(f"{gateway}/dicomweb/studies/{path}", timeout=60)
+        assert 200 <= answer.status_code < 500 and "json" in answer.headers["content-type"], (path, answer.text)
+    for dots in ("%2E", "%2E%2E"):
+        answer = httpx.get(f"{gateway}/dicomweb/studies/{dots}/series", timeout=60)
+        assert answer.status_code == 422 and "names no resource" in answer.json()["detail"]
+
+
+def test_qido_refusals_are_the_gateways_and_never_a_server_error(gateway: str) -> None:
+    """Found by schemathesis: Orthanc 1.10 answers a negative limit or offset, or one past 2**31 - 1, with
+    HTTP 500, which the gateway passed on (then as a 502: a server error for the client's malformed query);
+    its refusals (4xx) came in Orthanc's words (naming the study's UID), labelled application/dicom+json."""
+    for query in ("offset=-1", "limit=-1", "limit=2147483648", "offset=4294967295", "limit=1&limit=-1", "limit=%2B1",
+                  "limit=abc", "limit="):
+        answer = httpx.get(f"{gateway}/dicomweb/studies?{query}", timeout=60)
+        assert answer.status_code == 422 and "is not a count" in answer.json()["detail"], (query, answer.text)
+    assert httpx.get(f"{gateway}/dicomweb/studies?limit=2147483647&offset=0", timeout=60).status_code == 200
+    refused = httpx.get(f"{gateway}/dicomweb/studies?fuzzymatching=maybe", timeout=60)
+    assert refused.status_code == 400 and refused.headers["content-type"] == "application/json"
+    assert refused.json()["detail"].startswith("the PACS refused to search: HTTP 400")
+    missing = httpx.get(f"{gateway}/dicomweb/studies/1.2.3/metadata", timeout=60)
+    assert missing.status_code == 404 and missing.headers["content-type"] == "application/json"
+    assert "1.2.3" not in missing.json()["detail"]
 
 
 def test_stow_of_dicom_oddities_stores_every_instance_and_gives_each_back(gateway: str, corpus_dir: Path) -> None:

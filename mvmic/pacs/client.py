@@ -1,14 +1,17 @@
 """A DICOMweb client of the upstream PACS: what the gateway and `mvmic pacs` ask of it.
 
-    store(instances)            STOW-RS  POST {root}/studies            -> PS3.18 response dataset
+    store(instances)            STOW-RS  POST {root}/studies            -> PS3.18 response dataset, also that
+                                of a 400 (Orthanc 1.10 answers 400 when it cannot parse an instance, with
+                                those it stored in ReferencedSOPSequence and the other one in no sequence)
     retrieve(resource)          WADO-RS  GET  {root}/{resource}, transfer-syntax=* (as stored) -> instances
-    search(resource, query)     QIDO-RS  GET  {root}/{resource}?query   -> the PACS's answer as it came
+    search(resource, query)     QIDO-RS  GET  {root}/{resource}?query   -> the PACS's answer as it came (2xx)
 
 Every request carries the configured credentials (HTTP basic). A failed connection is tried again
 (twice) before anything is sent. A PACS that cannot be reached, resets the connection or does not answer
 within ``timeout`` (to connect, and to each read or write) raises PacsError with status 503 and a
 Retry-After; one that answers 5xx, 502 with its own Retry-After (seconds or an HTTP date) or ours; an
-unknown resource, 404; any other refusal or an answer that is not what DICOMweb defines, 502. The
+unknown resource, 404; a refused query, its own 4xx; any other refusal or an answer that is not what
+DICOMweb defines, 502. The
 message names what failed and the PACS's status, never the PACS's address (it may hold credentials),
 its own words or the resource (they may name a patient or a study's UIDs).
 """
@@ -68,7 +71,8 @@ class PacsClient:
         body, content_type = related_body(instances, DICOM)
         response = self._send("POST", "studies", content=body,
                               headers={"Content-Type": content_type, "Accept": "application/dicom+json"})
-        if response.status_code not in (200, 202, 409):
+        if response.status_code not in (200, 202, 409) and not (response.status_code == 400
+                                                                and _holds_response_dataset(response)):
             raise self._refused(response, "store")
         if not response.content:
             return Dataset()
@@ -93,10 +97,11 @@ class PacsClient:
             raise PacsError(f"the PACS answered a retrieve with a malformed multipart body ({exc})") from exc
 
     def search(self, resource: str, query: str = "", accept: str = "application/dicom+json") -> httpx.Response:
-        """A QIDO-RS query, answered as the PACS answered it (status, type and body), unless it failed (5xx)."""
+        """A QIDO-RS query, answered as the PACS answered it (status, type and body), unless it refused it (4xx:
+        PacsError with that status, the query is the client's to mend) or failed (5xx)."""
         response = self._send("GET", f"{resource}?{query}" if query else resource, headers={"Accept": accept})
-        if response.status_code >= 500:
-            raise self._refused(response, "search")
+        if response.status_code >= 400:
+            raise self._refused(response, "search", response.status_code)
         return response
 
     def _send(self, method: str, resource: str, **kwargs) -> httpx.Response:
@@ -112,13 +117,14 @@ class PacsClient:
                             RETRY_AFTER_S) from exc
 
     @staticmethod
-    def _refused(response: httpx.Response, action: str) -> PacsError:
+    def _refused(response: httpx.Response, action: str, status: int = 502) -> PacsError:
+        """The PacsError of a refusal: 404 as such, 5xx as 502 with Retry-After, any other as ``status``."""
         if response.status_code == 404:
             return PacsError(f"the PACS has no such resource to {action}", 404)
         reason = f"the PACS refused to {action}: HTTP {response.status_code}"
         if response.status_code >= 500:
             return PacsError(reason, 502, retry_after(response.headers.get("retry-after", "")))
-        return PacsError(reason)
+        return PacsError(reason, status)
 
 
 def retry_after(header: str, default: int = RETRY_AFTER_S) -> int:
@@ -130,3 +136,12 @@ def retry_after(header: str, default: int = RETRY_AFTER_S) -> int:
         return max(0, round(parsedate_to_datetime(header).timestamp() - time.time()))
     except (TypeError, ValueError, OverflowError):
         return default
+
+
+def _holds_response_dataset(response: httpx.Response) -> bool:
+    """Whether the body is a PS3.18 STOW-RS response dataset (DICOM JSON)."""
+    try:
+        answer = response.json()
+    except ValueError:
+        return False
+    return isinstance(answer, dict) and ("00081199" in answer or "00081198" in answer)

@@ -86,8 +86,10 @@ def _compress_one(pacs: PacsClient, resource: str, codec: MvmicCodec, policy: St
     if originals is not None:
         _keep(originals / f"{instance}.dcm", data)
     answer = pacs.store(prepared.instances)
-    if answer.get("FailedSOPSequence"):  # Orthanc sends an empty one when nothing failed
-        reason = answer.FailedSOPSequence[0].get("FailureReason")
+    # Orthanc sends an empty FailedSOPSequence when nothing failed, and references nothing when it stored nothing
+    stored = {str(item.ReferencedSOPInstanceUID) for item in answer.get("ReferencedSOPSequence", [])}
+    if answer.get("FailedSOPSequence") or prepared.sop_instance not in stored:
+        reason = answer.FailedSOPSequence[0].get("FailureReason") if answer.get("FailedSOPSequence") else "none given"
         summary.failed.append(f"{instance}: the PACS refused the compressed instance (FailureReason {reason})")
         return
     if policy.max_error == 0 and _stored_syntax(pacs, resource) != MVM_TRANSFER_SYNTAX:

@@ -33,10 +33,12 @@ from mvmic.transcode import (
     parse_for,
 )
 from service.auth import require_token
-from service.body import read_body
+from service.body import raw_body, read_body
+from service.errors import error_responses
 from service.models import ResidentModels
 
-router = APIRouter(prefix="/v1", tags=["codec"], dependencies=[Depends(require_token)])
+router = APIRouter(prefix="/v1", tags=["codec"], dependencies=[Depends(require_token)],
+                   responses=error_responses(401, 503))
 
 DICOM = "application/dicom"
 OCTET = "application/octet-stream"
@@ -54,7 +56,9 @@ def resident(request: Request) -> ResidentModels:
 Models = Annotated[ResidentModels, Depends(resident)]
 
 
-@router.post("/compress", responses={200: {"content": {JSON: {}, OCTET: {}, DICOM: {}}}})
+@router.post("/compress", responses={200: {"content": {JSON: {}, OCTET: {}, DICOM: {}}},
+                                    **error_responses(400, 406, 413, 415, 422)},
+             openapi_extra=raw_body("one DICOM instance (Part 10 file)", DICOM))
 async def compress(request: Request, models: Models,
                    quality: Annotated[int | None, Query(ge=1, le=8)] = None,
                    target_bpp: Annotated[float | None, Query(gt=0, allow_inf_nan=False)] = None,
@@ -88,7 +92,9 @@ async def compress(request: Request, models: Models,
                   **({"analysis_skipped": skipped} if skipped else {})})
 
 
-@router.post("/decompress", response_class=Response, responses={200: {"content": {DICOM: {}}}})
+@router.post("/decompress", response_class=Response,
+             responses={200: {"content": {DICOM: {}}}, **error_responses(400, 406, 409, 413, 415)},
+             openapi_extra=raw_body("a .mvm bitstream, or a DICOM instance that holds one", OCTET, DICOM))
 async def decompress(request: Request, models: Models) -> Response:
     """A .mvm bitstream, or a DICOM instance that holds one, back to a decoded DICOM instance."""
     _negotiate(request, (DICOM,))
@@ -102,7 +108,8 @@ async def decompress(request: Request, models: Models) -> Response:
     return Response(buffer.getvalue(), media_type=DICOM)
 
 
-@router.post("/analyze")
+@router.post("/analyze", responses=error_responses(400, 406, 409, 413, 422),
+             openapi_extra=raw_body("a .mvm bitstream", OCTET))
 async def analyze(request: Request, models: Models) -> Response:
     """Lesion and organ boxes and segmentations of a .mvm bitstream, read from its base layer without decoding
     pixels."""

@@ -13,13 +13,21 @@
              transfer syntax of Accept it can give (default Explicit VR Little Endian, decoded; its stored
              syntax; * as stored, MVMIC instances decoded; none of them: 406)--> multipart/related
     QIDO-RS  GET /dicomweb/studies, /series, /instances (and nested), and */metadata: the PACS's
-             answer as it came, its retrieve URLs pointing at the gateway
+             answer as it came, its retrieve URLs pointing at the gateway (refused, 4xx: the gateway's
+             {"detail"} with the same status; failing, 5xx: 502 with Retry-After)
+
+The PACS's URL of a request is the route's path, each path parameter (a UID, or whatever the client
+sent) one percent-encoded segment (``pacs_resource``); "." and ".." name nothing (422), and neither
+does a limit or offset that is no count PACSs take (422: Orthanc 1.10 answers those with HTTP 500).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+import re
+from collections.abc import Callable
+from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
@@ -38,12 +46,47 @@ from mvmic.pacs.storage import (
     render,
 )
 from service.auth import require_token
-from service.body import read_body
+from service.body import raw_body, read_body
+from service.errors import error_responses
 from service.routes.codec import Models
 
-router = APIRouter(prefix="/dicomweb", tags=["dicomweb"], dependencies=[Depends(require_token)])
 DICOM_JSON = "application/dicom+json"
 log = logging.getLogger("mvmic.service")
+
+
+def named_resource(request: Request) -> None:
+    """422 for a path parameter (study, series, instance) that is a dot segment: in a URL, "." and ".."
+    are the folder itself and its parent, so they name no PACS resource."""
+    for name, value in request.path_params.items():
+        if value in (".", ".."):
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name} {value!r} names no resource")
+
+
+def pacs_resource(request: Request) -> str:
+    """The PACS's resource a request names: its route's path under /dicomweb/, each path parameter one
+    percent-encoded segment (decoded, a parameter could hold URL syntax: '?', '#', control characters)."""
+    template = request.scope["route"].path.split("/dicomweb/", 1)[1]
+    return template.format(**{name: quote(value, safe="") for name, value in request.path_params.items()})
+
+
+router = APIRouter(prefix="/dicomweb", tags=["dicomweb"],
+                   dependencies=[Depends(require_token), Depends(named_resource)],
+                   responses=error_responses(401, 422, 503))
+
+
+def _routes(method: str, *paths: str, **options: Any) -> Callable[[Callable], Callable]:
+    """Register the endpoint at each of ``paths``, declaring their path parameters (UIDs; the endpoints
+    read them from the request) in the OpenAPI document."""
+    def register(endpoint: Callable) -> Callable:
+        for path in paths:
+            parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"},
+                           "description": f"{name} instance UID"} for name in re.findall(r"{(\w+)}", path)]
+            extra = options.get("openapi_extra", {})
+            parameters += extra.get("parameters", [])
+            extra = {**extra, **({"parameters": parameters} if parameters else {})}
+            router.add_api_route(path, endpoint, methods=[method], **{**options, "openapi_extra": extra})
+        return endpoint
+    return register
 
 
 def upstream(request: Request) -> PacsClient:
@@ -57,11 +100,16 @@ Pacs = Annotated[PacsClient, Depends(upstream)]
 
 
 # -- STOW-RS ------------------------------------------------------------------------------------------
-@router.post("/studies", response_class=JSONResponse)
-@router.post("/studies/{study}", response_class=JSONResponse)
-async def store(request: Request, models: Models, pacs: Pacs, study: str | None = None,
+STOW_RESPONSE = {"content": {DICOM_JSON: {"schema": {"type": "object"}}}, "description": "the PS3.18 response dataset"}
+
+
+@_routes("POST", "/studies", "/studies/{study}", response_class=JSONResponse,
+         responses={200: STOW_RESPONSE, 202: STOW_RESPONSE, 409: STOW_RESPONSE, **error_responses(400, 413, 415, 502)},
+         openapi_extra=raw_body("DICOM instances (Part 10 files), one a part", f'multipart/related; type="{DICOM}"'))
+async def store(request: Request, models: Models, pacs: Pacs,
                 analysis: Annotated[bool | None, Query(description="also store SEG and SR")] = None) -> Response:
     """Compress each instance at the storage setting and store it in the PACS."""
+    study = request.path_params.get("study")
     media = parse_media_type(request.headers.get("content-type", ""))
     if media.type != "multipart/related" or media.parameters.get("type", DICOM).lower() != DICOM:
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
@@ -107,8 +155,11 @@ def _stow_response(request: Request, pacs: PacsClient, prepared: list[Prepared],
     pacs_failed = answer.get("FailedSOPSequence", [])
     answered = {str(item.ReferencedSOPInstanceUID) for item in [*response.ReferencedSOPSequence, *pacs_failed]}
     failed = [_failure(p.sop_class, p.sop_instance, p.failure) for p in prepared if p.failure is not None]
-    failed += [_failure(p.sop_class, p.sop_instance, PROCESSING_FAILURE) for p in prepared
-               if p.failure is None and p.instances and p.sop_instance not in answered]
+    unanswered = [(number, p) for number, p in enumerate(prepared, start=1)
+                  if p.failure is None and p.instances and p.sop_instance not in answered]
+    for number, item in unanswered:  # which part, never its UIDs (Orthanc 1.10 leaves out one it cannot parse)
+        log.warning("request %s: part %d: the PACS did not store it, nor say why", request.state.request_id, number)
+        failed.append(_failure(item.sop_class, item.sop_instance, PROCESSING_FAILURE))
     failed += [_failure(item.get("ReferencedSOPClassUID"), item.ReferencedSOPInstanceUID,
                         int(item.get("FailureReason", PROCESSING_FAILURE))) for item in pacs_failed]
     if failed:
@@ -159,16 +210,15 @@ def _failure(sop_class: str | None, sop_instance: str | None, reason: int) -> Da
 
 
 # -- WADO-RS ------------------------------------------------------------------------------------------
-@router.get("/studies/{study}", response_class=Response)
-@router.get("/studies/{study}/series/{series}", response_class=Response)
-@router.get("/studies/{study}/series/{series}/instances/{instance}", response_class=Response)
-async def retrieve(request: Request, models: Models, pacs: Pacs, study: str, series: str | None = None,
-                   instance: str | None = None) -> Response:
+@_routes("GET", "/studies/{study}", "/studies/{study}/series/{series}",
+         "/studies/{study}/series/{series}/instances/{instance}", response_class=Response,
+         responses={200: {"content": {f'multipart/related; type="{DICOM}"': {}}}, **error_responses(404, 406, 502)})
+async def retrieve(request: Request, models: Models, pacs: Pacs) -> Response:
     """Instances in the first transfer syntax of the Accept header the gateway can give each in: decoded to
     Explicit VR Little Endian (the default), as stored (naming its syntax), or * (standard syntaxes only:
     MVMIC instances decoded)."""
     acceptable = _acceptable_syntaxes(request.headers.get("accept", "*/*"))
-    resource = request.url.path.split("/dicomweb/", 1)[1]
+    resource = pacs_resource(request)
     try:
         stored = await run_in_threadpool(pacs.retrieve, resource)
     except PacsError as exc:
@@ -217,20 +267,38 @@ def _quality(text: str) -> float:
 
 # -- QIDO-RS and metadata: passed through -------------------------------------------------------------
 QIDO = ("/studies", "/series", "/instances", "/studies/{study}/series", "/studies/{study}/instances",
-        "/studies/{study}/series/{series}/instances", "/studies/{study}/metadata",
-        "/studies/{study}/series/{series}/metadata", "/studies/{study}/series/{series}/instances/{instance}/metadata")
+        "/studies/{study}/series/{series}/instances")
+METADATA = ("/studies/{study}/metadata", "/studies/{study}/series/{series}/metadata",
+            "/studies/{study}/series/{series}/instances/{instance}/metadata")
+PAGING, MOST = ("limit", "offset"), 2**31 - 1  # counts PACSs hold in 32-bit signed integers
+# PS3.18 8.3.4: the query parameters of QIDO-RS (any other attribute matches too; all pass to the PACS as sent)
+QIDO_PARAMETERS = [
+    *({"name": name, "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MOST}} for name in PAGING),
+    {"name": "fuzzymatching", "in": "query", "schema": {"type": "boolean"}},
+    {"name": "includefield", "in": "query", "schema": {"type": "array", "items": {"type": "string"}}},
+    *({"name": name, "in": "query", "schema": {"type": "string"}, "description": "attribute matching"} for name in (
+        "PatientID", "PatientName", "StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber",
+        "ModalitiesInStudy", "SeriesInstanceUID", "Modality", "SOPInstanceUID", "00100020"))]
+
+
+def paging(request: Request) -> None:
+    """422 unless each limit and offset is a count from 0 to MOST: Orthanc 1.10 answers a negative one, or
+    one past MOST, with HTTP 500."""
+    for name in PAGING:
+        for value in request.query_params.getlist(name):
+            if not re.fullmatch(r"[0-9]{1,10}", value) or int(value) > MOST:
+                raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                                    f"{name} {value[:80]!r} is not a count from 0 to {MOST}")
 
 
 async def search(request: Request, pacs: Pacs) -> Response:
     """The PACS's answer, with its retrieve URLs rewritten to point at this gateway."""
-    resource = request.url.path.split("/dicomweb/", 1)[1]
+    resource = pacs_resource(request)
     try:
         answer = await run_in_threadpool(pacs.search, resource, request.url.query,
                                          request.headers.get("accept", DICOM_JSON))
     except PacsError as exc:
         raise HTTPException(exc.status, str(exc), exc.headers) from None
-    if answer.status_code >= 400:  # the PACS's words may repeat the query: a patient's name, a UID
-        raise HTTPException(answer.status_code, f"the PACS refused the search: HTTP {answer.status_code}")
     # surrogateescape: any bytes the PACS sends come back unchanged, only its URLs are replaced
     body = _through_gateway(request, pacs, answer.content.decode("utf-8", "surrogateescape")).encode(
         "utf-8", "surrogateescape")
@@ -238,5 +306,8 @@ async def search(request: Request, pacs: Pacs) -> Response:
                     media_type=answer.headers.get("content-type", DICOM_JSON))
 
 
-for _path in QIDO:
-    router.add_api_route(_path, search, methods=["GET"], response_class=Response)
+_routes("GET", *QIDO, response_class=Response, dependencies=[Depends(paging)],
+        openapi_extra={"parameters": QIDO_PARAMETERS},
+        responses={200: {"content": {DICOM_JSON: {"schema": {"type": "array"}}}}, **error_responses(400, 404, 502)})(search)
+_routes("GET", *METADATA, response_class=Response,
+        responses={200: {"content": {DICOM_JSON: {"schema": {"type": "array"}}}}, **error_responses(400, 404, 502)})(search)

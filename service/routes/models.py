@@ -3,9 +3,11 @@
 from fastapi import APIRouter, Depends
 
 from service.auth import require_token
+from service.errors import error_responses
 from service.routes.codec import Models
 
-router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_token)])
+router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_token)],
+                   responses=error_responses(401, 503))
 
 
 @router.get("/models")
