@@ -125,6 +125,11 @@ def test_analysis_is_stored_as_seg_and_sr_referencing_the_image(client: DICOMweb
     assert stored[original.SOPClassUID] == original.SOPInstanceUID
     series = {item["00080060"]["Value"][0]: item["0020000E"]["Value"][0]
               for item in client.search_for_series(original.StudyInstanceUID)}
+    instances = len(client.search_for_instances(original.StudyInstanceUID))
+    again = client.store_instances([original], additional_params={"analysis": "true"})  # a client retrying
+    assert {item.ReferencedSOPInstanceUID for item in again.ReferencedSOPSequence} == set(stored.values())
+    assert len(client.search_for_series(original.StudyInstanceUID)) == len(series)  # replaced, not added
+    assert len(client.search_for_instances(original.StudyInstanceUID)) == instances
     seg = hd.seg.Segmentation.from_dataset(client.retrieve_series(original.StudyInstanceUID, series["SEG"])[0])
     sr = hd.sr.ComprehensiveSR.from_dataset(client.retrieve_series(original.StudyInstanceUID, series["SR"])[0])
     assert seg.SOPInstanceUID == stored[seg.SOPClassUID] and sr.SOPInstanceUID == stored[sr.SOPClassUID]
@@ -318,6 +323,10 @@ def test_wado_decodes_by_default_and_refuses_what_it_cannot_give(client: DICOMwe
                           f'transfer-syntax={MVM_TRANSFER_SYNTAX}'})  # the first it can give
     assert preferred.status_code == 200
     assert preferred.headers["content-type"].endswith(f"transfer-syntax={MVM_TRANSFER_SYNTAX}")
+    assert f"Content-Type: application/dicom; transfer-syntax={MVM_TRANSFER_SYNTAX}".encode() in preferred.content
+    refused = httpx.get(url, timeout=120, headers={"Accept": 'multipart/related; type="application/dicom"; '
+                        f'transfer-syntax={MVM_TRANSFER_SYNTAX}; q=0, multipart/related; type="application/dicom"'})
+    assert refused.headers["content-type"].endswith(f"transfer-syntax={ExplicitVRLittleEndian}")  # q=0: not that
     assert httpx.get(url, headers={"Accept": "image/png"}, timeout=60).status_code == 406
     missing = httpx.get(f"{gateway}/dicomweb/studies/1.2.3/series/4.5.6/instances/7.8.9", timeout=60)
     assert missing.status_code == 404

@@ -75,12 +75,15 @@ def test_models_names_the_served_weights(service_url: str) -> None:
     ({"MVMIC_PORT": "eighty"}, "port"),
     ({"MVMIC_HEADS_RUNTIME": "tensorrt"}, "heads_runtime"),
     ({"MVMIC_STORAGE_QUALITY": "4"}, "MVMIC_STORAGE_QUALITY applies to storage mode lossy only"),
+    ({"MVMIC_API_TOKENS": '["secret-token-1", ""]'}, "every token must be non-empty"),  # "Bearer" alone would pass
+    ({"MVMIC_API_TOKENS": '["secret-token-1", "two words"]'}, "hold no whitespace"),
 ])
 def test_serve_refuses_unusable_settings_with_a_message(tmp_path: Path, environment: dict, reason: str) -> None:
     environment = {key: value.format(tmp=tmp_path) for key, value in environment.items()}
     result = subprocess.run([sys.executable, "-m", "mvmic.cli", "serve", "--port", str(free_port())],
                             env={**os.environ, **environment}, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 1 and reason in result.stderr and "Traceback" not in result.stderr
+    assert "secret-token-1" not in result.stderr  # the message names the setting, never its value
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the heads run on CUDA only where torch sees a GPU")
