@@ -25,6 +25,7 @@ from typing import BinaryIO
 
 import numpy as np
 import pydicom
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
@@ -132,7 +133,7 @@ def read_dicom(source: DicomSource) -> NativeImage:
     # Native YBR_FULL_422 is coded as YBR_FULL and written back subsampled (to_dataset): the same bytes.
     native_422 = _is_native_ybr_422(dataset)
     header = _header_after_decoding(dataset, "YBR_FULL_422" if native_422 else photometric)
-    _check_writable(header)
+    check_writable(header)
     pixel_format = PixelFormat(
         bits_stored=int(header.BitsStored),
         signed=bool(header.PixelRepresentation),
@@ -171,17 +172,24 @@ def dicom_bytes(image: NativeImage, pixels: np.ndarray | None = None) -> bytes:
     return buffer.getvalue()
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, else its type's name: what a one-line refusal quotes of a
+    library's error (pydicom appends a traceback to the message of some)."""
+    message = str(error).strip()
+    return message.splitlines()[0] if message else type(error).__name__
+
+
 def read_dataset(source: DicomSource) -> Dataset:
     """A DICOM file as a pydicom Dataset, pixels left as they are; DicomInputError if it is not one."""
     stream = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
     try:
         return pydicom.dcmread(stream)
     except InvalidDicomError as exc:
-        raise DicomInputError(f"not a DICOM file: {exc}") from exc
+        raise DicomInputError(f"not a DICOM file: {first_line(exc)}") from exc
     except FileNotFoundError:
         raise
     except Exception as exc:  # pydicom raises many types on malformed files
-        raise DicomInputError(f"not a readable DICOM file: {type(exc).__name__}: {exc}") from exc
+        raise DicomInputError(f"not a readable DICOM file: {type(exc).__name__}: {first_line(exc)}") from exc
 
 
 def _check_pixel_module(dataset: Dataset) -> None:
@@ -280,7 +288,7 @@ def _decode(dataset: Dataset) -> tuple[np.ndarray, str]:
             frames.append(array.reshape(array.shape[0], array.shape[1], -1).astype(array.dtype.newbyteorder("<")))
             photometric = pixel_module["photometric_interpretation"]
     except Exception as exc:  # decoders raise ValueError, RuntimeError, struct errors...
-        raise DicomInputError(f"PixelData cannot be decoded ({syntax.name}): {exc}") from exc
+        raise DicomInputError(f"PixelData cannot be decoded ({syntax.name}): {first_line(exc)}") from exc
     # A decoder upsamples YBR_FULL_422 chroma: the array it returns is YBR_FULL.
     return np.stack(frames), "YBR_FULL" if photometric == "YBR_FULL_422" else photometric
 
@@ -349,7 +357,7 @@ def _make_little_endian(dataset: Dataset) -> None:
             if swap and size and isinstance(element.value, bytes):
                 element.value = np.frombuffer(element.value, f">u{size}").astype(f"<u{size}").tobytes()
     except Exception as exc:  # pydicom decodes lazily: a malformed element fails only here
-        raise DicomInputError(f"header element cannot be decoded: {exc}") from exc
+        raise DicomInputError(f"header element cannot be decoded: {first_line(exc)}") from exc
     dataset.set_original_encoding(False, True, dataset.original_character_set)
 
 
@@ -383,23 +391,31 @@ def header_bytes(header: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def _check_writable(header: Dataset) -> None:
-    """Refuse now a header that could not be written back after coding the pixels."""
+def check_writable(header: Dataset) -> None:
+    """Refuse now (DicomInputError, naming the element at fault) a header that could not be written back
+    with the pixels: after coding them, or after decoding them."""
     try:
         header_bytes(header)
     except Exception as exc:  # pydicom raises many types, not always naming the element
-        raise DicomInputError(f"header cannot be written back as DICOM: {_element_at_fault(header)}{exc}") from exc
+        raise DicomInputError(f"header cannot be written back as DICOM: {_element_at_fault(header)}{first_line(exc)}") from exc
 
 
 def _element_at_fault(dataset: Dataset) -> str:
-    """'(gggg,eeee) Keyword: ' of the first top-level element that cannot be written, or ''."""
+    """'(gggg,eeee) Keyword: ' of the first top-level element that cannot be written, or ''. pydicom decodes
+    elements lazily: one that cannot even be decoded is at fault too."""
     stream = DicomBytesIO()
     stream.is_little_endian, stream.is_implicit_VR = True, False
-    for element in [*dataset.file_meta, *dataset]:
+    try:
+        encoding = dataset._character_set
+    except Exception:  # noqa: BLE001 - an undecodable SpecificCharacterSet
+        return "(0008,0005) SpecificCharacterSet: "
+    meta = getattr(dataset, "file_meta", None) or Dataset()
+    tags = [(meta, tag) for tag in meta.keys()] + [(dataset, tag) for tag in dataset.keys()]  # noqa: SIM118 - a
+    for owner, tag in tags:  # Dataset's own iterator decodes each element, which may fail: the tags do not
         try:
-            write_data_element(stream, element, dataset._character_set)
+            write_data_element(stream, owner[tag], encoding)
         except Exception:  # noqa: BLE001 - any failure marks the element we are looking for
-            return f"{element.tag} {element.keyword or 'private'}: "
+            return f"{tag} {keyword_for_tag(tag) or 'private'}: "
     return ""
 
 

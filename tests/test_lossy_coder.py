@@ -9,22 +9,24 @@ import itertools
 import subprocess
 import sys
 import threading
+import zlib
 
 import numpy as np
 import pydicom
 import pytest
 import torch
+from pydicom.dataelem import DataElement
 
 from model import lifting, lifting_kernels, table_contexts
-from model.bitstream import Bitstream
+from model.bitstream import Bitstream, Layer, LayerKind
 from model.codec import CNN_WEIGHTS, MvmicCodec
 from model.enc_table_contexts import fit
 from model.entropy_coder import CodingTables
 from model.quality import QUALITY_CODES, step_of
 from model.subbands import dequantize
 from model.table_codec import MODEL_ID, TableCodec, levels_of, normalised_planes
-from mvmic.pixels import PixelFormat
-from mvmic.transcode import dicom_to_mvm, mvm_to_dicom
+from mvmic.pixels import PixelFormat, read_dataset
+from mvmic.transcode import dicom_to_mvm, instance_to_dicom, mvm_instance, mvm_to_dicom
 
 
 @pytest.fixture(scope="module")
@@ -206,6 +208,51 @@ def test_a_stream_whose_geometry_is_not_its_headers_is_refused(table, corpus_dir
     forged = dataclasses.replace(stream, rows=8192, columns=8192).to_bytes()  # a valid CRC, a lying header
     with pytest.raises(ValueError, match="geometry 8192 x 8192"):
         mvm_to_dicom(forged, table)
+
+
+@pytest.mark.parametrize("change", [{"signed": True}, {"bits_stored": 16}, {"photometric": "MONOCHROME1"}])
+def test_a_stream_whose_pixel_format_is_not_its_headers_is_refused(corpus_dir, change) -> None:
+    """Found by fuzzing (fuzz/mvm_decoder.py): a stream and its DICOM header (or the header of the instance
+    holding it) that disagree on sign, bits stored or photometric interpretation decoded to an instance that
+    misdescribed its pixels."""
+    source = (corpus_dir / "images" / "pyradiomics-brain2-010.dcm").read_bytes()
+    compressed = dicom_to_mvm(source, None, max_error=0)
+    forged = dataclasses.replace(Bitstream.from_bytes(compressed.data), **change).to_bytes()
+    with pytest.raises(ValueError, match="is not its DICOM header's"):
+        mvm_to_dicom(forged, None)
+    instance = pydicom.dcmread(io.BytesIO(mvm_instance(compressed, None)))
+    keyword, value = {"signed": ("PixelRepresentation", 1), "bits_stored": ("BitsStored", 16),
+                      "photometric": ("PhotometricInterpretation", "MONOCHROME1")}[next(iter(change))]
+    setattr(instance, keyword, value)
+    with pytest.raises(ValueError, match="is not the instance's header's"):
+        instance_to_dicom(instance, None)
+
+
+def test_a_header_that_is_cut_short_or_cannot_be_written_back_is_refused_in_one_line(corpus_dir) -> None:
+    """Found by fuzzing (fuzz/mvm_decoder.py): a DICOM header layer whose deflated stream was cut short decoded
+    from what inflated (a partial header); one holding an element pydicom cannot write (no VR) decoded to an
+    instance the service then failed to write (a 500, not a 400), and one holding an element pydicom cannot
+    decode failed in the search for the element at fault. The refusal names the element and quotes pydicom's
+    error in one line, not the traceback pydicom appends to it."""
+    source = (corpus_dir / "images" / "pyradiomics-brain2-010.dcm").read_bytes()
+    compressed = dicom_to_mvm(source, None, max_error=0)
+    stream = Bitstream.from_bytes(compressed.data)
+    patient_name, no_vr = b"\x10\x00\x10\x00PN", b"\x10\x00\x10\x00\x00\x00"
+    header = zlib.decompress(stream.layers[-1].payload)
+    odd_length = b"\xdf\x7f\x10\x10SL\x02\x00\x01\x02"  # private (7FDF,1010) SL of 2 bytes: not decodable
+    for payload, message in ((stream.layers[-1].payload[:-8], "cut short"),
+                             (zlib.compress(header.replace(patient_name, no_vr)),
+                              "cannot be written back as DICOM: .*\\(0010,0010\\)"),
+                             (zlib.compress(header.replace(patient_name, no_vr) + odd_length),
+                              "cannot be written back as DICOM: .*\\(0010,0010\\)")):
+        forged = dataclasses.replace(stream, layers=(*stream.layers[:-1], Layer(LayerKind.DICOM_HEADER, 0, payload)))
+        with pytest.raises(ValueError, match=f"the DICOM header layer is damaged: .*{message}") as refused:
+            mvm_to_dicom(forged.to_bytes(), None)
+        assert "\n" not in str(refused.value)
+    instance = read_dataset(mvm_instance(compressed, None))
+    instance["PatientName"] = DataElement(0x00100010, "US", "not a number")
+    with pytest.raises(ValueError, match="cannot be written back as DICOM: .*\\(0010,0010\\)"):
+        instance_to_dicom(instance, None)
 
 
 def test_a_source_without_instance_uid_decodes_to_a_derivative(corpus_dir) -> None:
