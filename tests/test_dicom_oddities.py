@@ -202,6 +202,17 @@ def test_an_unexpected_error_while_compressing_stores_the_instance_as_received(m
     assert "unexpected error" in prepared.note and "IndexError: a bug" in caplog.text
 
 
+def test_an_instance_without_a_transfer_syntax_is_stored_and_given_as_received(codec) -> None:
+    """Found by fuzzing (fuzz/dicom_input.py): the gateway stores an instance whose file meta has no
+    TransferSyntaxUID as received, and giving it back as Explicit VR Little Endian failed (AttributeError)."""
+    data = Path(get_testdata_file("meta_missing_tsyntax.dcm")).read_bytes()
+    prepared = prepare_instance(data, codec, None, LOSSLESS)
+    assert prepared.failure is None and prepared.instances == [data]
+    with pytest.raises(storage.NotAcceptableError, match=r"declares no transfer syntax \(0002,0010\)"):
+        render(data, ExplicitVRLittleEndian, codec)
+    assert render(data, "*", codec) == data
+
+
 @pytest.mark.parametrize("name", ["OBXXXX1A_expb.dcm", "OBXXXX1A_expb_2frame.dcm", "SC_rgb_small_odd_big_endian.dcm",
                                   "MR_small_bigendian.dcm"])
 def test_big_endian_instances_are_given_little_endian_with_the_same_pixels(name: str) -> None:

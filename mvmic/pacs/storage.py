@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from model.codec import MvmicCodec
 from model.errors import BoundViolationError, CodecInputError, TooSmallToAnalyseError
@@ -143,7 +143,10 @@ def render(data: bytes, transfer_syntax: str, codec: MvmicCodec) -> bytes:
                                  f"not {transfer_syntax}")
     if stored == MVM_TRANSFER_SYNTAX:
         return _part10(instance_to_dicom(dataset, codec))
-    syntax = dataset.file_meta.TransferSyntaxUID
+    if not stored:
+        raise NotAcceptableError(f"instance {dataset.get('SOPInstanceUID')} declares no transfer syntax (0002,0010) "
+                                 f"to convert from; ask for it as stored (transfer-syntax=*)")
+    syntax = UID(stored)
     try:
         if syntax.is_compressed:
             dataset.decompress()
