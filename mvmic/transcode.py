@@ -44,9 +44,11 @@ from model.rate_control import compress_at
 from mvmic.derivative import lossy_derivative
 from mvmic.pixels import (
     SUPPORTED_BITS_ALLOCATED,
+    DicomInputError,
     DicomSource,
     NativeImage,
     check_writable,
+    first_line,
     header_bytes,
     pixel_data_bytes,
     read_dataset,
@@ -141,13 +143,18 @@ def instance_to_dicom(dataset: Dataset, codec: MvmicCodec | None) -> Dataset:
 
 
 def bitstream_of_instance(dataset: Dataset) -> bytes:
-    """The .mvm inside an instance of MVM_TRANSFER_SYNTAX (its even-length padding removed)."""
+    """The .mvm inside an instance of MVM_TRANSFER_SYNTAX (its even-length padding removed); ValueError for
+    another instance (DicomInputError: Pixel Data not in encapsulated items), BitstreamError for a damaged .mvm."""
     syntax = dataset.get("file_meta", Dataset()).get("TransferSyntaxUID")
     if syntax != MVM_TRANSFER_SYNTAX:
         raise ValueError(f"not an MVMIC instance: transfer syntax {syntax}, expected {MVM_TRANSFER_SYNTAX}")
     if "PixelData" not in dataset:
         raise ValueError("an MVMIC instance without Pixel Data: no bitstream to decode")
-    data = b"".join(list(generate_fragments(dataset.PixelData))[1:])  # item 0 is the empty offset table
+    try:
+        data = b"".join(list(generate_fragments(dataset.PixelData))[1:])  # item 0 is the empty offset table
+    except Exception as exc:  # pydicom raises ValueError, struct errors... on items that do not parse
+        raise DicomInputError(f"the Pixel Data of an MVMIC instance is not encapsulated items: {first_line(exc)}") \
+            from exc
     try:
         Bitstream.from_bytes(data)
     except TrailingDataError:

@@ -25,7 +25,7 @@ from model.entropy_coder import CodingTables
 from model.quality import QUALITY_CODES, step_of
 from model.subbands import dequantize
 from model.table_codec import MODEL_ID, TableCodec, levels_of, normalised_planes
-from mvmic.pixels import PixelFormat, read_dataset
+from mvmic.pixels import DicomInputError, PixelFormat, read_dataset
 from mvmic.transcode import dicom_to_mvm, instance_to_dicom, mvm_instance, mvm_to_dicom
 
 
@@ -225,6 +225,17 @@ def test_a_stream_whose_pixel_format_is_not_its_headers_is_refused(corpus_dir, c
                       "photometric": ("PhotometricInterpretation", "MONOCHROME1")}[next(iter(change))]
     setattr(instance, keyword, value)
     with pytest.raises(ValueError, match="is not the instance's header's"):
+        instance_to_dicom(instance, None)
+
+
+def test_an_instance_whose_pixel_data_is_not_encapsulated_items_is_refused(corpus_dir) -> None:
+    """Found by fuzzing (fuzz/mvm_instance.py): pydicom's ValueError on a damaged item tag escaped the decoding
+    of an MVMIC instance unexplained."""
+    source = (corpus_dir / "images" / "pyradiomics-brain2-010.dcm").read_bytes()
+    instance = read_dataset(mvm_instance(dicom_to_mvm(source, None, max_error=0), None))
+    instance.PixelData = b"\xfe\xff\x00\xe0" + bytes(4) + b"\x53\x48\x0a\x00" + bytes(8)  # item, then not one
+    with pytest.raises(DicomInputError, match="the Pixel Data of an MVMIC instance is not encapsulated items: "
+                                              "Unexpected tag"):
         instance_to_dicom(instance, None)
 
 
