@@ -201,8 +201,12 @@ def _check_pixel_module(dataset: Dataset) -> None:
     for keyword in REQUIRED_PIXEL_ATTRIBUTES:
         if dataset.get(keyword) in (None, ""):
             raise DicomInputError(f"{keyword} is missing: required to interpret PixelData")
-    if not dataset.get("file_meta", Dataset()).get("TransferSyntaxUID"):
+    syntax = dataset.get("file_meta", Dataset()).get("TransferSyntaxUID")
+    if not syntax:
         raise DicomInputError("TransferSyntaxUID (0002,0010) is missing from the file meta information")
+    if not UID(syntax).is_transfer_syntax:
+        raise UnsupportedPixelFormatError(f"TransferSyntaxUID {syntax} is not a transfer syntax MVMIC reads "
+                                          "(DICOM's, as pydicom knows them)")
     if dataset.BitsAllocated not in SUPPORTED_BITS_ALLOCATED:
         raise UnsupportedPixelFormatError(f"BitsAllocated {dataset.BitsAllocated} is not supported (8 or 16)")
     if not 1 <= dataset.BitsStored <= min(MAX_BITS_STORED, dataset.BitsAllocated):

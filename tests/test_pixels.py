@@ -20,7 +20,16 @@ from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 
 from mvmic.corpus.manifest import CorpusEntry, Manifest
-from mvmic.pixels import DicomInputError, NativeImage, PixelFormat, dicom_bytes, read_dicom, to_dataset, write_dicom
+from mvmic.pixels import (
+    DicomInputError,
+    NativeImage,
+    PixelFormat,
+    UnsupportedPixelFormatError,
+    dicom_bytes,
+    read_dicom,
+    to_dataset,
+    write_dicom,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CORPUS_DIR = REPO_ROOT / "data" / "corpus"
@@ -447,6 +456,18 @@ def test_four_samples_per_pixel_is_refused() -> None:
     ds.PhotometricInterpretation = "ARGB"
     with pytest.raises(DicomInputError, match="SamplesPerPixel 4"):
         read_dicom(_dicom_from(ds))
+
+
+@pytest.mark.parametrize("syntax", ["1.2.3.4", "1.2.840.10008.5.1.4.1.1.7", "2.25.323708217038257544495275216054827656036"])
+def test_a_transfer_syntax_uid_that_is_not_one_is_refused(syntax: str) -> None:
+    """Found by fuzzing (fuzz/dicom_input.py): an unknown UID, an SOP class's, a private one (MVMIC's own) as
+    TransferSyntaxUID raised pydicom's bare ValueError "UID is not a transfer syntax"."""
+    ds = _header_of("pydicom-MR_small.dcm")
+    ds.file_meta.TransferSyntaxUID = syntax
+    buffer = io.BytesIO()  # in Explicit VR Little Endian: pydicom writes no other encoding for such a UID
+    pydicom.dcmwrite(buffer, ds, implicit_vr=False, little_endian=True, force_encoding=True)
+    with pytest.raises(UnsupportedPixelFormatError, match=f"TransferSyntaxUID {syntax} is not a transfer syntax"):
+        read_dicom(buffer.getvalue())
 
 
 @pytest.mark.parametrize(
