@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from model.codec import MvmicCodec
 from mvmic.cli import main
@@ -211,6 +211,23 @@ def test_an_instance_without_a_transfer_syntax_is_stored_and_given_as_received(c
     with pytest.raises(storage.NotAcceptableError, match=r"declares no transfer syntax \(0002,0010\)"):
         render(data, ExplicitVRLittleEndian, codec)
     assert render(data, "*", codec) == data
+
+
+def test_an_instance_the_gateway_cannot_convert_is_refused_in_one_line(codec) -> None:
+    """Found by fuzzing (fuzz/dicom_input.py): Implicit VR Little Endian with PixelPaddingValue (US or SS by
+    PixelRepresentation) and no PixelRepresentation is stored as received, and cannot be written in Explicit VR;
+    the 406 quoted pydicom's message with the traceback pydicom appends to it."""
+    dataset = pydicom.dcmread(io.BytesIO(dicom_instance(ct_like(4, 4).tobytes(), 4, 4, bits_stored=12,
+                                                        PixelPaddingValue=0)))
+    del dataset.PixelRepresentation
+    dataset.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, implicit_vr=True, little_endian=True, enforce_file_format=True)
+    data = buffer.getvalue()
+    assert prepare_instance(data, codec, None, LOSSLESS).instances == [data]
+    with pytest.raises(storage.NotAcceptableError, match=r"\(0028,0120\)") as refused:
+        render(data, ExplicitVRLittleEndian, codec)
+    assert "\n" not in str(refused.value)
 
 
 @pytest.mark.parametrize("name", ["OBXXXX1A_expb.dcm", "OBXXXX1A_expb_2frame.dcm", "SC_rgb_small_odd_big_endian.dcm",

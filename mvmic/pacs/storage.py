@@ -28,7 +28,7 @@ from model.codec import MvmicCodec
 from model.errors import BoundViolationError, CodecInputError, TooSmallToAnalyseError
 from model.tasks.analysis import Analyzer
 from mvmic.pacs.analysis_objects import measurement_report, segmentation
-from mvmic.pixels import DicomInputError, as_little_endian, read_dataset
+from mvmic.pixels import DicomInputError, as_little_endian, first_line, read_dataset
 from mvmic.transcode import MVM_TRANSFER_SYNTAX, dicom_to_mvm, instance_to_dicom, mvm_instance, parse_for
 
 log = logging.getLogger("mvmic.pacs")
@@ -156,7 +156,8 @@ def render(data: bytes, transfer_syntax: str, codec: MvmicCodec) -> bytes:
         return _part10(dataset)
     except Exception as exc:  # pydicom's decoders and writers raise many types: this gateway cannot convert it
         raise NotAcceptableError(f"instance {dataset.get('SOPInstanceUID')} is stored as {syntax.name}, which this "
-                                 f"gateway cannot give as {ExplicitVRLittleEndian} ({type(exc).__name__}: {exc}); "
+                                 f"gateway cannot give as {ExplicitVRLittleEndian} ({type(exc).__name__}: "
+                                 f"{first_line(exc)}); "
                                  "ask for it as stored (transfer-syntax=*)") from exc
 
 
