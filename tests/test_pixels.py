@@ -528,6 +528,10 @@ DAMAGED_HEADERS = {
     # A non-ASCII byte in FrameOfReferenceUID (0020,0052) of a file without a character set.
     "non-ascii-uid": ("pydicom-CT_small.dcm", b"\x20\x00\x52\x00UI\x2e\x00\x31", b"\x20\x00\x52\x00UI\x2e\x00\xf6",
                       r"\(0020,0052\)|FrameOfReferenceUID"),
+    # PhotometricInterpretation (0028,0004) with an unknown VR, read by the checks before anything else decoded
+    # it: pydicom's NotImplementedError escaped (found by fuzzing, fuzz/dicom_input.py).
+    "unknown-vr-of-a-pixel-attribute": ("pydicom-CT_small.dcm", b"\x28\x00\x04\x00CS", b"\x28\x00\x04\x00CT",
+                                        r"\(0028,0004\)|PhotometricInterpretation"),
     # Private (0019,1058) whose group turned into 0002, the file meta group, inside the dataset.
     "file-meta-group-in-dataset": ("pydicom-CT_small.dcm", b"\x19\x00\x58\x10SS", b"\x02\x00\x58\x10SS",
                                    r"\(0002,1058\)|0002"),
