@@ -213,6 +213,19 @@ def test_an_instance_without_a_transfer_syntax_is_stored_and_given_as_received(c
     assert render(data, "*", codec) == data
 
 
+def test_an_instance_whose_uid_cannot_be_decoded_is_not_understood(codec) -> None:
+    """Found by fuzzing (fuzz/dicom_input.py): SOPInstanceUID with an unknown VR; the gateway read it outside
+    its error handling and pydicom's NotImplementedError escaped the STOW-RS request."""
+    data = dicom_instance(ct_like(4, 4).tobytes(), 4, 4, bits_stored=12)
+    assert data.count(b"\x08\x00\x18\x00UI") == 1
+    damaged = data.replace(b"\x08\x00\x18\x00UI", b"\x08\x00\x18\x00LI")
+    prepared = prepare_instance(damaged, codec, None, LOSSLESS)
+    assert prepared.failure == storage.CANNOT_UNDERSTAND and prepared.instances == []
+    assert "cannot be decoded" in prepared.note and "(0008,0018)" in prepared.note
+    with pytest.raises(ValueError, match=r"cannot be decoded: .*\(0008,0018\)"):
+        render(damaged, ExplicitVRLittleEndian, codec)
+
+
 def test_an_instance_the_gateway_cannot_convert_is_refused_in_one_line(codec) -> None:
     """Found by fuzzing (fuzz/dicom_input.py): Implicit VR Little Endian with PixelPaddingValue (US or SS by
     PixelRepresentation) and no PixelRepresentation is stored as received, and cannot be written in Explicit VR;

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
@@ -68,14 +69,14 @@ def prepare_instance(data: bytes, codec: MvmicCodec, analyzer: Analyzer | None, 
                      study: str | None = None) -> Prepared:
     try:
         dataset = read_dataset(data)
+        identity = _identity(dataset)
     except DicomInputError as exc:
         return Prepared(None, None, failure=CANNOT_UNDERSTAND, note=str(exc), original_bytes=len(data))
-    prepared = Prepared(str(dataset.get("SOPClassUID", "")) or None, str(dataset.get("SOPInstanceUID", "")) or None,
-                        original_bytes=len(data))
-    if study is not None and dataset.get("StudyInstanceUID") != study:
-        prepared.failure, prepared.note = DOES_NOT_MATCH, f"the instance is of study {dataset.get('StudyInstanceUID')}"
+    prepared = Prepared(identity.sop_class, identity.sop_instance, original_bytes=len(data))
+    if study is not None and identity.study != study:
+        prepared.failure, prepared.note = DOES_NOT_MATCH, f"the instance is of study {identity.study}"
         return prepared
-    if "PixelData" not in dataset or _transfer_syntax(dataset) == MVM_TRANSFER_SYNTAX:
+    if "PixelData" not in dataset or identity.transfer_syntax == MVM_TRANSFER_SYNTAX:
         prepared.instances, prepared.note = [data], "stored as received: no pixels to compress, or already MVMIC"
         return prepared
     try:
@@ -134,17 +135,18 @@ def render(data: bytes, transfer_syntax: str, codec: MvmicCodec) -> bytes:
     if transfer_syntax == "*":
         return data
     dataset = read_dataset(data)
-    stored = _transfer_syntax(dataset)
+    identity = _identity(dataset)
+    stored = identity.transfer_syntax
     if stored == transfer_syntax:
         return data
     if transfer_syntax != ExplicitVRLittleEndian:
-        raise NotAcceptableError(f"instance {dataset.get('SOPInstanceUID')} is stored as {stored}; the gateway "
+        raise NotAcceptableError(f"instance {identity.sop_instance} is stored as {stored}; the gateway "
                                  f"gives it as stored (transfer-syntax=*) or as {ExplicitVRLittleEndian}, "
                                  f"not {transfer_syntax}")
     if stored == MVM_TRANSFER_SYNTAX:
         return _part10(instance_to_dicom(dataset, codec))
     if not stored:
-        raise NotAcceptableError(f"instance {dataset.get('SOPInstanceUID')} declares no transfer syntax (0002,0010) "
+        raise NotAcceptableError(f"instance {identity.sop_instance} declares no transfer syntax (0002,0010) "
                                  f"to convert from; ask for it as stored (transfer-syntax=*)")
     syntax = UID(stored)
     try:
@@ -155,14 +157,27 @@ def render(data: bytes, transfer_syntax: str, codec: MvmicCodec) -> bytes:
         dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         return _part10(dataset)
     except Exception as exc:  # pydicom's decoders and writers raise many types: this gateway cannot convert it
-        raise NotAcceptableError(f"instance {dataset.get('SOPInstanceUID')} is stored as {syntax.name}, which this "
+        raise NotAcceptableError(f"instance {identity.sop_instance} is stored as {syntax.name}, which this "
                                  f"gateway cannot give as {ExplicitVRLittleEndian} ({type(exc).__name__}: "
                                  f"{first_line(exc)}); "
                                  "ask for it as stored (transfer-syntax=*)") from exc
 
 
-def _transfer_syntax(dataset: Dataset) -> str:
-    return str(dataset.get("file_meta", Dataset()).get("TransferSyntaxUID", ""))
+class _Identity(NamedTuple):
+    sop_class: str | None
+    sop_instance: str | None
+    study: str | None
+    transfer_syntax: str  # '' when absent
+
+
+def _identity(dataset: Dataset) -> _Identity:
+    """What identifies an instance (None, or '', where absent); DicomInputError when one of these attributes
+    cannot be decoded (pydicom decodes each element on first access)."""
+    try:
+        uids = [str(dataset.get(keyword, "")) or None for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID")]
+        return _Identity(*uids, str(dataset.get("file_meta", Dataset()).get("TransferSyntaxUID", "")))
+    except Exception as exc:  # pydicom raises many types
+        raise DicomInputError(f"an identifying attribute of the instance cannot be decoded: {first_line(exc)}") from exc
 
 
 def _part10(dataset: Dataset) -> bytes:
