@@ -53,6 +53,7 @@ REQUIRED_PIXEL_ATTRIBUTES = (
 # Elements tied to the encoding of the old Pixel Data; they are wrong once the
 # pixels are written uncompressed.
 ENCODING_ELEMENTS = ("ExtendedOffsetTable", "ExtendedOffsetTableLengths", "DataSetTrailingPadding")
+FILE_META_LENGTH = 0x00020000  # FileMetaInformationGroupLength
 # Byte size of the words in "other" binary VRs, which pydicom keeps as raw bytes in
 # the file's byte order.
 WORD_BYTES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
@@ -181,10 +182,15 @@ def first_line(error: BaseException) -> str:
 
 
 def read_dataset(source: DicomSource) -> Dataset:
-    """A DICOM file as a pydicom Dataset, pixels left as they are; DicomInputError if it is not one."""
+    """A DICOM file as a pydicom Dataset, pixels left as they are (FileMetaInformationGroupLength left out: it
+    is the file's, not the dataset's); DicomInputError if it is not one."""
     stream = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
     try:
-        return pydicom.dcmread(stream)
+        dataset = pydicom.dcmread(stream)
+        # The byte length of the file meta as read: pydicom writes a new one into every file it writes, unless the
+        # read one is there with another VR than UL (a damaged one), which it would write as it is, wrongly.
+        dataset.get("file_meta", Dataset()).pop(FILE_META_LENGTH, None)
+        return dataset
     except InvalidDicomError as exc:
         raise DicomInputError(f"not a DICOM file: {first_line(exc)}") from exc
     except FileNotFoundError:

@@ -213,6 +213,20 @@ def test_an_instance_without_a_transfer_syntax_is_stored_and_given_as_received(c
     assert render(data, "*", codec) == data
 
 
+def test_a_file_meta_length_of_another_vr_is_not_written_into_the_stream(codec) -> None:
+    """Found by fuzzing (fuzz/dicom_input.py): FileMetaInformationGroupLength with VR DS was copied into the
+    stream's DICOM header layer, where pydicom wrote its new length as a DS string: the header read back wrongly,
+    and the gateway's own stream failed to decode (an unexpected error, the instance stored as received)."""
+    data = dicom_instance(ct_like(16, 16).tobytes(), 16, 16, bits_stored=12)
+    assert data.count(b"\x02\x00\x00\x00UL\x04\x00") == 1
+    damaged = data.replace(b"\x02\x00\x00\x00UL\x04\x00", b"\x02\x00\x00\x00DS\x04\x00")
+    decoded = mvm_to_dicom(dicom_to_mvm(damaged, None, max_error=0).data, None)
+    assert decoded.PixelData == pydicom.dcmread(io.BytesIO(data)).PixelData
+    assert decoded.file_meta.MediaStorageSOPInstanceUID == decoded.SOPInstanceUID
+    prepared = prepare_instance(damaged, codec, None, LOSSLESS)
+    assert prepared.failure is None and "unexpected" not in prepared.note
+
+
 def test_an_instance_whose_uid_cannot_be_decoded_is_not_understood(codec) -> None:
     """Found by fuzzing (fuzz/dicom_input.py): SOPInstanceUID with an unknown VR; the gateway read it outside
     its error handling and pydicom's NotImplementedError escaped the STOW-RS request."""
