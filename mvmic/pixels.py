@@ -132,6 +132,11 @@ def read_dicom(source: DicomSource) -> NativeImage:
     _check_native_length(dataset)
     _check_bits_outside_stored(dataset)
     pixels, photometric = _decode(dataset)
+    declared = (int(dataset.get("NumberOfFrames") or 1), int(dataset.Rows), int(dataset.Columns))
+    if pixels.shape[:3] != declared:
+        raise DicomInputError(f"PixelData decodes to {pixels.shape[0]} frame(s) of {pixels.shape[1]} x "
+                              f"{pixels.shape[2]}, where the header declares {declared[0]} of {declared[1]} x "
+                              f"{declared[2]}")
     # Native YBR_FULL_422 is coded as YBR_FULL and written back subsampled (to_dataset): the same bytes.
     native_422 = _is_native_ybr_422(dataset)
     header = _header_after_decoding(dataset, "YBR_FULL_422" if native_422 else photometric)
@@ -221,6 +226,9 @@ def _check_pixel_module(dataset: Dataset) -> None:
             f"BitsStored {dataset.BitsStored} is not supported "
             f"(1 to {min(MAX_BITS_STORED, dataset.BitsAllocated)} with BitsAllocated {dataset.BitsAllocated})"
         )
+    frames = dataset.get("NumberOfFrames")
+    if frames not in (None, "") and not (isinstance(frames, int) and not isinstance(frames, float) and frames >= 0):
+        raise DicomInputError(f"NumberOfFrames {frames} is not a number of frames")
     if dataset.SamplesPerPixel not in SUPPORTED_SAMPLES:
         raise UnsupportedPixelFormatError(f"SamplesPerPixel {dataset.SamplesPerPixel} is not supported (1 or 3)")
     photometric = str(dataset.PhotometricInterpretation)

@@ -470,6 +470,18 @@ def test_a_transfer_syntax_uid_that_is_not_one_is_refused(syntax: str) -> None:
         read_dicom(buffer.getvalue())
 
 
+@pytest.mark.parametrize(("frames", "match"), [("2.5", "NumberOfFrames 2.5 is not a number of frames"),
+                                                ("-1", "NumberOfFrames -1 is not a number of frames"),
+                                                ("2", "decodes to 1 frame\\(s\\) of 3 x 3, where the header declares 2")])
+def test_a_number_of_frames_that_is_not_the_pixels_is_refused(frames: str, match: str) -> None:
+    """Found by fuzzing (fuzz/dicom_input.py): a JPEG of one frame whose NumberOfFrames said 2 or 2.5 was coded
+    as one frame under a header of two, a stream that then failed to decode (the gateway's own check)."""
+    ds = pydicom.dcmread(_testdata("SC_rgb_small_odd_jpeg.dcm"))
+    ds.NumberOfFrames = frames
+    with pytest.raises(DicomInputError, match=match):
+        read_dicom(_dicom_from(ds))
+
+
 @pytest.mark.parametrize(
     "keyword",
     ["Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation", "SamplesPerPixel",
