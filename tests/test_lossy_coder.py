@@ -201,6 +201,18 @@ def test_weights_of_another_context_definition_are_refused(table, tmp_path) -> N
         TableCodec.load(tmp_path / "empty.npz")
 
 
+def test_version_2_codes_and_decodes_images_without_a_wavelet_level(table, cnn, corpus_dir) -> None:
+    """Found by fuzzing (fuzz/mvm_decoder.py): a version 2 stream forged below 16 pixels a side (no wavelet
+    level) failed in the band gains (IndexError), in the decoder and the encoder alike. With no level the low
+    band is the image (gain 1, as version 3's table has it): both versions reconstruct the same pixels."""
+    image = pydicom.dcmread(corpus_dir / "images" / "pyradiomics-brain2-010.dcm")
+    fmt = PixelFormat(int(image.BitsStored), bool(image.PixelRepresentation))
+    pixels = np.ascontiguousarray(image.pixel_array[None, 100:108, 100:111, None].astype(fmt.dtype))
+    for code in (QUALITY_CODES[1], QUALITY_CODES[8]):
+        assert np.array_equal(cnn.decompress(cnn.compress_pixels(pixels, fmt, code)),
+                              table.decompress(table.compress_pixels(pixels, fmt, code)))
+
+
 def test_a_stream_whose_geometry_is_not_its_headers_is_refused(table, corpus_dir) -> None:
     source = (corpus_dir / "images" / "pyradiomics-brain2-010.dcm").read_bytes()
     compressed = dicom_to_mvm(source, MvmicCodec.load(), quality=4)
