@@ -62,6 +62,7 @@ from model.lifting import Subbands, analysis, synthesis, zero_subbands
 from model.lossless import stream as exact_stream
 from model.quality import MAX_CODE, MIN_CODE, QUALITY_CODES, step_of
 from model.residual import MAX_ERROR, PlaneContext, ResidualContextModel, quantize_residual
+from model.residual import MIN_SIDE as RESIDUAL_MIN_SIDE
 from model.subbands import dequantize, quantize
 from model.table_codec import (
     DEFAULT_WEIGHTS,
@@ -167,7 +168,7 @@ class MvmicCodec:
         if not MIN_CODE <= code <= MAX_CODE:
             raise CodecInputError(f"quality code {code} out of range {MIN_CODE}..{MAX_CODE}")
         if max_error is not None:
-            self._check_residual_possible(max_error)
+            self._check_residual_possible(max_error, pixels.shape[1:3])
         elif self.table:
             return self.table.compress_pixels(pixels, fmt, code)
         layers = []
@@ -209,9 +210,12 @@ class MvmicCodec:
         steps = BandStepsFixed.of(len(bands[0].details), step_of(code), self.scales)
         return steps, exact_base(bands, steps, fmt)
 
-    def _check_residual_possible(self, max_error: int) -> None:
+    def _check_residual_possible(self, max_error: int, size: tuple[int, int]) -> None:
         if not 0 <= max_error <= MAX_ERROR:
             raise CodecInputError(f"maximum error {max_error} out of range 0 (lossless)..{MAX_ERROR}")
+        if min(size) < RESIDUAL_MIN_SIDE:
+            raise CodecInputError(f"residual layers code images of at least {RESIDUAL_MIN_SIDE} x {RESIDUAL_MIN_SIDE} "
+                                  f"pixels, not {size[0]} x {size[1]}")
         if self.residual is None:
             raise CodecInputError(f"no residual model beside {self.weights.path} "
                                   f"({residual_weights_path(self.weights.path).name}): only lossy coding is possible")
@@ -342,6 +346,9 @@ class ResidualLayer:
 
     @classmethod
     def parse(cls, payload: bytes, stream: Bitstream) -> ResidualLayer:
+        if min(stream.rows, stream.columns) < RESIDUAL_MIN_SIDE:  # the encoder never made one
+            raise ValueError(f"a residual layer for a {stream.rows} x {stream.columns} image: residual layers code "
+                             f"images of at least {RESIDUAL_MIN_SIDE} x {RESIDUAL_MIN_SIDE} pixels")
         parts = unpack_payloads(payload)
         if len(parts) != 2 + stream.samples_per_pixel:
             raise ValueError(f"residual layer has {len(parts)} parts, expected {2 + stream.samples_per_pixel}")
