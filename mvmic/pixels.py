@@ -210,6 +210,9 @@ def _check_pixel_module(dataset: Dataset) -> None:
             raise UnsupportedPixelFormatError(f"{keyword}: floating-point pixel data is not supported, only integer PixelData")
     if "PixelData" not in dataset:
         raise DicomInputError("PixelData (7FE0,0010) is missing: the file holds no image")
+    if not isinstance(dataset.PixelData, bytes) or not dataset.PixelData:
+        raise DicomInputError(f"PixelData (7FE0,0010) is empty or not binary (VR {dataset['PixelData'].VR}): the file "
+                              "holds no image")
     for keyword in REQUIRED_PIXEL_ATTRIBUTES:
         if dataset.get(keyword) in (None, ""):
             raise DicomInputError(f"{keyword} is missing: required to interpret PixelData")

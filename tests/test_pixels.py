@@ -470,6 +470,15 @@ def test_a_transfer_syntax_uid_that_is_not_one_is_refused(syntax: str) -> None:
         read_dicom(buffer.getvalue())
 
 
+def test_empty_pixel_data_is_refused() -> None:
+    """Found by fuzzing (fuzz/dicom_input.py): pydicom reads an empty PixelData as None, and the length check
+    raised TypeError on it."""
+    ds = _header_of("pydicom-MR_small.dcm")
+    ds.PixelData = b""
+    with pytest.raises(DicomInputError, match=r"PixelData \(7FE0,0010\) is empty or not binary"):
+        read_dicom(_dicom_from(ds))
+
+
 @pytest.mark.parametrize(("frames", "match"), [("2.5", "NumberOfFrames 2.5 is not a number of frames"),
                                                 ("-1", "NumberOfFrames -1 is not a number of frames"),
                                                 ("2", "decodes to 1 frame\\(s\\) of 3 x 3, where the header declares 2")])
