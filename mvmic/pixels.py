@@ -127,7 +127,7 @@ def read_dicom(source: DicomSource) -> NativeImage:
     a single- or multi-frame integer image of at most 16 bits stored.
     """
     dataset = read_dataset(source)
-    _decoded_elements(dataset)  # now, so that a malformed element is named before any check reads it
+    decoded_elements(dataset)  # now, so that a malformed element is named before any check reads it
     _check_pixel_module(dataset)
     _check_native_length(dataset)
     _check_bits_outside_stored(dataset)
@@ -373,14 +373,14 @@ def _make_little_endian(dataset: Dataset) -> None:
     inference cannot be written; binary words from a big-endian file are swapped.
     """
     swap = not dataset.original_encoding[1]
-    for element in _decoded_elements(dataset):
+    for element in decoded_elements(dataset):
         size = WORD_BYTES.get(element.VR)
         if swap and size and isinstance(element.value, bytes):
             element.value = np.frombuffer(element.value, f">u{size}").astype(f"<u{size}").tobytes()
     dataset.set_original_encoding(False, True, dataset.original_character_set)
 
 
-def _decoded_elements(dataset: Dataset) -> list:
+def decoded_elements(dataset: Dataset) -> list:
     """Every element of the file meta and the dataset, nested ones too, decoded: pydicom decodes each on first
     access, where a malformed one raises whatever its decoding does (NotImplementedError for an unknown VR,
     ValueError for a length that does not fit it...). DicomInputError, quoting pydicom's message, for the first."""

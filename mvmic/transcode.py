@@ -48,6 +48,7 @@ from mvmic.pixels import (
     DicomSource,
     NativeImage,
     check_writable,
+    decoded_elements,
     first_line,
     header_bytes,
     pixel_data_bytes,
@@ -134,6 +135,7 @@ def mvm_instance(compressed: Compressed, codec: MvmicCodec | None) -> bytes:
 def instance_to_dicom(dataset: Dataset, codec: MvmicCodec | None) -> Dataset:
     """An instance made by mvm_instance, decoded: the same header (and SOP Instance UID), Explicit VR
     Little Endian pixels."""
+    decoded_elements(dataset)  # pydicom decodes each element on first access: a malformed one is named now
     stream = parse_for(bitstream_of_instance(dataset), codec)
     _check_describes(dataset, stream, "the instance's header")
     header = copy.deepcopy(dataset)
@@ -252,6 +254,7 @@ def _source_header(stream: Bitstream) -> Dataset:
         if not inflater.eof or inflater.unused_data:  # zlib's own check (Adler-32) is at the end of the stream
             raise ValueError("its deflated stream is cut short or followed by other bytes")
         source = read_dataset(header)
+        decoded_elements(source)
         check_writable(source)
     except (zlib.error, ValueError) as exc:
         raise ValueError(f"the DICOM header layer is damaged: {exc}") from exc
