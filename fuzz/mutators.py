@@ -2,8 +2,9 @@
 keep an input well-formed enough to reach the code behind the first checks.
 
     .mvm:     bytes mutated, the CRC32 recomputed (else nearly every input stops at the CRC check);
-              a header field set to an edge value; a layer's payload mutated (the DICOM header layer
-              inflated, mutated as DICOM, deflated again); all written back as a valid container
+              a header field set to an edge value, alone or with its DICOM header layer (a forged size,
+              frame count, bit depth that the decoders then see); a layer's payload mutated (the DICOM
+              header layer inflated, mutated as DICOM, deflated again); all written back as a valid container
     DICOM:    a pixel attribute set to an edge value or deleted, another transfer syntax, Pixel Data
               cut or lengthened
     instance: a DICOM mutation, or the .mvm inside it mutated and encapsulated again
@@ -47,6 +48,10 @@ FRAME_COUNTS = ("0", "-1", "", "2.5", "1e3", "abc")
 TRANSFER_SYNTAXES = (ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian,
                      DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGLosslessSV1, JPEGLSLossless,
                      JPEG2000Lossless, RLELossless, MVM_TRANSFER_SYNTAX, "1.2.3.4")
+DESCRIBED = (("rows", "Rows"), ("columns", "Columns"), ("frames", "NumberOfFrames"), ("bits_stored", "BitsStored"),
+             ("signed", "PixelRepresentation"), ("photometric", "PhotometricInterpretation"),
+             ("samples_per_pixel", "SamplesPerPixel"))
+SIZES = (1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 65, 255, 256, 257, 1024, 4096, 8192)
 STREAM_FIELDS = ("rows", "columns", "frames", "samples_per_pixel", "bits_stored", "signed", "photometric", "offset",
                  "scale_log2", "quality")
 MAX_HEADER_BYTES = 1 << 16  # a seed's header layer inflates to a few hundred bytes
@@ -58,7 +63,7 @@ def with_crc(body: bytes) -> bytes:
 
 def mutate_mvm(data: bytes, max_size: int, seed: int) -> bytes:
     rng = random.Random(seed)
-    action = rng.randrange(8)
+    action = rng.randrange(9)
     if action == 0:  # the CRC too: the container's own checks
         return atheris.Mutate(data, max_size)
     try:
@@ -70,6 +75,8 @@ def mutate_mvm(data: bytes, max_size: int, seed: int) -> bytes:
     try:
         if action == 4:
             mutated = _mutate_field(stream, rng)
+        elif action == 5:
+            mutated = _mutate_described(stream, rng)
         else:
             mutated = _mutate_layers(stream, max_size, rng)
         out = mutated.to_bytes()
@@ -87,6 +94,32 @@ def _mutate_field(stream: Bitstream, rng: random.Random) -> Bitstream:
     value = getattr(stream, field)
     return replace(stream, **{field: rng.choice((value + 1, value - 1, value * 2, value // 2, -value,
                                                  *EDGE_INTEGERS))})
+
+
+def _mutate_described(stream: Bitstream, rng: random.Random) -> Bitstream:
+    """One field of the geometry or pixel format set alike in the stream and in its DICOM header layer: past the
+    check that they agree, to the decoders of the layers (forged sizes, frames, bit depths)."""
+    field, keyword = rng.choice(DESCRIBED)
+    value = getattr(stream, field)
+    if field == "signed":
+        value = not value
+    elif field == "photometric":
+        value = rng.choice(PHOTOMETRICS[:6])
+    else:
+        value = max(1, rng.choice((value + 1, value - 1, value * 2, value // 2, *SIZES)))
+    layers = list(stream.layers)
+    for index, layer in enumerate(layers):
+        if layer.kind == LayerKind.DICOM_HEADER:
+            header = pydicom.dcmread(io.BytesIO(zlib.decompressobj().decompress(layer.payload, MAX_HEADER_BYTES)))
+            setattr(header, keyword, int(value) if field == "signed" else value)
+            if field == "bits_stored":
+                header.BitsAllocated, header.HighBit = 8 if value <= 8 else 16, value - 1
+            layers[index] = Layer(layer.kind, layer.frame, zlib.compress(_part10(header), 9))
+    if field == "frames":  # the new frames get the last frame's layers, the removed ones lose theirs
+        coded = [layer for layer in layers if layer.kind != LayerKind.DICOM_HEADER and layer.frame == stream.frames - 1]
+        layers = [layer for layer in layers if layer.kind == LayerKind.DICOM_HEADER or layer.frame < value]
+        layers += [Layer(layer.kind, frame, layer.payload) for frame in range(stream.frames, value) for layer in coded]
+    return replace(stream, layers=tuple(layers), **{field: value})
 
 
 def _mutate_layers(stream: Bitstream, max_size: int, rng: random.Random) -> Bitstream:
