@@ -147,7 +147,19 @@ def read_dicom(source: DicomSource) -> NativeImage:
         samples_per_pixel=int(header.SamplesPerPixel),
         photometric=photometric,
     )
+    _check_decoded_range(pixels, pixel_format)
     return NativeImage(header=header, pixels=pixels.astype(pixel_format.dtype, copy=False), format=pixel_format)
+
+
+def _check_decoded_range(pixels: np.ndarray, fmt: PixelFormat) -> None:
+    """Refuse decoded values outside the range of BitsStored: a compressed codestream of more bits than its header
+    declares (native Pixel Data: _check_bits_outside_stored). Coded in BitsStored bits, they would not come back."""
+    low, high = int(pixels.min()), int(pixels.max())
+    if low < fmt.min_value or high > fmt.max_value:
+        raise UnsupportedPixelFormatError(
+            f"PixelData decodes to values {low}..{high}, outside the {'signed' if fmt.signed else 'unsigned'} range "
+            f"{fmt.min_value}..{fmt.max_value} of BitsStored {fmt.bits_stored}: MVMIC would not give them back, so it "
+            "does not code this image")
 
 
 def to_dataset(image: NativeImage, pixels: np.ndarray | None = None) -> Dataset:

@@ -470,6 +470,17 @@ def test_a_transfer_syntax_uid_that_is_not_one_is_refused(syntax: str) -> None:
         read_dicom(buffer.getvalue())
 
 
+def test_a_codestream_of_more_bits_than_bits_stored_is_refused() -> None:
+    """Found by fuzzing (fuzz/dicom_input.py): an 8-bit JPEG-LS codestream under BitsStored 7 decoded to values up
+    to 255, which the lossless coder, coding 7 bits, clipped: its own check withheld the stream (a 500 from
+    /v1/compress, an error logged by the gateway)."""
+    ds = pydicom.dcmread(_testdata("JPEGLSNearLossless_08.dcm"))
+    ds.BitsStored, ds.HighBit = 7, 6
+    with pytest.raises(UnsupportedPixelFormatError, match=r"decodes to values 0\.\.2\d\d, outside the unsigned range "
+                                                          r"0\.\.127 of BitsStored 7"):
+        read_dicom(_dicom_from(ds))
+
+
 def test_empty_pixel_data_is_refused() -> None:
     """Found by fuzzing (fuzz/dicom_input.py): pydicom reads an empty PixelData as None, and the length check
     raised TypeError on it."""
