@@ -22,6 +22,7 @@ from model.bitstream import Bitstream, Layer, LayerKind
 from model.codec import CNN_WEIGHTS, MvmicCodec
 from model.enc_table_contexts import fit
 from model.entropy_coder import CodingTables
+from model.errors import CodecInputError
 from model.quality import QUALITY_CODES, step_of
 from model.subbands import dequantize
 from model.table_codec import MODEL_ID, TableCodec, levels_of, normalised_planes
@@ -211,6 +212,25 @@ def test_version_2_codes_and_decodes_images_without_a_wavelet_level(table, cnn, 
     for code in (QUALITY_CODES[1], QUALITY_CODES[8]):
         assert np.array_equal(cnn.decompress(cnn.compress_pixels(pixels, fmt, code)),
                               table.decompress(table.compress_pixels(pixels, fmt, code)))
+
+
+def test_version_2_codes_and_decodes_at_most_2_22_samples_a_stream(cnn, corpus_dir) -> None:
+    """Found by fuzzing (fuzz/mvm_decoder.py, a timeout): a 1.3 KB version 2 stream declaring 33 frames of
+    16 x 8192 ran the integer CNN over 4.3 M samples, more than 10 s here; 2**28 samples would have taken a
+    quarter of an hour. Version 2 refuses more than 2**22 samples a stream before decoding any, and its encoder
+    refuses to make one (a zero-stride array stands for the pixels: only its shape counts)."""
+    image = pydicom.dcmread(corpus_dir / "images" / "pyradiomics-brain2-010.dcm")
+    fmt = PixelFormat(int(image.BitsStored), bool(image.PixelRepresentation))
+    pixels = np.ascontiguousarray(image.pixel_array[None, 100:116, 100:116, None].astype(fmt.dtype))
+    stream = cnn.compress_pixels(pixels, fmt, QUALITY_CODES[4])
+    forged = dataclasses.replace(stream, columns=8192, frames=33, layers=tuple(
+        dataclasses.replace(stream.layers[0], frame=frame) for frame in range(33)))
+    served = MvmicCodec.load()  # decodes version 2 through the CNN beside it, as the service does
+    for codec in (cnn, served):
+        with pytest.raises(ValueError, match="4325376 samples: mvmicnet-w97-v2 .* codes at most 4194304 samples"):
+            codec.decompress(forged)
+    with pytest.raises(CodecInputError, match="codes at most 4194304 samples a stream"):
+        cnn.compress_pixels(np.broadcast_to(np.zeros(1, fmt.dtype), (1, 2048, 2049, 1)), fmt, QUALITY_CODES[4])
 
 
 def test_a_stream_whose_geometry_is_not_its_headers_is_refused(table, corpus_dir) -> None:
