@@ -50,6 +50,7 @@ REQUIRED_PIXEL_ATTRIBUTES = (
     "SamplesPerPixel",
     "PhotometricInterpretation",
 )
+INTEGER_PIXEL_ATTRIBUTES = REQUIRED_PIXEL_ATTRIBUTES[:-1]
 # Elements tied to the encoding of the old Pixel Data; they are wrong once the
 # pixels are written uncompressed.
 ENCODING_ELEMENTS = ("ExtendedOffsetTable", "ExtendedOffsetTableLengths", "DataSetTrailingPadding")
@@ -228,6 +229,11 @@ def _check_pixel_module(dataset: Dataset) -> None:
     for keyword in REQUIRED_PIXEL_ATTRIBUTES:
         if dataset.get(keyword) in (None, ""):
             raise DicomInputError(f"{keyword} is missing: required to interpret PixelData")
+    for keyword in INTEGER_PIXEL_ATTRIBUTES:  # US: a damaged VR gives a string, several values, a float
+        value, least = dataset.get(keyword), 1 if keyword in ("Rows", "Columns") else 0
+        if not isinstance(value, int) or isinstance(value, float) or value < least:
+            raise DicomInputError(f"{keyword} {value!r} is not an integer of at least {least} (VR "
+                                  f"{dataset[keyword].VR}, expected US)")
     syntax = dataset.get("file_meta", Dataset()).get("TransferSyntaxUID")
     if not syntax:
         raise DicomInputError("TransferSyntaxUID (0002,0010) is missing from the file meta information")

@@ -564,6 +564,9 @@ DAMAGED_HEADERS = {
     # it: pydicom's NotImplementedError escaped (found by fuzzing, fuzz/dicom_input.py).
     "unknown-vr-of-a-pixel-attribute": ("pydicom-CT_small.dcm", b"\x28\x00\x04\x00CS", b"\x28\x00\x04\x00CT",
                                         r"\(0028,0004\)|PhotometricInterpretation"),
+    # BitsStored (0028,0101) read as a date (VR DA): a string, which the range check compared with integers
+    # (TypeError; found by fuzzing, fuzz/dicom_input.py).
+    "string-bits-stored": ("pydicom-CT_small.dcm", b"\x28\x00\x01\x01US", b"\x28\x00\x01\x01DA", r"BitsStored"),
     # Private (0019,1058) whose group turned into 0002, the file meta group, inside the dataset.
     "file-meta-group-in-dataset": ("pydicom-CT_small.dcm", b"\x19\x00\x58\x10SS", b"\x02\x00\x58\x10SS",
                                    r"\(0002,1058\)|0002"),
