@@ -89,10 +89,10 @@ def _error(text: str) -> str | None:
 
 def campaign(targets: tuple[str, ...], runs: int, out: Path, jobs: int = 1) -> dict:
     """Every target for ``runs`` inputs (``jobs`` at a time); the summary, written to out/fuzz.json and .md."""
-    started = datetime.datetime.now(datetime.UTC)
+    started, commit = datetime.datetime.now(datetime.UTC), _commit()  # what the targets run, not what follows
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         results = list(pool.map(lambda target: fuzz_target(target, runs, out), targets))
-    summary = {"date": started.isoformat(timespec="seconds"), "commit": _commit(), "runs_per_target": runs,
+    summary = {"date": started.isoformat(timespec="seconds"), "commit": commit, "runs_per_target": runs,
                "flags": "-timeout=10 -rss_limit_mb=3072 -max_len=5/4 of the largest seed", "targets": results}
     (out / "fuzz.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "fuzz.md").write_text(markdown(summary) + "\n")
