@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint clean test-tools
+.PHONY: run test bench lint clean test-tools fuzz
 
 # Re-install whenever pyproject.toml or the C kernels change (pip builds model/table_coder.c).
 # One pip command, so pip resolves all dependencies together.
@@ -39,6 +39,12 @@ test: lint test-tools
 
 bench: $(STAMP)
 	$(BIN)/mvmic bench rd
+
+# Coverage-guided fuzzing (atheris/libFuzzer) of the .mvm decoder, the MVMIC instance decoder and the DICOM input
+# path: FUZZ_RUNS inputs per target; findings and the summary (fuzz.md, fuzz.json) in results/fuzz/.
+FUZZ_RUNS ?= 100000
+fuzz: $(STAMP)
+	nice -n 10 $(BIN)/python fuzz/campaign.py --runs $(FUZZ_RUNS)
 
 # schemathesis against the whole OpenAPI of a real gateway in front of a real Orthanc (bench/api_fuzz.py):
 # every phase, FUZZ_API_EXAMPLES per operation, a new seed each run (SEED=N to replay one); reports and

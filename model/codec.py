@@ -62,6 +62,7 @@ from model.lifting import Subbands, analysis, synthesis, zero_subbands
 from model.lossless import stream as exact_stream
 from model.quality import MAX_CODE, MIN_CODE, QUALITY_CODES, step_of
 from model.residual import MAX_ERROR, PlaneContext, ResidualContextModel, quantize_residual
+from model.residual import MIN_SIDE as RESIDUAL_MIN_SIDE
 from model.subbands import dequantize, quantize
 from model.table_codec import (
     DEFAULT_WEIGHTS,
@@ -83,6 +84,10 @@ ANCHOR_SAMPLE = 1  # colour residuals: green (or Cb) first, red and blue relativ
 # The analysis of an exact stream (lossless, near-lossless) quantises the decoded frame's wavelet bands at
 # this code, the finest the task heads were trained on (tasks.train).
 EXACT_ANALYSIS_CODE = QUALITY_CODES[8]
+# Version 2's integer CNN codes about 0.3-0.5 M samples/s on a core, 40x slower than version 3, whatever the
+# payload: a few forged bytes declaring 2**28 samples would hold a worker for a quarter of an hour. A stream of
+# at most 2**22 samples (every corpus image, e.g. a 2048 x 2048 radiograph) takes some 10 s.
+CNN_MAX_SAMPLES = 1 << 22
 
 
 def residual_weights_path(codec_weights: Path) -> Path:
@@ -164,10 +169,11 @@ class MvmicCodec:
         ``max_error`` (0 lossless, 1..16 near-lossless) add residual layers that bound every sample's
         error, and (``verify``) decode them to check the bound before returning."""
         check_codeable(pixels, fmt)
+        self._check_cnn_size(pixels.size, CodecInputError)
         if not MIN_CODE <= code <= MAX_CODE:
             raise CodecInputError(f"quality code {code} out of range {MIN_CODE}..{MAX_CODE}")
         if max_error is not None:
-            self._check_residual_possible(max_error)
+            self._check_residual_possible(max_error, pixels.shape[1:3])
         elif self.table:
             return self.table.compress_pixels(pixels, fmt, code)
         layers = []
@@ -209,9 +215,18 @@ class MvmicCodec:
         steps = BandStepsFixed.of(len(bands[0].details), step_of(code), self.scales)
         return steps, exact_base(bands, steps, fmt)
 
-    def _check_residual_possible(self, max_error: int) -> None:
+    def _check_cnn_size(self, samples: int, error: type[ValueError]) -> None:
+        """Raise ``error`` for more than CNN_MAX_SAMPLES samples to code with version 2's integer CNN."""
+        if not self.table and samples > CNN_MAX_SAMPLES:
+            raise error(f"{samples} samples: {self.model_id} (an integer CNN, 40x slower than "
+                        f"{TableCodec.model_id}) codes at most {CNN_MAX_SAMPLES} samples a stream")
+
+    def _check_residual_possible(self, max_error: int, size: tuple[int, int]) -> None:
         if not 0 <= max_error <= MAX_ERROR:
             raise CodecInputError(f"maximum error {max_error} out of range 0 (lossless)..{MAX_ERROR}")
+        if min(size) < RESIDUAL_MIN_SIDE:
+            raise CodecInputError(f"residual layers code images of at least {RESIDUAL_MIN_SIDE} x {RESIDUAL_MIN_SIDE} "
+                                  f"pixels, not {size[0]} x {size[1]}")
         if self.residual is None:
             raise CodecInputError(f"no residual model beside {self.weights.path} "
                                   f"({residual_weights_path(self.weights.path).name}): only lossy coding is possible")
@@ -242,6 +257,7 @@ class MvmicCodec:
         if (codec := self.for_stream(stream)) is not self:
             return codec.decompress(stream)
         check_decodable(stream)
+        self._check_cnn_size(stream.frames * stream.rows * stream.columns * stream.samples_per_pixel, ValueError)
         fmt = stream.pixel_format
         residuals = {layer.frame: layer for layer in stream.layers if layer.kind == LayerKind.RESIDUAL}
         if self.table and not residuals:
@@ -317,6 +333,7 @@ class MvmicCodec:
         if (codec := self.for_stream(stream)) is not self:
             return codec.decode_coarse(stream, skipped_levels)
         check_decodable(stream)
+        self._check_cnn_size(stream.frames * stream.rows * stream.columns * stream.samples_per_pixel, ValueError)
         shapes = None if self.table else zero_subbands(stream.rows, stream.columns, levels)
         coarse = []
         for layer in base_layers(stream):
@@ -342,6 +359,9 @@ class ResidualLayer:
 
     @classmethod
     def parse(cls, payload: bytes, stream: Bitstream) -> ResidualLayer:
+        if min(stream.rows, stream.columns) < RESIDUAL_MIN_SIDE:  # the encoder never made one
+            raise ValueError(f"a residual layer for a {stream.rows} x {stream.columns} image: residual layers code "
+                             f"images of at least {RESIDUAL_MIN_SIDE} x {RESIDUAL_MIN_SIDE} pixels")
         parts = unpack_payloads(payload)
         if len(parts) != 2 + stream.samples_per_pixel:
             raise ValueError(f"residual layer has {len(parts)} parts, expected {2 + stream.samples_per_pixel}")

@@ -122,6 +122,10 @@ def coding_passes(levels: int = HIERARCHY_LEVELS) -> list[CodingPass]:
 
 
 PASSES = coding_passes()
+# The smallest side of a plane the passes code: every pass's grid has a sample (the coarsest centres sit
+# 2**(HIERARCHY_LEVELS - 1) = 4 rows and columns in), and the network's features have a row and column
+# to spare for their padding. The encoder fails below it, so no residual layer of a smaller image exists.
+MIN_SIDE = 2 ** (HIERARCHY_LEVELS - 1) + 1
 
 
 def decoded_before(shape: torch.Size, index: int, device: torch.device | None = None) -> Tensor:

@@ -45,8 +45,9 @@ def _gains_1d(level: int) -> tuple[float, float]:
 
 
 def band_gains(levels: int) -> tuple[float, list[tuple[float, float, float]]]:
-    """Gains of the low band and of (LH, HL, HH) per level, coarsest first, as in Subbands."""
-    low_gain = _gains_1d(levels)[0] ** 2
+    """Gains of the low band and of (LH, HL, HH) per level, coarsest first, as in Subbands. With no level (an
+    image under 16 pixels a side) the low band is the image: gain 1, as version 3's table has it."""
+    low_gain = _gains_1d(levels)[0] ** 2 if levels else 1.0
     details = []
     for level in range(levels, 0, -1):
         low, high = _gains_1d(level)

@@ -34,7 +34,7 @@ from model import _table_coder, lifting_kernels, table_contexts
 from model.bitstream import Bitstream, Layer, LayerKind, fingerprint, pack_payloads, unpack_payloads
 from model.cdf97 import band_shapes, max_levels
 from model.colour import from_planes, to_planes
-from model.errors import CodecInputError, check_codeable, check_frame_size
+from model.errors import CodecInputError, check_codeable, check_decoded_size
 from model.quality import DEADZONE, MAX_CODE, MIN_CODE, RECONSTRUCTION, step_of
 from mvmic.pixels import PixelFormat
 
@@ -260,7 +260,7 @@ def _deadzone_round(scaled: np.ndarray) -> np.ndarray:
 def check_decodable(stream: Bitstream) -> None:
     if not MIN_CODE <= stream.quality <= MAX_CODE:
         raise ValueError(f"quality code {stream.quality} out of range {MIN_CODE}..{MAX_CODE}")
-    check_frame_size(stream.rows, stream.columns, stream.samples_per_pixel)
+    check_decoded_size(stream.frames, stream.rows, stream.columns, stream.samples_per_pixel)
 
 
 def base_layers(stream: Bitstream) -> list[Layer]:

@@ -25,6 +25,7 @@ from typing import BinaryIO
 
 import numpy as np
 import pydicom
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
@@ -56,9 +57,11 @@ REQUIRED_PIXEL_ATTRIBUTES = (
     "SamplesPerPixel",
     "PhotometricInterpretation",
 )
+INTEGER_PIXEL_ATTRIBUTES = REQUIRED_PIXEL_ATTRIBUTES[:-1]
 # Elements tied to the encoding of the old Pixel Data; they are wrong once the
 # pixels are written uncompressed.
 ENCODING_ELEMENTS = ("ExtendedOffsetTable", "ExtendedOffsetTableLengths", "DataSetTrailingPadding")
+FILE_META_LENGTH = 0x00020000  # FileMetaInformationGroupLength
 # Byte size of the words in "other" binary VRs, which pydicom keeps as raw bytes in
 # the file's byte order.
 WORD_BYTES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
@@ -132,21 +135,39 @@ def read_dicom(source: DicomSource) -> NativeImage:
     a single- or multi-frame integer image of at most 16 bits stored.
     """
     dataset = read_dataset(source)
+    decoded_elements(dataset)  # now, so that a malformed element is named before any check reads it
     _check_pixel_module(dataset)
     _check_native_length(dataset)
     _check_bits_outside_stored(dataset)
     pixels, photometric = _decode(dataset)
+    declared = (int(dataset.get("NumberOfFrames") or 1), int(dataset.Rows), int(dataset.Columns))
+    if pixels.shape[:3] != declared:
+        raise DicomInputError(f"PixelData decodes to {pixels.shape[0]} frame(s) of {pixels.shape[1]} x "
+                              f"{pixels.shape[2]}, where the header declares {declared[0]} of {declared[1]} x "
+                              f"{declared[2]}")
     # Native YBR_FULL_422 is coded as YBR_FULL and written back subsampled (to_dataset): the same bytes.
     native_422 = _is_native_ybr_422(dataset)
     header = _header_after_decoding(dataset, "YBR_FULL_422" if native_422 else photometric)
-    _check_writable(header)
+    check_writable(header)
     pixel_format = PixelFormat(
         bits_stored=int(header.BitsStored),
         signed=bool(header.PixelRepresentation),
         samples_per_pixel=int(header.SamplesPerPixel),
         photometric=photometric,
     )
+    _check_decoded_range(pixels, pixel_format)
     return NativeImage(header=header, pixels=pixels.astype(pixel_format.dtype, copy=False), format=pixel_format)
+
+
+def _check_decoded_range(pixels: np.ndarray, fmt: PixelFormat) -> None:
+    """Refuse decoded values outside the range of BitsStored: a compressed codestream of more bits than its header
+    declares (native Pixel Data: _check_bits_outside_stored). Coded in BitsStored bits, they would not come back."""
+    low, high = int(pixels.min()), int(pixels.max())
+    if low < fmt.min_value or high > fmt.max_value:
+        raise UnsupportedPixelFormatError(
+            f"PixelData decodes to values {low}..{high}, outside the {'signed' if fmt.signed else 'unsigned'} range "
+            f"{fmt.min_value}..{fmt.max_value} of BitsStored {fmt.bits_stored}: MVMIC would not give them back, so it "
+            "does not code this image")
 
 
 def to_dataset(image: NativeImage, pixels: np.ndarray | None = None) -> Dataset:
@@ -178,17 +199,29 @@ def dicom_bytes(image: NativeImage, pixels: np.ndarray | None = None) -> bytes:
     return buffer.getvalue()
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, else its type's name: what a one-line refusal quotes of a
+    library's error (pydicom appends a traceback to the message of some)."""
+    message = str(error).strip()
+    return message.splitlines()[0] if message else type(error).__name__
+
+
 def read_dataset(source: DicomSource) -> Dataset:
-    """A DICOM file as a pydicom Dataset, pixels left as they are; DicomInputError if it is not one."""
+    """A DICOM file as a pydicom Dataset, pixels left as they are (FileMetaInformationGroupLength left out: it
+    is the file's, not the dataset's); DicomInputError if it is not one."""
     stream = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
     try:
-        return pydicom.dcmread(stream)
+        dataset = pydicom.dcmread(stream)
+        # The byte length of the file meta as read: pydicom writes a new one into every file it writes, unless the
+        # read one is there with another VR than UL (a damaged one), which it would write as it is, wrongly.
+        dataset.get("file_meta", Dataset()).pop(FILE_META_LENGTH, None)
+        return dataset
     except InvalidDicomError as exc:
-        raise DicomInputError(f"not a DICOM file: {exc}") from exc
+        raise DicomInputError(f"not a DICOM file: {first_line(exc)}") from exc
     except FileNotFoundError:
         raise
     except Exception as exc:  # pydicom raises many types on malformed files
-        raise DicomInputError(f"not a readable DICOM file: {type(exc).__name__}: {exc}") from exc
+        raise DicomInputError(f"not a readable DICOM file: {type(exc).__name__}: {first_line(exc)}") from exc
 
 
 def _check_pixel_module(dataset: Dataset) -> None:
@@ -197,11 +230,23 @@ def _check_pixel_module(dataset: Dataset) -> None:
             raise UnsupportedPixelFormatError(f"{keyword}: floating-point pixel data is not supported, only integer PixelData")
     if "PixelData" not in dataset:
         raise DicomInputError("PixelData (7FE0,0010) is missing: the file holds no image")
+    if not isinstance(dataset.PixelData, bytes) or not dataset.PixelData:
+        raise DicomInputError(f"PixelData (7FE0,0010) is empty or not binary (VR {dataset['PixelData'].VR}): the file "
+                              "holds no image")
     for keyword in REQUIRED_PIXEL_ATTRIBUTES:
         if dataset.get(keyword) in (None, ""):
             raise DicomInputError(f"{keyword} is missing: required to interpret PixelData")
-    if not dataset.get("file_meta", Dataset()).get("TransferSyntaxUID"):
+    for keyword in INTEGER_PIXEL_ATTRIBUTES:  # US: a damaged VR gives a string, several values, a float
+        value, least = dataset.get(keyword), 1 if keyword in ("Rows", "Columns") else 0
+        if not isinstance(value, int) or isinstance(value, float) or value < least:
+            raise DicomInputError(f"{keyword} {value!r} is not an integer of at least {least} (VR "
+                                  f"{dataset[keyword].VR}, expected US)")
+    syntax = dataset.get("file_meta", Dataset()).get("TransferSyntaxUID")
+    if not syntax:
         raise DicomInputError("TransferSyntaxUID (0002,0010) is missing from the file meta information")
+    if not UID(syntax).is_transfer_syntax:
+        raise UnsupportedPixelFormatError(f"TransferSyntaxUID {syntax} is not a transfer syntax MVMIC reads "
+                                          "(DICOM's, as pydicom knows them)")
     if dataset.BitsAllocated not in SUPPORTED_BITS_ALLOCATED:
         raise UnsupportedPixelFormatError(f"BitsAllocated {dataset.BitsAllocated} is not supported (8 or 16)")
     if not 1 <= dataset.BitsStored <= min(MAX_BITS_STORED, dataset.BitsAllocated):
@@ -209,6 +254,9 @@ def _check_pixel_module(dataset: Dataset) -> None:
             f"BitsStored {dataset.BitsStored} is not supported "
             f"(1 to {min(MAX_BITS_STORED, dataset.BitsAllocated)} with BitsAllocated {dataset.BitsAllocated})"
         )
+    frames = dataset.get("NumberOfFrames")
+    if frames not in (None, "") and not (isinstance(frames, int) and not isinstance(frames, float) and frames >= 0):
+        raise DicomInputError(f"NumberOfFrames {frames} is not a number of frames")
     if dataset.SamplesPerPixel not in SUPPORTED_SAMPLES:
         raise UnsupportedPixelFormatError(f"SamplesPerPixel {dataset.SamplesPerPixel} is not supported (1 or 3)")
     photometric = str(dataset.PhotometricInterpretation)
@@ -287,7 +335,7 @@ def _decode(dataset: Dataset) -> tuple[np.ndarray, str]:
             frames.append(array.reshape(array.shape[0], array.shape[1], -1).astype(array.dtype.newbyteorder("<")))
             photometric = pixel_module["photometric_interpretation"]
     except Exception as exc:  # decoders raise ValueError, RuntimeError, struct errors...
-        raise DicomInputError(f"PixelData cannot be decoded ({syntax.name}): {exc}") from exc
+        raise DicomInputError(f"PixelData cannot be decoded ({syntax.name}): {first_line(exc)}") from exc
     # A decoder upsamples YBR_FULL_422 chroma: the array it returns is YBR_FULL.
     return np.stack(frames), "YBR_FULL" if photometric == "YBR_FULL_422" else photometric
 
@@ -350,14 +398,21 @@ def _make_little_endian(dataset: Dataset) -> None:
     inference cannot be written; binary words from a big-endian file are swapped.
     """
     swap = not dataset.original_encoding[1]
-    try:
-        for element in itertools.chain(dataset.file_meta.iterall(), dataset.iterall()):
-            size = WORD_BYTES.get(element.VR)
-            if swap and size and isinstance(element.value, bytes):
-                element.value = np.frombuffer(element.value, f">u{size}").astype(f"<u{size}").tobytes()
-    except Exception as exc:  # pydicom decodes lazily: a malformed element fails only here
-        raise DicomInputError(f"header element cannot be decoded: {exc}") from exc
+    for element in decoded_elements(dataset):
+        size = WORD_BYTES.get(element.VR)
+        if swap and size and isinstance(element.value, bytes):
+            element.value = np.frombuffer(element.value, f">u{size}").astype(f"<u{size}").tobytes()
     dataset.set_original_encoding(False, True, dataset.original_character_set)
+
+
+def decoded_elements(dataset: Dataset) -> list:
+    """Every element of the file meta and the dataset, nested ones too, decoded: pydicom decodes each on first
+    access, where a malformed one raises whatever its decoding does (NotImplementedError for an unknown VR,
+    ValueError for a length that does not fit it...). DicomInputError, quoting pydicom's message, for the first."""
+    try:
+        return list(itertools.chain(dataset.file_meta.iterall(), dataset.iterall()))
+    except Exception as exc:  # pydicom raises many types
+        raise DicomInputError(f"header element cannot be decoded: {first_line(exc)}") from exc
 
 
 def as_little_endian(dataset: Dataset) -> Dataset:
@@ -390,23 +445,31 @@ def header_bytes(header: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def _check_writable(header: Dataset) -> None:
-    """Refuse now a header that could not be written back after coding the pixels."""
+def check_writable(header: Dataset) -> None:
+    """Refuse now (DicomInputError, naming the element at fault) a header that could not be written back
+    with the pixels: after coding them, or after decoding them."""
     try:
         header_bytes(header)
     except Exception as exc:  # pydicom raises many types, not always naming the element
-        raise DicomInputError(f"header cannot be written back as DICOM: {_element_at_fault(header)}{exc}") from exc
+        raise DicomInputError(f"header cannot be written back as DICOM: {_element_at_fault(header)}{first_line(exc)}") from exc
 
 
 def _element_at_fault(dataset: Dataset) -> str:
-    """'(gggg,eeee) Keyword: ' of the first top-level element that cannot be written, or ''."""
+    """'(gggg,eeee) Keyword: ' of the first top-level element that cannot be written, or ''. pydicom decodes
+    elements lazily: one that cannot even be decoded is at fault too."""
     stream = DicomBytesIO()
     stream.is_little_endian, stream.is_implicit_VR = True, False
-    for element in [*dataset.file_meta, *dataset]:
+    try:
+        encoding = dataset._character_set
+    except Exception:  # noqa: BLE001 - an undecodable SpecificCharacterSet
+        return "(0008,0005) SpecificCharacterSet: "
+    meta = getattr(dataset, "file_meta", None) or Dataset()
+    tags = [(meta, tag) for tag in meta.keys()] + [(dataset, tag) for tag in dataset.keys()]  # noqa: SIM118 - a
+    for owner, tag in tags:  # Dataset's own iterator decodes each element, which may fail: the tags do not
         try:
-            write_data_element(stream, element, dataset._character_set)
+            write_data_element(stream, owner[tag], encoding)
         except Exception:  # noqa: BLE001 - any failure marks the element we are looking for
-            return f"{element.tag} {element.keyword or 'private'}: "
+            return f"{tag} {keyword_for_tag(tag) or 'private'}: "
     return ""
 
 

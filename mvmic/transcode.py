@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_fragments
 from pydicom.uid import UID
@@ -43,7 +42,20 @@ from model.lossless import stream as exact_stream
 from model.quality import MAX_ERROR
 from model.rate_control import compress_at
 from mvmic.derivative import lossy_derivative
-from mvmic.pixels import DicomSource, NativeImage, header_bytes, pixel_data_bytes, read_dicom, to_dataset
+from mvmic.pixels import (
+    SUPPORTED_BITS_ALLOCATED,
+    DicomInputError,
+    DicomSource,
+    NativeImage,
+    check_writable,
+    decoded_elements,
+    first_line,
+    header_bytes,
+    pixel_data_bytes,
+    read_dataset,
+    read_dicom,
+    to_dataset,
+)
 
 if TYPE_CHECKING:  # the codec and the heads (and torch) load only where a stream needs them
     from model.codec import MvmicCodec
@@ -123,20 +135,28 @@ def mvm_instance(compressed: Compressed, codec: MvmicCodec | None) -> bytes:
 def instance_to_dicom(dataset: Dataset, codec: MvmicCodec | None) -> Dataset:
     """An instance made by mvm_instance, decoded: the same header (and SOP Instance UID), Explicit VR
     Little Endian pixels."""
+    decoded_elements(dataset)  # pydicom decodes each element on first access: a malformed one is named now
     stream = parse_for(bitstream_of_instance(dataset), codec)
+    _check_describes(dataset, stream, "the instance's header")
     header = copy.deepcopy(dataset)
     del header.PixelData
+    check_writable(header)
     return _with_pixels(header, _decompress(stream, codec), stream)
 
 
 def bitstream_of_instance(dataset: Dataset) -> bytes:
-    """The .mvm inside an instance of MVM_TRANSFER_SYNTAX (its even-length padding removed)."""
+    """The .mvm inside an instance of MVM_TRANSFER_SYNTAX (its even-length padding removed); ValueError for
+    another instance (DicomInputError: Pixel Data not in encapsulated items), BitstreamError for a damaged .mvm."""
     syntax = dataset.get("file_meta", Dataset()).get("TransferSyntaxUID")
     if syntax != MVM_TRANSFER_SYNTAX:
         raise ValueError(f"not an MVMIC instance: transfer syntax {syntax}, expected {MVM_TRANSFER_SYNTAX}")
     if "PixelData" not in dataset:
-        raise ValueError("an MVMIC instance without Pixel Data (cut short?)")
-    data = b"".join(list(generate_fragments(dataset.PixelData))[1:])  # item 0 is the empty offset table
+        raise ValueError("an MVMIC instance without Pixel Data: no bitstream to decode")
+    try:
+        data = b"".join(list(generate_fragments(dataset.PixelData))[1:])  # item 0 is the empty offset table
+    except Exception as exc:  # pydicom raises ValueError, struct errors... on items that do not parse
+        raise DicomInputError(f"the Pixel Data of an MVMIC instance is not encapsulated items: {first_line(exc)}") \
+            from exc
     try:
         Bitstream.from_bytes(data)
     except TrailingDataError:
@@ -232,13 +252,41 @@ def _source_header(stream: Bitstream) -> Dataset:
         header = inflater.decompress(layers[0].payload, MAX_HEADER_BYTES)
         if inflater.unconsumed_tail:
             raise ValueError(f"the DICOM header layer inflates to more than {MAX_HEADER_BYTES} bytes")
-        source = pydicom.dcmread(io.BytesIO(header))
-        geometry = (int(source.Rows), int(source.Columns), int(source.get("NumberOfFrames") or 1),
-                    int(source.SamplesPerPixel), int(source.BitsAllocated))
-    except (zlib.error, pydicom.errors.InvalidDicomError, AttributeError, TypeError, ValueError) as exc:
+        if not inflater.eof or inflater.unused_data:  # zlib's own check (Adler-32) is at the end of the stream
+            raise ValueError("its deflated stream is cut short or followed by other bytes")
+        source = read_dataset(header)
+        decoded_elements(source)
+        check_writable(source)
+    except (zlib.error, ValueError) as exc:
         raise ValueError(f"the DICOM header layer is damaged: {exc}") from exc
-    if geometry[:4] != (stream.rows, stream.columns, stream.frames, stream.samples_per_pixel):
-        raise ValueError(f"the bitstream's geometry {stream.rows} x {stream.columns}, {stream.frames} frame(s), "
-                         f"{stream.samples_per_pixel} sample(s) is not its DICOM header's {geometry[0]} x "
-                         f"{geometry[1]}, {geometry[2]} frame(s), {geometry[3]} sample(s)")
+    _check_describes(source, stream, "its DICOM header")
     return source
+
+
+def _check_describes(header: Dataset, stream: Bitstream, whose: str) -> None:
+    """Raise ValueError unless ``header`` describes the pixels ``stream`` codes: the same geometry and pixel
+    format (YBR_FULL_422: YBR_FULL pixels, in column pairs), in 8- or 16-bit words that hold them. The decoded
+    pixels are written under this header: one that declared other pixels would misdescribe them."""
+    try:
+        photometric = str(header.PhotometricInterpretation)
+        declared = (int(header.Rows), int(header.Columns), int(header.get("NumberOfFrames") or 1),
+                    int(header.SamplesPerPixel), int(header.BitsStored), bool(int(header.PixelRepresentation)),
+                    "YBR_FULL" if photometric == "YBR_FULL_422" else photometric)
+        allocated = int(header.BitsAllocated)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ValueError(f"{whose} does not describe the pixels: {exc}") from exc
+    coded = (stream.rows, stream.columns, stream.frames, stream.samples_per_pixel, stream.bits_stored, stream.signed,
+             stream.photometric)
+    if declared != coded:
+        raise ValueError(f"the bitstream's geometry {_pixels(coded)} is not {whose}'s {_pixels(declared)}")
+    if allocated not in SUPPORTED_BITS_ALLOCATED or allocated < stream.bits_stored:
+        raise ValueError(f"{whose} declares BitsAllocated {allocated}, not 8 or 16 bits that hold the stream's "
+                         f"{stream.bits_stored} bits stored")
+    if photometric == "YBR_FULL_422" and stream.columns % 2:
+        raise ValueError(f"{whose} declares YBR_FULL_422, which pairs columns, for {stream.columns} columns")
+
+
+def _pixels(description: tuple) -> str:
+    rows, columns, frames, samples, bits, signed, photometric = description
+    return (f"{rows} x {columns}, {frames} frame(s), {samples} sample(s), {bits} bits stored "
+            f"{'signed' if signed else 'unsigned'}, {photometric}")

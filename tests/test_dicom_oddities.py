@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from model.codec import MvmicCodec
 from mvmic.cli import main
@@ -201,6 +201,61 @@ def test_an_unexpected_error_while_compressing_stores_the_instance_as_received(m
         prepared = prepare_instance(data, codec, None, LOSSLESS)
     assert prepared.failure is None and prepared.instances == [data]
     assert "unexpected error" in prepared.note and "IndexError: a bug" in caplog.text
+
+
+def test_an_instance_without_a_transfer_syntax_is_stored_and_given_as_received(codec) -> None:
+    """Found by fuzzing (fuzz/dicom_input.py): the gateway stores an instance whose file meta has no
+    TransferSyntaxUID as received, and giving it back as Explicit VR Little Endian failed (AttributeError)."""
+    data = Path(get_testdata_file("meta_missing_tsyntax.dcm")).read_bytes()
+    prepared = prepare_instance(data, codec, None, LOSSLESS)
+    assert prepared.failure is None and prepared.instances == [data]
+    with pytest.raises(storage.NotAcceptableError, match=r"declares no transfer syntax \(0002,0010\)"):
+        render(data, [ExplicitVRLittleEndian], codec)
+    assert render(data, ["*"], codec) == (data, "")
+
+
+def test_a_file_meta_length_of_another_vr_is_not_written_into_the_stream(codec) -> None:
+    """Found by fuzzing (fuzz/dicom_input.py): FileMetaInformationGroupLength with VR DS was copied into the
+    stream's DICOM header layer, where pydicom wrote its new length as a DS string: the header read back wrongly,
+    and the gateway's own stream failed to decode (an unexpected error, the instance stored as received)."""
+    data = dicom_instance(ct_like(16, 16).tobytes(), 16, 16, bits_stored=12)
+    assert data.count(b"\x02\x00\x00\x00UL\x04\x00") == 1
+    damaged = data.replace(b"\x02\x00\x00\x00UL\x04\x00", b"\x02\x00\x00\x00DS\x04\x00")
+    decoded = mvm_to_dicom(dicom_to_mvm(damaged, None, max_error=0).data, None)
+    assert decoded.PixelData == pydicom.dcmread(io.BytesIO(data)).PixelData
+    assert decoded.file_meta.MediaStorageSOPInstanceUID == decoded.SOPInstanceUID
+    prepared = prepare_instance(damaged, codec, None, LOSSLESS)
+    assert prepared.failure is None and "unexpected" not in prepared.note
+
+
+def test_an_instance_whose_uid_cannot_be_decoded_is_not_understood(codec) -> None:
+    """Found by fuzzing (fuzz/dicom_input.py): SOPInstanceUID with an unknown VR; the gateway read it outside
+    its error handling and pydicom's NotImplementedError escaped the STOW-RS request."""
+    data = dicom_instance(ct_like(4, 4).tobytes(), 4, 4, bits_stored=12)
+    assert data.count(b"\x08\x00\x18\x00UI") == 1
+    damaged = data.replace(b"\x08\x00\x18\x00UI", b"\x08\x00\x18\x00LI")
+    prepared = prepare_instance(damaged, codec, None, LOSSLESS)
+    assert prepared.failure == storage.CANNOT_UNDERSTAND and prepared.instances == []
+    assert "cannot be decoded" in prepared.note and "(0008,0018)" in prepared.note
+    with pytest.raises(ValueError, match=r"cannot be decoded: .*\(0008,0018\)"):
+        render(damaged, [ExplicitVRLittleEndian], codec)
+
+
+def test_an_instance_the_gateway_cannot_convert_is_refused_in_one_line(codec) -> None:
+    """Found by fuzzing (fuzz/dicom_input.py): Implicit VR Little Endian with PixelPaddingValue (US or SS by
+    PixelRepresentation) and no PixelRepresentation is stored as received, and cannot be written in Explicit VR;
+    the 406 quoted pydicom's message with the traceback pydicom appends to it."""
+    dataset = pydicom.dcmread(io.BytesIO(dicom_instance(ct_like(4, 4).tobytes(), 4, 4, bits_stored=12,
+                                                        PixelPaddingValue=0)))
+    del dataset.PixelRepresentation
+    dataset.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, implicit_vr=True, little_endian=True, enforce_file_format=True)
+    data = buffer.getvalue()
+    assert prepare_instance(data, codec, None, LOSSLESS).instances == [data]
+    with pytest.raises(storage.NotAcceptableError, match=r"\(0028,0120\)") as refused:
+        render(data, [ExplicitVRLittleEndian], codec)
+    assert "\n" not in str(refused.value)
 
 
 @pytest.mark.parametrize("name", ["OBXXXX1A_expb.dcm", "OBXXXX1A_expb_2frame.dcm", "SC_rgb_small_odd_big_endian.dcm",

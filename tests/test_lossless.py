@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import subprocess
@@ -15,6 +16,8 @@ from pydicom.data import get_testdata_file
 
 from model.bitstream import Bitstream, Layer, LayerKind
 from model.codec import MvmicCodec, max_error_of
+from model.errors import CodecInputError
+from model.lossless import stream as exact_stream
 from model.lossless.layer import ExactLayerError, decode_frame, default_stripes, encode_frame
 from model.lossless.plane_coder import KNOWN_STREAM, LS_TAPS, decode_plane, encode_plane, known_answer_plane
 from model.rate_control import compress_at
@@ -159,6 +162,28 @@ def test_exact_streams_decode_without_a_codec_and_lossy_ones_do_not(images, code
     assert needs_weights(lossy)
     with pytest.raises(ValueError, match="needs that model's weights"):
         mvm_to_dicom(lossy, None)
+
+
+def test_a_stream_larger_than_the_decoders_take_is_refused_before_decoding(images, codec) -> None:
+    """A stream's frames were bounded one by one (8192 x 8192), not together: a forged stream of a few KB
+    declaring a frame's layer again and again decoded 4096 x 4096 frames until memory ran out (a 4-frame one
+    took 8.6 s here). The decoders refuse more than 2**28 samples a stream before allocating any, and the
+    encoders refuse to make such a stream (a zero-stride array stands for the pixels: only its shape counts)."""
+    image = images["pyradiomics-brain2-010"]
+    exact = compress_at(None, image.pixels, image.format, max_error=0)
+    lossy = compress_at(codec, image.pixels, image.format, quality=4)
+    for stream, decoder in ((exact, codec), (lossy, codec), (exact, None)):
+        forged = dataclasses.replace(stream, rows=4096, columns=4096, frames=17,
+                                     layers=tuple(Layer(stream.layers[0].kind, frame, stream.layers[0].payload)
+                                                  for frame in range(17)))
+        with pytest.raises(ValueError, match="17 frames of 4096 x 4096 x 1 exceed this decoder's limit of "
+                                             "268435456 samples a stream"):
+            (decoder or exact_stream).decompress(forged)
+    for shape in ((17, 4096, 4096, 1), (1, 8192, 8193, 1), (6, 4096, 4096, 3)):
+        pixels = np.broadcast_to(np.zeros(1, image.pixels.dtype), shape)
+        for max_error in (0, None):
+            with pytest.raises(CodecInputError, match="image too large: .* exceed this decoder's limit"):
+                compress_at(codec, pixels, image.format, max_error=max_error)
 
 
 def _part10(dataset) -> bytes:

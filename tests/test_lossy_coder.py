@@ -9,22 +9,25 @@ import itertools
 import subprocess
 import sys
 import threading
+import zlib
 
 import numpy as np
 import pydicom
 import pytest
 import torch
+from pydicom.dataelem import DataElement
 
 from model import lifting, lifting_kernels, table_contexts
-from model.bitstream import Bitstream
+from model.bitstream import Bitstream, Layer, LayerKind
 from model.codec import CNN_WEIGHTS, MvmicCodec
 from model.enc_table_contexts import fit
 from model.entropy_coder import CodingTables
+from model.errors import CodecInputError
 from model.quality import QUALITY_CODES, step_of
 from model.subbands import dequantize
 from model.table_codec import MODEL_ID, TableCodec, levels_of, normalised_planes
-from mvmic.pixels import PixelFormat
-from mvmic.transcode import dicom_to_mvm, mvm_to_dicom
+from mvmic.pixels import DicomInputError, PixelFormat, read_dataset
+from mvmic.transcode import dicom_to_mvm, instance_to_dicom, mvm_instance, mvm_to_dicom
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +202,37 @@ def test_weights_of_another_context_definition_are_refused(table, tmp_path) -> N
         TableCodec.load(tmp_path / "empty.npz")
 
 
+def test_version_2_codes_and_decodes_images_without_a_wavelet_level(table, cnn, corpus_dir) -> None:
+    """Found by fuzzing (fuzz/mvm_decoder.py): a version 2 stream forged below 16 pixels a side (no wavelet
+    level) failed in the band gains (IndexError), in the decoder and the encoder alike. With no level the low
+    band is the image (gain 1, as version 3's table has it): both versions reconstruct the same pixels."""
+    image = pydicom.dcmread(corpus_dir / "images" / "pyradiomics-brain2-010.dcm")
+    fmt = PixelFormat(int(image.BitsStored), bool(image.PixelRepresentation))
+    pixels = np.ascontiguousarray(image.pixel_array[None, 100:108, 100:111, None].astype(fmt.dtype))
+    for code in (QUALITY_CODES[1], QUALITY_CODES[8]):
+        assert np.array_equal(cnn.decompress(cnn.compress_pixels(pixels, fmt, code)),
+                              table.decompress(table.compress_pixels(pixels, fmt, code)))
+
+
+def test_version_2_codes_and_decodes_at_most_2_22_samples_a_stream(cnn, corpus_dir) -> None:
+    """Found by fuzzing (fuzz/mvm_decoder.py, a timeout): a 1.3 KB version 2 stream declaring 33 frames of
+    16 x 8192 ran the integer CNN over 4.3 M samples, more than 10 s here; 2**28 samples would have taken a
+    quarter of an hour. Version 2 refuses more than 2**22 samples a stream before decoding any, and its encoder
+    refuses to make one (a zero-stride array stands for the pixels: only its shape counts)."""
+    image = pydicom.dcmread(corpus_dir / "images" / "pyradiomics-brain2-010.dcm")
+    fmt = PixelFormat(int(image.BitsStored), bool(image.PixelRepresentation))
+    pixels = np.ascontiguousarray(image.pixel_array[None, 100:116, 100:116, None].astype(fmt.dtype))
+    stream = cnn.compress_pixels(pixels, fmt, QUALITY_CODES[4])
+    forged = dataclasses.replace(stream, columns=8192, frames=33, layers=tuple(
+        dataclasses.replace(stream.layers[0], frame=frame) for frame in range(33)))
+    served = MvmicCodec.load()  # decodes version 2 through the CNN beside it, as the service does
+    for codec in (cnn, served):
+        with pytest.raises(ValueError, match="4325376 samples: mvmicnet-w97-v2 .* codes at most 4194304 samples"):
+            codec.decompress(forged)
+    with pytest.raises(CodecInputError, match="codes at most 4194304 samples a stream"):
+        cnn.compress_pixels(np.broadcast_to(np.zeros(1, fmt.dtype), (1, 2048, 2049, 1)), fmt, QUALITY_CODES[4])
+
+
 def test_a_stream_whose_geometry_is_not_its_headers_is_refused(table, corpus_dir) -> None:
     source = (corpus_dir / "images" / "pyradiomics-brain2-010.dcm").read_bytes()
     compressed = dicom_to_mvm(source, MvmicCodec.load(), quality=4)
@@ -206,6 +240,81 @@ def test_a_stream_whose_geometry_is_not_its_headers_is_refused(table, corpus_dir
     forged = dataclasses.replace(stream, rows=8192, columns=8192).to_bytes()  # a valid CRC, a lying header
     with pytest.raises(ValueError, match="geometry 8192 x 8192"):
         mvm_to_dicom(forged, table)
+
+
+@pytest.mark.parametrize("change", [{"signed": True}, {"bits_stored": 16}, {"photometric": "MONOCHROME1"}])
+def test_a_stream_whose_pixel_format_is_not_its_headers_is_refused(corpus_dir, change) -> None:
+    """Found by fuzzing (fuzz/mvm_decoder.py): a stream and its DICOM header (or the header of the instance
+    holding it) that disagree on sign, bits stored or photometric interpretation decoded to an instance that
+    misdescribed its pixels."""
+    source = (corpus_dir / "images" / "pyradiomics-brain2-010.dcm").read_bytes()
+    compressed = dicom_to_mvm(source, None, max_error=0)
+    forged = dataclasses.replace(Bitstream.from_bytes(compressed.data), **change).to_bytes()
+    with pytest.raises(ValueError, match="is not its DICOM header's"):
+        mvm_to_dicom(forged, None)
+    instance = pydicom.dcmread(io.BytesIO(mvm_instance(compressed, None)))
+    keyword, value = {"signed": ("PixelRepresentation", 1), "bits_stored": ("BitsStored", 16),
+                      "photometric": ("PhotometricInterpretation", "MONOCHROME1")}[next(iter(change))]
+    setattr(instance, keyword, value)
+    with pytest.raises(ValueError, match="is not the instance's header's"):
+        instance_to_dicom(instance, None)
+
+
+def test_an_instance_whose_pixel_data_is_not_encapsulated_items_is_refused(corpus_dir) -> None:
+    """Found by fuzzing (fuzz/mvm_instance.py): pydicom's ValueError on a damaged item tag escaped the decoding
+    of an MVMIC instance unexplained."""
+    source = (corpus_dir / "images" / "pyradiomics-brain2-010.dcm").read_bytes()
+    instance = read_dataset(mvm_instance(dicom_to_mvm(source, None, max_error=0), None))
+    instance.PixelData = b"\xfe\xff\x00\xe0" + bytes(4) + b"\x53\x48\x0a\x00" + bytes(8)  # item, then not one
+    with pytest.raises(DicomInputError, match="the Pixel Data of an MVMIC instance is not encapsulated items: "
+                                              "Unexpected tag"):
+        instance_to_dicom(instance, None)
+
+
+def test_a_header_element_that_cannot_be_decoded_is_named(corpus_dir) -> None:
+    """Found by fuzzing (fuzz/mvm_decoder.py): Columns with a VR that is none (bytes 55 60) in the DICOM header
+    layer, or in the instance holding the stream: pydicom's NotImplementedError escaped the check of the
+    geometry, which read it first."""
+    source = (corpus_dir / "images" / "pyradiomics-brain2-010.dcm").read_bytes()
+    compressed = dicom_to_mvm(source, None, max_error=0)
+    stream = Bitstream.from_bytes(compressed.data)
+    columns, damaged = b"\x28\x00\x11\x00US", b"\x28\x00\x11\x00\x55\x60"
+    header = zlib.compress(zlib.decompress(stream.layers[-1].payload).replace(columns, damaged))
+    forged = dataclasses.replace(stream, layers=(*stream.layers[:-1], Layer(LayerKind.DICOM_HEADER, 0, header)))
+    with pytest.raises(ValueError, match=r"the DICOM header layer is damaged: header element cannot be decoded: "
+                                         r".*\(0028,0011\)"):
+        mvm_to_dicom(forged.to_bytes(), None)
+    instance = mvm_instance(compressed, None)
+    assert instance.count(columns) == 1
+    with pytest.raises(DicomInputError, match=r"header element cannot be decoded: .*\(0028,0011\)"):
+        instance_to_dicom(read_dataset(instance.replace(columns, damaged)), None)
+
+
+def test_a_header_that_is_cut_short_or_cannot_be_written_back_is_refused_in_one_line(corpus_dir) -> None:
+    """Found by fuzzing (fuzz/mvm_decoder.py): a DICOM header layer whose deflated stream was cut short decoded
+    from what inflated (a partial header); one holding an element pydicom cannot write (group 0000, a command
+    element) decoded to an instance the service then failed to write (a 500, not a 400), and the search for the
+    element at fault failed on one that pydicom cannot decode. The refusal names the element and quotes
+    pydicom's error in one line, not the traceback pydicom appends to it."""
+    source = (corpus_dir / "images" / "pyradiomics-brain2-010.dcm").read_bytes()
+    compressed = dicom_to_mvm(source, None, max_error=0)
+    stream = Bitstream.from_bytes(compressed.data)
+    header = zlib.decompress(stream.layers[-1].payload)
+    body = 144 + int.from_bytes(header[140:144], "little")  # after the file meta (its group length at 140)
+    command = b"\x00\x00\x00\x00UL\x04\x00" + bytes(4)  # CommandGroupLength (0000,0000)
+    odd_length = b"\xdf\x7f\x10\x10SL\x02\x00\x01\x02"  # private (7FDF,1010) SL of 2 bytes: not decodable
+    for payload, message in ((stream.layers[-1].payload[:-8], "cut short"),
+                             (zlib.compress(header[:body] + command + header[body:]),
+                              "cannot be written back as DICOM: Command Set elements"),
+                             (zlib.compress(header + odd_length), "cannot be decoded: .*\\(7FDF,1010\\)")):
+        forged = dataclasses.replace(stream, layers=(*stream.layers[:-1], Layer(LayerKind.DICOM_HEADER, 0, payload)))
+        with pytest.raises(ValueError, match=f"the DICOM header layer is damaged: .*{message}") as refused:
+            mvm_to_dicom(forged.to_bytes(), None)
+        assert "\n" not in str(refused.value)
+    instance = read_dataset(mvm_instance(compressed, None))
+    instance["PatientName"] = DataElement(0x00100010, "US", "not a number")
+    with pytest.raises(ValueError, match="cannot be written back as DICOM: .*\\(0010,0010\\)"):
+        instance_to_dicom(instance, None)
 
 
 def test_a_source_without_instance_uid_decodes_to_a_derivative(corpus_dir) -> None:

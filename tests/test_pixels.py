@@ -20,7 +20,16 @@ from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 
 from mvmic.corpus.manifest import CorpusEntry, Manifest
-from mvmic.pixels import DicomInputError, NativeImage, PixelFormat, dicom_bytes, read_dicom, to_dataset, write_dicom
+from mvmic.pixels import (
+    DicomInputError,
+    NativeImage,
+    PixelFormat,
+    UnsupportedPixelFormatError,
+    dicom_bytes,
+    read_dicom,
+    to_dataset,
+    write_dicom,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CORPUS_DIR = REPO_ROOT / "data" / "corpus"
@@ -449,6 +458,50 @@ def test_four_samples_per_pixel_is_refused() -> None:
         read_dicom(_dicom_from(ds))
 
 
+@pytest.mark.parametrize("syntax", ["1.2.3.4", "1.2.840.10008.5.1.4.1.1.7", "2.25.323708217038257544495275216054827656036"])
+def test_a_transfer_syntax_uid_that_is_not_one_is_refused(syntax: str) -> None:
+    """Found by fuzzing (fuzz/dicom_input.py): an unknown UID, an SOP class's, a private one (MVMIC's own) as
+    TransferSyntaxUID raised pydicom's bare ValueError "UID is not a transfer syntax"."""
+    ds = _header_of("pydicom-MR_small.dcm")
+    ds.file_meta.TransferSyntaxUID = syntax
+    buffer = io.BytesIO()  # in Explicit VR Little Endian: pydicom writes no other encoding for such a UID
+    pydicom.dcmwrite(buffer, ds, implicit_vr=False, little_endian=True, force_encoding=True)
+    with pytest.raises(UnsupportedPixelFormatError, match=f"TransferSyntaxUID {syntax} is not a transfer syntax"):
+        read_dicom(buffer.getvalue())
+
+
+def test_a_codestream_of_more_bits_than_bits_stored_is_refused() -> None:
+    """Found by fuzzing (fuzz/dicom_input.py): an 8-bit JPEG-LS codestream under BitsStored 7 decoded to values up
+    to 255, which the lossless coder, coding 7 bits, clipped: its own check withheld the stream (a 500 from
+    /v1/compress, an error logged by the gateway)."""
+    ds = pydicom.dcmread(_testdata("JPEGLSNearLossless_08.dcm"))
+    ds.BitsStored, ds.HighBit = 7, 6
+    with pytest.raises(UnsupportedPixelFormatError, match=r"decodes to values 0\.\.2\d\d, outside the unsigned range "
+                                                          r"0\.\.127 of BitsStored 7"):
+        read_dicom(_dicom_from(ds))
+
+
+def test_empty_pixel_data_is_refused() -> None:
+    """Found by fuzzing (fuzz/dicom_input.py): pydicom reads an empty PixelData as None, and the length check
+    raised TypeError on it."""
+    ds = _header_of("pydicom-MR_small.dcm")
+    ds.PixelData = b""
+    with pytest.raises(DicomInputError, match=r"PixelData \(7FE0,0010\) is empty or not binary"):
+        read_dicom(_dicom_from(ds))
+
+
+@pytest.mark.parametrize(("frames", "match"), [("2.5", "NumberOfFrames 2.5 is not a number of frames"),
+                                                ("-1", "NumberOfFrames -1 is not a number of frames"),
+                                                ("2", "decodes to 1 frame\\(s\\) of 3 x 3, where the header declares 2")])
+def test_a_number_of_frames_that_is_not_the_pixels_is_refused(frames: str, match: str) -> None:
+    """Found by fuzzing (fuzz/dicom_input.py): a JPEG of one frame whose NumberOfFrames said 2 or 2.5 was coded
+    as one frame under a header of two, a stream that then failed to decode (the gateway's own check)."""
+    ds = pydicom.dcmread(_testdata("SC_rgb_small_odd_jpeg.dcm"))
+    ds.NumberOfFrames = frames
+    with pytest.raises(DicomInputError, match=match):
+        read_dicom(_dicom_from(ds))
+
+
 @pytest.mark.parametrize(
     "keyword",
     ["Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation", "SamplesPerPixel",
@@ -507,6 +560,13 @@ DAMAGED_HEADERS = {
     # A non-ASCII byte in FrameOfReferenceUID (0020,0052) of a file without a character set.
     "non-ascii-uid": ("pydicom-CT_small.dcm", b"\x20\x00\x52\x00UI\x2e\x00\x31", b"\x20\x00\x52\x00UI\x2e\x00\xf6",
                       r"\(0020,0052\)|FrameOfReferenceUID"),
+    # PhotometricInterpretation (0028,0004) with an unknown VR, read by the checks before anything else decoded
+    # it: pydicom's NotImplementedError escaped (found by fuzzing, fuzz/dicom_input.py).
+    "unknown-vr-of-a-pixel-attribute": ("pydicom-CT_small.dcm", b"\x28\x00\x04\x00CS", b"\x28\x00\x04\x00CT",
+                                        r"\(0028,0004\)|PhotometricInterpretation"),
+    # BitsStored (0028,0101) read as a date (VR DA): a string, which the range check compared with integers
+    # (TypeError; found by fuzzing, fuzz/dicom_input.py).
+    "string-bits-stored": ("pydicom-CT_small.dcm", b"\x28\x00\x01\x01US", b"\x28\x00\x01\x01DA", r"BitsStored"),
     # Private (0019,1058) whose group turned into 0002, the file meta group, inside the dataset.
     "file-meta-group-in-dataset": ("pydicom-CT_small.dcm", b"\x19\x00\x58\x10SS", b"\x02\x00\x58\x10SS",
                                    r"\(0002,1058\)|0002"),

@@ -216,6 +216,27 @@ def test_garbage_residual_with_a_valid_crc_never_crashes(codec, corpus_dir) -> N
     assert decoded.shape == image.pixels.shape
 
 
+def test_residual_layers_of_images_under_5_pixels_a_side_are_refused(codec, corpus_dir) -> None:
+    """Found by fuzzing (fuzz/mvm_decoder.py): a residual stream whose rows and columns were forged below 5
+    (the header layer too) failed in torch (an empty torch.cat, a padding wider than the plane): the residual
+    passes need 5 x 5 pixels, and the encoder, which failed the same way, never made such a layer."""
+    image = _image(corpus_dir, "pyradiomics-brain2-010")
+    pixels = np.ascontiguousarray(image.pixels[:, :8, :8])
+    stream = codec.compress_pixels(pixels, image.format, QUALITY_CODES[6], max_error=0)
+    for rows, columns in ((2, 2), (1, 8), (4, 9), (8, 1)):
+        forged = dataclasses.replace(stream, rows=rows, columns=columns)
+        with pytest.raises(ValueError, match=f"a residual layer for a {rows} x {columns} image: residual layers code "
+                                             "images of at least 5 x 5 pixels"):
+            codec.decompress(forged)
+        with pytest.raises(CodecInputError, match="at least (5 x 5|2 x 2)"):  # 1 x 8: too small for a base too
+            codec.compress_pixels(np.ascontiguousarray(pixels[:, :rows, :columns]), image.format, QUALITY_CODES[6],
+                                  max_error=0)
+    for rows, columns in ((5, 5), (5, 8)):  # the smallest: coded and decoded exactly
+        small = np.ascontiguousarray(pixels[:, :rows, :columns])
+        assert np.array_equal(codec.decompress(codec.compress_pixels(small, image.format, QUALITY_CODES[6], max_error=0)),
+                              small)
+
+
 def test_band_steps_are_validated() -> None:
     assert BandStepsFixed.of(5, 2.0**-8).levels == 5
     for steps in ((), (1, 2), (0, 1, 1, 1), (1, 1, 1, 1 << 41)):

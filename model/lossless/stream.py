@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from model.bitstream import FINGERPRINT_BYTES, Bitstream, Layer, LayerKind
-from model.errors import CodecInputError, check_bound, check_codeable, check_frame_size
+from model.errors import CodecInputError, check_bound, check_codeable, check_decoded_size
 from model.quality import MAX_ERROR
 from mvmic.pixels import PixelFormat
 
@@ -61,7 +61,7 @@ def compress(pixels: np.ndarray, fmt: PixelFormat, max_error: int, verify: bool 
 def decompress(stream: Bitstream, threads: int = 1) -> np.ndarray:
     """Stored values (frames, rows, columns, samples) in the image's own dtype; ValueError if a frame
     has no exact layer or is larger than any decoder here allocates, ExactLayerError if a layer is damaged."""
-    check_frame_size(stream.rows, stream.columns, stream.samples_per_pixel)
+    check_decoded_size(stream.frames, stream.rows, stream.columns, stream.samples_per_pixel)
     layers = {layer.frame: layer for layer in stream.layers if layer.kind == LayerKind.EXACT}
     missing = [frame for frame in range(stream.frames) if frame not in layers]
     if missing:

@@ -77,7 +77,7 @@ def related_body(parts: list[bytes], part_type: str, part_parameters: list[str] 
     boundary = uuid.uuid4().hex
     pieces = []
     for number, content in enumerate(parts):
-        own = f"{part_type}; {part_parameters[number]}" if part_parameters else part_type
+        own = f"{part_type}; {part_parameters[number]}" if part_parameters and part_parameters[number] else part_type
         pieces += [f"--{boundary}\r\nContent-Type: {own}\r\n\r\n".encode(), content, b"\r\n"]
     pieces.append(f"--{boundary}--\r\n".encode())
     return b"".join(pieces), f'multipart/related; type="{part_type}"; boundary={boundary}'

@@ -21,15 +21,16 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from model.codec import MvmicCodec
 from model.errors import BoundViolationError, CodecInputError, TooSmallToAnalyseError
 from model.tasks.analysis import Analyzer
 from mvmic.pacs.analysis_objects import measurement_report, segmentation
-from mvmic.pixels import DicomInputError, as_little_endian, read_dataset
+from mvmic.pixels import DicomInputError, as_little_endian, first_line, read_dataset
 from mvmic.transcode import MVM_TRANSFER_SYNTAX, dicom_to_mvm, instance_to_dicom, mvm_instance, parse_for
 
 log = logging.getLogger("mvmic.pacs")
@@ -69,14 +70,14 @@ def prepare_instance(data: bytes, codec: MvmicCodec, analyzer: Analyzer | None, 
                      study: str | None = None) -> Prepared:
     try:
         dataset = read_dataset(data)
+        identity = _identity(dataset)
     except DicomInputError as exc:
         return Prepared(None, None, failure=CANNOT_UNDERSTAND, note=str(exc), original_bytes=len(data))
-    prepared = Prepared(str(dataset.get("SOPClassUID", "")) or None, str(dataset.get("SOPInstanceUID", "")) or None,
-                        original_bytes=len(data))
-    if study is not None and dataset.get("StudyInstanceUID") != study:
+    prepared = Prepared(identity.sop_class, identity.sop_instance, original_bytes=len(data))
+    if study is not None and identity.study != study:
         prepared.failure, prepared.note = DOES_NOT_MATCH, "the instance is of another study than the request's"
         return prepared
-    if "PixelData" not in dataset or _transfer_syntax(dataset) == MVM_TRANSFER_SYNTAX:
+    if "PixelData" not in dataset or identity.transfer_syntax == MVM_TRANSFER_SYNTAX:
         prepared.instances, prepared.note = [data], "stored as received: no pixels to compress, or already MVMIC"
         return prepared
     try:
@@ -137,22 +138,25 @@ def render(data: bytes, acceptable: list[str], codec: MvmicCodec) -> tuple[bytes
     gets: every other client, a PACS retrieving through the gateway among them, gets the images decoded.
     NotAcceptableError when it can give none of them."""
     dataset = read_dataset(data)
-    stored = _transfer_syntax(dataset)
+    stored = _identity(dataset).transfer_syntax
     for syntax in acceptable:
         if syntax == stored or (syntax == "*" and stored != MVM_TRANSFER_SYNTAX):
             return data, stored
         if syntax in ("*", ExplicitVRLittleEndian):
-            return _decoded(dataset, codec), ExplicitVRLittleEndian
-    raise NotAcceptableError(f"an instance is stored as {stored}; the gateway gives it as stored "
-                             f"(transfer-syntax={stored}, or * for a standard one) or as {ExplicitVRLittleEndian}, "
-                             f"not {', '.join(acceptable)}")
+            return _decoded(dataset, stored, codec), ExplicitVRLittleEndian
+    raise NotAcceptableError(f"an instance is stored as {stored or 'no declared transfer syntax'}; the gateway "
+                             f"gives it as stored (transfer-syntax={stored or '*'}, or * for a standard one) or as "
+                             f"{ExplicitVRLittleEndian}, not {', '.join(acceptable)}")
 
 
-def _decoded(dataset: Dataset, codec: MvmicCodec) -> bytes:
+def _decoded(dataset: Dataset, stored: str, codec: MvmicCodec) -> bytes:
     """The instance in Explicit VR Little Endian, or NotAcceptableError when it cannot be converted."""
-    if _transfer_syntax(dataset) == MVM_TRANSFER_SYNTAX:
+    if stored == MVM_TRANSFER_SYNTAX:
         return _part10(instance_to_dicom(dataset, codec))
-    syntax = dataset.file_meta.TransferSyntaxUID
+    if not stored:
+        raise NotAcceptableError("an instance declares no transfer syntax (0002,0010) to convert from; ask for it as "
+                                 "stored (transfer-syntax=*)")
+    syntax = UID(stored)
     try:
         if syntax.is_compressed:
             dataset.decompress()
@@ -161,13 +165,26 @@ def _decoded(dataset: Dataset, codec: MvmicCodec) -> bytes:
         dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         return _part10(dataset)
     except Exception as exc:  # pydicom's decoders and writers raise many types: this gateway cannot convert it
-        raise NotAcceptableError(f"an instance is stored as {syntax.name}, which this "
-                                 f"gateway cannot give as {ExplicitVRLittleEndian} ({type(exc).__name__}: {exc}); "
-                                 f"ask for it as stored (transfer-syntax={syntax})") from exc
+        raise NotAcceptableError(f"an instance is stored as {syntax.name}, which this gateway cannot give as "
+                                 f"{ExplicitVRLittleEndian} ({type(exc).__name__}: {first_line(exc)}); ask for it "
+                                 f"as stored (transfer-syntax={syntax})") from exc
 
 
-def _transfer_syntax(dataset: Dataset) -> str:
-    return str(dataset.get("file_meta", Dataset()).get("TransferSyntaxUID", ""))
+class _Identity(NamedTuple):
+    sop_class: str | None
+    sop_instance: str | None
+    study: str | None
+    transfer_syntax: str  # '' when absent
+
+
+def _identity(dataset: Dataset) -> _Identity:
+    """What identifies an instance (None, or '', where absent); DicomInputError when one of these attributes
+    cannot be decoded (pydicom decodes each element on first access)."""
+    try:
+        uids = [str(dataset.get(keyword, "")) or None for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID")]
+        return _Identity(*uids, str(dataset.get("file_meta", Dataset()).get("TransferSyntaxUID", "")))
+    except Exception as exc:  # pydicom raises many types
+        raise DicomInputError(f"an identifying attribute of the instance cannot be decoded: {first_line(exc)}") from exc
 
 
 def _part10(dataset: Dataset) -> bytes:

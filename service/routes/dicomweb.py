@@ -233,10 +233,10 @@ async def retrieve(request: Request, models: Models, pacs: Pacs) -> Response:
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, f"the PACS gave an instance the gateway cannot read "
                             f"({type(exc).__name__}); ask for it as stored in its own transfer syntax") from None
     body, content_type = related_body([data for data, _ in rendered], DICOM,
-                                      [f"transfer-syntax={syntax}" for _, syntax in rendered])
-    syntaxes = {syntax for _, syntax in rendered}
-    return Response(body, media_type=f"{content_type}; transfer-syntax={syntaxes.pop()}" if len(syntaxes) == 1
-                    else content_type)
+                                      [f"transfer-syntax={syntax}" if syntax else "" for _, syntax in rendered])
+    syntaxes = {syntax for _, syntax in rendered}  # '': an instance stored without one, given as stored
+    return Response(body, media_type=f"{content_type}; transfer-syntax={syntaxes.pop()}"
+                    if len(syntaxes) == 1 and "" not in syntaxes else content_type)
 
 
 def _acceptable_syntaxes(accept: str) -> list[str]:
