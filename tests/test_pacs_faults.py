@@ -96,11 +96,14 @@ class FaultProxy:
 
     def _handle(self, client: socket.socket, mode: str) -> None:
         if mode == "error":
-            client.sendall(self.answer)
-            client.shutdown(socket.SHUT_WR)
-            client.settimeout(30)
-            while client.recv(65536):  # the request, read to its end: closing with unread bytes would reset
-                pass
+            try:
+                client.sendall(self.answer)
+                client.shutdown(socket.SHUT_WR)
+                client.settimeout(30)
+                while client.recv(65536):  # the request, read to its end: closing with unread bytes would reset
+                    pass
+            except OSError:
+                pass  # dropped by the next fault
             client.close()
             return
         upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
