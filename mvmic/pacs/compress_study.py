@@ -17,17 +17,30 @@ which DICOMweb cannot delete; the summary says so.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom.dataset import Dataset
 
 from model.codec import MvmicCodec
+from model.tasks.analysis import Analyzer
 from mvmic.pacs.client import PacsClient, PacsError
-from mvmic.pacs.storage import StoragePolicy, prepare_instance
+from mvmic.pacs.storage import Prepared, StoragePolicy, prepare_instance
 from mvmic.pixels import read_dataset
 from mvmic.transcode import MVM_TRANSFER_SYNTAX
+from mvmic.whole_file import write_whole
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one instance: ``state`` compressed, unchanged (already MVMIC, or nothing MVMIC can code:
+    kept as it was) or failed (``reason`` says why); bytes of the instance received and of the one stored."""
+
+    state: str
+    reason: str = ""
+    bytes_before: int = 0
+    bytes_after: int = 0
+    sop_instance: str | None = None  # of the instance stored
 
 
 @dataclass
@@ -37,6 +50,16 @@ class StudySummary:
     failed: list[str] = field(default_factory=list)  # "SOP UID: reason"
     bytes_before: int = 0  # of the instances compressed
     bytes_after: int = 0
+
+    def add(self, instance: str, outcome: Outcome) -> None:
+        if outcome.state == "failed":
+            self.failed.append(f"{instance}: {outcome.reason}")
+        elif outcome.state == "unchanged":
+            self.unchanged += 1
+        else:
+            self.compressed += 1
+            self.bytes_before += outcome.bytes_before
+            self.bytes_after += outcome.bytes_after
 
     def lines(self, in_place: bool) -> list[str]:
         saved = self.bytes_before - self.bytes_after
@@ -66,51 +89,43 @@ def compress_study(pacs: PacsClient, study: str, codec: MvmicCodec, policy: Stor
     for series, instance in progress(instances_of(pacs, study)):
         resource = f"studies/{study}/series/{series}/instances/{instance}"
         try:
-            _compress_one(pacs, resource, codec, policy, originals, summary)
+            [data] = pacs.retrieve(resource)
+            outcome = compress_instance(pacs, resource, data, codec, None, policy, originals)
         except PacsError as exc:
-            summary.failed.append(f"{instance}: {exc}")
+            outcome = Outcome("failed", str(exc))
+        summary.add(instance, outcome)
     return summary
 
 
-def _compress_one(pacs: PacsClient, resource: str, codec: MvmicCodec, policy: StoragePolicy,
-                  originals: Path | None, summary: StudySummary) -> None:
-    [data] = pacs.retrieve(resource)
-    instance = resource.rsplit("/", 1)[1]
-    prepared = prepare_instance(data, codec, None, policy)
+def compress_instance(pacs: PacsClient, resource: str, data: bytes, codec: MvmicCodec, analyzer: Analyzer | None,
+                      policy: StoragePolicy, originals: Path | None) -> Outcome:
+    """The instance at ``resource`` (its bytes ``data``, as stored) compressed in place: kept in ``originals``
+    (unless None), then stored compressed (with its analysis objects when the policy says so). PacsError when
+    the PACS fails a request."""
+    prepared = prepare_instance(data, codec, analyzer, policy)
     if prepared.failure is not None:
-        summary.failed.append(f"{instance}: {prepared.note}")
-        return
+        return Outcome("failed", prepared.note)
     if prepared.instances == [data]:
-        summary.unchanged += 1
-        return
+        return Outcome("unchanged", prepared.note)
     if originals is not None:
-        _keep(originals / f"{instance}.dcm", data)
+        write_whole(originals / f"{resource.rsplit('/', 1)[1]}.dcm", data)
+    return store_prepared(pacs, prepared, resource if policy.max_error == 0 else None)
+
+
+def store_prepared(pacs: PacsClient, prepared: Prepared, replaces: str | None = None) -> Outcome:
+    """STOW-RS of a prepared instance (and its analysis objects), checked: the PACS references the image (and,
+    when it ``replaces`` the original at that resource, holds it as MVMIC now). PacsError when the PACS fails
+    the request."""
     answer = pacs.store(prepared.instances)
     # Orthanc sends an empty FailedSOPSequence when nothing failed, and references nothing when it stored nothing
     stored = {str(item.ReferencedSOPInstanceUID) for item in answer.get("ReferencedSOPSequence", [])}
     if answer.get("FailedSOPSequence") or prepared.sop_instance not in stored:
         reason = answer.FailedSOPSequence[0].get("FailureReason") if answer.get("FailedSOPSequence") else "none given"
-        summary.failed.append(f"{instance}: the PACS refused the compressed instance (FailureReason {reason})")
-        return
-    if policy.max_error == 0 and _stored_syntax(pacs, resource) != MVM_TRANSFER_SYNTAX:
-        summary.failed.append(f"{instance}: the PACS kept its original; it must replace instances stored again "
-                              "under the same UID (Orthanc: OverwriteInstances true)")
-        return
-    summary.compressed += 1
-    summary.bytes_before += len(data)
-    summary.bytes_after += len(prepared.instances[0])
-
-
-def _keep(path: Path, data: bytes) -> None:
-    """``data`` at ``path`` whole or not at all (a kill mid-write leaves no truncated original), and on disk
-    before the PACS is asked to replace it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.partial")
-    with partial.open("wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(partial, path)
+        return Outcome("failed", f"the PACS refused the compressed instance (FailureReason {reason})")
+    if replaces is not None and _stored_syntax(pacs, replaces) != MVM_TRANSFER_SYNTAX:
+        return Outcome("failed", "the PACS kept its original; it must replace instances stored again under the same "
+                                 "UID (Orthanc: OverwriteInstances true)")
+    return Outcome("compressed", prepared.note, prepared.original_bytes, len(prepared.instances[0]), prepared.sop_instance)
 
 
 def _stored_syntax(pacs: PacsClient, resource: str) -> str:
