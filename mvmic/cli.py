@@ -5,6 +5,7 @@
     mvmic export-onnx [HEADS.pt] [--int8]  the task heads as ONNX Runtime runs them (model.tasks.runtime)
     mvmic serve [--host H --port N]    the HTTP service (service)
     mvmic pacs compress-study UID      compress a study in the PACS in place (mvmic.pacs)
+    mvmic archive compress [SOURCE] --out DEST [--pacs URL]   a whole archive, on Ray (mvmic.archive)
 """
 
 from __future__ import annotations
@@ -105,6 +106,20 @@ def _parser() -> argparse.ArgumentParser:
     soak.add_argument("--warmup", type=int, default=60,
                       help="seconds before memory growth is measured (default: %(default)s)")
     soak.set_defaults(run=_bench_soak)
+    archive_bench = bench.add_parser("archive", help="archive-job throughput on a local Ray with 1 and 2 workers, "
+                                                     "and its projection to a node and a cluster")
+    archive_bench.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder (default: %(default)s)")
+    archive_bench.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "archive", help="output folder")
+    archive_bench.add_argument("--split", choices=("train", "val", "test"), default="test")
+    archive_bench.add_argument("--workers", type=_at_least(1, int), nargs="+", default=[1, 2],
+                               help="worker counts to measure (default: 1 2)")
+    archive_bench.add_argument("--mode", choices=MODES, default="lossless", help="(default: %(default)s)")
+    archive_bench.add_argument("--max-error", type=int, default=None, metavar="TAU", help="near-lossless: the bound")
+    archive_bench.add_argument("--node-cores", type=_at_least(1, int), default=32,
+                               help="cores of the node the projection assumes (default: %(default)s)")
+    archive_bench.add_argument("--nodes", type=_at_least(1, int), default=10,
+                               help="nodes of the cluster the projection assumes (default: %(default)s)")
+    archive_bench.set_defaults(run=_bench_archive)
     tasks = bench.add_parser("tasks", help="lesion Dice/IoU/AP50 per rate: heads on the bitstream vs pixel routes")
     tasks.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder (default: %(default)s)")
     tasks.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "tasks", help="output folder")
@@ -166,8 +181,10 @@ def _parser() -> argparse.ArgumentParser:
                              help="corpus folder for --int8's calibration (default: %(default)s)")
     export_onnx.set_defaults(run=_export_onnx)
 
-    decompress = commands.add_parser("decompress", help=".mvm bitstream -> DICOM")
-    decompress.add_argument("source", type=Path, metavar="IN.mvm")
+    decompress = commands.add_parser("decompress", help=".mvm bitstream, or MVMIC instance -> DICOM")
+    decompress.add_argument("source", type=Path, metavar="IN.mvm",
+                            help="a .mvm file, or a DICOM instance holding one (as /v1/compress answers "
+                                 "application/dicom and `mvmic archive compress` writes)")
     decompress.add_argument("target", type=Path, metavar="OUT.dcm")
     decompress.add_argument("--weights", type=Path, default=None, help="weights file (default: the shipped one)")
     decompress.set_defaults(run=_decompress)
@@ -234,6 +251,42 @@ def _parser() -> argparse.ArgumentParser:
                            help="where the originals are kept (default: originals/STUDY_UID)")
     originals.add_argument("--discard-originals", action="store_true", help="keep no copy of the originals")
     study.set_defaults(run=_pacs_compress_study)
+
+    archive = commands.add_parser("archive", help="whole archives, on Ray").add_subparsers(dest="archive_command",
+                                                                                          required=True)
+    job = archive.add_parser("compress", help="compress a folder tree of DICOM files, or every study of a PACS, on "
+                                              "Ray (local, or a cluster): resumable, with a ledger of every instance")
+    job.add_argument("source", type=Path, nargs="?", default=None, metavar="SOURCE",
+                     help="a folder tree of DICOM files (default: the studies of --pacs, compressed in place)")
+    job.add_argument("--out", type=Path, required=True, metavar="DEST",
+                     help="the folder that receives the compressed instances (at SOURCE's relative paths) and the "
+                          "ledger; with --pacs, the ledger, and the PACS's originals in DEST/originals")
+    job.add_argument("--pacs", default=None, metavar="URL",
+                     help="a PACS's DICOMweb root: with SOURCE, the compressed instances are stored there (STOW-RS) "
+                          "instead of DEST; without, its studies are compressed in place, as compress-study does")
+    job.add_argument("--study", action="append", dest="studies", default=None, metavar="STUDY_UID",
+                     help="without SOURCE: only this study (repeatable; default: every study of the PACS)")
+    job.add_argument("--user", default=None, help="PACS user (default: MVMIC_PACS_USER)")
+    job.add_argument("--password", default=None, help="PACS password (default: MVMIC_PACS_PASSWORD)")
+    job.add_argument("--mode", choices=MODES, default="lossless", help="(default: %(default)s)")
+    job.add_argument("--max-error", type=int, default=None, metavar="TAU", help="near-lossless: the bound")
+    job.add_argument("--quality", type=int, default=None, help="lossy: quality 1..8 (default: rate control)")
+    job.add_argument("--analysis", action="store_true", help="also write or store each image's analysis as DICOM "
+                                                             "SEG and SR")
+    job.add_argument("--discard-originals", action="store_true",
+                     help="SOURCE: remove each file once its instance is written, read back and recorded; the PACS: "
+                          "keep no copy of the originals it replaces (not with --mode lossy)")
+    job.add_argument("--ledger", type=Path, default=None, metavar="FILE",
+                     help="the job's SQLite ledger (default: DEST/archive-ledger.sqlite)")
+    job.add_argument("--workers", type=_at_least(1, int), default=None,
+                     help="worker processes, one CPU each (default: every CPU of the Ray cluster)")
+    job.add_argument("--address", default=None, help="a Ray cluster to join, e.g. auto or ray://head:10001 "
+                                                     "(default: a local Ray started in this process)")
+    job.add_argument("--gpus-per-worker", type=_at_least(0.0, float), default=None, metavar="N",
+                     help="GPUs each worker asks Ray for (default: with --analysis, the cluster's GPUs shared "
+                          "among the workers; else none)")
+    _heads_runtime_option(job)
+    job.set_defaults(run=_archive_compress)
     return parser
 
 
@@ -375,11 +428,20 @@ def _export_onnx(args: argparse.Namespace) -> int:
 
 
 def _decompress(args: argparse.Namespace) -> int:
-    from mvmic.transcode import decoder_for, mvm_to_dicom
+    from mvmic.transcode import (
+        bitstream_of_instance,
+        decoder_for,
+        instance_to_dicom,
+        mvm_instance_dataset,
+        mvm_to_dicom,
+    )
 
     data = args.source.read_bytes()
-    codec = decoder_for(data, args.weights)
-    dataset = mvm_to_dicom(data, _on_all_cores(codec) if codec is not None else None)
+    instance = mvm_instance_dataset(data)  # an MVMIC instance (as /v1/compress and archive jobs write), or None
+    bitstream = data if instance is None else bitstream_of_instance(instance)
+    codec = decoder_for(bitstream, args.weights)
+    codec = _on_all_cores(codec) if codec is not None else None
+    dataset = mvm_to_dicom(data, codec) if instance is None else instance_to_dicom(instance, codec)
     dataset.save_as(args.target, enforce_file_format=True)
     uid = dataset.get("SOPInstanceUID", "none (the source had none)")
     print(f"{args.target}: {dataset.Rows} x {dataset.Columns}, SOP Instance UID {uid}")
@@ -503,6 +565,14 @@ def _bench_soak(args: argparse.Namespace) -> int:
     return 0 if result["pass"] else 1
 
 
+def _bench_archive(args: argparse.Namespace) -> int:
+    from bench.archive import run_archive_benchmark
+
+    run_archive_benchmark(args.corpus, args.out, args.split, tuple(args.workers), args.mode, args.max_error,
+                          args.node_cores, args.nodes)
+    return 0
+
+
 def _bench_tasks(args: argparse.Namespace) -> int:
     from bench.tasks import DEFAULT_PIXEL_REFERENCE, run_tasks_benchmark
 
@@ -548,6 +618,50 @@ def _pacs_compress_study(args: argparse.Namespace) -> int:
     if originals is not None and summary.compressed:
         print(f"originals kept in {originals}")
     return 1 if summary.failed else 0
+
+
+def _archive_compress(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from mvmic.archive.engine import LEDGER_NAME, ArchiveJob, run_archive
+    from mvmic.archive.worker import PacsAddress, WorkerConfig
+    from mvmic.pacs.storage import StoragePolicy
+    from mvmic.transcode import error_bound
+    from service.settings import Settings
+
+    bound = error_bound(args.mode, args.max_error)
+    if args.quality is not None and bound is not None:
+        raise ValueError("--quality applies to --mode lossy only")
+    if args.discard_originals and bound is None:
+        raise ValueError("--discard-originals keeps no original of a lossy copy: use --mode lossless or near-lossless")
+    if args.source is None and args.pacs is None:
+        raise ValueError("give SOURCE (a folder of DICOM files), --pacs URL (its studies, in place), or both")
+    if args.studies and args.source is not None:
+        raise ValueError("--study selects studies of the PACS: it applies without SOURCE only")
+    if args.source is not None:
+        source, out = args.source.resolve(), args.out.resolve()
+        if not args.source.is_dir():
+            raise ValueError(f"{args.source}: not a folder")
+        if source == out or source in out.parents or out in source.parents:
+            raise ValueError(f"SOURCE {args.source} and DEST {args.out} must not hold one another")
+    pacs = None
+    if args.pacs is not None:
+        settings = Settings()
+        user = args.user or settings.pacs_user
+        password = args.password or (settings.pacs_password.get_secret_value() if settings.pacs_password else "")
+        pacs = PacsAddress(args.pacs, (user, password) if user else None, settings.pacs_timeout_s)
+    in_place = args.source is None
+    config = WorkerConfig(StoragePolicy(bound, args.quality, with_analysis=args.analysis), source=args.source,
+                          out=None if pacs is not None else args.out, pacs=pacs,
+                          originals=args.out / "originals" if in_place and not args.discard_originals else None,
+                          heads_runtime=args.heads_runtime, studies=tuple(args.studies or ()))
+    job = ArchiveJob(config, args.ledger or args.out / LEDGER_NAME, discard_originals=args.discard_originals)
+    summary = run_archive(job, invoked_command(), args.workers, args.address, args.gpus_per_worker,
+                          lambda records, total: tqdm(records, total=total, desc="archive", unit="instance"))
+    for line in summary.lines():
+        print(line)
+    print(f"ledger {job.ledger}")
+    return 1 if summary.failures else 0
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -144,6 +144,20 @@ def instance_to_dicom(dataset: Dataset, codec: MvmicCodec | None) -> Dataset:
     return _with_pixels(header, _decompress(stream, codec), stream)
 
 
+def mvm_instance_dataset(data: bytes) -> Dataset | None:
+    """The dataset of ``data`` when it is a DICOM Part 10 file (the 'DICM' prefix at byte 128), else None (a .mvm
+    starts with its magic). ValueError for a DICOM file that is not an MVMIC instance, DicomInputError for one
+    that does not parse."""
+    if data[128:132] != b"DICM":
+        return None
+    dataset = read_dataset(data)
+    syntax = dataset.get("file_meta", Dataset()).get("TransferSyntaxUID")
+    if syntax != MVM_TRANSFER_SYNTAX:
+        raise ValueError(f"a DICOM instance in transfer syntax {syntax or 'none declared'}, not an MVMIC instance "
+                         f"({MVM_TRANSFER_SYNTAX}): it is not compressed by MVMIC")
+    return dataset
+
+
 def bitstream_of_instance(dataset: Dataset) -> bytes:
     """The .mvm inside an instance of MVM_TRANSFER_SYNTAX (its even-length padding removed); ValueError for
     another instance (DicomInputError: Pixel Data not in encapsulated items), BitstreamError for a damaged .mvm."""

@@ -1,0 +1,127 @@
+"""The archive job's ledger: one SQLite file that says, for every instance of the source, what became of it.
+
+    job        (one row)  what the job does: source, destination, mode and bound, analysis; a rerun with other
+                          settings is refused, so one destination never mixes two policies
+    runs       one row per invocation: started, finished (NULL: killed or still running), command, counts
+    instances  one row per source instance once it is finished: key (the path relative to SOURCE, or the PACS
+               resource), sha256 of the source bytes, state (compressed | unchanged | failed), SOP Instance UID,
+               what was written (result), bytes before and after, error, the run that finished it, and the
+               source's size and mtime (a file changed since is done again)
+
+Only the driver writes it (one writer), a row per finished instance, each in its own transaction (WAL,
+synchronous=FULL): a `kill -9` loses at most the rows of instances whose results were not yet recorded; their
+output was written whole (or not at all) under a name that depends on the source only, and the rerun writes
+it again in place, so nothing is lost and nothing is duplicated. Failed instances are tried again by a rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+DONE = ("compressed", "unchanged")
+STATES = (*DONE, "failed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS job (settings TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run INTEGER PRIMARY KEY, started TEXT NOT NULL, finished TEXT, command TEXT NOT NULL,
+    compressed INTEGER, unchanged INTEGER, failed INTEGER, skipped INTEGER);
+CREATE TABLE IF NOT EXISTS instances (
+    key TEXT PRIMARY KEY, sha256 TEXT, state TEXT NOT NULL CHECK (state IN ('compressed', 'unchanged', 'failed')),
+    sop_instance_uid TEXT, result TEXT, result_sha256 TEXT, bytes_before INTEGER, bytes_after INTEGER, error TEXT,
+    run INTEGER NOT NULL REFERENCES runs (run), finished TEXT NOT NULL, source_size INTEGER, source_mtime_ns INTEGER);
+"""
+
+
+class LedgerError(ValueError):
+    """The ledger cannot be used for this job: another job's, or not a ledger."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """What became of one source instance (a row of ``instances``). ``result``: the destination's name of what
+    was written (paths relative to DEST, or 'stored' in the PACS), ``result_sha256`` the sha256 of the instance
+    written (folder destinations), ``error`` the reason of a failure."""
+
+    key: str
+    state: str
+    sha256: str | None = None
+    sop_instance_uid: str | None = None
+    result: str | None = None
+    result_sha256: str | None = None
+    bytes_before: int = 0
+    bytes_after: int = 0
+    error: str | None = None
+    source_size: int | None = None
+    source_mtime_ns: int | None = None
+
+
+class Ledger:
+    """The ledger at ``path`` (created if absent) of the job with ``settings`` (JSON-serialisable), held open
+    by one driver. LedgerError when ``path`` is another job's ledger or not a ledger."""
+
+    def __init__(self, path: Path, settings: dict) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            self._check_job(settings)
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{path} is not an archive ledger: {exc}") from exc
+        self.run: int | None = None
+
+    def _check_job(self, settings: dict) -> None:
+        wanted = json.dumps(settings, sort_keys=True)
+        row = self._db.execute("SELECT settings FROM job").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO job (settings) VALUES (?)", (wanted,))
+        elif row[0] != wanted:
+            theirs = json.loads(row[0])
+            differing = sorted(name for name in {*theirs, *settings} if theirs.get(name) != settings.get(name))
+            differences = ", ".join(f"{name} {theirs.get(name)!r}, not {settings.get(name)!r}" for name in differing)
+            raise LedgerError(f"{self.path} is the ledger of another job ({differences}); run it with the same "
+                              "settings, or give another --out or --ledger")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def start_run(self, command: str) -> int:
+        cursor = self._db.execute("INSERT INTO runs (started, command) VALUES (?, ?)", (_now(), command))
+        self.run = cursor.lastrowid
+        return self.run
+
+    def finish_run(self, counts: dict[str, int]) -> None:
+        self._db.execute("UPDATE runs SET finished = ?, compressed = ?, unchanged = ?, failed = ?, skipped = ? "
+                         "WHERE run = ?", (_now(), counts.get("compressed", 0), counts.get("unchanged", 0),
+                                           counts.get("failed", 0), counts.get("skipped", 0), self.run))
+
+    def record(self, record: Record) -> None:
+        """Records one finished instance, durably, replacing what an earlier run recorded of it."""
+        row = asdict(record)
+        columns = ", ".join([*row, "run", "finished"])
+        self._db.execute(f"INSERT OR REPLACE INTO instances ({columns}) VALUES ({', '.join('?' * (len(row) + 2))})",
+                         (*row.values(), self.run, _now()))
+
+    def done(self) -> dict[str, Record]:
+        """The instances finished (compressed or unchanged) by any run, by key."""
+        fields = list(Record.__dataclass_fields__)
+        rows = self._db.execute(f"SELECT {', '.join(fields)} FROM instances WHERE state IN (?, ?)", DONE)
+        return {row[0]: Record(*row) for row in rows}
+
+    def failures(self, keys: Iterable[str] | None = None) -> list[Record]:
+        fields = list(Record.__dataclass_fields__)
+        rows = self._db.execute(f"SELECT {', '.join(fields)} FROM instances WHERE state = 'failed' ORDER BY key")
+        wanted = None if keys is None else set(keys)
+        return [Record(*row) for row in rows if wanted is None or row[0] in wanted]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")

@@ -1,0 +1,134 @@
+"""One archive worker: the codec (and the task heads) loaded once, then instance after instance.
+
+    Item --source.read--> bytes (sha256) --storage.prepare_instance (the gateway's own path: the encoder checks
+        its bound; what MVMIC cannot code is kept as received)-->
+      DEST folder:  the stored instance at DEST/<key>, its SEG and SR at DEST/<key>.seg.dcm / .sr.dcm, each
+                    written whole (mvmic.whole_file), read back and hashed (the ledger's result_sha256)
+      the PACS:     STOW-RS, checked (compress_study.store_prepared): the PACS references the image and, where
+                    it replaces an original under the same UID, holds it as MVMIC; from the PACS itself,
+                    the original first kept in ORIGINALS/<SOP Instance UID>.dcm (compress_study.compress_instance)
+    --> ledger.Record: compressed | unchanged | failed with its reason; a worker never raises for an instance
+
+The worker runs the same in a Ray actor (mvmic.archive.engine) and in the calling process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mvmic.archive.ledger import Record
+from mvmic.archive.sources import FolderSource, Item, PacsSource
+from mvmic.pacs.client import PacsClient, PacsError
+from mvmic.pacs.compress_study import Outcome, compress_instance, store_prepared
+from mvmic.pacs.storage import Prepared, StoragePolicy, prepare_instance
+from mvmic.pixels import read_dataset
+from mvmic.whole_file import write_whole
+
+log = logging.getLogger("mvmic.archive")
+
+
+@dataclass(frozen=True)
+class PacsAddress:
+    root: str  # DICOMweb root
+    auth: tuple[str, str] | None = field(default=None, repr=False)
+    timeout: float = 120.0
+
+    def client(self) -> PacsClient:
+        return PacsClient(self.root, self.auth, self.timeout)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every worker of a job needs: where instances come from (``source`` folder, else the PACS), where
+    they go (``out`` folder, else the PACS), the storage policy, and where the PACS's originals are kept."""
+
+    policy: StoragePolicy
+    source: Path | None = None
+    out: Path | None = None
+    pacs: PacsAddress | None = None
+    originals: Path | None = None  # PACS source only; None: not kept
+    heads_runtime: str = "auto"
+    studies: tuple[str, ...] = ()  # PACS source: these studies only (default: all)
+
+
+class ArchiveWorker:
+    def __init__(self, config: WorkerConfig, device: str = "cpu") -> None:
+        from model.codec import MvmicCodec
+
+        self.config = config
+        self.codec = MvmicCodec.load()
+        self.analyzer = None
+        if config.policy.with_analysis:
+            from model.tasks.analysis import Analyzer
+
+            self.analyzer = Analyzer.load(self.codec, device=device, runtime=config.heads_runtime, threads=1)
+        self.pacs = config.pacs.client() if config.pacs is not None else None
+        self.source = FolderSource(config.source) if config.source is not None else PacsSource(self.pacs, config.studies)
+
+    def close(self) -> None:
+        if self.pacs is not None:
+            self.pacs.close()
+
+    def process(self, item: Item) -> Record:
+        """What became of ``item``; never raises (a failure is a record with its reason)."""
+        try:
+            data = self.source.read(item)
+        except (OSError, PacsError) as exc:
+            return Record(item.key, "failed", error=f"cannot read it: {exc}")
+        sha256 = hashlib.sha256(data).hexdigest()
+        try:
+            record = self._store(item, data)
+        except (OSError, PacsError) as exc:
+            record = Record(item.key, "failed", error=str(exc))
+        except Exception as exc:  # a bug must fail this instance, not the job
+            log.exception("unexpected error on an instance")
+            record = Record(item.key, "failed", error=f"unexpected error ({type(exc).__name__}: {exc})")
+        return dataclasses.replace(record, sha256=sha256, bytes_before=len(data), source_size=item.size,
+                                   source_mtime_ns=item.mtime_ns,
+                                   bytes_after=len(data) if record.state == "unchanged" else record.bytes_after)
+
+    def _store(self, item: Item, data: bytes) -> Record:
+        config = self.config
+        if config.source is None:  # from the PACS, back into it in place
+            outcome = compress_instance(self.pacs, item.key, data, self.codec, self.analyzer, config.policy,
+                                        config.originals)
+            return _record(item, outcome, outcome.sop_instance or item.key.rsplit("/", 1)[1],
+                           "stored" if outcome.state == "compressed" else None)
+        prepared = prepare_instance(data, self.codec, self.analyzer, config.policy)
+        if prepared.failure is not None:
+            return Record(item.key, "failed", sop_instance_uid=prepared.sop_instance, error=prepared.note)
+        state = "unchanged" if prepared.instances == [data] else "compressed"
+        if config.out is not None:
+            return self._write(item, prepared, state)
+        outcome = store_prepared(self.pacs, prepared, _resource(prepared) if config.policy.max_error == 0 else None)
+        if outcome.state == "failed":
+            return _record(item, outcome, prepared.sop_instance, None)
+        return Record(item.key, state, sop_instance_uid=prepared.sop_instance, result="stored",
+                      bytes_after=len(prepared.instances[0]), error=None)
+
+    def _write(self, item: Item, prepared: Prepared, state: str) -> Record:
+        names = [item.key] + [f"{item.key}.{read_dataset(extra).Modality.lower()}.dcm"
+                              for extra in prepared.instances[1:]]
+        for name, instance in zip(names, prepared.instances, strict=True):
+            write_whole(self.config.out / name, instance)
+        written = (self.config.out / item.key).read_bytes()
+        if written != prepared.instances[0]:
+            raise OSError(f"DEST/{item.key} does not read back as written")
+        return Record(item.key, state, sop_instance_uid=prepared.sop_instance, result=" ".join(names),
+                      result_sha256=hashlib.sha256(written).hexdigest(), bytes_after=len(written))
+
+
+def _record(item: Item, outcome: Outcome, sop_instance: str | None, result: str | None) -> Record:
+    failed = outcome.state == "failed"
+    return Record(item.key, outcome.state, sop_instance_uid=sop_instance, result=result,
+                  bytes_after=outcome.bytes_after, error=outcome.reason if failed else None)
+
+
+def _resource(prepared: Prepared) -> str:
+    """The WADO-RS resource of a prepared image, which replaces the original stored under its UID."""
+    header = read_dataset(prepared.instances[0])
+    return f"studies/{header.StudyInstanceUID}/series/{header.SeriesInstanceUID}/instances/{prepared.sop_instance}"
