@@ -54,7 +54,10 @@ def test_lossless_points_are_exact_and_lossy_points_compress(codec: Codec, entry
     image = entry.read(CORPUS)
     frame, fmt = image.frame(0), image.format
     raw_bpp = 8 * frame.dtype.itemsize * fmt.samples_per_pixel
-    for point in codec.points:
+    # One lossless point: higher efforts (JPEG XL e9, e10: 96 s on a 2k CR) change only the encoder's search, not
+    # how the wrapper hands samples over and back; `mvmic bench rd` refuses any inexact lossless point it measures.
+    first_lossless = next(point for point in codec.points if point.lossless)
+    for point in [point for point in codec.points if not point.lossless or point is first_lossless]:
         encoded = codec.encode(frame, fmt, point)
         decoded = codec.decode(encoded, fmt, point)
         assert decoded.shape == frame.shape and decoded.dtype == frame.dtype
