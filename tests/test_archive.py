@@ -159,15 +159,18 @@ def test_a_pacs_study_is_compressed_in_place_with_its_originals_kept(
     study = originals[0].StudyInstanceUID
     pacs.store_instances(originals)  # straight into the PACS, uncompressed (a study of the train split)
     code, out, err = finish(start("--pacs", orthanc.dicomweb, "--study", study, "--user", orthanc.auth[0],
-                                  "--password", orthanc.auth[1], "--out", str(tmp_path / "job"), "--workers", "1"))
+                                  "--password", orthanc.auth[1], "--out", str(tmp_path / "job"), "--workers", "1",
+                                  "--analysis"))
     assert code == 0, out + err
+    modalities = [item["00080060"]["Value"][0] for item in pacs.search_for_instances(study, fields=["00080060"])]
+    assert sorted(modalities) == ["MR", "MR", "SEG", "SEG", "SR", "SR"]  # each image's analysis stored beside it
     for original in originals:
         [instance] = _retrieve_as_stored(orthanc, original)
         assert read_dataset(instance).file_meta.TransferSyntaxUID == MVM_TRANSFER_SYNTAX
         assert_decodes_to(instance, original)
         kept = pydicom.dcmread(tmp_path / "job" / "originals" / f"{original.SOPInstanceUID}.dcm")
         assert kept == original and np.array_equal(kept.pixel_array, original.pixel_array)
-    states = rows(tmp_path / "job" / LEDGER)
+    states = rows(tmp_path / "job" / LEDGER)  # the images: their analysis objects are made, not found
     assert len(states) == len(originals) and {state for state, _, _ in states.values()} == {"compressed"}
 
 
