@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -259,8 +260,9 @@ def _parser() -> argparse.ArgumentParser:
     job.add_argument("source", type=Path, nargs="?", default=None, metavar="SOURCE",
                      help="a folder tree of DICOM files (default: the studies of --pacs, compressed in place)")
     job.add_argument("--out", type=Path, required=True, metavar="DEST",
-                     help="the folder that receives the compressed instances (at SOURCE's relative paths) and the "
-                          "ledger; with --pacs, the ledger, and the PACS's originals in DEST/originals")
+                     help="the folder that receives the compressed instances (in DEST/instances, at SOURCE's relative "
+                          "paths; SEG and SR in DEST/analysis) and the ledger; with --pacs, the ledger, and the PACS's "
+                          "originals in DEST/originals")
     job.add_argument("--pacs", default=None, metavar="URL",
                      help="a PACS's DICOMweb root: with SOURCE, the compressed instances are stored there (STOW-RS) "
                           "instead of DEST; without, its studies are compressed in place, as compress-study does")
@@ -280,8 +282,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="the job's SQLite ledger (default: DEST/archive-ledger.sqlite)")
     job.add_argument("--workers", type=_at_least(1, int), default=None,
                      help="worker processes, one CPU each (default: every CPU of the Ray cluster)")
-    job.add_argument("--address", default=None, help="a Ray cluster to join, e.g. auto or ray://head:10001 "
-                                                     "(default: a local Ray started in this process)")
+    job.add_argument("--address", default=None, help="a Ray cluster to join: auto (this machine is one of its "
+                                                     "nodes), HEAD:6379, or ray://HEAD:10001 (Ray Client) (default: "
+                                                     "a local Ray started in this process)")
     job.add_argument("--gpus-per-worker", type=_at_least(0.0, float), default=None, metavar="N",
                      help="GPUs each worker asks Ray for (default: with --analysis, the cluster's GPUs shared "
                           "among the workers; else none)")
@@ -325,8 +328,18 @@ def _at_least(low: float, kind: type) -> Callable[[str], float]:
 
 
 def invoked_command() -> str:
-    """This command line as typed, quoted so that it can be run again (recorded in manifests)."""
-    return "mvmic " + shlex.join(sys.argv[1:])
+    """This command line as typed, quoted so that it can be run again (recorded in manifests and ledgers), with
+    secrets replaced by ***: the value of --password (or an abbreviation argparse takes for it) and the user
+    information of any URL (http://user:password@host)."""
+    words, hide_next = [], False
+    for word in sys.argv[1:]:
+        option, equals, _ = word.partition("=")
+        if hide_next:
+            word, hide_next = "***", False
+        elif len(option) >= len("--pas") and "--password".startswith(option):
+            word, hide_next = (f"{option}=***", False) if equals else (word, True)
+        words.append(re.sub(r"(?<=://)[^/@\s]*@", "***@", word))
+    return "mvmic " + shlex.join(words)
 
 
 def _data_prepare(args: argparse.Namespace) -> int:
@@ -624,7 +637,7 @@ def _archive_compress(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from mvmic.archive.engine import LEDGER_NAME, ArchiveJob, run_archive
-    from mvmic.archive.worker import PacsAddress, WorkerConfig
+    from mvmic.archive.worker import ANALYSIS, INSTANCES, STAGING, PacsAddress, WorkerConfig
     from mvmic.pacs.storage import StoragePolicy
     from mvmic.transcode import error_bound
     from service.settings import Settings
@@ -638,12 +651,17 @@ def _archive_compress(args: argparse.Namespace) -> int:
         raise ValueError("give SOURCE (a folder of DICOM files), --pacs URL (its studies, in place), or both")
     if args.studies and args.source is not None:
         raise ValueError("--study selects studies of the PACS: it applies without SOURCE only")
+    ledger = args.ledger or args.out / LEDGER_NAME
     if args.source is not None:
         source, out = args.source.resolve(), args.out.resolve()
         if not args.source.is_dir():
             raise ValueError(f"{args.source}: not a folder")
         if source == out or source in out.parents or out in source.parents:
             raise ValueError(f"SOURCE {args.source} and DEST {args.out} must not hold one another")
+        if source in ledger.resolve().parents:
+            raise ValueError(f"the ledger {ledger} must not be inside SOURCE {args.source}")
+        if any(out / tree in ledger.resolve().parents for tree in (INSTANCES, ANALYSIS, STAGING)):
+            raise ValueError(f"the ledger {ledger} must not be among the instances DEST {args.out} receives")
     pacs = None
     if args.pacs is not None:
         settings = Settings()
@@ -655,7 +673,7 @@ def _archive_compress(args: argparse.Namespace) -> int:
                           out=None if pacs is not None else args.out, pacs=pacs,
                           originals=args.out / "originals" if in_place and not args.discard_originals else None,
                           heads_runtime=args.heads_runtime, studies=tuple(args.studies or ()))
-    job = ArchiveJob(config, args.ledger or args.out / LEDGER_NAME, discard_originals=args.discard_originals)
+    job = ArchiveJob(config, ledger, discard_originals=args.discard_originals)
     summary = run_archive(job, invoked_command(), args.workers, args.address, args.gpus_per_worker,
                           lambda records, total: tqdm(records, total=total, desc="archive", unit="instance"))
     for line in summary.lines():

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 
-def write_whole(path: Path, data: bytes) -> None:
-    """``data`` at ``path``, whole or not at all (a kill mid-write leaves no truncated file, only a ``.partial``
-    beside it that the next write replaces), and on disk (fsync) before this returns. Raises OSError."""
+def write_whole(path: Path, data: bytes, staging: Path | None = None) -> None:
+    """``data`` at ``path``, whole or not at all, and on disk (fsync) before this returns. The bytes are first
+    written to a temporary file, then renamed over ``path``: a kill mid-write leaves no truncated file at ``path``.
+    The temporary is ``<path>.partial`` (the next write replaces one left behind), or, with ``staging`` (a folder
+    on the same filesystem that holds nothing else), a new name there that no other file can have. Raises
+    OSError."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.partial")
-    with partial.open("wb") as out:
+    if staging is None:
+        partial = path.with_name(f"{path.name}.partial")
+        out = partial.open("wb")
+    else:
+        staging.mkdir(parents=True, exist_ok=True)
+        descriptor, name = tempfile.mkstemp(dir=staging, suffix=".partial")  # O_EXCL: never an existing file
+        partial, out = Path(name), os.fdopen(descriptor, "wb")
+    with out:
         out.write(data)
         out.flush()
         os.fsync(out.fileno())

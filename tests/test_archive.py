@@ -43,8 +43,11 @@ def rows(ledger: Path) -> dict[str, tuple]:
     """key -> (state, run, error) of every instance the ledger holds (read while the job writes it)."""
     if not ledger.is_file():
         return {}
-    with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as db:
-        return {key: rest for key, *rest in db.execute("SELECT key, state, run, error FROM instances")}
+    try:
+        with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as db:
+            return {key: rest for key, *rest in db.execute("SELECT key, state, run, error FROM instances")}
+    except sqlite3.OperationalError:  # created, its tables not yet
+        return {}
 
 
 def kill_after(process: subprocess.Popen, ledger: Path, recorded: int) -> dict[str, tuple]:
@@ -81,6 +84,7 @@ def test_a_folder_killed_mid_run_is_finished_by_the_rerun_with_nothing_lost_or_d
     originals["ct/slice.dcm"] = corpus_dir / "images" / "totalsegmentator-ct-000.dcm"
     originals["us/rgb.dcm"] = corpus_dir / "images" / "pydicom-examples_rgb_color.dcm"
     originals["plan/rtplan.dcm"] = Path(get_testdata_file("rtplan.dcm"))  # no pixels: kept as it is
+    originals["ct/slice.dcm.partial"] = corpus_dir / "images" / "totalsegmentator-ct-001.dcm"  # a name DEST uses too
     for key, path in originals.items():
         (source / key).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, source / key)
@@ -100,15 +104,23 @@ def test_a_folder_killed_mid_run_is_finished_by_the_rerun_with_nothing_lost_or_d
     assert after["plan/rtplan.dcm"][0] == "unchanged" and after["notes.txt"][0] == "failed"
     assert sum(state == "compressed" for state, _, _ in after.values()) == len(originals) - 1
     written = {path.relative_to(dest).as_posix() for path in dest.rglob("*") if path.is_file()}
-    assert written - {LEDGER, f"{LEDGER}-wal", f"{LEDGER}-shm"} == originals.keys()
+    assert written - {LEDGER, f"{LEDGER}-wal", f"{LEDGER}-shm", f"{LEDGER}.lock"} == {f"instances/{key}"
+                                                                                      for key in originals}
     for key, original in originals.items():
-        assert_decodes_to((dest / key).read_bytes(), pydicom.dcmread(original))
+        assert_decodes_to((dest / "instances" / key).read_bytes(), pydicom.dcmread(original))
+    assert "--discard-originals" in _commands(dest / LEDGER)[-1]
     # `mvmic decompress` takes the instances an archive job writes as it takes .mvm files
-    assert main(["decompress", str(dest / "mr" / "IM0003"), str(tmp_path / "IM0003.dcm")]) == 0
+    assert main(["decompress", str(dest / "instances" / "mr" / "IM0003"), str(tmp_path / "IM0003.dcm")]) == 0
     decoded, original = pydicom.dcmread(tmp_path / "IM0003.dcm"), pydicom.dcmread(originals["mr/IM0003"])
     assert np.array_equal(decoded.pixel_array, original.pixel_array) and decoded.SOPInstanceUID == original.SOPInstanceUID
     # --discard-originals: every original written, read back and recorded is gone; the failure is kept
     assert [path.name for path in source.rglob("*") if path.is_file()] == ["notes.txt"]
+    # an instance gone from DEST is written again by the next run, from the source it still has
+    shutil.copy(originals["mr/IM0005"], source / "mr" / "IM0005")
+    (dest / "instances" / "mr" / "IM0005").unlink()
+    code, out, err = finish(start(*arguments))
+    assert "compressed 1, unchanged 0, failed 1" in out, out + err
+    assert_decodes_to((dest / "instances" / "mr" / "IM0005").read_bytes(), pydicom.dcmread(originals["mr/IM0005"]))
 
 
 def test_the_test_split_goes_into_orthanc_once_and_exact_through_a_kill(
@@ -134,10 +146,16 @@ def test_the_test_split_goes_into_orthanc_once_and_exact_through_a_kill(
     pacs._session.auth = orthanc.auth
     stored = pacs.search_for_instances(fields=["00080018"])
     assert len(stored) == len(test_split), "an instance is missing from the PACS, or is there twice"
+    assert all(orthanc.auth[1] not in command for command in _commands(tmp_path / "job" / LEDGER))  # no password
     for entry in test_split:
         original = pydicom.dcmread(corpus_dir / entry.path)
         [instance] = _retrieve_as_stored(orthanc, original)
         assert_decodes_to(instance, original)
+
+
+def _commands(ledger: Path) -> list[str]:
+    with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as db:
+        return [command for (command,) in db.execute("SELECT command FROM runs ORDER BY run")]
 
 
 def _retrieve_as_stored(orthanc: OrthancServer, dataset: pydicom.Dataset) -> list[bytes]:
@@ -191,9 +209,15 @@ def test_settings_that_cannot_work_are_refused_before_anything_starts(corpus_dir
     for arguments, reason in refusals.items():
         assert main(["archive", "compress", *arguments]) == 1
         assert reason in capsys.readouterr().err, arguments
+    with Ledger(tmp_path / "d" / LEDGER, {}) as running:  # another job holds DEST's ledger
+        assert main(["archive", "compress", str(source), "--out", str(tmp_path / "d")]) == 1
+        assert "another archive job is running" in capsys.readouterr().err and running.run is None
+    assert main(["archive", "compress", str(source), "--out", str(tmp_path / "e"), "--ledger",
+                 str(source / "ledger.sqlite")]) == 1
+    assert "must not be inside SOURCE" in capsys.readouterr().err
     assert main(["decompress", str(source / "totalsegmentator-ct-000.dcm"), str(tmp_path / "x.dcm")]) == 1
     assert "not an MVMIC instance" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse's own refusal (exit status 2)
         main(["archive", "compress", str(source), "--out", str(tmp_path / "d"), "--workers", "0"])
     assert "at least 1" in capsys.readouterr().err
-    assert not (tmp_path / "d").exists(), "a refused job wrote something"
+    assert not (tmp_path / "e").exists(), "a refused job wrote something"

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import jsonpatch
@@ -18,13 +19,22 @@ OVERLAYS = sorted(folder.name for folder in K8S.iterdir() if (folder / "kustomiz
 
 
 def render(folder: Path) -> list[dict]:
-    """The objects `kubectl apply -k folder` applies: its resources (files, or folders rendered in turn), then
+    """The objects `kubectl apply -k folder` applies: its resources (files, or folders rendered in turn), the
+    Secrets of its secretGenerator (from each env file's committed .example: the real one is the user's), then
     its RFC 6902 patches on the objects their targets name (kind and name), as kustomize does."""
     kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
     objects = []
     for resource in kustomization["resources"]:
         path = folder / resource
         objects += render(path) if path.is_dir() else [yaml.safe_load(path.read_text())]
+    for generator in kustomization.get("secretGenerator", []):
+        assert generator["options"]["disableNameSuffixHash"], "the Deployment names the Secret without a hash"
+        values = {}
+        for env in generator["envs"]:
+            lines = (folder / f"{env}.example").read_text().splitlines()
+            values |= dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+        objects.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": generator["name"]},
+                        "type": "Opaque", "stringData": values})
     for patch in kustomization.get("patches", []):
         operations = jsonpatch.JsonPatch(yaml.safe_load((folder / patch["path"]).read_text()))
         target = patch["target"]
@@ -52,8 +62,15 @@ def test_every_file_is_a_resource_or_a_patch_of_an_overlay() -> None:
         kustomization = yaml.safe_load((K8S / overlay / "kustomization.yaml").read_text())
         listed |= {K8S / overlay / name for name in kustomization["resources"] if not (K8S / overlay / name).is_dir()}
         listed |= {K8S / overlay / patch["path"] for patch in kustomization.get("patches", [])}
-    on_disk = {path for path in K8S.rglob("*.yaml") if path.name != "kustomization.yaml"}
+        listed |= {K8S / overlay / f"{env}.example" for generator in kustomization.get("secretGenerator", [])
+                   for env in generator["envs"]}
+    on_disk = {path for path in K8S.rglob("*")
+               if path.is_file() and path.name != "kustomization.yaml" and path.suffix != ".env"}  # .env: the user's
     assert on_disk == listed
+    secrets = [f"{path.relative_to(K8S.parent.parent).as_posix()}" for path in listed if path.suffix == ".example"]
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *(name.removesuffix(".example") for name in secrets)],
+                             check=False, cwd=K8S.parent.parent, capture_output=True, text=True).stdout.split()
+    assert secrets and len(ignored) == len(secrets), "a secrets file the user writes could be committed"
     assert {"base", "gpu", "queue-depth"} <= set(OVERLAYS)
 
 
@@ -102,6 +119,7 @@ def test_the_settings_named_are_the_ones_the_service_reads(rendered: list[dict],
     parsed = Settings()
     assert parsed.storage_bound == 0 and parsed.pacs_url  # the gateway stores lossless, in front of a PACS
     assert parsed.workers == int(float(container["resources"]["requests"]["cpu"]))
+    assert deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
 
 
 def test_the_gpu_overlay_asks_for_a_gpu_and_puts_the_heads_on_it() -> None:

@@ -1,8 +1,8 @@
 """`mvmic archive compress`: an archive job on Ray, local by default, or on a cluster.
 
-    driver: Ledger (the job's settings checked) --> the source's items (a folder's files, or QIDO-RS over the
-        PACS) minus those done (skipped; with --discard-originals a done one's original is discarded now if a
-        kill came between) --> Ray: a local instance started in-process (num_cpus: the cores, or --workers
+    driver: Ledger (locked; the job's settings checked) --> the source's items (a folder's files, or QIDO-RS over
+        the PACS) minus those done (skipped, unless a file written for one is gone from DEST; with
+        --discard-originals a done one's original is discarded now if a kill came between) --> Ray: a local instance started in-process (num_cpus: the cores, or --workers
         if more), or the cluster at --address --> WORKERS actors of mvmic.archive.worker.ArchiveWorker, one CPU
         each (and a share of the GPUs when the job analyses and the cluster has some), each loading the codec
         and heads once --> items handed to idle actors one at a time (ray.wait), so only WORKERS are in flight
@@ -16,8 +16,10 @@ results themselves, so a folder job on a cluster needs SOURCE and DEST on a file
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,7 @@ from urllib.parse import urlsplit
 
 from mvmic.archive.ledger import DONE, Ledger, Record
 from mvmic.archive.sources import FolderSource, Item, PacsSource
-from mvmic.archive.worker import ArchiveWorker, WorkerConfig
+from mvmic.archive.worker import STAGING, ArchiveWorker, WorkerConfig
 
 LEDGER_NAME = "archive-ledger.sqlite"
 OBJECT_STORE_BYTES = 256 * 2**20  # only records cross Ray: a local instance needs little shared memory
@@ -88,6 +90,8 @@ def run_archive(job: ArchiveJob, command: str, workers: int | None = None, addre
         raise ValueError("--workers must be at least 1")
     ledger = Ledger(job.ledger, job.settings())
     try:
+        if job.worker.out is not None:  # what a killed run was writing: nobody else writes there (the lock)
+            shutil.rmtree(job.worker.out / STAGING, ignore_errors=True)
         ledger.start_run(command)
         summary = ArchiveSummary()
         pending = _pending(job, ledger, summary)
@@ -116,7 +120,8 @@ def _pending(job: ArchiveJob, ledger: Ledger, summary: ArchiveSummary) -> list[I
     for item in items:
         record = done.get(item.key)
         if record is None or (item.size is not None
-                              and (record.source_size, record.source_mtime_ns) != (item.size, item.mtime_ns)):
+                              and (record.source_size, record.source_mtime_ns) != (item.size, item.mtime_ns)) \
+                or not _outputs_in_place(job, record):
             pending.append(item)
             continue
         summary.counts["skipped"] += 1
@@ -182,6 +187,20 @@ def _run_on_ray(job: ArchiveJob, ledger: Ledger, pending: list[Item], summary: A
             ray.shutdown()
 
 
+def _outputs_in_place(job: ArchiveJob, record: Record) -> bool:
+    """Whether what a folder job wrote for a done instance is still in DEST (every file, the instance at its
+    recorded size); a PACS destination is not asked."""
+    out = job.worker.out
+    if out is None:
+        return True
+    names = record.result.split("\n") if record.result else []
+    try:
+        return bool(names) and (out / names[0]).stat().st_size == record.bytes_after \
+            and all((out / name).is_file() for name in names[1:])
+    except OSError:
+        return False
+
+
 def _discard(job: ArchiveJob, record: Record) -> None:
     """Removes a done instance's source file once what was written for it reads back as recorded (folder
     destinations) or was stored and checked (the PACS)."""
@@ -189,9 +208,7 @@ def _discard(job: ArchiveJob, record: Record) -> None:
     if source is None or not (source / record.key).exists():
         return
     if job.worker.out is not None:
-        import hashlib
-
-        written = job.worker.out / record.key
+        written = job.worker.out / record.result.split("\n")[0]
         if not written.is_file() or hashlib.sha256(written.read_bytes()).hexdigest() != record.result_sha256:
             return  # not what was recorded: keep the original
     os.remove(source / record.key)

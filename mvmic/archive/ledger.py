@@ -5,8 +5,12 @@
     runs       one row per invocation: started, finished (NULL: killed or still running), command, counts
     instances  one row per source instance once it is finished: key (the path relative to SOURCE, or the PACS
                resource), sha256 of the source bytes, state (compressed | unchanged | failed), SOP Instance UID,
-               what was written (result), bytes before and after, error, the run that finished it, and the
-               source's size and mtime (a file changed since is done again)
+               what was written (result) and its sha256, bytes before and after, error or note (why an
+               instance was kept as it was), the run that finished it, and the source's size and mtime (a
+               file changed since is done again)
+
+One job at a time: the driver holds an exclusive lock (flock on <ledger>.lock, released by the kernel when
+the process ends, even by kill -9); a second job on the same ledger is refused while the first runs.
 
 Only the driver writes it (one writer), a row per finished instance, each in its own transaction (WAL,
 synchronous=FULL): a `kill -9` loses at most the rows of instances whose results were not yet recorded; their
@@ -16,12 +20,14 @@ it again in place, so nothing is lost and nothing is duplicated. Failed instance
 
 from __future__ import annotations
 
+import fcntl
 import json
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Self
 
 DONE = ("compressed", "unchanged")
 STATES = (*DONE, "failed")
@@ -34,6 +40,7 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS instances (
     key TEXT PRIMARY KEY, sha256 TEXT, state TEXT NOT NULL CHECK (state IN ('compressed', 'unchanged', 'failed')),
     sop_instance_uid TEXT, result TEXT, result_sha256 TEXT, bytes_before INTEGER, bytes_after INTEGER, error TEXT,
+    note TEXT,
     run INTEGER NOT NULL REFERENCES runs (run), finished TEXT NOT NULL, source_size INTEGER, source_mtime_ns INTEGER);
 """
 
@@ -46,7 +53,7 @@ class LedgerError(ValueError):
 class Record:
     """What became of one source instance (a row of ``instances``). ``result``: the destination's name of what
     was written (paths relative to DEST, or 'stored' in the PACS), ``result_sha256`` the sha256 of the instance
-    written (folder destinations), ``error`` the reason of a failure."""
+    written (folder destinations), ``error`` the reason of a failure, ``note`` what happened otherwise."""
 
     key: str
     state: str
@@ -57,17 +64,24 @@ class Record:
     bytes_before: int = 0
     bytes_after: int = 0
     error: str | None = None
+    note: str | None = None  # what happened: the ratio, or why an instance was kept as it was
     source_size: int | None = None
     source_mtime_ns: int | None = None
 
 
 class Ledger:
     """The ledger at ``path`` (created if absent) of the job with ``settings`` (JSON-serialisable), held open
-    by one driver. LedgerError when ``path`` is another job's ledger or not a ledger."""
+    by one driver. LedgerError when ``path`` is another job's ledger or not a ledger, or another job holds it."""
 
     def __init__(self, path: Path, settings: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self._lock = path.with_name(f"{path.name}.lock").open("a")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            self._lock.close()
+            raise LedgerError(f"another archive job is running with the ledger {path}: wait for it to end") from exc
         try:
             self._db = sqlite3.connect(path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -75,7 +89,11 @@ class Ledger:
             self._db.executescript(_SCHEMA)
             self._check_job(settings)
         except sqlite3.DatabaseError as exc:
+            self._lock.close()
             raise LedgerError(f"{path} is not an archive ledger: {exc}") from exc
+        except LedgerError:
+            self._lock.close()
+            raise
         self.run: int | None = None
 
     def _check_job(self, settings: dict) -> None:
@@ -90,8 +108,15 @@ class Ledger:
             raise LedgerError(f"{self.path} is the ledger of another job ({differences}); run it with the same "
                               "settings, or give another --out or --ledger")
 
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
     def close(self) -> None:
         self._db.close()
+        self._lock.close()  # and with it the lock
 
     def start_run(self, command: str) -> int:
         cursor = self._db.execute("INSERT INTO runs (started, command) VALUES (?, ?)", (_now(), command))

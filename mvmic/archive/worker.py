@@ -2,8 +2,9 @@
 
     Item --source.read--> bytes (sha256) --storage.prepare_instance (the gateway's own path: the encoder checks
         its bound; what MVMIC cannot code is kept as received)-->
-      DEST folder:  the stored instance at DEST/<key>, its SEG and SR at DEST/<key>.seg.dcm / .sr.dcm, each
-                    written whole (mvmic.whole_file), read back and hashed (the ledger's result_sha256)
+      DEST folder:  the stored instance at DEST/instances/<key>, its SEG and SR at DEST/analysis/<key>.seg.dcm
+                    and .sr.dcm (output_names), each written whole (mvmic.whole_file, staged in DEST/.partial),
+                    read back and hashed (the ledger's result_sha256)
       the PACS:     STOW-RS, checked (compress_study.store_prepared): the PACS references the image and, where
                     it replaces an original under the same UID, holds it as MVMIC; from the PACS itself,
                     the original first kept in ORIGINALS/<SOP Instance UID>.dcm (compress_study.compress_instance)
@@ -29,6 +30,10 @@ from mvmic.pixels import read_dataset
 from mvmic.whole_file import write_whole
 
 log = logging.getLogger("mvmic.archive")
+
+# A folder job's DEST: instances/ (SOURCE's tree), analysis/ (SEG and SR), the ledger, and .partial/, where
+# files are written before they are renamed into place (emptied by the driver at the start of each run).
+INSTANCES, ANALYSIS, STAGING = "instances", "analysis", ".partial"
 
 
 @dataclass(frozen=True)
@@ -108,24 +113,33 @@ class ArchiveWorker:
         if outcome.state == "failed":
             return _record(item, outcome, prepared.sop_instance, None)
         return Record(item.key, state, sop_instance_uid=prepared.sop_instance, result="stored",
-                      bytes_after=len(prepared.instances[0]), error=None)
+                      bytes_after=len(prepared.instances[0]), note=prepared.note)
 
     def _write(self, item: Item, prepared: Prepared, state: str) -> Record:
-        names = [item.key] + [f"{item.key}.{read_dataset(extra).Modality.lower()}.dcm"
-                              for extra in prepared.instances[1:]]
+        out = self.config.out
+        names = output_names(item.key, [read_dataset(extra).Modality for extra in prepared.instances[1:]])
         for name, instance in zip(names, prepared.instances, strict=True):
-            write_whole(self.config.out / name, instance)
-        written = (self.config.out / item.key).read_bytes()
+            write_whole(out / name, instance, staging=out / STAGING)
+        written = (out / names[0]).read_bytes()
         if written != prepared.instances[0]:
-            raise OSError(f"DEST/{item.key} does not read back as written")
-        return Record(item.key, state, sop_instance_uid=prepared.sop_instance, result=" ".join(names),
-                      result_sha256=hashlib.sha256(written).hexdigest(), bytes_after=len(written))
+            raise OSError(f"DEST/{names[0]} does not read back as written")
+        return Record(item.key, state, sop_instance_uid=prepared.sop_instance, result="\n".join(names),
+                      result_sha256=hashlib.sha256(written).hexdigest(), bytes_after=len(written), note=prepared.note)
+
+
+def output_names(key: str, analysis_modalities: list[str]) -> list[str]:
+    """Where a folder job writes a source file's instance and its analysis objects, relative to DEST: the
+    instance at instances/<key>, its SEG and SR at analysis/<key>.seg.dcm and analysis/<key>.sr.dcm. Three
+    trees apart from the ledger and the staging folder, and distinct for distinct keys (suffixes that
+    differ in their last letters), so no source file's output can land on another's."""
+    return [f"{INSTANCES}/{key}", *(f"{ANALYSIS}/{key}.{modality.lower()}.dcm" for modality in analysis_modalities)]
 
 
 def _record(item: Item, outcome: Outcome, sop_instance: str | None, result: str | None) -> Record:
     failed = outcome.state == "failed"
     return Record(item.key, outcome.state, sop_instance_uid=sop_instance, result=result,
-                  bytes_after=outcome.bytes_after, error=outcome.reason if failed else None)
+                  bytes_after=outcome.bytes_after, error=outcome.reason if failed else None,
+                  note=None if failed else outcome.reason)
 
 
 def _resource(prepared: Prepared) -> str:
