@@ -651,6 +651,9 @@ def _archive_compress(args: argparse.Namespace) -> int:
         raise ValueError("give SOURCE (a folder of DICOM files), --pacs URL (its studies, in place), or both")
     if args.studies and args.source is not None:
         raise ValueError("--study selects studies of the PACS: it applies without SOURCE only")
+    for study in args.studies or ():
+        if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", study) or len(study) > 64:
+            raise ValueError(f"--study {study!r}: not a Study Instance UID (digits and dots, at most 64 characters)")
     ledger = args.ledger or args.out / LEDGER_NAME
     if args.source is not None:
         source, out = args.source.resolve(), args.out.resolve()

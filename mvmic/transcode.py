@@ -165,7 +165,7 @@ def bitstream_of_instance(dataset: Dataset) -> bytes:
     if syntax != MVM_TRANSFER_SYNTAX:
         raise ValueError(f"not an MVMIC instance: transfer syntax {syntax}, expected {MVM_TRANSFER_SYNTAX}")
     if "PixelData" not in dataset:
-        raise ValueError("an MVMIC instance without Pixel Data: no bitstream to decode")
+        raise ValueError("an MVMIC instance without Pixel Data (a truncated file?): no bitstream to decode")
     try:
         data = b"".join(list(generate_fragments(dataset.PixelData))[1:])  # item 0 is the empty offset table
     except Exception as exc:  # pydicom raises ValueError, struct errors... on items that do not parse

@@ -18,7 +18,7 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 from pydicom.data import get_testdata_file
 
-from mvmic.archive.ledger import Ledger
+from mvmic.archive.ledger import Ledger, exclusive
 from mvmic.cli import main
 from mvmic.pacs.orthanc import OrthancServer
 from mvmic.pixels import read_dataset
@@ -104,10 +104,12 @@ def test_a_folder_killed_mid_run_is_finished_by_the_rerun_with_nothing_lost_or_d
     assert after["plan/rtplan.dcm"][0] == "unchanged" and after["notes.txt"][0] == "failed"
     assert sum(state == "compressed" for state, _, _ in after.values()) == len(originals) - 1
     written = {path.relative_to(dest).as_posix() for path in dest.rglob("*") if path.is_file()}
-    assert written - {LEDGER, f"{LEDGER}-wal", f"{LEDGER}-shm", f"{LEDGER}.lock"} == {f"instances/{key}"
-                                                                                      for key in originals}
+    job_files = {LEDGER, f"{LEDGER}-wal", f"{LEDGER}-shm", f"{LEDGER}.lock", "archive.lock", "archive-job.json"}
+    assert written - job_files == {f"instances/{key}" for key in originals}
+    readable = 0o666 & ~_umask()
     for key, original in originals.items():
         assert_decodes_to((dest / "instances" / key).read_bytes(), pydicom.dcmread(original))
+        assert (dest / "instances" / key).stat().st_mode & 0o777 == readable  # as open() makes files, not 0600
     assert "--discard-originals" in _commands(dest / LEDGER)[-1]
     # `mvmic decompress` takes the instances an archive job writes as it takes .mvm files
     assert main(["decompress", str(dest / "instances" / "mr" / "IM0003"), str(tmp_path / "IM0003.dcm")]) == 0
@@ -115,12 +117,21 @@ def test_a_folder_killed_mid_run_is_finished_by_the_rerun_with_nothing_lost_or_d
     assert np.array_equal(decoded.pixel_array, original.pixel_array) and decoded.SOPInstanceUID == original.SOPInstanceUID
     # --discard-originals: every original written, read back and recorded is gone; the failure is kept
     assert [path.name for path in source.rglob("*") if path.is_file()] == ["notes.txt"]
-    # an instance gone from DEST is written again by the next run, from the source it still has
+    # the next run writes again an instance gone from DEST, from the source it still has; and archives a file
+    # replaced by another image of the same size and mtime (cp -p, rsync -t), which it must not discard unseen
     shutil.copy(originals["mr/IM0005"], source / "mr" / "IM0005")
     (dest / "instances" / "mr" / "IM0005").unlink()
+    replacement = originals["mr/IM0007"]
+    assert replacement.stat().st_size == originals["mr/IM0006"].stat().st_size
+    shutil.copy(replacement, source / "mr" / "IM0006")
+    with sqlite3.connect(dest / LEDGER) as db:
+        [(mtime,)] = db.execute("SELECT source_mtime_ns FROM instances WHERE key = 'mr/IM0006'")
+    os.utime(source / "mr" / "IM0006", ns=(mtime, mtime))
     code, out, err = finish(start(*arguments))
-    assert "compressed 1, unchanged 0, failed 1" in out, out + err
+    assert "compressed 2, unchanged 0, failed 1" in out, out + err
     assert_decodes_to((dest / "instances" / "mr" / "IM0005").read_bytes(), pydicom.dcmread(originals["mr/IM0005"]))
+    assert_decodes_to((dest / "instances" / "mr" / "IM0006").read_bytes(), pydicom.dcmread(replacement))
+    assert [path.name for path in source.rglob("*") if path.is_file()] == ["notes.txt"]
 
 
 def test_the_test_split_goes_into_orthanc_once_and_exact_through_a_kill(
@@ -151,6 +162,12 @@ def test_the_test_split_goes_into_orthanc_once_and_exact_through_a_kill(
         original = pydicom.dcmread(corpus_dir / entry.path)
         [instance] = _retrieve_as_stored(orthanc, original)
         assert_decodes_to(instance, original)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _commands(ledger: Path) -> list[str]:
@@ -190,6 +207,17 @@ def test_a_pacs_study_is_compressed_in_place_with_its_originals_kept(
         assert kept == original and np.array_equal(kept.pixel_array, original.pixel_array)
     states = rows(tmp_path / "job" / LEDGER)  # the images: their analysis objects are made, not found
     assert len(states) == len(originals) and {state for state, _, _ in states.values()} == {"compressed"}
+    # a run killed after the PACS replaced an instance but before the ledger said so: the next run finds it
+    # compressed with its original kept, and records it as compressed, with the original's size
+    (tmp_path / "job" / LEDGER).unlink()
+    code, out, err = finish(start("--pacs", orthanc.dicomweb, "--study", study, "--user", orthanc.auth[0],
+                                  "--password", orthanc.auth[1], "--out", str(tmp_path / "job"), "--workers", "1",
+                                  "--analysis"))
+    assert code == 0 and f"compressed {len(originals)}, unchanged 4" in out, out + err  # and the SEGs and SRs
+    with sqlite3.connect(tmp_path / "job" / LEDGER) as db:
+        recorded = dict(db.execute("SELECT sop_instance_uid, bytes_before FROM instances WHERE state = 'compressed'"))
+    kept = tmp_path / "job" / "originals"
+    assert recorded == {uid: (kept / f"{uid}.dcm").stat().st_size for uid in (o.SOPInstanceUID for o in originals)}
 
 
 def test_settings_that_cannot_work_are_refused_before_anything_starts(corpus_dir: Path, tmp_path: Path,
@@ -215,6 +243,23 @@ def test_settings_that_cannot_work_are_refused_before_anything_starts(corpus_dir
     assert main(["archive", "compress", str(source), "--out", str(tmp_path / "e"), "--ledger",
                  str(source / "ledger.sqlite")]) == 1
     assert "must not be inside SOURCE" in capsys.readouterr().err
+    (tmp_path / "f").mkdir()
+    with exclusive(tmp_path / "f" / "archive.lock", "DEST"):  # another job writes into DEST, with its own ledger
+        assert main(["archive", "compress", str(source), "--out", str(tmp_path / "f"), "--ledger",
+                     str(tmp_path / "f.sqlite")]) == 1
+        assert "another archive job is running with DEST" in capsys.readouterr().err
+    (tmp_path / "f" / "archive-job.json").write_text('{"max_error": null}')  # a lossy job's output
+    assert main(["archive", "compress", str(source), "--out", str(tmp_path / "f"), "--ledger",
+                 str(tmp_path / "f.sqlite")]) == 1
+    assert "holds the output of another job (" in capsys.readouterr().err
+    assert main(["archive", "compress", "--pacs", "http://127.0.0.1:1/", "--study", "../x", "--out",
+                 str(tmp_path / "g")]) == 1
+    assert "not a Study Instance UID" in capsys.readouterr().err
+    (tmp_path / "file").write_text("a file")
+    assert main(["archive", "compress", str(source), "--out", str(tmp_path / "file")]) == 1
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert main(["archive", "compress", str(source), "--out", str(tmp_path / "h"), "--address", "127.0.0.1:1"]) == 1
+    assert "no Ray cluster answers at 127.0.0.1:1" in capsys.readouterr().err
     assert main(["decompress", str(source / "totalsegmentator-ct-000.dcm"), str(tmp_path / "x.dcm")]) == 1
     assert "not an MVMIC instance" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse's own refusal (exit status 2)

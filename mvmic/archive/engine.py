@@ -1,6 +1,7 @@
 """`mvmic archive compress`: an archive job on Ray, local by default, or on a cluster.
 
-    driver: Ledger (locked; the job's settings checked) --> the source's items (a folder's files, or QIDO-RS over
+    driver: DEST claimed (its lock, and the job's settings in DEST/archive-job.json, whatever ledger a job keeps)
+        --> Ledger (locked; the job's settings checked) --> a PACS destination asked once (credentials) --> the source's items (a folder's files, or QIDO-RS over
         the PACS) minus those done (skipped, unless a file written for one is gone from DEST; with
         --discard-originals a done one's original is discarded now if a kill came between) --> Ray: a local instance started in-process (num_cpus: the cores, or --workers
         if more), or the cluster at --address --> WORKERS actors of mvmic.archive.worker.ArchiveWorker, one CPU
@@ -17,21 +18,27 @@ results themselves, so a folder job on a cluster needs SOURCE and DEST on a file
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
+import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlsplit
 
-from mvmic.archive.ledger import DONE, Ledger, Record
+from mvmic.archive.ledger import DONE, Ledger, Record, exclusive, same_job
 from mvmic.archive.sources import FolderSource, Item, PacsSource
-from mvmic.archive.worker import STAGING, ArchiveWorker, WorkerConfig
+from mvmic.archive.worker import STAGING, ArchiveWorker, PacsAddress, WorkerConfig
+from mvmic.whole_file import write_whole
 
 LEDGER_NAME = "archive-ledger.sqlite"
+DEST_LOCK, DEST_JOB = "archive.lock", "archive-job.json"  # beside the ledger at DEST's top: no source name lands there
 OBJECT_STORE_BYTES = 256 * 2**20  # only records cross Ray: a local instance needs little shared memory
 ACTOR_RESTARTS = 3
+CONNECT_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -88,10 +95,18 @@ def run_archive(job: ArchiveJob, command: str, workers: int | None = None, addre
     settings that cannot work, PacsError when the PACS cannot be listed."""
     if workers is not None and workers < 1:
         raise ValueError("--workers must be at least 1")
-    ledger = Ledger(job.ledger, job.settings())
+    destination = _claim(job.worker.out, job.settings()) if job.worker.out is not None else None
     try:
-        if job.worker.out is not None:  # what a killed run was writing: nobody else writes there (the lock)
+        ledger = Ledger(job.ledger, job.settings())
+    except BaseException:
+        if destination is not None:
+            destination.close()
+        raise
+    try:
+        if destination is not None:  # what a killed run was writing: nobody else writes there (the lock)
             shutil.rmtree(job.worker.out / STAGING, ignore_errors=True)
+        if job.worker.source is not None and job.worker.pacs is not None:
+            _check_pacs(job.worker.pacs)
         ledger.start_run(command)
         summary = ArchiveSummary()
         pending = _pending(job, ledger, summary)
@@ -101,6 +116,38 @@ def run_archive(job: ArchiveJob, command: str, workers: int | None = None, addre
         return summary
     finally:
         ledger.close()
+        if destination is not None:
+            destination.close()
+
+
+def _claim(out: Path, settings: dict) -> IO:
+    """DEST for this job alone: its lock (DEST/archive.lock), held while the job runs; and its settings
+    (DEST/archive-job.json), which every later job writing there must share, whichever ledger it keeps.
+    LedgerError otherwise; NotADirectoryError (an OSError) for a DEST that is a file."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"DEST {out} is a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    lock = exclusive(out / DEST_LOCK, f"DEST {out}")
+    try:
+        recorded = out / DEST_JOB
+        if recorded.is_file():
+            same_job(json.loads(recorded.read_text()), settings, f"DEST {out} holds the output")
+        else:
+            write_whole(recorded, json.dumps(settings, indent=1, sort_keys=True).encode() + b"\n")
+    except BaseException:
+        lock.close()
+        raise
+    return lock
+
+
+def _check_pacs(address: PacsAddress) -> None:
+    """One authenticated search, so that a PACS that cannot be reached or refuses these credentials stops
+    the job at once (PacsError) instead of failing every instance."""
+    pacs = address.client()
+    try:
+        pacs.search("studies", "limit=1")
+    finally:
+        pacs.close()
 
 
 def _pending(job: ArchiveJob, ledger: Ledger, summary: ArchiveSummary) -> list[Item]:
@@ -120,7 +167,8 @@ def _pending(job: ArchiveJob, ledger: Ledger, summary: ArchiveSummary) -> list[I
     for item in items:
         record = done.get(item.key)
         if record is None or (item.size is not None
-                              and (record.source_size, record.source_mtime_ns) != (item.size, item.mtime_ns)) \
+                              and (record.source_size, record.source_mtime_ns, record.source_ctime_ns)
+                              != (item.size, item.mtime_ns, item.ctime_ns)) \
                 or not _outputs_in_place(job, record):
             pending.append(item)
             continue
@@ -142,6 +190,7 @@ def _run_on_ray(job: ArchiveJob, ledger: Ledger, pending: list[Item], summary: A
         ray.init(num_cpus=max(workers or 0, cpu_cores()), object_store_memory=OBJECT_STORE_BYTES,
                  include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     elif started_here:
+        _check_reachable(address)
         ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     try:
         resources = ray.cluster_resources()
@@ -173,7 +222,7 @@ def _run_on_ray(job: ArchiveJob, ledger: Ledger, pending: list[Item], summary: A
                     yield ray.get(ready)
                 except RayActorError as exc:  # the process died under this instance: fail it, go on
                     yield Record(item.key, "failed", error=f"the worker processing it died ({type(exc).__name__})",
-                                 source_size=item.size, source_mtime_ns=item.mtime_ns)
+                                 source_size=item.size, source_mtime_ns=item.mtime_ns, source_ctime_ns=item.ctime_ns)
                     worker = actor.remote(job.worker, device)
                 idle.append(worker)
 
@@ -201,12 +250,29 @@ def _outputs_in_place(job: ArchiveJob, record: Record) -> bool:
         return False
 
 
-def _discard(job: ArchiveJob, record: Record) -> None:
-    """Removes a done instance's source file once what was written for it reads back as recorded (folder
-    destinations) or was stored and checked (the PACS)."""
-    source = job.worker.source
-    if source is None or not (source / record.key).exists():
+def _check_reachable(address: str) -> None:
+    """ValueError unless something listens at a HOST:PORT address (Ray would wait for it without end); auto
+    and ray:// addresses fail on their own within seconds."""
+    if address == "auto" or address.startswith("ray://"):
         return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--address {address}: give auto, HOST:PORT of the cluster's head, or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ValueError(f"no Ray cluster answers at {address} ({exc.strerror or type(exc).__name__})") from exc
+
+
+def _discard(job: ArchiveJob, record: Record) -> None:
+    """Removes a done instance's source file once it is still the file that was archived (its sha256 the one
+    recorded) and what was written for it reads back as recorded (folder destinations) or was stored and
+    checked (the PACS)."""
+    source = job.worker.source
+    if source is None or not (source / record.key).is_file():
+        return
+    if hashlib.sha256((source / record.key).read_bytes()).hexdigest() != record.sha256:
+        return  # another file now: the next run archives it
     if job.worker.out is not None:
         written = job.worker.out / record.result.split("\n")[0]
         if not written.is_file() or hashlib.sha256(written.read_bytes()).hexdigest() != record.result_sha256:

@@ -6,8 +6,8 @@
     instances  one row per source instance once it is finished: key (the path relative to SOURCE, or the PACS
                resource), sha256 of the source bytes, state (compressed | unchanged | failed), SOP Instance UID,
                what was written (result) and its sha256, bytes before and after, error or note (why an
-               instance was kept as it was), the run that finished it, and the source's size and mtime (a
-               file changed since is done again)
+               instance was kept as it was), the run that finished it, and the source's size, mtime and
+               ctime (a file changed or replaced since is done again)
 
 One job at a time: the driver holds an exclusive lock (flock on <ledger>.lock, released by the kernel when
 the process ends, even by kill -9); a second job on the same ledger is refused while the first runs.
@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Self
+from typing import IO, Self
 
 DONE = ("compressed", "unchanged")
 STATES = (*DONE, "failed")
@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS instances (
     key TEXT PRIMARY KEY, sha256 TEXT, state TEXT NOT NULL CHECK (state IN ('compressed', 'unchanged', 'failed')),
     sop_instance_uid TEXT, result TEXT, result_sha256 TEXT, bytes_before INTEGER, bytes_after INTEGER, error TEXT,
     note TEXT,
-    run INTEGER NOT NULL REFERENCES runs (run), finished TEXT NOT NULL, source_size INTEGER, source_mtime_ns INTEGER);
+    run INTEGER NOT NULL REFERENCES runs (run), finished TEXT NOT NULL, source_size INTEGER, source_mtime_ns INTEGER,
+    source_ctime_ns INTEGER);
 """
 
 
@@ -67,6 +68,7 @@ class Record:
     note: str | None = None  # what happened: the ratio, or why an instance was kept as it was
     source_size: int | None = None
     source_mtime_ns: int | None = None
+    source_ctime_ns: int | None = None
 
 
 class Ledger:
@@ -76,12 +78,7 @@ class Ledger:
     def __init__(self, path: Path, settings: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._lock = path.with_name(f"{path.name}.lock").open("a")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            self._lock.close()
-            raise LedgerError(f"another archive job is running with the ledger {path}: wait for it to end") from exc
+        self._lock = exclusive(path.with_name(f"{path.name}.lock"), f"the ledger {path}")
         try:
             self._db = sqlite3.connect(path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -97,16 +94,11 @@ class Ledger:
         self.run: int | None = None
 
     def _check_job(self, settings: dict) -> None:
-        wanted = json.dumps(settings, sort_keys=True)
         row = self._db.execute("SELECT settings FROM job").fetchone()
         if row is None:
-            self._db.execute("INSERT INTO job (settings) VALUES (?)", (wanted,))
-        elif row[0] != wanted:
-            theirs = json.loads(row[0])
-            differing = sorted(name for name in {*theirs, *settings} if theirs.get(name) != settings.get(name))
-            differences = ", ".join(f"{name} {theirs.get(name)!r}, not {settings.get(name)!r}" for name in differing)
-            raise LedgerError(f"{self.path} is the ledger of another job ({differences}); run it with the same "
-                              "settings, or give another --out or --ledger")
+            self._db.execute("INSERT INTO job (settings) VALUES (?)", (json.dumps(settings, sort_keys=True),))
+        else:
+            same_job(json.loads(row[0]), settings, f"{self.path} is the ledger")
 
     def __enter__(self) -> Self:
         return self
@@ -150,3 +142,24 @@ class Ledger:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def exclusive(lock: Path, what: str) -> IO:
+    """An exclusive lock (flock) on the file ``lock``, held until the returned file is closed or the process
+    ends (kill -9 included); LedgerError when another process holds it."""
+    handle = lock.open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        handle.close()
+        raise LedgerError(f"another archive job is running with {what}: wait for it to end") from exc
+    return handle
+
+
+def same_job(recorded: dict, settings: dict, whose: str) -> None:
+    """LedgerError naming every setting that differs, unless ``settings`` are the ``recorded`` job's."""
+    differing = sorted(name for name in {*recorded, *settings} if recorded.get(name) != settings.get(name))
+    if differing:
+        differences = ", ".join(f"{name} {recorded.get(name)!r}, not {settings.get(name)!r}" for name in differing)
+        raise LedgerError(f"{whose} of another job ({differences}); run it with the same settings, or give "
+                          "another --out or --ledger")

@@ -1,7 +1,8 @@
 """Where an archive job's instances come from: a folder tree of DICOM files, or the studies in a PACS.
 
     FolderSource(root).items()  every regular file under root, in path order: key = the path relative to root
-                                (POSIX), with its size and mtime (a file changed since it was done is done again)
+                                (POSIX), with its size, mtime and ctime (a file changed since it was done, or
+                                replaced, even by one of the same size and mtime, is done again)
     FolderSource.read(item)     its bytes
     PacsSource(pacs).items()    QIDO-RS: the studies (all, pages of PAGE, or those named), then each study's
                                 instances: key = studies/S/series/R/instances/I, the WADO-RS resource
@@ -28,6 +29,7 @@ class Item:
     key: str
     size: int | None = None  # bytes, files only
     mtime_ns: int | None = None
+    ctime_ns: int | None = None  # changes whenever the file does, also when replaced by one with the same mtime
 
 
 class FolderSource:
@@ -44,7 +46,7 @@ class FolderSource:
                 status = path.lstat()
                 if path.is_symlink() or not path.is_file():
                     continue  # links and special files are not instances: a link's target is listed where it lies
-                yield Item(path.relative_to(self.root).as_posix(), status.st_size, status.st_mtime_ns)
+                yield Item(path.relative_to(self.root).as_posix(), status.st_size, status.st_mtime_ns, status.st_ctime_ns)
 
     def path(self, item: Item) -> Path:
         return self.root / item.key

@@ -2,8 +2,8 @@
 
     Item --source.read--> bytes (sha256) --storage.prepare_instance (the gateway's own path: the encoder checks
         its bound; what MVMIC cannot code is kept as received)-->
-      DEST folder:  the stored instance at DEST/instances/<key>, its SEG and SR at DEST/analysis/<key>.seg.dcm
-                    and .sr.dcm (output_names), each written whole (mvmic.whole_file, staged in DEST/.partial),
+      DEST folder:  the stored instance at DEST/instances/<key>, its SEG and SR at DEST/analysis/<key>/seg.dcm
+                    and sr.dcm (output_names), each written whole (mvmic.whole_file, staged in DEST/.partial),
                     read back and hashed (the ledger's result_sha256)
       the PACS:     STOW-RS, checked (compress_study.store_prepared): the PACS references the image and, where
                     it replaces an original under the same UID, holds it as MVMIC; from the PACS itself,
@@ -92,8 +92,8 @@ class ArchiveWorker:
         except Exception as exc:  # a bug must fail this instance, not the job
             log.exception("unexpected error on an instance")
             record = Record(item.key, "failed", error=f"unexpected error ({type(exc).__name__}: {exc})")
-        return dataclasses.replace(record, sha256=sha256, bytes_before=len(data), source_size=item.size,
-                                   source_mtime_ns=item.mtime_ns,
+        return dataclasses.replace(record, sha256=record.sha256 or sha256, bytes_before=record.bytes_before or len(data),
+                                   source_size=item.size, source_mtime_ns=item.mtime_ns, source_ctime_ns=item.ctime_ns,
                                    bytes_after=len(data) if record.state == "unchanged" else record.bytes_after)
 
     def _store(self, item: Item, data: bytes) -> Record:
@@ -101,8 +101,11 @@ class ArchiveWorker:
         if config.source is None:  # from the PACS, back into it in place
             outcome = compress_instance(self.pacs, item.key, data, self.codec, self.analyzer, config.policy,
                                         config.originals)
-            return _record(item, outcome, outcome.sop_instance or item.key.rsplit("/", 1)[1],
-                           "stored" if outcome.state == "compressed" else None)
+            uid = outcome.sop_instance or item.key.rsplit("/", 1)[1]
+            kept = config.originals / f"{uid}.dcm" if config.originals is not None else None
+            if outcome.state == "unchanged" and kept is not None and kept.is_file():
+                return self._compressed_before(item, uid, kept, len(data))
+            return _record(item, outcome, uid, "stored" if outcome.state == "compressed" else None)
         prepared = prepare_instance(data, self.codec, self.analyzer, config.policy)
         if prepared.failure is not None:
             return Record(item.key, "failed", sop_instance_uid=prepared.sop_instance, error=prepared.note)
@@ -114,6 +117,15 @@ class ArchiveWorker:
             return _record(item, outcome, prepared.sop_instance, None)
         return Record(item.key, state, sop_instance_uid=prepared.sop_instance, result="stored",
                       bytes_after=len(prepared.instances[0]), note=prepared.note)
+
+    @staticmethod
+    def _compressed_before(item: Item, uid: str, kept: Path, stored_bytes: int) -> Record:
+        """The record of an instance a killed run compressed in place before it could record it: the PACS holds
+        it as MVMIC, and its original is the one kept."""
+        original = kept.read_bytes()
+        return Record(item.key, "compressed", hashlib.sha256(original).hexdigest(), uid, "stored",
+                      bytes_before=len(original), bytes_after=stored_bytes,
+                      note=f"compressed by an earlier run that was stopped before it recorded it; original in {kept}")
 
     def _write(self, item: Item, prepared: Prepared, state: str) -> Record:
         out = self.config.out
@@ -129,10 +141,10 @@ class ArchiveWorker:
 
 def output_names(key: str, analysis_modalities: list[str]) -> list[str]:
     """Where a folder job writes a source file's instance and its analysis objects, relative to DEST: the
-    instance at instances/<key>, its SEG and SR at analysis/<key>.seg.dcm and analysis/<key>.sr.dcm. Three
-    trees apart from the ledger and the staging folder, and distinct for distinct keys (suffixes that
-    differ in their last letters), so no source file's output can land on another's."""
-    return [f"{INSTANCES}/{key}", *(f"{ANALYSIS}/{key}.{modality.lower()}.dcm" for modality in analysis_modalities)]
+    instance at instances/<key>, its SEG and SR at analysis/<key>/seg.dcm and analysis/<key>/sr.dcm. Trees
+    apart from the ledger and the staging folder; and as every key is a file of SOURCE, no key is a folder
+    on another's path, so no source file's output can land on another's, nor need a folder where one is."""
+    return [f"{INSTANCES}/{key}", *(f"{ANALYSIS}/{key}/{modality.lower()}.dcm" for modality in analysis_modalities)]
 
 
 def _record(item: Item, outcome: Outcome, sop_instance: str | None, result: str | None) -> Record:
