@@ -616,11 +616,9 @@ def _pacs_compress_study(args: argparse.Namespace) -> int:
     root = args.pacs or settings.pacs_url
     if not root:
         raise ValueError("no PACS: give --pacs URL or set MVMIC_PACS_URL")
-    user = args.user or settings.pacs_user
-    password = args.password or (settings.pacs_password.get_secret_value() if settings.pacs_password else "")
     policy = StoragePolicy(error_bound(args.mode, args.max_error))
     originals = None if args.discard_originals else args.originals or Path("originals") / args.study
-    pacs = PacsClient(root, (user, password) if user else None)
+    pacs = PacsClient(root, _pacs_auth(args, settings))
     try:
         summary = compress_study(pacs, args.study, MvmicCodec.load(), policy, originals,
                                  lambda items: tqdm(items, desc=f"study {args.study}", unit="instance"))
@@ -631,6 +629,13 @@ def _pacs_compress_study(args: argparse.Namespace) -> int:
     if originals is not None and summary.compressed:
         print(f"originals kept in {originals}")
     return 1 if summary.failed else 0
+
+
+def _pacs_auth(args: argparse.Namespace, settings) -> tuple[str, str] | None:
+    """The PACS's HTTP basic credentials: --user and --password, else MVMIC_PACS_USER and MVMIC_PACS_PASSWORD."""
+    user = args.user or settings.pacs_user
+    password = args.password or (settings.pacs_password.get_secret_value() if settings.pacs_password else "")
+    return (user, password) if user else None
 
 
 def _archive_compress(args: argparse.Namespace) -> int:
@@ -668,9 +673,7 @@ def _archive_compress(args: argparse.Namespace) -> int:
     pacs = None
     if args.pacs is not None:
         settings = Settings()
-        user = args.user or settings.pacs_user
-        password = args.password or (settings.pacs_password.get_secret_value() if settings.pacs_password else "")
-        pacs = PacsAddress(args.pacs, (user, password) if user else None, settings.pacs_timeout_s)
+        pacs = PacsAddress(args.pacs, _pacs_auth(args, settings), settings.pacs_timeout_s)
     in_place = args.source is None
     config = WorkerConfig(StoragePolicy(bound, args.quality, with_analysis=args.analysis), source=args.source,
                           out=None if pacs is not None else args.out, pacs=pacs,
