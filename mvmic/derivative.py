@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
-LOSSY_COMPRESSION_CODE = ("113040", "DCM", "Lossy Compression")
-UNCOMPRESSED_PREDECESSOR_CODE = ("121320", "DCM", "Uncompressed predecessor")
+if TYPE_CHECKING:
+    from pydicom.sr.coding import Code
+
 FUNCTIONAL_GROUPS = ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")
 
 
@@ -32,6 +34,8 @@ def lossy_derivative(source: Dataset, ratio: float, method: str, description: st
     """The derivative's header; ``content`` is what identifies its pixels (the bitstream that codes them):
     its SOP Instance UID is pydicom's root and a hash of the source's UID and ``content`` (PS3.5 B.2;
     pydicom.uid.generate_uid with entropy sources)."""
+    from pydicom.sr.codedict import codes  # 0.3 s of imports: only where a derivative is made
+
     header = copy.deepcopy(source)
     header.SOPInstanceUID = generate_uid(entropy_srcs=[str(source.get("SOPInstanceUID", "")),
                                                        hashlib.sha256(content).hexdigest()])
@@ -44,13 +48,13 @@ def lossy_derivative(source: Dataset, ratio: float, method: str, description: st
     header.LossyImageCompressionMethod = [*_values(source, "LossyImageCompressionMethod"), method]
     derivation = Dataset()
     derivation.DerivationDescription = description[:1024]
-    derivation.DerivationCodeSequence = Sequence([_code(*LOSSY_COMPRESSION_CODE)])
+    derivation.DerivationCodeSequence = Sequence([_code(codes.DCM.LossyCompression)])
     derivation.SourceImageSequence = Sequence()
     if "SOPClassUID" in source and "SOPInstanceUID" in source:  # a source without them cannot be referenced
         reference = Dataset()
         reference.ReferencedSOPClassUID = source.SOPClassUID
         reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
-        reference.PurposeOfReferenceCodeSequence = Sequence([_code(*UNCOMPRESSED_PREDECESSOR_CODE)])
+        reference.PurposeOfReferenceCodeSequence = Sequence([_code(codes.DCM.UncompressedPredecessor)])
         derivation.SourceImageSequence.append(reference)
     if _has_functional_groups(header):
         _derive_frames(header, derivation)
@@ -124,7 +128,8 @@ def _values(dataset: Dataset, keyword: str) -> list[str]:
     return [str(v) for v in value] if isinstance(value, MultiValue) else [str(value)]
 
 
-def _code(value: str, scheme: str, meaning: str) -> Dataset:
+def _code(code: Code) -> Dataset:
+    """A code sequence item of a pydicom ``Code`` (pydicom.sr.codedict.codes: DCM 113040, 121320...)."""
     item = Dataset()
-    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code.value, code.scheme_designator, code.meaning
     return item
