@@ -75,7 +75,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from mvmic.pixels import MAX_BITS_STORED, SUPPORTED_SAMPLES, PixelFormat
+from model.pixel_format import MAX_BITS_STORED, SUPPORTED_SAMPLES, PixelFormat
 
 MAGIC = b"MVM"
 FORMAT_VERSION = 1  # written when the layers are those of version 1

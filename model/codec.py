@@ -33,6 +33,7 @@ import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -60,6 +61,7 @@ from model.errors import (
 from model.exact_base import BandStepsFixed, exact_plane
 from model.lifting import Subbands, analysis, synthesis, zero_subbands
 from model.lossless import stream as exact_stream
+from model.pixel_format import PixelFormat
 from model.quality import MAX_CODE, MIN_CODE, QUALITY_CODES, step_of
 from model.residual import MAX_ERROR, PlaneContext, ResidualContextModel, quantize_residual
 from model.residual import MIN_SIDE as RESIDUAL_MIN_SIDE
@@ -76,7 +78,9 @@ from model.table_codec import (
     offset_of,
     plane_offset,
 )
-from mvmic.pixels import NativeImage, PixelFormat
+
+if TYPE_CHECKING:  # the codec reads no DICOM: callers bring the decoded image
+    from mvmic.pixels import NativeImage
 
 MODEL_ID = "mvmicnet-w97-v2"  # the integer-CNN context model: what `mvmic train codec` trains and writes
 CNN_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / f"{MODEL_ID}.pt"

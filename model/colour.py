@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mvmic.pixels import PixelFormat
+from model.pixel_format import PixelFormat
 
 
 def to_planes(frame: np.ndarray, fmt: PixelFormat) -> list[np.ndarray]:

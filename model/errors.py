@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mvmic.pixels import PixelFormat
+from model.pixel_format import PixelFormat
 
 CODEABLE_PHOTOMETRICS = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL"}
 # A forged header must not make a decoder allocate without bound, and the encoders make nothing the decoders

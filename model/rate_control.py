@@ -21,9 +21,9 @@ import numpy as np
 
 from model.bitstream import Bitstream, Layer
 from model.lossless import stream as exact_stream
+from model.pixel_format import PixelFormat
 from model.quality import MAX_CODE, MIN_CODE, QUALITY_CODES
 from mvmic.metrics import psnr
-from mvmic.pixels import PixelFormat
 
 if TYPE_CHECKING:  # the codec (and torch) load only where a lossy stream is made
     from model.codec import MvmicCodec

@@ -35,8 +35,8 @@ from model.bitstream import Bitstream, Layer, LayerKind, fingerprint, pack_paylo
 from model.cdf97 import band_shapes, max_levels
 from model.colour import from_planes, to_planes
 from model.errors import CodecInputError, check_codeable, check_decoded_size
+from model.pixel_format import PixelFormat
 from model.quality import DEADZONE, MAX_CODE, MIN_CODE, RECONSTRUCTION, step_of
-from mvmic.pixels import PixelFormat
 
 T, R = TypeVar("T"), TypeVar("R")
 MODEL_ID = "mvmicnet-w97-v3"

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from model.codec import MAX_CODE, MIN_CODE, MvmicCodec, residual_targets
+from model.pixel_format import PixelFormat
 from model.residual import PlaneContext, ResidualContextModel
 from model.train import TrainConfig, descend, load_checkpoint, moving_average, run_until_deadline, write_weights
 from mvmic.corpus.manifest import Manifest
-from mvmic.pixels import PixelFormat
 
 CROP = 256
 STEP_EIGHTHS = (0, 72)  # 8 log2 of the base step in stored units

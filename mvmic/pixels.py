@@ -33,6 +33,8 @@ from pydicom.filewriter import write_data_element
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from model.pixel_format import MAX_BITS_STORED, SUPPORTED_SAMPLES, PixelFormat
+
 # pydicom's warnings about a value that breaks its VR's rules (a UID with a leading zero, say) quote the value,
 # and go to the process's stderr and log: a patient's name or a study's UID in the service's log. MVMIC reads
 # and keeps such values as they are (a lossless instance is the original) and checks the attributes it uses
@@ -42,9 +44,7 @@ pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
 
 DicomSource = str | PathLike[str] | bytes | BinaryIO
 
-MAX_BITS_STORED = 16
 SUPPORTED_BITS_ALLOCATED = (8, 16)
-SUPPORTED_SAMPLES = (1, 3)
 # PS3.3 C.7.6.3.1.2: the samples of each photometric interpretation (YBR: every YBR_* variant).
 SAMPLES_OF_PHOTOMETRIC = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "YBR": 3, "HSV": 3,
                           "ARGB": 4, "CMYK": 4}
@@ -74,35 +74,6 @@ class DicomInputError(ValueError):
 class UnsupportedPixelFormatError(DicomInputError):
     """A readable DICOM image whose pixel format MVMIC does not handle (float pixels, more than 16
     bits, an undecodable transfer syntax): the request is valid, the media type is not (HTTP 415)."""
-
-
-@dataclass(frozen=True)
-class PixelFormat:
-    """How stored values are represented: what a codec must preserve."""
-
-    bits_stored: int
-    signed: bool
-    samples_per_pixel: int = 1
-    photometric: str = "MONOCHROME2"
-
-    @property
-    def peak(self) -> int:
-        """Width of the native range, the PSNR peak: 2**BitsStored - 1."""
-        return (1 << self.bits_stored) - 1
-
-    @property
-    def min_value(self) -> int:
-        return -(1 << (self.bits_stored - 1)) if self.signed else 0
-
-    @property
-    def max_value(self) -> int:
-        return (1 << (self.bits_stored - 1)) - 1 if self.signed else self.peak
-
-    @property
-    def dtype(self) -> np.dtype:
-        """Smallest little-endian integer dtype that holds the stored values."""
-        size = 1 if self.bits_stored <= 8 else 2
-        return np.dtype(f"<{'i' if self.signed else 'u'}{size}")
 
 
 @dataclass

@@ -37,8 +37,8 @@ from model.lossless.plane_coder import (
     decode_plane,
     encode_plane,
 )
+from model.pixel_format import PixelFormat
 from model.quality import MAX_ERROR
-from mvmic.pixels import PixelFormat
 
 LAYER_VERSION = 1
 # Version 2: signed colour codes its green plane as G - min (version 1 coded G itself, which fails on negative

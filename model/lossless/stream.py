@@ -16,8 +16,8 @@ import numpy as np
 
 from model.bitstream import FINGERPRINT_BYTES, Bitstream, Layer, LayerKind
 from model.errors import CodecInputError, check_bound, check_codeable, check_decoded_size
+from model.pixel_format import PixelFormat
 from model.quality import MAX_ERROR
-from mvmic.pixels import PixelFormat
 
 EXACT_MODEL_ID = "mvmic-exact"
 NO_WEIGHTS = bytes(FINGERPRINT_BYTES)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from model.lossless.layer import decode_frame, encode_frame
-from mvmic.pixels import PixelFormat
+from model.pixel_format import PixelFormat
 
 
 def warm() -> None:
