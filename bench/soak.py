@@ -195,18 +195,22 @@ def _run_locust(url: str, spec: dict, out_dir: Path, users: int, duration_s: int
         started = time.monotonic()
         locust = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                   env={**os.environ, "MVMIC_SOAK_REQUESTS": spec["path"]})
+    def sample() -> None:
+        samples.append({"t_s": round(time.monotonic() - started, 1),
+                        **{f"{name}_rss_mib": round(process.memory_info().rss / 2**20, 1)
+                           for name, process in processes.items()}})
+
     try:
         while locust.poll() is None:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"locust still running {deadline - started:.0f} s after it started: see "
                                    f"{out_dir / 'locust.log'}")
-            samples.append({"t_s": round(time.monotonic() - started, 1),
-                            **{f"{name}_rss_mib": round(process.memory_info().rss / 2**20, 1)
-                               for name, process in processes.items()}})
+            sample()
             try:
                 locust.wait(timeout=max(0.0, started + len(samples) * sample_s - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
+        sample()  # at the end of the load, whenever it fell between two samples
     finally:
         if locust.poll() is None:
             locust.kill()
