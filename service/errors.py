@@ -16,12 +16,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 
 from model.bitstream import BitstreamError, WeightsMismatchError
 from model.errors import CodecInputError, TooSmallToAnalyseError
 from model.rate_control import RateTargetError
 from mvmic.pixels import DicomInputError, UnsupportedPixelFormatError
+from service.schemas import Problem
 
 log = logging.getLogger("mvmic.service")
 
@@ -48,13 +48,6 @@ REASONS = {
     502: "the PACS cannot be reached or refused the request",
     503: "the models are still loading (Retry-After), or no PACS is configured",
 }
-
-
-class Problem(BaseModel):
-    """The body of every refusal."""
-
-    detail: str | list[dict[str, Any]] = Field(description="the reason; FastAPI's own parameter checks (422) list "
-                                               "each invalid parameter instead")
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:

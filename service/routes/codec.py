@@ -14,7 +14,7 @@ too large 413, a bitstream of other weights 409, missing or wrong token 401.
 
 import base64
 import io
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
@@ -36,6 +36,7 @@ from service.auth import require_token
 from service.body import raw_body, read_body
 from service.errors import error_responses
 from service.models import ResidentModels
+from service.schemas import AnalysisReport, CompressedInstance, Mode
 
 router = APIRouter(prefix="/v1", tags=["codec"], dependencies=[Depends(require_token)],
                    responses=error_responses(401, 503))
@@ -43,7 +44,6 @@ router = APIRouter(prefix="/v1", tags=["codec"], dependencies=[Depends(require_t
 DICOM = "application/dicom"
 OCTET = "application/octet-stream"
 JSON = "application/json"
-Mode = Literal["lossy", "near-lossless", "lossless"]
 
 
 def resident(request: Request) -> ResidentModels:
@@ -56,8 +56,10 @@ def resident(request: Request) -> ResidentModels:
 Models = Annotated[ResidentModels, Depends(resident)]
 
 
-@router.post("/compress", responses={200: {"content": {JSON: {}, OCTET: {}, DICOM: {}}},
-                                    **error_responses(400, 406, 413, 415, 422)},
+# The JSON routes answer through JSONResponse (json.dumps), as they did before they declared their models.
+@router.post("/compress", response_model=CompressedInstance, response_class=JSONResponse,
+             response_model_exclude_unset=True,  # analysis_skipped: only when there is no analysis
+             responses={200: {"content": {JSON: {}, OCTET: {}, DICOM: {}}}, **error_responses(400, 406, 413, 415, 422)},
              openapi_extra=raw_body("one DICOM instance (Part 10 file)", DICOM))
 async def compress(request: Request, models: Models,
                    quality: Annotated[int | None, Query(ge=1, le=8)] = None,
@@ -65,7 +67,7 @@ async def compress(request: Request, models: Models,
                    target_psnr: Annotated[float | None, Query(gt=0, allow_inf_nan=False,
                                                               description="dB on the native range")] = None,
                    mode: Mode = "lossy",
-                   max_error: Annotated[int | None, Query(ge=1, le=MAX_ERROR)] = None) -> Response:
+                   max_error: Annotated[int | None, Query(ge=1, le=MAX_ERROR)] = None) -> CompressedInstance | Response:
     """Compress one DICOM instance (body ``application/dicom``)."""
     accept = _negotiate(request, (JSON, OCTET, DICOM))
     try:
@@ -85,11 +87,10 @@ async def compress(request: Request, models: Models,
         analysis, skipped = await _analysis(request, models, result.data), None
     except TooSmallToAnalyseError as exc:  # the compression stands; the heads cannot see so small an image
         analysis, skipped = None, str(exc)
-    return JSONResponse({"model_id": models.codec.model_id, "bitstream": base64.b64encode(result.data).decode("ascii"),
-                  "bytes": len(result.data), "bits_per_pixel": result.bits_per_pixel,
-                  "compression_ratio": result.ratio, "quality_code": result.quality_code, "mode": mode,
-                  "max_error": bound, "analysis": analysis,
-                  **({"analysis_skipped": skipped} if skipped else {})})
+    return CompressedInstance(model_id=models.codec.model_id, bitstream=base64.b64encode(result.data).decode("ascii"),
+                              bytes=len(result.data), bits_per_pixel=result.bits_per_pixel,
+                              compression_ratio=result.ratio, quality_code=result.quality_code, mode=mode,
+                              max_error=bound, analysis=analysis, **({"analysis_skipped": skipped} if skipped else {}))
 
 
 @router.post("/decompress", response_class=Response,
@@ -108,21 +109,21 @@ async def decompress(request: Request, models: Models) -> Response:
     return Response(buffer.getvalue(), media_type=DICOM)
 
 
-@router.post("/analyze", responses=error_responses(400, 406, 409, 413, 422),
+@router.post("/analyze", response_class=JSONResponse, responses=error_responses(400, 406, 409, 413, 422),
              openapi_extra=raw_body("a .mvm bitstream", OCTET))
-async def analyze(request: Request, models: Models) -> Response:
+async def analyze(request: Request, models: Models) -> AnalysisReport:
     """Lesion and organ boxes and segmentations of a .mvm bitstream, read from its base layer without decoding
     pixels."""
     _negotiate(request, (JSON,))
     body = await read_body(request, request.app.state.settings.max_body_bytes)
-    return JSONResponse(await _analysis(request, models, body))
+    return await _analysis(request, models, body)
 
 
-async def _analysis(request: Request, models: ResidentModels, data: bytes) -> dict:
+async def _analysis(request: Request, models: ResidentModels, data: bytes) -> AnalysisReport:
     """The analysis document of a bitstream; analyses of concurrent requests share a batch."""
     stream = parse_for(data, models.codec)
     frames = await request.app.state.workers.run_batched(models.analyzer.analyze_many, stream)
-    return analysis_document(stream, frames, models.analyzer)
+    return AnalysisReport.model_validate(analysis_document(stream, frames, models.analyzer))
 
 
 def _negotiate(request: Request, offered: tuple[str, ...]) -> str:

@@ -49,6 +49,7 @@ from service.auth import require_token
 from service.body import raw_body, read_body
 from service.errors import error_responses
 from service.routes.codec import Models
+from service.schemas import DicomJsonDataset, inline_schema
 
 DICOM_JSON = "application/dicom+json"
 log = logging.getLogger("mvmic.service")
@@ -100,10 +101,15 @@ Pacs = Annotated[PacsClient, Depends(upstream)]
 
 
 # -- STOW-RS ------------------------------------------------------------------------------------------
-STOW_RESPONSE = {"content": {DICOM_JSON: {"schema": {"type": "object"}}}, "description": "the PS3.18 response dataset"}
+# The DICOM JSON answers are declared in place: FastAPI puts a response "model" under the route's media type, which
+# is application/json for the refusals of the same route.
+STOW_RESPONSE = {"content": {DICOM_JSON: {"schema": inline_schema(DicomJsonDataset)}},
+                 "description": "the PS3.18 response dataset"}
+FOUND = {"content": {DICOM_JSON: {"schema": inline_schema(list[DicomJsonDataset])}},
+         "description": "the PACS's answer: the datasets found, as it sent them"}
 
 
-@_routes("POST", "/studies", "/studies/{study}", response_class=JSONResponse,
+@_routes("POST", "/studies", "/studies/{study}", response_class=Response,
          responses={200: STOW_RESPONSE, 202: STOW_RESPONSE, 409: STOW_RESPONSE, **error_responses(400, 413, 415, 502)},
          openapi_extra=raw_body("DICOM instances (Part 10 files), one a part", f'multipart/related; type="{DICOM}"'))
 async def store(request: Request, models: Models, pacs: Pacs,
@@ -307,7 +313,5 @@ async def search(request: Request, pacs: Pacs) -> Response:
 
 
 _routes("GET", *QIDO, response_class=Response, dependencies=[Depends(paging)],
-        openapi_extra={"parameters": QIDO_PARAMETERS},
-        responses={200: {"content": {DICOM_JSON: {"schema": {"type": "array"}}}}, **error_responses(400, 404, 502)})(search)
-_routes("GET", *METADATA, response_class=Response,
-        responses={200: {"content": {DICOM_JSON: {"schema": {"type": "array"}}}}, **error_responses(400, 404, 502)})(search)
+        openapi_extra={"parameters": QIDO_PARAMETERS}, responses={200: FOUND, **error_responses(400, 404, 502)})(search)
+_routes("GET", *METADATA, response_class=Response, responses={200: FOUND, **error_responses(400, 404, 502)})(search)

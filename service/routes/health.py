@@ -1,14 +1,10 @@
 """Liveness and readiness, for container health checks and load balancers."""
 
 from fastapi import APIRouter, Request, Response, status
-from pydantic import BaseModel
+
+from service.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
-
-
-class Health(BaseModel):
-    status: str
-    version: str
 
 
 @router.get("/healthz")
@@ -17,10 +13,11 @@ def healthz(request: Request) -> Health:
     return Health(status="ok", version=request.app.version)
 
 
-@router.get("/readyz", responses={503: {"description": "the models are loading or failed to load"}})
-def readyz(request: Request, response: Response) -> dict:
+@router.get("/readyz", response_model_exclude_unset=True,  # detail: only when not ready
+            responses={503: {"model": Readiness, "description": "the models are loading or failed to load"}})
+def readyz(request: Request, response: Response) -> Readiness:
     if request.app.state.models is not None:
-        return {"status": "ready"}
+        return Readiness(status="ready")
     response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     error = request.app.state.load_error
-    return {"status": "failed" if error else "loading", "detail": error}
+    return Readiness(status="failed" if error else "loading", detail=error)
