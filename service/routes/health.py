@@ -2,6 +2,7 @@
 
 from fastapi import APIRouter, Request, Response, status
 
+from service.dependencies import Loading
 from service.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
@@ -15,9 +16,8 @@ def healthz(request: Request) -> Health:
 
 @router.get("/readyz", response_model_exclude_unset=True,  # detail: only when not ready
             responses={503: {"model": Readiness, "description": "the models are loading or failed to load"}})
-def readyz(request: Request, response: Response) -> Readiness:
-    if request.app.state.models is not None:
+def readyz(loading: Loading, response: Response) -> Readiness:
+    if loading.models is not None:
         return Readiness(status="ready")
     response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    error = request.app.state.load_error
-    return Readiness(status="failed" if error else "loading", detail=error)
+    return Readiness(status="failed" if loading.error else "loading", detail=loading.error)

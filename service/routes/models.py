@@ -3,8 +3,8 @@
 from fastapi import APIRouter, Depends
 
 from service.auth import require_token
+from service.dependencies import Models
 from service.errors import error_responses
-from service.routes.codec import Models
 from service.schemas import ResidentModelsReport
 
 router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_token)],
