@@ -138,6 +138,11 @@ class InvalidFieldError(BitstreamError):
     """A field has a value outside the format's range, in an intact bitstream or a new one."""
 
 
+class LayerError(BitstreamError):
+    """An intact bitstream (its CRC holds) whose layers cannot be decoded: a layer missing, or a payload that does
+    not decode or does not fit the image the bitstream describes (damage the CRC cannot see, or a forged stream)."""
+
+
 class WeightsMismatchError(BitstreamError):
     """The bitstream was made by other weights than the ones this service decodes with."""
 

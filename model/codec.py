@@ -41,7 +41,9 @@ import torch
 from model.bitstream import (
     FINGERPRINT_BYTES,
     Bitstream,
+    InvalidFieldError,
     Layer,
+    LayerError,
     LayerKind,
     WeightsMismatchError,
     fingerprint,
@@ -261,7 +263,7 @@ class MvmicCodec:
         if (codec := self.for_stream(stream)) is not self:
             return codec.decompress(stream)
         check_decodable(stream)
-        self._check_cnn_size(stream.frames * stream.rows * stream.columns * stream.samples_per_pixel, ValueError)
+        self._check_cnn_size(stream.frames * stream.rows * stream.columns * stream.samples_per_pixel, InvalidFieldError)
         fmt = stream.pixel_format
         residuals = {layer.frame: layer for layer in stream.layers if layer.kind == LayerKind.RESIDUAL}
         if self.table and not residuals:
@@ -287,7 +289,7 @@ class MvmicCodec:
         parts = unpack_payloads(payload)
         planes_expected = 3 if stream.samples_per_pixel == 3 else 1
         if len(parts) != planes_expected:
-            raise ValueError(f"frame payload has {len(parts)} planes, expected {planes_expected}")
+            raise LayerError(f"frame payload has {len(parts)} planes, expected {planes_expected}")
         shapes = zero_subbands(stream.rows, stream.columns, levels_of(stream.rows, stream.columns))
         return [self.context.decode(part, shapes, stream.quality) for part in parts]
 
@@ -337,7 +339,7 @@ class MvmicCodec:
         if (codec := self.for_stream(stream)) is not self:
             return codec.decode_coarse(stream, skipped_levels)
         check_decodable(stream)
-        self._check_cnn_size(stream.frames * stream.rows * stream.columns * stream.samples_per_pixel, ValueError)
+        self._check_cnn_size(stream.frames * stream.rows * stream.columns * stream.samples_per_pixel, InvalidFieldError)
         shapes = None if self.table else zero_subbands(stream.rows, stream.columns, levels)
         coarse = []
         for layer in base_layers(stream):
@@ -364,20 +366,23 @@ class ResidualLayer:
     @classmethod
     def parse(cls, payload: bytes, stream: Bitstream) -> ResidualLayer:
         if min(stream.rows, stream.columns) < RESIDUAL_MIN_SIDE:  # the encoder never made one
-            raise ValueError(f"a residual layer for a {stream.rows} x {stream.columns} image: residual layers code "
+            raise LayerError(f"a residual layer for a {stream.rows} x {stream.columns} image: residual layers code "
                              f"images of at least {RESIDUAL_MIN_SIDE} x {RESIDUAL_MIN_SIDE} pixels")
         parts = unpack_payloads(payload)
         if len(parts) != 2 + stream.samples_per_pixel:
-            raise ValueError(f"residual layer has {len(parts)} parts, expected {2 + stream.samples_per_pixel}")
+            raise LayerError(f"residual layer has {len(parts)} parts, expected {2 + stream.samples_per_pixel}")
         header = unpack_integers(parts[0])
         if not header or not 0 <= header[0] <= MAX_ERROR:
-            raise ValueError(f"residual layer maximum error {header[:1]} out of range 0..{MAX_ERROR}")
-        steps = BandStepsFixed(tuple(header[1:]))
+            raise LayerError(f"residual layer maximum error {header[:1]} out of range 0..{MAX_ERROR}")
+        try:
+            steps = BandStepsFixed(tuple(header[1:]))
+        except ValueError as exc:
+            raise LayerError(f"residual layer: {exc}") from None
         if steps.levels != levels_of(stream.rows, stream.columns):
-            raise ValueError(f"residual layer has steps for {steps.levels} levels, the image has "
+            raise LayerError(f"residual layer has steps for {steps.levels} levels, the image has "
                              f"{levels_of(stream.rows, stream.columns)}")
         if len(parts[1]) != FINGERPRINT_BYTES:
-            raise ValueError("residual layer weights fingerprint has the wrong length")
+            raise LayerError("residual layer weights fingerprint has the wrong length")
         planes = []
         for part in parts[2:]:
             weights, data = unpack_payloads(part)

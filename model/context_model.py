@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from model.bitstream import LayerError
 from model.entropy_coder import TABLE_COUNT, CodingTables, RansReader, RansWriter, TableModule, index_bits
 from model.integer_net import IndexNetwork
 from model.lifting import Subbands
@@ -142,10 +143,10 @@ class SubbandContextModel(TableModule):
         With ``levels``, only the coarsest that many detail levels are decoded (the finer ones come
         later in the stream and stay zero): partial decoding for analysis."""
         if not data:
-            raise ValueError("empty subband stream")
+            raise LayerError("empty subband stream")
         low_index, stream = data[0], data[1:]
         if low_index >= TABLE_COUNT:
-            raise ValueError(f"low-band table index {low_index} out of range")
+            raise LayerError(f"low-band table index {low_index} out of range")
         symbol_count = shapes.low.numel() + sum(band.numel() for level in shapes.details for band in level)
         reader = RansReader(self.tables, stream, symbol_count)
         low = reader.read(torch.full((shapes.low.numel(),), low_index))

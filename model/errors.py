@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from model.bitstream import InvalidFieldError
 from model.pixel_format import PixelFormat
 
 CODEABLE_PHOTOMETRICS = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL"}
@@ -62,11 +63,11 @@ def check_bound(pixels: np.ndarray, decoded: np.ndarray, max_error: int) -> None
 
 
 def check_decoded_size(frames: int, rows: int, columns: int, samples: int) -> None:
-    """Raise ValueError for frames, or a stream of frames, larger than any decoder here allocates
-    (MAX_SAMPLES_PER_FRAME, MAX_SAMPLES_PER_STREAM)."""
+    """Raise InvalidFieldError (a bitstream's header declares them) for frames, or a stream of frames, larger than
+    any decoder here allocates (MAX_SAMPLES_PER_FRAME, MAX_SAMPLES_PER_STREAM)."""
     if rows * columns * samples > MAX_SAMPLES_PER_FRAME:
-        raise ValueError(f"frames of {rows} x {columns} x {samples} exceed this decoder's limit of "
+        raise InvalidFieldError(f"frames of {rows} x {columns} x {samples} exceed this decoder's limit of "
                          f"{MAX_SAMPLES_PER_FRAME} samples")
     if frames * rows * columns * samples > MAX_SAMPLES_PER_STREAM:
-        raise ValueError(f"{frames} frames of {rows} x {columns} x {samples} exceed this decoder's limit of "
+        raise InvalidFieldError(f"{frames} frames of {rows} x {columns} x {samples} exceed this decoder's limit of "
                          f"{MAX_SAMPLES_PER_STREAM} samples a stream")

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from model.bitstream import LayerError
 from model.entropy_coder import TABLE_COUNT, CodingTables, RansReader, RansWriter, TableModule, index_bits
 from model.integer_net import IndexNetwork
 
@@ -239,7 +240,7 @@ class ResidualContextModel(TableModule):
         weights, offsets = side[:weight_count], side[weight_count:]
         if (len(offsets) != len(PASSES) or any(abs(w) > MAX_WEIGHT for w in weights)
                 or any(abs(o) >= TABLE_COUNT for o in offsets)):
-            raise ValueError(f"residual side information {side} is not {weight_count} prediction weights within "
+            raise LayerError(f"residual side information {side} is not {weight_count} prediction weights within "
                              f"+-{MAX_WEIGHT} and {len(PASSES)} table offsets within +-{TABLE_COUNT - 1}")
         pairs = [(0, 0)] + [(weights[i], weights[i + 1]) for i in range(0, weight_count, 2)]
         q = torch.zeros_like(context.base)

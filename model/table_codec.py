@@ -31,7 +31,16 @@ from typing import TypeVar
 import numpy as np
 
 from model import _table_coder, lifting_kernels, table_contexts
-from model.bitstream import Bitstream, Layer, LayerKind, fingerprint, pack_payloads, unpack_payloads
+from model.bitstream import (
+    Bitstream,
+    InvalidFieldError,
+    Layer,
+    LayerError,
+    LayerKind,
+    fingerprint,
+    pack_payloads,
+    unpack_payloads,
+)
 from model.cdf97 import band_shapes, max_levels
 from model.colour import from_planes, to_planes
 from model.errors import CodecInputError, check_codeable, check_decoded_size
@@ -170,12 +179,12 @@ class TableCodec:
 
     def decode_bands(self, payload: bytes, rows: int, columns: int, levels: int | None = None) -> PlaneBands:
         """Inverse of :meth:`encode_bands` for a rows x columns plane; with ``levels``, only the coarsest
-        that many detail levels are decoded (the finer ones stay zero). Raises ValueError for a payload
+        that many detail levels are decoded (the finer ones stay zero). Raises LayerError for a payload
         that cannot be one (damaged payloads decode to wrong values, never crash)."""
         if not payload:
-            raise ValueError("empty plane payload")
+            raise LayerError("empty plane payload")
         if payload[0] >= len(self.lengths) or len(payload) % 2 != 1:  # a table index, then whole words
-            raise ValueError(f"plane payload of {len(payload)} bytes with low-band table {payload[0]} is not one")
+            raise LayerError(f"plane payload of {len(payload)} bytes with low-band table {payload[0]} is not one")
         all_levels = levels_of(rows, columns)
         low_shape, shapes = band_shapes(rows, columns, all_levels)
         starts, band_rows, band_columns = table_contexts.layout(shapes)
@@ -214,7 +223,7 @@ class TableCodec:
         parts = unpack_payloads(payload)
         planes_expected = 3 if stream.samples_per_pixel == 3 else 1
         if len(parts) != planes_expected:
-            raise ValueError(f"frame payload has {len(parts)} planes, expected {planes_expected}")
+            raise LayerError(f"frame payload has {len(parts)} planes, expected {planes_expected}")
         return [self.decode_bands(part, stream.rows, stream.columns, levels) for part in parts]
 
     def decode_frame(self, payload: bytes, stream: Bitstream) -> np.ndarray:
@@ -259,16 +268,16 @@ def _deadzone_round(scaled: np.ndarray) -> np.ndarray:
 
 def check_decodable(stream: Bitstream) -> None:
     if not MIN_CODE <= stream.quality <= MAX_CODE:
-        raise ValueError(f"quality code {stream.quality} out of range {MIN_CODE}..{MAX_CODE}")
+        raise InvalidFieldError(f"quality code {stream.quality} out of range {MIN_CODE}..{MAX_CODE}")
     check_decoded_size(stream.frames, stream.rows, stream.columns, stream.samples_per_pixel)
 
 
 def base_layers(stream: Bitstream) -> list[Layer]:
-    """The BASE layer of every frame, in frame order; ValueError if one is missing."""
+    """The BASE layer of every frame, in frame order; LayerError if one is missing."""
     layers = {layer.frame: layer for layer in stream.layers if layer.kind == LayerKind.BASE}
     missing = [f for f in range(stream.frames) if f not in layers]
     if missing:
-        raise ValueError(f"bitstream has no base layer for frame(s) {missing}")
+        raise LayerError(f"bitstream has no base layer for frame(s) {missing}")
     return [layers[f] for f in range(stream.frames)]
 
 

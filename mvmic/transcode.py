@@ -34,6 +34,7 @@ from model.bitstream import (
     EXACT_FORMAT_VERSION,
     Bitstream,
     Layer,
+    LayerError,
     LayerKind,
     TrailingDataError,
     format_version,
@@ -137,7 +138,7 @@ def instance_to_dicom(dataset: Dataset, codec: MvmicCodec | None) -> Dataset:
     Little Endian pixels."""
     decoded_elements(dataset)  # pydicom decodes each element on first access: a malformed one is named now
     stream = parse_for(bitstream_of_instance(dataset), codec)
-    _check_describes(dataset, stream, "the instance's header")
+    _check_describes(dataset, stream, "the instance's header", DicomInputError)
     header = copy.deepcopy(dataset)
     del header.PixelData
     check_writable(header)
@@ -146,26 +147,26 @@ def instance_to_dicom(dataset: Dataset, codec: MvmicCodec | None) -> Dataset:
 
 def mvm_instance_dataset(data: bytes) -> Dataset | None:
     """The dataset of ``data`` when it is a DICOM Part 10 file (the 'DICM' prefix at byte 128), else None (a .mvm
-    starts with its magic). ValueError for a DICOM file that is not an MVMIC instance, DicomInputError for one
-    that does not parse."""
+    starts with its magic). DicomInputError for a DICOM file that is not an MVMIC instance, or that does not
+    parse."""
     if data[128:132] != b"DICM":
         return None
     dataset = read_dataset(data)
     syntax = dataset.get("file_meta", Dataset()).get("TransferSyntaxUID")
     if syntax != MVM_TRANSFER_SYNTAX:
-        raise ValueError(f"a DICOM instance in transfer syntax {syntax or 'none declared'}, not an MVMIC instance "
+        raise DicomInputError(f"a DICOM instance in transfer syntax {syntax or 'none declared'}, not an MVMIC instance "
                          f"({MVM_TRANSFER_SYNTAX}): it is not compressed by MVMIC")
     return dataset
 
 
 def bitstream_of_instance(dataset: Dataset) -> bytes:
-    """The .mvm inside an instance of MVM_TRANSFER_SYNTAX (its even-length padding removed); ValueError for
-    another instance (DicomInputError: Pixel Data not in encapsulated items), BitstreamError for a damaged .mvm."""
+    """The .mvm inside an instance of MVM_TRANSFER_SYNTAX (its even-length padding removed); DicomInputError for
+    another instance, or one without Pixel Data in encapsulated items, BitstreamError for a damaged .mvm."""
     syntax = dataset.get("file_meta", Dataset()).get("TransferSyntaxUID")
     if syntax != MVM_TRANSFER_SYNTAX:
-        raise ValueError(f"not an MVMIC instance: transfer syntax {syntax}, expected {MVM_TRANSFER_SYNTAX}")
+        raise DicomInputError(f"not an MVMIC instance: transfer syntax {syntax}, expected {MVM_TRANSFER_SYNTAX}")
     if "PixelData" not in dataset:
-        raise ValueError("an MVMIC instance without Pixel Data (a truncated file?): no bitstream to decode")
+        raise DicomInputError("an MVMIC instance without Pixel Data (a truncated file?): no bitstream to decode")
     try:
         data = b"".join(list(generate_fragments(dataset.PixelData))[1:])  # item 0 is the empty offset table
     except Exception as exc:  # pydicom raises ValueError, struct errors... on items that do not parse
@@ -260,7 +261,7 @@ def needs_weights(data: bytes) -> bool:
 def _source_header(stream: Bitstream) -> Dataset:
     layers = [layer for layer in stream.layers if layer.kind == LayerKind.DICOM_HEADER]
     if not layers:
-        raise ValueError("the bitstream carries no DICOM header layer, so no DICOM instance can be rebuilt from it")
+        raise LayerError("the bitstream carries no DICOM header layer, so no DICOM instance can be rebuilt from it")
     inflater = zlib.decompressobj()
     try:
         header = inflater.decompress(layers[0].payload, MAX_HEADER_BYTES)
@@ -272,13 +273,13 @@ def _source_header(stream: Bitstream) -> Dataset:
         decoded_elements(source)
         check_writable(source)
     except (zlib.error, ValueError) as exc:
-        raise ValueError(f"the DICOM header layer is damaged: {exc}") from exc
-    _check_describes(source, stream, "its DICOM header")
+        raise LayerError(f"the DICOM header layer is damaged: {exc}") from exc
+    _check_describes(source, stream, "its DICOM header", LayerError)
     return source
 
 
-def _check_describes(header: Dataset, stream: Bitstream, whose: str) -> None:
-    """Raise ValueError unless ``header`` describes the pixels ``stream`` codes: the same geometry and pixel
+def _check_describes(header: Dataset, stream: Bitstream, whose: str, error: type[ValueError]) -> None:
+    """Raise ``error`` (what ``whose`` header belongs to is wrong: the client's instance, or the bitstream) unless ``header`` describes the pixels ``stream`` codes: the same geometry and pixel
     format (YBR_FULL_422: YBR_FULL pixels, in column pairs), in 8- or 16-bit words that hold them. The decoded
     pixels are written under this header: one that declared other pixels would misdescribe them."""
     try:
@@ -288,16 +289,16 @@ def _check_describes(header: Dataset, stream: Bitstream, whose: str) -> None:
                     "YBR_FULL" if photometric == "YBR_FULL_422" else photometric)
         allocated = int(header.BitsAllocated)
     except (AttributeError, TypeError, ValueError) as exc:
-        raise ValueError(f"{whose} does not describe the pixels: {exc}") from exc
+        raise error(f"{whose} does not describe the pixels: {exc}") from exc
     coded = (stream.rows, stream.columns, stream.frames, stream.samples_per_pixel, stream.bits_stored, stream.signed,
              stream.photometric)
     if declared != coded:
-        raise ValueError(f"the bitstream's geometry {_pixels(coded)} is not {whose}'s {_pixels(declared)}")
+        raise error(f"the bitstream's geometry {_pixels(coded)} is not {whose}'s {_pixels(declared)}")
     if allocated not in SUPPORTED_BITS_ALLOCATED or allocated < stream.bits_stored:
-        raise ValueError(f"{whose} declares BitsAllocated {allocated}, not 8 or 16 bits that hold the stream's "
+        raise error(f"{whose} declares BitsAllocated {allocated}, not 8 or 16 bits that hold the stream's "
                          f"{stream.bits_stored} bits stored")
     if photometric == "YBR_FULL_422" and stream.columns % 2:
-        raise ValueError(f"{whose} declares YBR_FULL_422, which pairs columns, for {stream.columns} columns")
+        raise error(f"{whose} declares YBR_FULL_422, which pairs columns, for {stream.columns} columns")
 
 
 def _pixels(description: tuple) -> str:

@@ -13,6 +13,7 @@ build an app or load weights. Run it with uvicorn's factory mode::
             and counted (service.metrics); routes: health (/healthz, /readyz), metrics (/metrics),
             models (/v1/models), codec (/v1/compress, /v1/decompress, /v1/analyze),
             dicomweb (/dicomweb: STOW-RS, WADO-RS, QIDO-RS in front of the PACS at MVMIC_PACS_URL)
+            (each takes what the app holds through the typed dependencies of service.dependencies)
     shutdown --> the workers finish the jobs queued (up to SHUTDOWN_TIMEOUT_S) and are joined
 """
 

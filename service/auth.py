@@ -4,16 +4,18 @@ and the /dicomweb gateway), when MVMIC_API_TOKENS lists tokens."""
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.dependencies import AppSettings
 
 # Declares the scheme in the OpenAPI document; require_token decides (no tokens configured: no check).
 bearer = HTTPBearer(auto_error=False, description="one of MVMIC_API_TOKENS, when it lists tokens")
 
 
-def require_token(request: Request,
+def require_token(settings: AppSettings,
                   credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
-    tokens: list[str] = request.app.state.settings.api_tokens
+    tokens = settings.api_tokens
     if not tokens:
         return
     given = credentials.credentials.lstrip(" ") if credentials is not None else ""  # RFC 6750 2.1: 1*SP

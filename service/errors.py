@@ -1,11 +1,17 @@
 """What each failure of the codec means over HTTP: a status and a one-line reason, never a traceback.
 
-    DicomInputError (not DICOM, malformed)            400
-    TooSmallToAnalyseError (analysis of a tiny image)  422
-    RateTargetError (conflicting or invalid targets)   422
-    UnsupportedPixelFormatError, CodecInputError      415 (a DICOM image MVMIC cannot code)
-    WeightsMismatchError (bitstream of other weights)  409
-    BitstreamError, ValueError (damaged bitstream)    400
+    DicomInputError (not DICOM, malformed, not an MVMIC instance)   400
+    TooSmallToAnalyseError (analysis of a tiny image)                422
+    RateTargetError (conflicting or invalid targets)                 422
+    UnsupportedPixelFormatError, CodecInputError                    415 (a DICOM image MVMIC cannot code)
+    WeightsMismatchError (bitstream of other weights)                409
+    BitstreamError (damaged bitstream; LayerError: a layer that      400
+        does not decode, though its CRC holds)
+
+Only these are the client's errors. Any other exception, a ValueError among them, is a bug of the service:
+service.app logs it with its traceback and answers 500 {"detail": "internal server error", "request_id"}.
+Bad input is refused with one of these classes where it is found (model.bitstream, mvmic.pixels, ...), never
+with a bare ValueError.
 
 Every refusal, these and the routes' own (401, 406, 413, ...), is JSON ``{"detail": reason}``;
 ``error_responses`` declares them in the OpenAPI document.
@@ -16,12 +22,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 
 from model.bitstream import BitstreamError, WeightsMismatchError
 from model.errors import CodecInputError, TooSmallToAnalyseError
 from model.rate_control import RateTargetError
 from mvmic.pixels import DicomInputError, UnsupportedPixelFormatError
+from service.schemas import Problem
 
 log = logging.getLogger("mvmic.service")
 
@@ -33,7 +39,6 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (  # most specific fi
     (DicomInputError, status.HTTP_400_BAD_REQUEST),
     (WeightsMismatchError, status.HTTP_409_CONFLICT),
     (BitstreamError, status.HTTP_400_BAD_REQUEST),
-    (ValueError, status.HTTP_400_BAD_REQUEST),
 )
 
 REASONS = {
@@ -50,13 +55,6 @@ REASONS = {
 }
 
 
-class Problem(BaseModel):
-    """The body of every refusal."""
-
-    detail: str | list[dict[str, Any]] = Field(description="the reason; FastAPI's own parameter checks (422) list "
-                                               "each invalid parameter instead")
-
-
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` of a route's refusals: ``Problem`` bodies, with REASONS as descriptions."""
     return {code: {"model": Problem, "description": REASONS[code]} for code in codes}
@@ -68,4 +66,5 @@ def install_error_handlers(app: FastAPI) -> None:
         log.info("request %s: %d %s", request.state.request_id, code, type(error).__name__)
         return JSONResponse({"detail": str(error)}, status_code=code)
 
-    app.add_exception_handler(ValueError, handle)  # the others are ValueError subclasses
+    for kind, _ in STATUS_BY_ERROR:  # any other exception is a bug: service.app's middleware answers 500
+        app.add_exception_handler(kind, handle)

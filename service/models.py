@@ -37,6 +37,7 @@ from model.tasks.organs import ORGAN_CLASSES
 from model.tasks.runtime import int8_path
 from mvmic.pixels import PixelFormat
 from service.metrics import ServiceMetrics
+from service.schemas import ResidentModelsReport
 from service.settings import Settings, cpu_cores
 
 T = TypeVar("T")
@@ -53,10 +54,10 @@ class ResidentModels:
     heads: Weights
     device: str
 
-    def describe(self) -> dict:
+    def describe(self) -> ResidentModelsReport:
         """What GET /v1/models reports."""
         residual = self.codec.residual
-        return {
+        return ResidentModelsReport.model_validate({
             "model_id": self.codec.model_id,
             "device": self.device,
             "weights": {
@@ -72,7 +73,7 @@ class ResidentModels:
             "tasks": ["lesion detection (boxes)", "lesion segmentation (COCO RLE)",
                       "organ detection (boxes)", "organ segmentation (COCO RLE per organ)"],
             "organ_classes": list(ORGAN_CLASSES),
-        }
+        })
 
 
 def resolve_device(requested: str) -> str:

@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from test_pacs import serve_gateway
 
@@ -67,3 +69,42 @@ def test_the_document_declares_what_the_routes_read() -> None:
     assert names("GET /dicomweb/studies/{study}/series/{series}") == {"study", "series"}
     assert names("GET /dicomweb/studies/{study}/metadata") == {"study"}
     assert {"limit", "offset", "includefield", "PatientID"} <= names("GET /dicomweb/studies/{study}/series")
+
+
+NOT_JSON = {"GET /metrics", "POST /v1/decompress", "GET /dicomweb/studies/{study}",  # Prometheus text, DICOM,
+            "GET /dicomweb/studies/{study}/series/{series}",  # and WADO-RS's multipart/related
+            "GET /dicomweb/studies/{study}/series/{series}/instances/{instance}"}
+
+
+def test_every_json_answer_declares_its_fields(service_url: str) -> None:
+    """The success answer of every operation that answers JSON (application/json, application/dicom+json) declares
+    the fields of its body in the served document (before, /v1/compress, /v1/analyze declared an empty schema,
+    /readyz and /v1/models a free-form object); every operation but NOT_JSON answers JSON."""
+    document = httpx.get(f"{service_url}/openapi.json", timeout=30).json()
+    components = document["components"]["schemas"]
+
+    def fields(schema: dict[str, Any]) -> dict[str, Any]:
+        """The properties a body of ``schema`` has: of an object, of each item of an array, of each value of a map."""
+        if "$ref" in schema:
+            return fields(components[schema["$ref"].rsplit("/", 1)[1]])
+        if schema.get("type") == "array":
+            return fields(schema.get("items", {}))
+        properties = schema.get("properties", {})
+        if isinstance(schema.get("additionalProperties"), dict):
+            properties = {**properties, **fields(schema["additionalProperties"])}
+        return properties
+
+    answering_json = set()
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            key = f"{method.upper()} {path}"
+            success = min(code for code in operation["responses"] if code.startswith("2"))
+            for media_type, body in operation["responses"][success].get("content", {}).items():
+                if media_type.split(";")[0].endswith(("/json", "+json")):
+                    answering_json.add(key)
+                    assert fields(body.get("schema", {})), f"{key} {success} {media_type}"
+    assert answering_json == {f"{method.upper()} {path}" for path, methods in document["paths"].items()
+                              for method in methods} - NOT_JSON
+    compressed = fields({"$ref": "#/components/schemas/CompressedInstance"})
+    assert list(compressed)[:3] == ["model_id", "bitstream", "bytes"] and "frames" in fields(compressed["analysis"]
+                                                                                                  ["anyOf"][0])

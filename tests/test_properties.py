@@ -17,6 +17,7 @@ from test_dicom_oddities import dicom_instance
 from model.codec import MvmicCodec
 from mvmic.pixels import read_dicom
 from mvmic.transcode import dicom_to_mvm, mvm_to_dicom
+from service.errors import STATUS_BY_ERROR
 
 # Small images keep each example to milliseconds; the examples are drawn afresh on every run (no database).
 PROPERTY_SETTINGS = settings(max_examples=60, deadline=None, database=None,
@@ -117,7 +118,8 @@ def _with_crc(body: bytes) -> bytes:
 @given(kind=st.sampled_from(["lossless", "near-lossless", "lossy"]), data=st.data())
 def test_a_damaged_stream_is_refused_with_a_clear_error(codec, streams, kind: str, data) -> None:
     """Bytes flipped, cut or inserted anywhere (the CRC made to match): decoding gives a DICOM instance or raises
-    a ValueError (what the CLI and the service turn into a one-line message and a 4xx), nothing else."""
+    one of the input errors the service answers with a 4xx (STATUS_BY_ERROR; the CLI with a one-line message),
+    nothing else: a bare ValueError would be a bug's 500."""
     body = bytearray(streams[kind][:-4])
     for _ in range(data.draw(st.integers(1, 4))):
         at = data.draw(st.integers(0, len(body) - 1))
@@ -131,6 +133,6 @@ def test_a_damaged_stream_is_refused_with_a_clear_error(codec, streams, kind: st
     damaged = _with_crc(bytes(body))
     try:
         decoded = mvm_to_dicom(damaged, codec)
-    except ValueError:
+    except tuple(kind for kind, _ in STATUS_BY_ERROR):
         return
     assert decoded.Rows * decoded.Columns > 0

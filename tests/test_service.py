@@ -21,7 +21,7 @@ import pytest
 import torch
 from pydicom.encaps import generate_fragments
 
-from model.bitstream import Bitstream
+from model.bitstream import Bitstream, LayerKind, pack_payloads
 from model.codec import DEFAULT_WEIGHTS, QUALITY_CODES, MvmicCodec
 from model.tasks.analysis import DEFAULT_HEADS, Analyzer
 from model.tasks.runtime import int8_path, onnx_path
@@ -223,6 +223,14 @@ def test_bad_input_gets_a_status_and_a_reason(service_url: str, corpus_dir: Path
     cases.append((decompress, bytes(damaged), 400, "corrupted bitstream"))
     foreign = dataclasses.replace(Bitstream.from_bytes(stream), weights_fingerprint=bytes(8)).to_bytes()
     cases.append((decompress, foreign, 409, "bitstream was made by model"))
+    # bad input that raised plain ValueErrors (all 400 then; now an explicit class, the rest being 500):
+    # a DICOM instance MVMIC did not compress, and intact bitstreams (their CRC holds) with a damaged layer
+    cases.append((decompress, _dicom(corpus_dir, "pyradiomics-brain2-010"), 400, "not an MVMIC instance"))
+    parsed = Bitstream.from_bytes(stream)
+    for kind, payload, reason in ((LayerKind.DICOM_HEADER, b"not deflated", "DICOM header layer is damaged"),
+                                  (LayerKind.BASE, pack_payloads([b"\xff"]), "plane payload of 1 bytes")):
+        layers = [layer if layer.kind != kind else dataclasses.replace(layer, payload=payload) for layer in parsed.layers]
+        cases.append((decompress, dataclasses.replace(parsed, layers=layers).to_bytes(), 400, reason))
     for url, body, status, reason in cases:
         response = _post(url, body, "application/octet-stream", "*/*")
         assert response.status_code == status, (url, response.text)
@@ -378,9 +386,15 @@ def test_a_server_bug_is_a_counted_500_with_the_request_id() -> None:
     def boom() -> None:
         raise RuntimeError("a bug")
 
+    @app.get("/boom-value")
+    def boom_value() -> None:  # a ValueError of no input error class is a bug too, not the client's error (400)
+        raise ValueError("a bug's message, not for clients")
+
     client = TestClient(app, raise_server_exceptions=False)  # no lifespan: no models are loaded
     answer = client.get("/boom", headers={"X-Request-ID": "abc123"})
     assert answer.status_code == 500 and answer.headers["X-Request-ID"] == "abc123"
     assert answer.json() == {"detail": "internal server error", "request_id": "abc123"}
     counted = app.state.metrics.requests.labels("/boom", "GET", "500")._value.get()
     assert counted == 1
+    answer = client.get("/boom-value", headers={"X-Request-ID": "def456"})
+    assert answer.status_code == 500 and answer.json() == {"detail": "internal server error", "request_id": "def456"}

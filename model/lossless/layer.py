@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from model.bitstream import pack_integers, pack_payloads, unpack_integers, unpack_payloads
+from model.bitstream import LayerError, pack_integers, pack_payloads, unpack_integers, unpack_payloads
 from model.lossless.enc_least_squares import fit_predictors
 from model.lossless.plane_coder import (
     LS_CLASSES,
@@ -49,7 +49,7 @@ MAX_STRIPES = 64
 STRIPE_ROWS = 512  # the encoder's default: one stripe per 512 rows (a stripe costs about 0.5 % in bits)
 
 
-class ExactLayerError(ValueError):
+class ExactLayerError(LayerError):
     """An exact layer that does not parse, or does not fit the image it claims to code."""
 
 

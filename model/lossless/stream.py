@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.bitstream import FINGERPRINT_BYTES, Bitstream, Layer, LayerKind
+from model.bitstream import FINGERPRINT_BYTES, Bitstream, Layer, LayerError, LayerKind
 from model.errors import CodecInputError, check_bound, check_codeable, check_decoded_size
 from model.pixel_format import PixelFormat
 from model.quality import MAX_ERROR
@@ -59,13 +59,13 @@ def compress(pixels: np.ndarray, fmt: PixelFormat, max_error: int, verify: bool 
 
 
 def decompress(stream: Bitstream, threads: int = 1) -> np.ndarray:
-    """Stored values (frames, rows, columns, samples) in the image's own dtype; ValueError if a frame
-    has no exact layer or is larger than any decoder here allocates, ExactLayerError if a layer is damaged."""
+    """Stored values (frames, rows, columns, samples) in the image's own dtype; LayerError if a frame has no exact
+    layer (ExactLayerError if a layer is damaged), InvalidFieldError if it is larger than any decoder here allocates."""
     check_decoded_size(stream.frames, stream.rows, stream.columns, stream.samples_per_pixel)
     layers = {layer.frame: layer for layer in stream.layers if layer.kind == LayerKind.EXACT}
     missing = [frame for frame in range(stream.frames) if frame not in layers]
     if missing:
-        raise ValueError(f"bitstream has no exact layer for frame(s) {missing}")
+        raise LayerError(f"bitstream has no exact layer for frame(s) {missing}")
     return np.stack([_layer().decode_frame(layers[frame].payload, stream.rows, stream.columns,
                                               stream.pixel_format, threads) for frame in range(stream.frames)])
 

@@ -14,7 +14,7 @@ too large 413, a bitstream of other weights 409, missing or wrong token 401.
 
 import base64
 import io
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
@@ -34,8 +34,10 @@ from mvmic.transcode import (
 )
 from service.auth import require_token
 from service.body import raw_body, read_body
+from service.dependencies import AppSettings, Metrics, Models, Workers
 from service.errors import error_responses
-from service.models import ResidentModels
+from service.models import ModelWorkers, ResidentModels
+from service.schemas import AnalysisReport, CompressedInstance, Mode
 
 router = APIRouter(prefix="/v1", tags=["codec"], dependencies=[Depends(require_token)],
                    responses=error_responses(401, 503))
@@ -43,86 +45,75 @@ router = APIRouter(prefix="/v1", tags=["codec"], dependencies=[Depends(require_t
 DICOM = "application/dicom"
 OCTET = "application/octet-stream"
 JSON = "application/json"
-Mode = Literal["lossy", "near-lossless", "lossless"]
 
 
-def resident(request: Request) -> ResidentModels:
-    models = request.app.state.models
-    if models is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the model is still loading", {"Retry-After": "5"})
-    return models
-
-
-Models = Annotated[ResidentModels, Depends(resident)]
-
-
-@router.post("/compress", responses={200: {"content": {JSON: {}, OCTET: {}, DICOM: {}}},
-                                    **error_responses(400, 406, 413, 415, 422)},
+# The JSON routes answer through JSONResponse (json.dumps), as they did before they declared their models.
+@router.post("/compress", response_model=CompressedInstance, response_class=JSONResponse,
+             response_model_exclude_unset=True,  # analysis_skipped: only when there is no analysis
+             responses={200: {"content": {JSON: {}, OCTET: {}, DICOM: {}}}, **error_responses(400, 406, 413, 415, 422)},
              openapi_extra=raw_body("one DICOM instance (Part 10 file)", DICOM))
-async def compress(request: Request, models: Models,
+async def compress(request: Request, models: Models, settings: AppSettings, workers: Workers, metrics: Metrics,
                    quality: Annotated[int | None, Query(ge=1, le=8)] = None,
                    target_bpp: Annotated[float | None, Query(gt=0, allow_inf_nan=False)] = None,
                    target_psnr: Annotated[float | None, Query(gt=0, allow_inf_nan=False,
                                                               description="dB on the native range")] = None,
                    mode: Mode = "lossy",
-                   max_error: Annotated[int | None, Query(ge=1, le=MAX_ERROR)] = None) -> Response:
+                   max_error: Annotated[int | None, Query(ge=1, le=MAX_ERROR)] = None) -> CompressedInstance | Response:
     """Compress one DICOM instance (body ``application/dicom``)."""
     accept = _negotiate(request, (JSON, OCTET, DICOM))
     try:
         bound = error_bound(mode, max_error)
     except ValueError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
-    body = await read_body(request, request.app.state.settings.max_body_bytes)
-    verify = request.app.state.settings.verify_bound
-    result = await request.app.state.workers.run(dicom_to_mvm, body, models.codec, quality, target_bpp, target_psnr,
-                                                bound, verify)
-    request.app.state.metrics.bits_per_pixel.labels(mode).observe(result.bits_per_pixel)
+    body = await read_body(request, settings.max_body_bytes)
+    result = await workers.run(dicom_to_mvm, body, models.codec, quality, target_bpp, target_psnr, bound,
+                               settings.verify_bound)
+    metrics.bits_per_pixel.labels(mode).observe(result.bits_per_pixel)
     if accept == OCTET:
         return Response(result.data, media_type=OCTET)
     if accept == DICOM:
-        return Response(await request.app.state.workers.run(mvm_instance, result, models.codec), media_type=DICOM)
+        return Response(await workers.run(mvm_instance, result, models.codec), media_type=DICOM)
     try:
-        analysis, skipped = await _analysis(request, models, result.data), None
+        analysis, skipped = await _analysis(workers, models, result.data), None
     except TooSmallToAnalyseError as exc:  # the compression stands; the heads cannot see so small an image
         analysis, skipped = None, str(exc)
-    return JSONResponse({"model_id": models.codec.model_id, "bitstream": base64.b64encode(result.data).decode("ascii"),
-                  "bytes": len(result.data), "bits_per_pixel": result.bits_per_pixel,
-                  "compression_ratio": result.ratio, "quality_code": result.quality_code, "mode": mode,
-                  "max_error": bound, "analysis": analysis,
-                  **({"analysis_skipped": skipped} if skipped else {})})
+    return CompressedInstance(model_id=models.codec.model_id, bitstream=base64.b64encode(result.data).decode("ascii"),
+                              bytes=len(result.data), bits_per_pixel=result.bits_per_pixel,
+                              compression_ratio=result.ratio, quality_code=result.quality_code, mode=mode,
+                              max_error=bound, analysis=analysis, **({"analysis_skipped": skipped} if skipped else {}))
 
 
 @router.post("/decompress", response_class=Response,
              responses={200: {"content": {DICOM: {}}}, **error_responses(400, 406, 409, 413, 415)},
              openapi_extra=raw_body("a .mvm bitstream, or a DICOM instance that holds one", OCTET, DICOM))
-async def decompress(request: Request, models: Models) -> Response:
+async def decompress(request: Request, models: Models, settings: AppSettings, workers: Workers) -> Response:
     """A .mvm bitstream, or a DICOM instance that holds one, back to a decoded DICOM instance."""
     _negotiate(request, (DICOM,))
-    body = await read_body(request, request.app.state.settings.max_body_bytes)
+    body = await read_body(request, settings.max_body_bytes)
     if body.startswith(MAGIC):
-        dataset = await request.app.state.workers.run(mvm_to_dicom, body, models.codec)
+        dataset = await workers.run(mvm_to_dicom, body, models.codec)
     else:
-        dataset = await request.app.state.workers.run(instance_to_dicom, read_dataset(body), models.codec)
+        dataset = await workers.run(instance_to_dicom, read_dataset(body), models.codec)
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return Response(buffer.getvalue(), media_type=DICOM)
 
 
-@router.post("/analyze", responses=error_responses(400, 406, 409, 413, 422),
+@router.post("/analyze", response_class=JSONResponse, responses=error_responses(400, 406, 409, 413, 422),
              openapi_extra=raw_body("a .mvm bitstream", OCTET))
-async def analyze(request: Request, models: Models) -> Response:
+async def analyze(request: Request, models: Models, settings: AppSettings, workers: Workers) -> AnalysisReport:
     """Lesion and organ boxes and segmentations of a .mvm bitstream, read from its base layer without decoding
     pixels."""
     _negotiate(request, (JSON,))
-    body = await read_body(request, request.app.state.settings.max_body_bytes)
-    return JSONResponse(await _analysis(request, models, body))
+    body = await read_body(request, settings.max_body_bytes)
+    return await _analysis(workers, models, body)
 
 
-async def _analysis(request: Request, models: ResidentModels, data: bytes) -> dict:
+async def _analysis(workers: ModelWorkers, models: ResidentModels, data: bytes) -> AnalysisReport:
     """The analysis document of a bitstream; analyses of concurrent requests share a batch."""
     stream = parse_for(data, models.codec)
-    frames = await request.app.state.workers.run_batched(models.analyzer.analyze_many, stream)
-    return analysis_document(stream, frames, models.analyzer)
+    frames = await workers.run_batched(models.analyzer.analyze_many, stream)
+    return AnalysisReport.model_validate(analysis_document(stream, frames, models.analyzer))
 
 
 def _negotiate(request: Request, offered: tuple[str, ...]) -> str:

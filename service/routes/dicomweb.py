@@ -47,8 +47,11 @@ from mvmic.pacs.storage import (
 )
 from service.auth import require_token
 from service.body import raw_body, read_body
+from service.dependencies import AppSettings, Metrics, Models, Pacs, Workers
 from service.errors import error_responses
-from service.routes.codec import Models
+from service.metrics import ServiceMetrics
+from service.schemas import DicomJsonDataset, inline_schema
+from service.settings import Settings
 
 DICOM_JSON = "application/dicom+json"
 log = logging.getLogger("mvmic.service")
@@ -89,24 +92,20 @@ def _routes(method: str, *paths: str, **options: Any) -> Callable[[Callable], Ca
     return register
 
 
-def upstream(request: Request) -> PacsClient:
-    pacs = request.app.state.pacs
-    if pacs is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no upstream PACS is configured (MVMIC_PACS_URL)")
-    return pacs
-
-
-Pacs = Annotated[PacsClient, Depends(upstream)]
-
-
 # -- STOW-RS ------------------------------------------------------------------------------------------
-STOW_RESPONSE = {"content": {DICOM_JSON: {"schema": {"type": "object"}}}, "description": "the PS3.18 response dataset"}
+# The DICOM JSON answers are declared in place: FastAPI puts a response "model" under the route's media type, which
+# is application/json for the refusals of the same route.
+STOW_RESPONSE = {"content": {DICOM_JSON: {"schema": inline_schema(DicomJsonDataset)}},
+                 "description": "the PS3.18 response dataset"}
+FOUND = {"content": {DICOM_JSON: {"schema": inline_schema(list[DicomJsonDataset])}},
+         "description": "the PACS's answer: the datasets found, as it sent them"}
 
 
-@_routes("POST", "/studies", "/studies/{study}", response_class=JSONResponse,
+@_routes("POST", "/studies", "/studies/{study}", response_class=Response,
          responses={200: STOW_RESPONSE, 202: STOW_RESPONSE, 409: STOW_RESPONSE, **error_responses(400, 413, 415, 502)},
          openapi_extra=raw_body("DICOM instances (Part 10 files), one a part", f'multipart/related; type="{DICOM}"'))
-async def store(request: Request, models: Models, pacs: Pacs,
+async def store(request: Request, models: Models, pacs: Pacs, settings: AppSettings, workers: Workers,
+                metrics: Metrics,
                 analysis: Annotated[bool | None, Query(description="also store SEG and SR")] = None) -> Response:
     """Compress each instance at the storage setting and store it in the PACS."""
     study = request.path_params.get("study")
@@ -114,7 +113,6 @@ async def store(request: Request, models: Models, pacs: Pacs,
     if media.type != "multipart/related" or media.parameters.get("type", DICOM).lower() != DICOM:
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
                             f'STOW-RS takes multipart/related; type="{DICOM}", not {media.type}')
-    settings = request.app.state.settings
     body = await read_body(request, settings.max_body_bytes)
     try:
         parts = parse_related(body, request.headers["content-type"])
@@ -124,7 +122,7 @@ async def store(request: Request, models: Models, pacs: Pacs,
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "the request holds no instance")
     policy = StoragePolicy(settings.storage_bound, settings.storage_quality, settings.verify_bound,
                            settings.store_analysis if analysis is None else analysis)
-    prepared = [await request.app.state.workers.run(prepare_instance, part.content, models.codec, models.analyzer,
+    prepared = [await workers.run(prepare_instance, part.content, models.codec, models.analyzer,
                                                    policy, study) for part in parts]
     for number, item in enumerate(prepared, start=1):  # what happened to each part, never patient data
         log.info("request %s: part %d of %d: %s", request.state.request_id, number, len(prepared),
@@ -134,11 +132,12 @@ async def store(request: Request, models: Models, pacs: Pacs,
         answer = await run_in_threadpool(pacs.store, outgoing) if outgoing else Dataset()
     except PacsError as exc:
         log.warning("request %s: the PACS failed the store: %s", request.state.request_id, exc)
-        return _stow_failed(request, prepared, exc)
-    return _stow_response(request, pacs, prepared, answer)
+        return _stow_failed(metrics, prepared, exc)
+    return _stow_response(request, pacs, settings, metrics, prepared, answer)
 
 
-def _stow_response(request: Request, pacs: PacsClient, prepared: list[Prepared], answer: Dataset) -> JSONResponse:
+def _stow_response(request: Request, pacs: PacsClient, settings: Settings, metrics: ServiceMetrics,
+                   prepared: list[Prepared], answer: Dataset) -> JSONResponse:
     """The PS3.18 response: what the PACS referenced, and what failed here or there, with the reason. An
     instance sent that the PACS neither referenced nor listed as failed is not known to be stored: failed
     (0x0110)."""
@@ -150,7 +149,7 @@ def _stow_response(request: Request, pacs: PacsClient, prepared: list[Prepared],
             reference.ReferencedSOPClassUID = item.ReferencedSOPClassUID
         reference.ReferencedSOPInstanceUID = item.ReferencedSOPInstanceUID
         if "RetrieveURL" in item:
-            reference.RetrieveURL = _through_gateway(request, pacs, str(item.RetrieveURL))
+            reference.RetrieveURL = _through_gateway(request, pacs, settings, str(item.RetrieveURL))
         response.ReferencedSOPSequence.append(reference)
     pacs_failed = answer.get("FailedSOPSequence", [])
     answered = {str(item.ReferencedSOPInstanceUID) for item in [*response.ReferencedSOPSequence, *pacs_failed]}
@@ -164,7 +163,6 @@ def _stow_response(request: Request, pacs: PacsClient, prepared: list[Prepared],
                         int(item.get("FailureReason", PROCESSING_FAILURE))) for item in pacs_failed]
     if failed:
         response.FailedSOPSequence = failed
-    metrics = request.app.state.metrics
     for item in prepared:
         metrics.stored.labels("failed" if item.failure else "sent").inc()
         metrics.gateway_bytes.labels("received").inc(item.original_bytes)
@@ -174,13 +172,13 @@ def _stow_response(request: Request, pacs: PacsClient, prepared: list[Prepared],
     return JSONResponse(response.to_json_dict(), status_code=code, media_type=DICOM_JSON)
 
 
-def _stow_failed(request: Request, prepared: list[Prepared], error: PacsError) -> JSONResponse:
+def _stow_failed(metrics: ServiceMetrics, prepared: list[Prepared], error: PacsError) -> JSONResponse:
     """The PACS did not store the request: every instance failed, with its own reason or 0x0110, and the
     PACS's failure as the status (503 or 502; Retry-After when trying again may succeed)."""
     response = Dataset()
     response.FailedSOPSequence = [_failure(p.sop_class, p.sop_instance, PROCESSING_FAILURE if p.failure is None
                                            else p.failure) for p in prepared]
-    request.app.state.metrics.stored.labels("failed").inc(len(prepared))
+    metrics.stored.labels("failed").inc(len(prepared))
     code = error.status if error.status in (502, 503) else status.HTTP_502_BAD_GATEWAY
     headers = {**error.headers, "Warning": f'299 mvmic "{_quoted(str(error))}"'}
     return JSONResponse(response.to_json_dict(), status_code=code, media_type=DICOM_JSON, headers=headers)
@@ -191,11 +189,11 @@ def _quoted(text: str) -> str:
     return " ".join(text.split()).replace("\\", "/").replace('"', "'").encode("latin-1", "replace").decode("latin-1")
 
 
-def _through_gateway(request: Request, pacs: PacsClient, text: str) -> str:
+def _through_gateway(request: Request, pacs: PacsClient, settings: Settings, text: str) -> str:
     """``text`` with the PACS's URLs turned into this gateway's, as clients reach it: MVMIC_PUBLIC_URL
     (behind a proxy, or for clients whose Host header is not the address they used), else what the
     request's Host header says."""
-    public = request.app.state.settings.public_url
+    public = settings.public_url
     return text.replace(pacs.root, (public or str(request.base_url)).rstrip("/") + "/dicomweb")
 
 
@@ -213,7 +211,7 @@ def _failure(sop_class: str | None, sop_instance: str | None, reason: int) -> Da
 @_routes("GET", "/studies/{study}", "/studies/{study}/series/{series}",
          "/studies/{study}/series/{series}/instances/{instance}", response_class=Response,
          responses={200: {"content": {f'multipart/related; type="{DICOM}"': {}}}, **error_responses(404, 406, 502)})
-async def retrieve(request: Request, models: Models, pacs: Pacs) -> Response:
+async def retrieve(request: Request, models: Models, pacs: Pacs, workers: Workers) -> Response:
     """Instances in the first transfer syntax of the Accept header the gateway can give each in: decoded to
     Explicit VR Little Endian (the default), as stored (naming its syntax), or * (standard syntaxes only:
     MVMIC instances decoded)."""
@@ -224,7 +222,7 @@ async def retrieve(request: Request, models: Models, pacs: Pacs) -> Response:
     except PacsError as exc:
         raise HTTPException(exc.status, str(exc), exc.headers) from None
     try:
-        rendered = [await request.app.state.workers.run(render, data, acceptable, models.codec) for data in stored]
+        rendered = [await workers.run(render, data, acceptable, models.codec) for data in stored]
     except NotAcceptableError as exc:
         raise HTTPException(status.HTTP_406_NOT_ACCEPTABLE, str(exc)) from None
     except ValueError as exc:  # not DICOM, a damaged MVMIC instance: what the PACS holds, not the request
@@ -291,7 +289,7 @@ def paging(request: Request) -> None:
                                     f"{name} {value[:80]!r} is not a count from 0 to {MOST}")
 
 
-async def search(request: Request, pacs: Pacs) -> Response:
+async def search(request: Request, pacs: Pacs, settings: AppSettings) -> Response:
     """The PACS's answer, with its retrieve URLs rewritten to point at this gateway."""
     resource = pacs_resource(request)
     try:
@@ -300,14 +298,12 @@ async def search(request: Request, pacs: Pacs) -> Response:
     except PacsError as exc:
         raise HTTPException(exc.status, str(exc), exc.headers) from None
     # surrogateescape: any bytes the PACS sends come back unchanged, only its URLs are replaced
-    body = _through_gateway(request, pacs, answer.content.decode("utf-8", "surrogateescape")).encode(
+    body = _through_gateway(request, pacs, settings, answer.content.decode("utf-8", "surrogateescape")).encode(
         "utf-8", "surrogateescape")
     return Response(body, status_code=answer.status_code,
                     media_type=answer.headers.get("content-type", DICOM_JSON))
 
 
 _routes("GET", *QIDO, response_class=Response, dependencies=[Depends(paging)],
-        openapi_extra={"parameters": QIDO_PARAMETERS},
-        responses={200: {"content": {DICOM_JSON: {"schema": {"type": "array"}}}}, **error_responses(400, 404, 502)})(search)
-_routes("GET", *METADATA, response_class=Response,
-        responses={200: {"content": {DICOM_JSON: {"schema": {"type": "array"}}}}, **error_responses(400, 404, 502)})(search)
+        openapi_extra={"parameters": QIDO_PARAMETERS}, responses={200: FOUND, **error_responses(400, 404, 502)})(search)
+_routes("GET", *METADATA, response_class=Response, responses={200: FOUND, **error_responses(400, 404, 502)})(search)

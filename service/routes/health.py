@@ -1,14 +1,11 @@
 """Liveness and readiness, for container health checks and load balancers."""
 
 from fastapi import APIRouter, Request, Response, status
-from pydantic import BaseModel
+
+from service.dependencies import Loading
+from service.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
-
-
-class Health(BaseModel):
-    status: str
-    version: str
 
 
 @router.get("/healthz")
@@ -17,10 +14,10 @@ def healthz(request: Request) -> Health:
     return Health(status="ok", version=request.app.version)
 
 
-@router.get("/readyz", responses={503: {"description": "the models are loading or failed to load"}})
-def readyz(request: Request, response: Response) -> dict:
-    if request.app.state.models is not None:
-        return {"status": "ready"}
+@router.get("/readyz", response_model_exclude_unset=True,  # detail: only when not ready
+            responses={503: {"model": Readiness, "description": "the models are loading or failed to load"}})
+def readyz(loading: Loading, response: Response) -> Readiness:
+    if loading.models is not None:
+        return Readiness(status="ready")
     response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    error = request.app.state.load_error
-    return {"status": "failed" if error else "loading", "detail": error}
+    return Readiness(status="failed" if loading.error else "loading", detail=loading.error)

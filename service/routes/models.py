@@ -3,13 +3,14 @@
 from fastapi import APIRouter, Depends
 
 from service.auth import require_token
+from service.dependencies import Models
 from service.errors import error_responses
-from service.routes.codec import Models
+from service.schemas import ResidentModelsReport
 
 router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_token)],
                    responses=error_responses(401, 503))
 
 
 @router.get("/models")
-def list_models(models: Models) -> dict:
+def list_models(models: Models) -> ResidentModelsReport:
     return models.describe()
