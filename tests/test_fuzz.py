@@ -17,7 +17,7 @@ from campaign import TARGETS, campaign
 from common import is_refusal
 
 from model.bitstream import Bitstream, CorruptedError
-from mvmic.pixels import DicomInputError
+from mvmic.pixels import DicomInputError, read_dataset
 from mvmic.transcode import error_bound
 
 RUNS = 300  # per target: seeds first, then mutations; about 40 s for the three on 2 cores
@@ -44,7 +44,8 @@ def _raised(function, *args) -> Exception:
 def test_refusals_are_told_from_crashes() -> None:
     assert is_refusal(_raised(Bitstream.from_bytes, b"MVM\x01" + bytes(30)))
     assert isinstance(_raised(Bitstream.from_bytes, b"MVM\x01" + bytes(30)), CorruptedError)
-    assert is_refusal(_raised(error_bound, "lossy", 3))  # a ValueError MVMIC raises itself, with its message
+    assert is_refusal(_raised(read_dataset, b"not DICOM"))  # DicomInputError: the service's 400
+    assert not is_refusal(_raised(error_bound, "lossy", 3))  # a bare ValueError, even MVMIC's own: the service's 500
     assert not is_refusal(_raised(np.zeros(3).reshape, 2))  # numpy's ValueError: a crash
     assert not is_refusal(_raised([].pop))
     assert not is_refusal(DicomInputError("Traceback (most recent call last):\n  File ..."))
