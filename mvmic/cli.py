@@ -639,6 +639,7 @@ def _pacs_auth(args: argparse.Namespace, settings) -> tuple[str, str] | None:
 
 
 def _archive_compress(args: argparse.Namespace) -> int:
+    from pydicom.uid import UID
     from tqdm import tqdm
 
     from mvmic.archive.engine import LEDGER_NAME, ArchiveJob, run_archive
@@ -657,7 +658,7 @@ def _archive_compress(args: argparse.Namespace) -> int:
     if args.studies and args.source is not None:
         raise ValueError("--study selects studies of the PACS: it applies without SOURCE only")
     for study in args.studies or ():
-        if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", study) or len(study) > 64:
+        if not UID(study).is_valid:
             raise ValueError(f"--study {study!r}: not a Study Instance UID (digits and dots, at most 64 characters)")
     ledger = args.ledger or args.out / LEDGER_NAME
     if args.source is not None:

@@ -1,20 +1,20 @@
 """`mvmic archive compress`: an archive job on Ray, local by default, or on a cluster.
 
-    driver: DEST claimed (its lock, and the job's settings in DEST/archive-job.json, whatever ledger a job keeps)
-        --> Ledger (locked; the job's settings checked) --> a PACS destination asked once (credentials) --> the source's items (a folder's files, or QIDO-RS over
-        the PACS) minus those done (skipped, unless a file written for one is gone from DEST; with
-        --discard-originals a done one's original is discarded now if a kill came between) --> Ray: a local instance started in-process (num_cpus: the cores, or --workers
-        if more), or the cluster at --address --> WORKERS actors of mvmic.archive.worker.ArchiveWorker, one CPU
-        each (and a share of the GPUs when the job analyses and the cluster has some), each loading the codec
-        and heads once --> items handed to idle actors one at a time (ray.wait), so only WORKERS are in flight
-        --> each Record written to the ledger as it arrives (progress bar) --> with --discard-originals, a
-        source file removed once its record is durable --> ArchiveSummary
+    driver: DEST claimed (its lock, and the job's settings in DEST/archive-job.json, whatever ledger a job
+        keeps) --> Ledger (locked; the job's settings checked) --> a PACS destination asked once (credentials)
+        --> the source's items (a folder's files, or QIDO-RS over the PACS) minus those done (skipped, unless a
+        file written for one is gone from DEST; with --discard-originals a done one's original is discarded
+        now if a kill came between) --> Ray: a local instance started in-process (num_cpus: the cores, or
+        --workers if more), or the cluster at --address --> WORKERS actors of mvmic.archive.worker.ArchiveWorker,
+        one CPU each (and a share of the GPUs when the job analyses and the cluster has some), each loading the
+        codec and heads once --> items handed to idle actors one at a time (ray.wait), so only WORKERS are in
+        flight --> each Record written to the ledger as it arrives (progress bar) --> with --discard-originals,
+        a source file removed once its record is durable --> ArchiveSummary
 
 A worker process that dies (out of memory, killed) fails its instance ("the worker died") and is restarted;
 the job goes on. Nothing but records crosses Ray: workers read their instances and write or store the
 results themselves, so a folder job on a cluster needs SOURCE and DEST on a filesystem every node mounts.
 """
-
 from __future__ import annotations
 
 import hashlib
@@ -24,6 +24,7 @@ import os
 import shutil
 import socket
 from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -54,8 +55,9 @@ class ArchiveJob:
     def settings(self) -> dict:
         """What a rerun must keep the same (the ledger refuses another job's run): no credentials."""
         config, policy = self.worker, self.worker.policy
-        return {"source": str(config.source.resolve()) if config.source else f"pacs {_without_userinfo(config.pacs.root)}",
-                "destination": str(config.out.resolve()) if config.out else f"pacs {_without_userinfo(config.pacs.root)}",
+        pacs = f"pacs {_without_userinfo(config.pacs.root)}" if config.pacs else None
+        return {"source": str(config.source.resolve()) if config.source else pacs,
+                "destination": str(config.out.resolve()) if config.out else pacs,
                 "max_error": policy.max_error, "quality": policy.quality, "analysis": policy.with_analysis}
 
 
@@ -65,7 +67,6 @@ class ArchiveSummary:
     bytes_before: int = 0  # of the instances compressed by this run
     bytes_after: int = 0
     failures: list[Record] = field(default_factory=list)
-    workers: int = 0
 
     def add(self, record: Record) -> None:
         self.counts[record.state] += 1
@@ -95,16 +96,12 @@ def run_archive(job: ArchiveJob, command: str, workers: int | None = None, addre
     settings that cannot work, PacsError when the PACS cannot be listed."""
     if workers is not None and workers < 1:
         raise ValueError("--workers must be at least 1")
-    destination = _claim(job.worker.out, job.settings()) if job.worker.out is not None else None
-    try:
-        ledger = Ledger(job.ledger, job.settings())
-    except BaseException:
-        if destination is not None:
-            destination.close()
-        raise
-    try:
-        if destination is not None:  # what a killed run was writing: nobody else writes there (the lock)
-            shutil.rmtree(job.worker.out / STAGING, ignore_errors=True)
+    settings = job.settings()
+    with ExitStack() as held:
+        if job.worker.out is not None:
+            held.enter_context(_claim(job.worker.out, settings))
+            shutil.rmtree(job.worker.out / STAGING, ignore_errors=True)  # a killed run's: nobody else writes there
+        ledger = held.enter_context(Ledger(job.ledger, settings))
         if job.worker.source is not None and job.worker.pacs is not None:
             _check_pacs(job.worker.pacs)
         ledger.start_run(command)
@@ -114,10 +111,6 @@ def run_archive(job: ArchiveJob, command: str, workers: int | None = None, addre
             _run_on_ray(job, ledger, pending, summary, workers, address, gpus_per_worker, progress)
         ledger.finish_run(summary.counts)
         return summary
-    finally:
-        ledger.close()
-        if destination is not None:
-            destination.close()
 
 
 def _claim(out: Path, settings: dict) -> IO:
@@ -204,7 +197,6 @@ def _run_on_ray(job: ArchiveJob, ledger: Ledger, pending: list[Item], summary: A
         actor = ray.remote(ArchiveWorker).options(num_cpus=1, num_gpus=gpus_per_worker,
                                                   max_restarts=ACTOR_RESTARTS, max_task_retries=0)
         device = "cuda" if gpus_per_worker > 0 else "cpu"
-        summary.workers = workers
         idle = [actor.remote(job.worker, device) for _ in range(min(workers, len(pending)))]
         items = iter(pending)
         in_flight: dict = {}

@@ -23,14 +23,12 @@ from __future__ import annotations
 import fcntl
 import json
 import sqlite3
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Self
 
 DONE = ("compressed", "unchanged")
-STATES = (*DONE, "failed")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS job (settings TEXT NOT NULL);
@@ -133,11 +131,6 @@ class Ledger:
         rows = self._db.execute(f"SELECT {', '.join(fields)} FROM instances WHERE state IN (?, ?)", DONE)
         return {row[0]: Record(*row) for row in rows}
 
-    def failures(self, keys: Iterable[str] | None = None) -> list[Record]:
-        fields = list(Record.__dataclass_fields__)
-        rows = self._db.execute(f"SELECT {', '.join(fields)} FROM instances WHERE state = 'failed' ORDER BY key")
-        wanted = None if keys is None else set(keys)
-        return [Record(*row) for row in rows if wanted is None or row[0] in wanted]
 
 
 def _now() -> str:

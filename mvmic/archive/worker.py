@@ -74,10 +74,6 @@ class ArchiveWorker:
         self.pacs = config.pacs.client() if config.pacs is not None else None
         self.source = FolderSource(config.source) if config.source is not None else PacsSource(self.pacs, config.studies)
 
-    def close(self) -> None:
-        if self.pacs is not None:
-            self.pacs.close()
-
     def process(self, item: Item) -> Record:
         """What became of ``item``; never raises (a failure is a record with its reason)."""
         try:
