@@ -8,13 +8,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test bench lint clean test-tools fuzz
 
-# Re-install whenever pyproject.toml or the C kernels change (pip builds model/table_coder.c).
+# Re-install whenever pyproject.toml or the C kernels change (pip builds mvmic/model/table_coder.c).
 # One pip command, so pip resolves all dependencies together.
-$(STAMP): pyproject.toml setup.py model/table_coder.c
+$(STAMP): pyproject.toml setup.py mvmic/model/table_coder.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/pip install -e '.[dev]'
-	$(BIN)/python -m model.lossless.warm
+	$(BIN)/python -m mvmic.model.lossless.warm
 	touch $@
 
 run: $(STAMP)
@@ -46,14 +46,14 @@ FUZZ_RUNS ?= 100000
 fuzz: $(STAMP)
 	nice -n 10 $(BIN)/python fuzz/campaign.py --runs $(FUZZ_RUNS)
 
-# schemathesis against the whole OpenAPI of a real gateway in front of a real Orthanc (bench/api_fuzz.py):
+# schemathesis against the whole OpenAPI of a real gateway in front of a real Orthanc (mvmic/bench/api_fuzz.py):
 # every phase, FUZZ_API_EXAMPLES per operation, a new seed each run (SEED=N to replay one); reports and
 # logs in results/api-fuzz/. tests/test_openapi.py runs the same in CI with 10 examples.
 FUZZ_API_EXAMPLES ?= 500
 .PHONY: fuzz-api
 fuzz-api: $(STAMP) test-tools
 	$(BIN)/mvmic data prepare
-	scripts/private-network $(BIN)/python -m bench.api_fuzz --max-examples $(FUZZ_API_EXAMPLES) $(if $(SEED),--seed $(SEED))
+	scripts/private-network $(BIN)/python -m mvmic.bench.api_fuzz --max-examples $(FUZZ_API_EXAMPLES) $(if $(SEED),--seed $(SEED))
 
 # Leaves data/ alone: the corpus is slow to rebuild.
 clean:

@@ -3,7 +3,7 @@ instance, and the start of libFuzzer (through atheris) with the seeds and the fl
 
 A target is one script (fuzz/<target>.py) whose TestOneInput calls a real entry point on the fuzzer's bytes.
 An input may end in a refusal (``refusing_bad_input``): one of the input errors the service maps to a 4xx
-(service/errors.py STATUS_BY_ERROR). Anything else is a crash to fix: an IndexError, a KeyError, a
+(mvmic/service/errors.py STATUS_BY_ERROR). Anything else is a crash to fix: an IndexError, a KeyError, a
 struct.error, a bare ValueError (the service answers it 500), a MemoryError, an error logged by the gateway as
 unexpected.
 
@@ -39,8 +39,8 @@ import atheris
 # data take most of the instrumentation time: half a minute for pydicom.sr alone). numba compiles the
 # kernels of the numba modules from their bytecode, which must stay as written.
 INSTRUMENTED = ("model", "mvmic", "pydicom")
-NUMBA_MODULES = ("model.lossless.plane_coder", "model.lossless.range_coder", "model.lossless.enc_least_squares")
-UNINSTRUMENTED = (*NUMBA_MODULES, "model.tasks", "model.train", "model.train_residual", "model.enc_table_contexts",
+NUMBA_MODULES = ("mvmic.model.lossless.plane_coder", "mvmic.model.lossless.range_coder", "mvmic.model.lossless.enc_least_squares")
+UNINSTRUMENTED = (*NUMBA_MODULES, "mvmic.model.tasks", "mvmic.model.train", "mvmic.model.train_residual", "mvmic.model.enc_table_contexts",
                   "mvmic.cli", "mvmic.corpus", "pydicom.sr", "pydicom._dicom_dict", "pydicom._private_dict",
                   "pydicom._uid_dict", "pydicom.pixels.encoders", "pydicom.examples", "pydicom.data")
 DEFAULT_FLAGS = {"timeout": "10", "rss_limit_mb": "3072"}
@@ -77,8 +77,8 @@ def _modules(name: str) -> list[str]:
 
 
 def input_errors() -> tuple[type[Exception], ...]:
-    """The refusals of a bad input: the error classes service/errors.py maps to 400, 409, 415 and 422."""
-    from service.errors import STATUS_BY_ERROR
+    """The refusals of a bad input: the error classes mvmic/service/errors.py maps to 400, 409, 415 and 422."""
+    from mvmic.service.errors import STATUS_BY_ERROR
 
     return tuple(kind for kind, _ in STATUS_BY_ERROR)
 
@@ -124,7 +124,7 @@ class LoggedErrors(logging.Handler):
 
 def check_decoded(dataset, stream) -> bytes:
     """Serialise a decoded instance as the service answers it (Part 10) and check that it describes the
-    pixels it holds, as ``stream`` (a model.bitstream.Bitstream) coded them: AssertionError if not."""
+    pixels it holds, as ``stream`` (a mvmic.model.bitstream.Bitstream) coded them: AssertionError if not."""
     import pydicom
 
     from mvmic.pixels import pixel_data_bytes

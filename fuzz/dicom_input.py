@@ -28,11 +28,11 @@ with common.instrumented():
     import seeds
     from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-    from model.codec import MvmicCodec
+    from mvmic.model.codec import MvmicCodec
     from mvmic.pacs.storage import NotAcceptableError, StoragePolicy, prepare_instance, render
     from mvmic.transcode import dicom_to_mvm, mvm_to_dicom
 
-CODEC = MvmicCodec.load()  # the served weights, as service.models.load_models loads them
+CODEC = MvmicCodec.load()  # the served weights, as mvmic.service.models.load_models loads them
 LOSSLESS = StoragePolicy(max_error=0)
 NATIVE_LITTLE_ENDIAN = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian)
 LOGGED = common.LoggedErrors()

@@ -35,7 +35,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from model.bitstream import CRC_BYTES, Bitstream, Layer, LayerKind
+from mvmic.model.bitstream import CRC_BYTES, Bitstream, Layer, LayerKind
 from mvmic.transcode import MVM_TRANSFER_SYNTAX, bitstream_of_instance
 
 EDGE_INTEGERS = (0, 1, 2, 3, 4, 7, 8, 9, 12, 15, 16, 17, 31, 32, 33, 64, 255, 256, 4096, 32767, 32768, 65535,

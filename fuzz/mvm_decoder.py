@@ -1,5 +1,5 @@
 """Fuzz target mvm_decoder: a .mvm bitstream decoded to DICOM, as /v1/decompress and `mvmic decompress` do
-(mvmic.transcode.mvm_to_dicom with the served codec): the container (model.bitstream), every layer kind
+(mvmic.transcode.mvm_to_dicom with the served codec): the container (mvmic.model.bitstream), every layer kind
 (lossy base of both models, residual, exact near-lossless and lossless, the DICOM header layer) and the
 decoded instance as the service writes it (common.check_decoded).
 
@@ -20,11 +20,11 @@ with common.instrumented():
     import mutators
     import seeds
 
-    from model.bitstream import Bitstream
-    from model.codec import MvmicCodec
+    from mvmic.model.bitstream import Bitstream
+    from mvmic.model.codec import MvmicCodec
     from mvmic.transcode import mvm_to_dicom
 
-CODEC = MvmicCodec.load()  # the served weights, as service.models.load_models loads them
+CODEC = MvmicCodec.load()  # the served weights, as mvmic.service.models.load_models loads them
 
 
 def TestOneInput(data: bytes) -> None:

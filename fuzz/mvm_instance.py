@@ -20,12 +20,12 @@ with common.instrumented():
     import mutators
     import seeds
 
-    from model.bitstream import Bitstream
-    from model.codec import MvmicCodec
+    from mvmic.model.bitstream import Bitstream
+    from mvmic.model.codec import MvmicCodec
     from mvmic.pixels import read_dataset
     from mvmic.transcode import bitstream_of_instance, instance_to_dicom
 
-CODEC = MvmicCodec.load()  # the served weights, as service.models.load_models loads them
+CODEC = MvmicCodec.load()  # the served weights, as mvmic.service.models.load_models loads them
 
 
 def TestOneInput(data: bytes) -> None:

@@ -25,8 +25,8 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from test_dicom_oddities import ct_like, dicom_instance, ybr_422_words
 
-from model.bitstream import Layer, LayerKind
-from model.codec import CNN_WEIGHTS, MvmicCodec
+from mvmic.model.bitstream import Layer, LayerKind
+from mvmic.model.codec import CNN_WEIGHTS, MvmicCodec
 from mvmic.pixels import NativeImage, dicom_bytes, header_bytes, read_dicom
 from mvmic.transcode import Compressed, dicom_to_mvm, mvm_instance
 

@@ -1,8 +1,8 @@
 """The `mvmic` command line.
 
     mvmic data prepare [--out DIR]     build the real-image corpus (mvmic.corpus)
-    mvmic bench rd [--split test]      classical codecs on the corpus (bench.rd)
-    mvmic export-onnx [HEADS.pt] [--int8]  the task heads as ONNX Runtime runs them (model.tasks.runtime)
+    mvmic bench rd [--split test]      classical codecs on the corpus (mvmic.bench.rd)
+    mvmic export-onnx [HEADS.pt] [--int8]  the task heads as ONNX Runtime runs them (mvmic.model.tasks.runtime)
     mvmic serve [--host H --port N]    the HTTP service (service)
     mvmic pacs compress-study UID      compress a study in the PACS in place (mvmic.pacs)
     mvmic archive compress [SOURCE] --out DEST [--pacs URL]   a whole archive, on Ray (mvmic.archive)
@@ -131,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     tasks.set_defaults(run=_bench_tasks)
     gpu = bench.add_parser("gpu", help="CUDA parity and GPU throughput of heads, codec and service (scripts/gpu-check "
                                        "runs it on a lent GPU machine; --dry-run: the CPU, small counts)")
-    from bench.gpu import add_run_arguments  # standard library only: --help stays quick
+    from mvmic.bench.gpu import add_run_arguments  # standard library only: --help stays quick
 
     add_run_arguments(gpu)
     gpu.set_defaults(run=_bench_gpu)
@@ -177,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
                                   "looks for it and the weights' manifest records it; --int8's model goes beside it)")
     export_onnx.add_argument("--int8", action="store_true",
                              help="also write the int8 model that CPUs run (suffix .int8.onnx), calibrated on the "
-                                  "corpus's train split (model.tasks.quantize)")
+                                  "corpus's train split (mvmic.model.tasks.quantize)")
     export_onnx.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS,
                              help="corpus folder for --int8's calibration (default: %(default)s)")
     export_onnx.set_defaults(run=_export_onnx)
@@ -294,7 +294,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _heads_runtime_option(parser: argparse.ArgumentParser) -> None:
-    # checked by Analyzer.load (model.tasks.analysis.RUNTIMES), which --help must not import
+    # checked by Analyzer.load (mvmic.model.tasks.analysis.RUNTIMES), which --help must not import
     parser.add_argument("--heads-runtime", default="auto", metavar="RUNTIME",
                         help="how the task heads run: auto (ONNX Runtime, int8 where exported), onnx (float), "
                              "onnx-int8 or torch (default: %(default)s; the service's MVMIC_HEADS_RUNTIME)")
@@ -359,8 +359,8 @@ def _data_prepare(args: argparse.Namespace) -> int:
 
 
 def _bench_rd(args: argparse.Namespace) -> int:
-    from bench.codecs.mvmicnet import WEIGHTS_VARIABLE
-    from bench.rd import run_rd_benchmark
+    from mvmic.bench.codecs.mvmicnet import WEIGHTS_VARIABLE
+    from mvmic.bench.rd import run_rd_benchmark
 
     if args.mvmicnet_weights is not None:
         if not args.mvmicnet_weights.is_file():
@@ -372,14 +372,14 @@ def _bench_rd(args: argparse.Namespace) -> int:
 
 
 def _load_codec(weights: Path | None):
-    from model.codec import DEFAULT_WEIGHTS, MvmicCodec
+    from mvmic.model.codec import DEFAULT_WEIGHTS, MvmicCodec
 
     return _on_all_cores(MvmicCodec.load(weights or DEFAULT_WEIGHTS))
 
 
 def _on_all_cores(codec):
     """The codec, coding the frames of a multi-frame image on every core this process may use."""
-    from model.table_codec import cpu_cores
+    from mvmic.model.table_codec import cpu_cores
 
     table = getattr(codec, "table", codec)  # MvmicCodec's version 3 codec, or a TableCodec itself
     if hasattr(table, "threads"):
@@ -412,7 +412,7 @@ def _analyze(args: argparse.Namespace) -> int:
 def _write_analysis(data: bytes, codec, heads: Path | None, runtime: str, target: Path | None) -> None:
     import json
 
-    from model.tasks.analysis import DEFAULT_HEADS, Analyzer
+    from mvmic.model.tasks.analysis import DEFAULT_HEADS, Analyzer
     from mvmic.transcode import analyze_mvm
 
     document = analyze_mvm(data, Analyzer.load(codec, heads or DEFAULT_HEADS, runtime=runtime))
@@ -429,8 +429,8 @@ def _write_analysis(data: bytes, codec, heads: Path | None, runtime: str, target
 def _export_onnx(args: argparse.Namespace) -> int:
     import hashlib
 
-    from model.tasks.analysis import DEFAULT_HEADS
-    from model.tasks.runtime import export_heads_file, int8_path
+    from mvmic.model.tasks.analysis import DEFAULT_HEADS
+    from mvmic.model.tasks.runtime import export_heads_file, int8_path
 
     source = args.heads or DEFAULT_HEADS
     target = export_heads_file(source, args.out, invoked_command(), args.corpus if args.int8 else None)
@@ -462,7 +462,7 @@ def _decompress(args: argparse.Namespace) -> int:
 
 
 def _train_codec(args: argparse.Namespace) -> int:
-    from model.train import TrainConfig, export_weights, train
+    from mvmic.model.train import TrainConfig, export_weights, train
 
     command = invoked_command()
     state = train(TrainConfig(corpus_dir=args.corpus, checkpoint=args.checkpoint, minutes=args.minutes,
@@ -475,8 +475,8 @@ def _train_codec(args: argparse.Namespace) -> int:
 
 
 def _train_contexts(args: argparse.Namespace) -> int:
-    from model.enc_table_contexts import export
-    from model.table_codec import DEFAULT_WEIGHTS
+    from mvmic.model.enc_table_contexts import export
+    from mvmic.model.table_codec import DEFAULT_WEIGHTS
 
     out = args.export or DEFAULT_WEIGHTS
     if out.suffix != ".npz":
@@ -486,8 +486,8 @@ def _train_contexts(args: argparse.Namespace) -> int:
 
 
 def _train_residual(args: argparse.Namespace) -> int:
-    from model.train import TrainConfig
-    from model.train_residual import export_residual_weights, train_residual
+    from mvmic.model.train import TrainConfig
+    from mvmic.model.train_residual import export_residual_weights, train_residual
 
     command = invoked_command()
     state = train_residual(TrainConfig(corpus_dir=args.corpus, checkpoint=args.checkpoint, minutes=args.minutes,
@@ -501,7 +501,7 @@ def _train_residual(args: argparse.Namespace) -> int:
 
 
 def _train_tasks(args: argparse.Namespace) -> int:
-    from model.tasks.train import TaskTrainConfig, export_task_weights, train_tasks
+    from mvmic.model.tasks.train import TaskTrainConfig, export_task_weights, train_tasks
 
     command = invoked_command()
     state = train_tasks(TaskTrainConfig(corpus_dir=args.corpus, checkpoint=args.checkpoint, network=args.network,
@@ -511,7 +511,7 @@ def _train_tasks(args: argparse.Namespace) -> int:
     if args.export:
         print(f"weights {args.export} sha256 {export_task_weights(args.checkpoint, args.export, command, args.corpus)}")
         if args.network == "latent":  # what analysis runs: ONNX Runtime reads the .onnx beside the weights
-            from model.tasks.runtime import export_heads_file
+            from mvmic.model.tasks.runtime import export_heads_file
 
             print(f"ONNX model {export_heads_file(args.export, command=invoked_command(), calibration_corpus=args.corpus)}"
                   " and its int8 twin")
@@ -519,8 +519,8 @@ def _train_tasks(args: argparse.Namespace) -> int:
 
 
 def _train_joint(args: argparse.Namespace) -> int:
-    from model.tasks.joint import export_joint_weights, train_joint
-    from model.tasks.train import TaskTrainConfig
+    from mvmic.model.tasks.joint import export_joint_weights, train_joint
+    from mvmic.model.tasks.train import TaskTrainConfig
 
     if (args.export_codec is None) != (args.export_heads is None):
         raise ValueError("give both --export-codec and --export-heads: stage 3 changes codec and heads together")
@@ -531,8 +531,8 @@ def _train_joint(args: argparse.Namespace) -> int:
     print(f"step {state['step']}: {state['history'][-1]}")
     if args.export_codec:
         sha256 = export_joint_weights(args.checkpoint, args.export_codec, args.export_heads, command, args.corpus)
-        from model.codec import MvmicCodec
-        from model.tasks.runtime import export_heads_file
+        from mvmic.model.codec import MvmicCodec
+        from mvmic.model.tasks.runtime import export_heads_file
 
         exported = export_heads_file(args.export_heads, command=invoked_command(), calibration_corpus=args.corpus,
                                      codec=MvmicCodec.load(args.export_codec))
@@ -542,21 +542,21 @@ def _train_joint(args: argparse.Namespace) -> int:
 
 
 def _bench_speed(args: argparse.Namespace) -> int:
-    from bench.speed import run_speed_benchmark
+    from mvmic.bench.speed import run_speed_benchmark
 
     run_speed_benchmark(args.corpus, args.out, args.quality, args.repeat)
     return 0
 
 
 def _bench_memory(args: argparse.Namespace) -> int:
-    from bench.memory import run_memory_benchmark
+    from mvmic.bench.memory import run_memory_benchmark
 
     run_memory_benchmark(args.corpus, args.out)
     return 0
 
 
 def _bench_service(args: argparse.Namespace) -> int:
-    from bench.service import run_service_benchmark
+    from mvmic.bench.service import run_service_benchmark
 
     if min(args.concurrency) < 1:
         raise ValueError("--concurrency values must be at least 1")
@@ -565,21 +565,21 @@ def _bench_service(args: argparse.Namespace) -> int:
 
 
 def _bench_pacs(args: argparse.Namespace) -> int:
-    from bench.pacs import MODES, run_pacs_benchmark
+    from mvmic.bench.pacs import MODES, run_pacs_benchmark
 
     run_pacs_benchmark(args.corpus, args.out, args.split, tuple(args.mode or MODES), args.limit)
     return 0
 
 
 def _bench_soak(args: argparse.Namespace) -> int:
-    from bench.soak import run_soak_benchmark
+    from mvmic.bench.soak import run_soak_benchmark
 
     result = run_soak_benchmark(args.corpus, args.out, args.users, args.duration, args.warmup)
     return 0 if result["pass"] else 1
 
 
 def _bench_archive(args: argparse.Namespace) -> int:
-    from bench.archive import run_archive_benchmark
+    from mvmic.bench.archive import run_archive_benchmark
 
     run_archive_benchmark(args.corpus, args.out, args.split, tuple(args.workers), args.mode, args.max_error,
                           args.node_cores, args.nodes)
@@ -587,7 +587,7 @@ def _bench_archive(args: argparse.Namespace) -> int:
 
 
 def _bench_tasks(args: argparse.Namespace) -> int:
-    from bench.tasks import DEFAULT_PIXEL_REFERENCE, run_tasks_benchmark
+    from mvmic.bench.tasks import DEFAULT_PIXEL_REFERENCE, run_tasks_benchmark
 
     if args.every < 1:
         raise ValueError("--every must be at least 1")
@@ -597,7 +597,7 @@ def _bench_tasks(args: argparse.Namespace) -> int:
 
 
 def _bench_gpu(args: argparse.Namespace) -> int:
-    from bench.gpu import run_from_arguments
+    from mvmic.bench.gpu import run_from_arguments
 
     return run_from_arguments(args)
 
@@ -605,12 +605,12 @@ def _bench_gpu(args: argparse.Namespace) -> int:
 def _pacs_compress_study(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from model.codec import MvmicCodec
+    from mvmic.model.codec import MvmicCodec
     from mvmic.pacs.client import PacsClient
     from mvmic.pacs.compress_study import compress_study
     from mvmic.pacs.storage import StoragePolicy
+    from mvmic.service.settings import Settings
     from mvmic.transcode import error_bound
-    from service.settings import Settings
 
     settings = Settings()
     root = args.pacs or settings.pacs_url
@@ -645,8 +645,8 @@ def _archive_compress(args: argparse.Namespace) -> int:
     from mvmic.archive.engine import LEDGER_NAME, ArchiveJob, run_archive
     from mvmic.archive.worker import ANALYSIS, INSTANCES, STAGING, PacsAddress, WorkerConfig
     from mvmic.pacs.storage import StoragePolicy
+    from mvmic.service.settings import Settings
     from mvmic.transcode import error_bound
-    from service.settings import Settings
 
     bound = error_bound(args.mode, args.max_error)
     if args.quality is not None and bound is not None:
@@ -690,9 +690,9 @@ def _archive_compress(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from service.models import check_settings
-    from service.server import serve
-    from service.settings import Settings
+    from mvmic.service.models import check_settings
+    from mvmic.service.server import serve
+    from mvmic.service.settings import Settings
 
     settings = Settings()
     check_settings(settings)

@@ -33,7 +33,7 @@ from pydicom.filewriter import write_data_element
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from model.pixel_format import MAX_BITS_STORED, SUPPORTED_SAMPLES, PixelFormat
+from mvmic.model.pixel_format import MAX_BITS_STORED, SUPPORTED_SAMPLES, PixelFormat
 
 # pydicom's warnings about a value that breaks its VR's rules (a UID with a leading zero, say) quote the value,
 # and go to the process's stderr and log: a patient's name or a study's UID in the service's log. MVMIC reads

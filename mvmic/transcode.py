@@ -30,7 +30,8 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_fragments
 from pydicom.uid import UID
 
-from model.bitstream import (
+from mvmic.derivative import lossy_derivative
+from mvmic.model.bitstream import (
     EXACT_FORMAT_VERSION,
     Bitstream,
     Layer,
@@ -39,10 +40,9 @@ from model.bitstream import (
     TrailingDataError,
     format_version,
 )
-from model.lossless import stream as exact_stream
-from model.quality import MAX_ERROR
-from model.rate_control import compress_at
-from mvmic.derivative import lossy_derivative
+from mvmic.model.lossless import stream as exact_stream
+from mvmic.model.quality import MAX_ERROR
+from mvmic.model.rate_control import compress_at
 from mvmic.pixels import (
     SUPPORTED_BITS_ALLOCATED,
     DicomInputError,
@@ -59,9 +59,9 @@ from mvmic.pixels import (
 )
 
 if TYPE_CHECKING:  # the codec and the heads (and torch) load only where a stream needs them
-    from model.codec import MvmicCodec
-    from model.table_codec import TableCodec
-    from model.tasks.analysis import Analyzer, FrameAnalysis
+    from mvmic.model.codec import MvmicCodec
+    from mvmic.model.table_codec import TableCodec
+    from mvmic.model.tasks.analysis import Analyzer, FrameAnalysis
 
 METHOD = "MVMICNET"
 MAX_HEADER_BYTES = 64 * 2**20  # a DICOM header without its pixels: far below this
@@ -193,7 +193,7 @@ def _decoded_header(stream: Bitstream, source: Dataset, ratio: float, data: byte
     if exact_stream.is_exact(stream):
         max_error = exact_stream.max_error(stream)
     elif any(layer.kind == LayerKind.RESIDUAL for layer in stream.layers):  # the first lossless design
-        from model.codec import max_error_of
+        from mvmic.model.codec import max_error_of
 
         max_error = max_error_of(stream)
     else:
@@ -238,16 +238,16 @@ def parse_for(data: bytes, codec: MvmicCodec | None) -> Bitstream:
 
 def decoder_for(data: bytes, weights: Path | None = None) -> MvmicCodec | TableCodec | None:
     """The codec that decodes ``data``, loading no more than it needs: None for an exact stream, the
-    torch-free version 3 codec (model.table_codec) for a lossy version 3 stream, else model.codec's
+    torch-free version 3 codec (mvmic.model.table_codec) for a lossy version 3 stream, else mvmic.model.codec's
     (version 2 streams, residual layers). ``weights`` names another weights file."""
     if not needs_weights(data):
         return None
     stream = Bitstream.from_bytes(data)
-    from model.table_codec import DEFAULT_WEIGHTS, MODEL_ID, TableCodec
+    from mvmic.model.table_codec import DEFAULT_WEIGHTS, MODEL_ID, TableCodec
 
     if stream.model_id == MODEL_ID and not any(layer.kind == LayerKind.RESIDUAL for layer in stream.layers):
         return TableCodec.load(weights or DEFAULT_WEIGHTS)
-    from model.codec import MvmicCodec
+    from mvmic.model.codec import MvmicCodec
 
     return MvmicCodec.load(weights or DEFAULT_WEIGHTS)
 

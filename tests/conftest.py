@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mvmic.pacs.orthanc import OrthancServer, OrthancStartError, running_orthanc
-from service.process import ServiceStartError, running_service
+from mvmic.service.process import ServiceStartError, running_service
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

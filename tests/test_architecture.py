@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CODEC_CORE = ("model.codec", "model.table_codec", "model.bitstream", "model.rate_control", "model.colour",
-              "model.quality", "model.lossless.stream", "model.lossless.layer", "model.errors")
+CODEC_CORE = ("mvmic.model.codec", "mvmic.model.table_codec", "mvmic.model.bitstream", "mvmic.model.rate_control", "mvmic.model.colour",
+              "mvmic.model.quality", "mvmic.model.lossless.stream", "mvmic.model.lossless.layer", "mvmic.model.errors")
 
 
 def test_the_codec_core_imports_no_dicom_library_nor_anything_above_it() -> None:

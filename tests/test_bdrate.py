@@ -1,10 +1,10 @@
-"""Tests for bench.bdrate, using examples whose answers are derived by hand."""
+"""Tests for mvmic.bench.bdrate, using examples whose answers are derived by hand."""
 
 import math
 
 import pytest
 
-from bench.bdrate import bd_psnr, bd_rate
+from mvmic.bench.bdrate import bd_psnr, bd_rate
 
 # A JPEG-2000-like reference and a slightly better test codec (rates in bpp).
 J2K_RATE = [0.25, 0.5, 1.0, 2.0]

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.codecs import CODECS, Codec, OperatingPoint, register, registered_codecs
-from bench.rd import Measurement
-from bench.report import bounded_ratios
+from mvmic.bench.codecs import CODECS, Codec, OperatingPoint, register, registered_codecs
+from mvmic.bench.rd import Measurement
+from mvmic.bench.report import bounded_ratios
 from mvmic.corpus.manifest import CorpusEntry, Manifest
 from mvmic.metrics import bits_per_pixel, max_abs_error, psnr
 

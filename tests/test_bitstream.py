@@ -1,4 +1,4 @@
-"""Tests for model.bitstream: the .mvm container's layout, and that bad bytes never get past it."""
+"""Tests for mvmic.model.bitstream: the .mvm container's layout, and that bad bytes never get past it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 import pytest
 
-from model.bitstream import (
+from mvmic.model.bitstream import (
     FORMAT_VERSION,
     BadMagicError,
     Bitstream,

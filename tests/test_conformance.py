@@ -34,9 +34,9 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
-from model.codec import MvmicCodec
-from model.tasks.analysis import Analyzer
 from mvmic.derivative import lossy_derivative
+from mvmic.model.codec import MvmicCodec
+from mvmic.model.tasks.analysis import Analyzer
 from mvmic.pacs.analysis_objects import SHARED_TYPE_2, as_reference, measurement_report, segmentation
 from mvmic.pacs.storage import StoragePolicy, analysis_instances, prepare_instance, render
 from mvmic.pixels import read_dataset

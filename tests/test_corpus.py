@@ -21,9 +21,9 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from model.tasks.organs import ORGAN_CLASSES
 from mvmic.corpus.manifest import CorpusEntry, Manifest
 from mvmic.corpus.sources import ORGAN_FREE_CASES
+from mvmic.model.tasks.organs import ORGAN_CLASSES
 from mvmic.pixels import NativeImage, read_dicom
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

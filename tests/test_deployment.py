@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.settings import Settings
+from mvmic.service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"

@@ -15,8 +15,8 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
-from model.codec import MvmicCodec
 from mvmic.cli import main
+from mvmic.model.codec import MvmicCodec
 from mvmic.pacs import storage
 from mvmic.pacs.storage import StoragePolicy, prepare_instance, render
 from mvmic.pixels import UnsupportedPixelFormatError, read_dicom

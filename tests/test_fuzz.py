@@ -16,7 +16,7 @@ sys.path.insert(0, str(FUZZ_DIR))
 from campaign import TARGETS, campaign
 from common import is_refusal
 
-from model.bitstream import Bitstream, CorruptedError
+from mvmic.model.bitstream import Bitstream, CorruptedError
 from mvmic.pixels import DicomInputError, read_dataset
 from mvmic.transcode import error_bound
 

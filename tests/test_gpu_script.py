@@ -1,4 +1,4 @@
-"""The GPU check (scripts/gpu-check, bench/gpu.py) runs here as its dry run: the CPU, small counts.
+"""The GPU check (scripts/gpu-check, mvmic/bench/gpu.py) runs here as its dry run: the CPU, small counts.
 
 What only a lent GPU machine shows (CUDA parity, frames/s there) is not tested here; this keeps the
 script, its steps and results.json's shape working, and the recorded decode hashes current."""
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.gpu import EXPECTED, FRAMES, SCHEMA, summarise_metrics
+from mvmic.bench.gpu import EXPECTED, FRAMES, SCHEMA, summarise_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "gpu-check"
@@ -67,11 +67,11 @@ def test_the_dry_run_writes_results_of_every_step(dry_run) -> None:
 
 def test_the_recorded_decode_hashes_are_current(dry_run) -> None:
     """scripts/gpu-check-expected.json is what the device machine must decode: regenerate it with
-    `python -m bench.gpu expected` (and commit it) whenever the codec's output changes on purpose."""
+    `python -m mvmic.bench.gpu expected` (and commit it) whenever the codec's output changes on purpose."""
     expected = json.loads(EXPECTED.read_text())
     assert [frame["id"] for frame in expected["frames"]] == list(FRAMES)
     hashes = dry_run[1]["steps"]["decode_hashes"]
-    assert hashes["mismatches"] == [], ("stale scripts/gpu-check-expected.json: run `python -m bench.gpu expected`",
+    assert hashes["mismatches"] == [], ("stale scripts/gpu-check-expected.json: run `python -m mvmic.bench.gpu expected`",
                                         hashes["mismatches"])
     assert hashes["matched"] == hashes["total"] == len(FRAMES)
 

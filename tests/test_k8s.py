@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.settings import Settings
+from mvmic.service.settings import Settings
 
 K8S = Path(__file__).resolve().parent.parent / "deploy" / "k8s"
 KUBERNETES = "1.33.0"  # a version every supported cluster release line still serves these APIs in

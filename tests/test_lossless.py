@@ -1,4 +1,4 @@
-"""The exact layer (model.lossless): lossless and near-lossless coding of real corpus frames."""
+"""The exact layer (mvmic.model.lossless): lossless and near-lossless coding of real corpus frames."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from model.bitstream import Bitstream, Layer, LayerKind
-from model.codec import MvmicCodec, max_error_of
-from model.errors import CodecInputError
-from model.lossless import stream as exact_stream
-from model.lossless.layer import ExactLayerError, decode_frame, default_stripes, encode_frame
-from model.lossless.plane_coder import KNOWN_STREAM, LS_TAPS, decode_plane, encode_plane, known_answer_plane
-from model.rate_control import compress_at
+from mvmic.model.bitstream import Bitstream, Layer, LayerKind
+from mvmic.model.codec import MvmicCodec, max_error_of
+from mvmic.model.errors import CodecInputError
+from mvmic.model.lossless import stream as exact_stream
+from mvmic.model.lossless.layer import ExactLayerError, decode_frame, default_stripes, encode_frame
+from mvmic.model.lossless.plane_coder import KNOWN_STREAM, LS_TAPS, decode_plane, encode_plane, known_answer_plane
+from mvmic.model.rate_control import compress_at
 from mvmic.pixels import PixelFormat, header_bytes, read_dicom
 from mvmic.transcode import mvm_to_dicom, needs_weights
 
@@ -127,7 +127,7 @@ def test_lossless_streams_name_their_format_version(images, codec) -> None:
 def test_the_coder_loads_from_the_cache_not_a_compilation() -> None:
     """The kernels come from numba's on-disk cache (make warms it): a fresh process codes a frame
     without compiling anything."""
-    code = ("from model.lossless.warm import warm; from model.lossless.plane_coder import decode_plane, encode_plane; "
+    code = ("from mvmic.model.lossless.warm import warm; from mvmic.model.lossless.plane_coder import decode_plane, encode_plane; "
             "warm(); kernels = (encode_plane, decode_plane); "
             "print(sum(sum(k.stats.cache_hits.values()) for k in kernels), "
             "sum(sum(k.stats.cache_misses.values()) for k in kernels))")
@@ -145,7 +145,7 @@ def test_cli_codes_exact_streams_without_the_weights_or_torch(tmp_path, corpus_d
     code = ("import sys; from mvmic.cli import main; "
             f"assert main(['compress', {str(source)!r}, {str(compressed)!r}, '--mode', 'lossless']) == 0; "
             f"assert main(['decompress', {str(compressed)!r}, {str(decoded)!r}]) == 0; "
-            "print(sorted(m for m in ('torch', 'model.codec') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'mvmic.model.codec') if m in sys.modules))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().endswith("[]")

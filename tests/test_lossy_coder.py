@@ -17,15 +17,15 @@ import pytest
 import torch
 from pydicom.dataelem import DataElement
 
-from model import lifting, lifting_kernels, table_contexts
-from model.bitstream import Bitstream, Layer, LayerKind
-from model.codec import CNN_WEIGHTS, MvmicCodec
-from model.enc_table_contexts import fit
-from model.entropy_coder import CodingTables
-from model.errors import CodecInputError
-from model.quality import QUALITY_CODES, step_of
-from model.subbands import dequantize
-from model.table_codec import MODEL_ID, TableCodec, levels_of, normalised_planes
+from mvmic.model import lifting, lifting_kernels, table_contexts
+from mvmic.model.bitstream import Bitstream, Layer, LayerKind
+from mvmic.model.codec import CNN_WEIGHTS, MvmicCodec
+from mvmic.model.enc_table_contexts import fit
+from mvmic.model.entropy_coder import CodingTables
+from mvmic.model.errors import CodecInputError
+from mvmic.model.quality import QUALITY_CODES, step_of
+from mvmic.model.subbands import dequantize
+from mvmic.model.table_codec import MODEL_ID, TableCodec, levels_of, normalised_planes
 from mvmic.pixels import DicomInputError, PixelFormat, read_dataset
 from mvmic.transcode import dicom_to_mvm, instance_to_dicom, mvm_instance, mvm_to_dicom
 
@@ -61,7 +61,7 @@ def test_compiled_wavelet_equals_torch_bit_for_bit() -> None:
 
 
 def test_torch_and_compiled_paths_give_identical_bitstreams_and_pixels(table, cnn, corpus_dir, corpus_manifest) -> None:
-    # 20 real test frames: the torch quantiser (model.lifting + model.subbands, as version 2 and training
+    # 20 real test frames: the torch quantiser (mvmic.model.lifting + mvmic.model.subbands, as version 2 and training
     # compute it) and the compiled one give the same integer bands, hence byte-identical payloads; the
     # torch synthesis and the compiled one give the same decoded pixels.
     for name, image in _frames(corpus_dir, corpus_manifest):

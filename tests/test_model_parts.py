@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from model.cdf97 import max_levels
-from model.context_model import PHASES, decoded_mask, phase_mask
-from model.entropy_coder import PRECISION, TABLE_COUNT, CodingTables, RansReader, RansWriter, scale_table
-from model.integer_net import IndexNetwork, IntegerConv2d
-from model.lifting import FIXED_POINT_BITS, Subbands, analysis, exact_synthesis, synthesis
-from model.subbands import band_gains, dequantize, quantize
+from mvmic.model.cdf97 import max_levels
+from mvmic.model.context_model import PHASES, decoded_mask, phase_mask
+from mvmic.model.entropy_coder import PRECISION, TABLE_COUNT, CodingTables, RansReader, RansWriter, scale_table
+from mvmic.model.integer_net import IndexNetwork, IntegerConv2d
+from mvmic.model.lifting import FIXED_POINT_BITS, Subbands, analysis, exact_synthesis, synthesis
+from mvmic.model.subbands import band_gains, dequantize, quantize
 
 
 def _normalised(corpus_manifest, corpus_dir, entry_id: str) -> torch.Tensor:

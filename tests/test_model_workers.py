@@ -1,4 +1,4 @@
-"""The service's pool of model workers (service.models.ModelWorkers), on plain functions: concurrency,
+"""The service's pool of model workers (mvmic.service.models.ModelWorkers), on plain functions: concurrency,
 batching, errors, cancellation, shutdown and the gauges. The service over HTTP: tests/test_service.py."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from concurrent.futures import CancelledError, Future
 import pytest
 from pydantic import ValidationError
 
-from service import models as service_models
-from service.metrics import ServiceMetrics
-from service.models import ModelWorkers, torch_threads
-from service.settings import Settings, cpu_cores
+from mvmic.service import models as service_models
+from mvmic.service.metrics import ServiceMetrics
+from mvmic.service.models import ModelWorkers, torch_threads
+from mvmic.service.settings import Settings, cpu_cores
 
 WAIT_S = 10.0  # the longest any test waits for something that should take milliseconds
 

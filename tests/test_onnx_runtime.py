@@ -12,13 +12,15 @@ import onnx
 import pytest
 import torch
 
-from model.codec import QUALITY_CODES, MvmicCodec, coarse_reconstruction
-from model.tasks.analysis import DEFAULT_HEADS, REPORT_SCORE, Analyzer, FrameAnalysis
-from model.tasks.heads import LatentHeads, standardise
-from model.tasks.lesions import insert_lesions
-from model.tasks.objectives import decode_detections, organ_maps, segmentation_masks
-from model.tasks.quantize import FLOAT_NODES, calibration_planes, quantize_heads
-from model.tasks.runtime import (
+from mvmic.cli import main
+from mvmic.corpus.manifest import Manifest
+from mvmic.model.codec import QUALITY_CODES, MvmicCodec, coarse_reconstruction
+from mvmic.model.tasks.analysis import DEFAULT_HEADS, REPORT_SCORE, Analyzer, FrameAnalysis
+from mvmic.model.tasks.heads import LatentHeads, standardise
+from mvmic.model.tasks.lesions import insert_lesions
+from mvmic.model.tasks.objectives import decode_detections, organ_maps, segmentation_masks
+from mvmic.model.tasks.quantize import FLOAT_NODES, calibration_planes, quantize_heads
+from mvmic.model.tasks.runtime import (
     PRECISION,
     SOURCE_SHA256,
     OnnxHeads,
@@ -27,8 +29,6 @@ from model.tasks.runtime import (
     int8_path,
     onnx_path,
 )
-from mvmic.cli import main
-from mvmic.corpus.manifest import Manifest
 from mvmic.pixels import read_dicom
 
 # Measured on the 24 frames below: outputs differ by at most 3e-5 (organ logits), the 946 candidate
@@ -179,7 +179,7 @@ def test_the_served_int8_heads_give_the_float_heads_analysis(analyzers, test_fra
 
 
 def test_full_resolution_decoding_in_onnx_runtime_gives_the_torch_decoding(analyzers, test_frames) -> None:
-    """OnnxHeads.masks (upsampling and organ argmax in ONNX Runtime) against model.tasks.objectives in torch, on
+    """OnnxHeads.masks (upsampling and organ argmax in ONNX Runtime) against mvmic.model.tasks.objectives in torch, on
     the outputs of both ONNX models: measured, no pixel of the 5.4 million differs."""
     differing = total = 0
     for runtime in ("onnx", "onnx-int8"):

@@ -3,7 +3,7 @@ requests for every operation of a real gateway (a uvicorn process, bearer tokens
 none may get a server error (5xx, or a dropped connection), and every answer must be one the document declares
 (status, media type, schema), refusing what the document says is invalid and what carries no token.
 
-bench.api_fuzz runs it, with hooks that mix real inputs into what schemathesis generates (seeds stored through
+mvmic.bench.api_fuzz runs it, with hooks that mix real inputs into what schemathesis generates (seeds stored through
 the gateway and compressed by it, byte mutations of them, their UIDs, Accept headers), so the requests reach the
 codec and the PACS, not only the first check of each route. `make fuzz-api` is the same with 500 examples per
 operation and a new seed each time; here, few examples and a fixed seed. (schemathesis's pytest API, whose
@@ -21,9 +21,9 @@ import httpx
 import pytest
 from test_pacs import serve_gateway
 
-from bench.api_fuzz import SEED_IMAGES, TOKEN, fuzz
+from mvmic.bench.api_fuzz import SEED_IMAGES, TOKEN, fuzz
 from mvmic.pacs.orthanc import OrthancServer
-from service.app import create_app
+from mvmic.service.app import create_app
 
 EXAMPLES = 10  # per operation, in the fuzzing and stateful phases (the coverage phase makes its own)
 SEED = 18

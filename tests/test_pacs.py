@@ -20,12 +20,12 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from test_dicom_oddities import ct_like, dicom_instance, ybr_422_words
 
-from model.tasks.organs import ORGAN_CLASSES
+from mvmic.model.tasks.organs import ORGAN_CLASSES
 from mvmic.pacs.multipart import parse_related, related_body
 from mvmic.pacs.orthanc import OrthancServer, running_orthanc
 from mvmic.pacs.storage import CANNOT_UNDERSTAND, DOES_NOT_MATCH, PROCESSING_FAILURE
+from mvmic.service.process import ServiceStartError, free_port, running_service
 from mvmic.transcode import MVM_TRANSFER_SYNTAX, bitstream_of_instance
-from service.process import ServiceStartError, free_port, running_service
 
 AS_STORED = (("application/dicom", "*"),)
 DECODED = (("application/dicom", ExplicitVRLittleEndian),)

@@ -27,8 +27,8 @@ from test_pacs import serve_gateway
 from mvmic.pacs.multipart import parse_related, related_body
 from mvmic.pacs.orthanc import OrthancServer
 from mvmic.pacs.storage import PROCESSING_FAILURE
+from mvmic.service.process import REPO_ROOT, start_service
 from mvmic.transcode import MVM_TRANSFER_SYNTAX
-from service.process import REPO_ROOT, start_service
 
 PACS_TIMEOUT_S = 3  # the gateway's MVMIC_PACS_TIMEOUT_S in these tests; "slow" is beyond it
 PACS_RETRY_AFTER = "7"  # what the failing PACS asks for

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_dicom_oddities import dicom_instance
 
-from model.codec import MvmicCodec
+from mvmic.model.codec import MvmicCodec
 from mvmic.pixels import read_dicom
+from mvmic.service.errors import STATUS_BY_ERROR
 from mvmic.transcode import dicom_to_mvm, mvm_to_dicom
-from service.errors import STATUS_BY_ERROR
 
 # Small images keep each example to milliseconds; the examples are drawn afresh on every run (no database).
 PROPERTY_SETTINGS = settings(max_examples=60, deadline=None, database=None,

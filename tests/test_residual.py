@@ -12,8 +12,8 @@ import pydicom
 import pytest
 import torch
 
-from model import codec as codec_module
-from model.bitstream import (
+from mvmic.model import codec as codec_module
+from mvmic.model.bitstream import (
     Bitstream,
     Layer,
     LayerKind,
@@ -25,12 +25,12 @@ from model.bitstream import (
     unpack_integers,
     unpack_payloads,
 )
-from model.codec import CNN_WEIGHTS, DEFAULT_WEIGHTS, QUALITY_CODES, MvmicCodec, max_error_of
-from model.errors import BoundViolationError, CodecInputError
-from model.exact_base import BandStepsFixed
-from model.rate_control import compress_at
-from model.residual import LOG_STEPS_PER_OCTAVE, MAX_ERROR, integer_log, quantize_residual
-from model.tasks.analysis import Analyzer
+from mvmic.model.codec import CNN_WEIGHTS, DEFAULT_WEIGHTS, QUALITY_CODES, MvmicCodec, max_error_of
+from mvmic.model.errors import BoundViolationError, CodecInputError
+from mvmic.model.exact_base import BandStepsFixed
+from mvmic.model.rate_control import compress_at
+from mvmic.model.residual import LOG_STEPS_PER_OCTAVE, MAX_ERROR, integer_log, quantize_residual
+from mvmic.model.tasks.analysis import Analyzer
 from mvmic.pixels import NativeImage, read_dicom
 
 # Small real test-split images of every kind the corpus has: CT 12 and 14 bits (signed), MR,

@@ -18,7 +18,7 @@ from pydicom.uid import generate_uid
 
 from mvmic.pacs.multipart import related_body
 from mvmic.pacs.orthanc import OrthancServer
-from service.process import start_service
+from mvmic.service.process import start_service
 
 TOKEN, BODY_LIMIT = "security-test-token", 400_000
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -21,14 +21,14 @@ import pytest
 import torch
 from pydicom.encaps import generate_fragments
 
-from model.bitstream import Bitstream, LayerKind, pack_payloads
-from model.codec import DEFAULT_WEIGHTS, QUALITY_CODES, MvmicCodec
-from model.tasks.analysis import DEFAULT_HEADS, Analyzer
-from model.tasks.runtime import int8_path, onnx_path
+from mvmic.model.bitstream import Bitstream, LayerKind, pack_payloads
+from mvmic.model.codec import DEFAULT_WEIGHTS, QUALITY_CODES, MvmicCodec
+from mvmic.model.tasks.analysis import DEFAULT_HEADS, Analyzer
+from mvmic.model.tasks.runtime import int8_path, onnx_path
 from mvmic.pixels import read_dicom
+from mvmic.service.process import free_port
+from mvmic.service.settings import cpu_cores
 from mvmic.transcode import MVM_TRANSFER_SYNTAX, bitstream_of_instance
-from service.process import free_port
-from service.settings import cpu_cores
 
 TIMEOUT = 120.0
 
@@ -64,7 +64,7 @@ def test_models_names_the_served_weights(service_url: str) -> None:
     assert described["operating_points"]["modes"] == ["lossy", "near-lossless", "lossless"]
     assert described["operating_points"]["quality"]["4"] == QUALITY_CODES[4]
     assert described["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu") and described["tasks"]
-    # The heads through ONNX Runtime, int8 on a CPU (model.tasks.quantize), float on CUDA.
+    # The heads through ONNX Runtime, int8 on a CPU (mvmic.model.tasks.quantize), float on CUDA.
     assert described["weights"]["heads"]["runtime"] == ("onnx" if torch.cuda.is_available() else "onnx-int8")
 
 
@@ -377,8 +377,8 @@ def test_a_server_bug_is_a_counted_500_with_the_request_id() -> None:
     # is logged, and is counted in mvmic_requests_total like every other answer.
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
-    from service.settings import Settings
+    from mvmic.service.app import create_app
+    from mvmic.service.settings import Settings
 
     app = create_app(Settings())
 

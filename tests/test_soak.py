@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.soak import RSS_GROWTH_FLOOR_MIB, RSS_GROWTH_FRACTION, STOW_INSTANCES
+from mvmic.bench.soak import RSS_GROWTH_FLOOR_MIB, RSS_GROWTH_FRACTION, STOW_INSTANCES
 
 ROUTES = {"compress lossy", "compress lossless", "decompress", "analyze", "STOW-RS", "WADO-RS"}
 

@@ -11,18 +11,18 @@ import torch
 from pycocotools import mask as coco_mask
 from scipy import ndimage
 
-from model.codec import QUALITY_CODES, MvmicCodec, coarse_reconstruction, step_of
-from model.errors import TooSmallToAnalyseError
-from model.lifting import analysis, synthesis
-from model.subbands import BandStepScales, from_steps, with_uniform_noise
-from model.tasks.evaluation import ClassScores, TaskScores, average_precision, box_iou
-from model.tasks.heads import DETECTION_CLASSES, PixelReference, standardise
-from model.tasks.joint import BETA_MAX, BETA_MIN, STAGE2_CODEC, train_joint
-from model.tasks.lesions import LESION_PARAMETERS, boxes_of, insert_lesions
-from model.tasks.objectives import IGNORE, Detections
-from model.tasks.organs import ORGAN_CLASSES, organ_boxes
-from model.tasks.samples import CROP, frame_batch, load_task_planes, training_batch
-from model.tasks.train import (
+from mvmic.model.codec import QUALITY_CODES, MvmicCodec, coarse_reconstruction, step_of
+from mvmic.model.errors import TooSmallToAnalyseError
+from mvmic.model.lifting import analysis, synthesis
+from mvmic.model.subbands import BandStepScales, from_steps, with_uniform_noise
+from mvmic.model.tasks.evaluation import ClassScores, TaskScores, average_precision, box_iou
+from mvmic.model.tasks.heads import DETECTION_CLASSES, PixelReference, standardise
+from mvmic.model.tasks.joint import BETA_MAX, BETA_MIN, STAGE2_CODEC, train_joint
+from mvmic.model.tasks.lesions import LESION_PARAMETERS, boxes_of, insert_lesions
+from mvmic.model.tasks.objectives import IGNORE, Detections
+from mvmic.model.tasks.organs import ORGAN_CLASSES, organ_boxes
+from mvmic.model.tasks.samples import CROP, frame_batch, load_task_planes, training_batch
+from mvmic.model.tasks.train import (
     TaskTrainConfig,
     calibration_inputs,
     network_input,
@@ -249,7 +249,7 @@ def test_stage3_trains_codec_and_heads_together_and_resumes(tmp_path, corpus_dir
 
 
 def test_the_organ_task_set_is_the_held_out_volumes_with_a_box_per_organ_part(corpus_dir) -> None:
-    from bench.tasks import organ_cases
+    from mvmic.bench.tasks import organ_cases
 
     everything = organ_cases(corpus_dir, "test")
     head = [c for c in everything if c.id.startswith("pyradiomics-brain2")]

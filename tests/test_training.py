@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from model.codec import CNN_WEIGHTS, MvmicCodec, normalised_planes
-from model.context_model import SubbandContextModel
-from model.entropy_coder import CodingTables
-from model.train import TABLE_FIT_CODES, TrainConfig, fit_tables, quantized_subbands, train
+from mvmic.model.codec import CNN_WEIGHTS, MvmicCodec, normalised_planes
+from mvmic.model.context_model import SubbandContextModel
+from mvmic.model.entropy_coder import CodingTables
+from mvmic.model.train import TABLE_FIT_CODES, TrainConfig, fit_tables, quantized_subbands, train
 from mvmic.pixels import read_dicom
 
 

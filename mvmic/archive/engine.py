@@ -176,7 +176,7 @@ def _run_on_ray(job: ArchiveJob, ledger: Ledger, pending: list[Item], summary: A
     import ray
     from ray.exceptions import RayActorError
 
-    from model.table_codec import cpu_cores
+    from mvmic.model.table_codec import cpu_cores
 
     started_here = not ray.is_initialized()
     if started_here and address is None:

@@ -62,13 +62,13 @@ class WorkerConfig:
 
 class ArchiveWorker:
     def __init__(self, config: WorkerConfig, device: str = "cpu") -> None:
-        from model.codec import MvmicCodec
+        from mvmic.model.codec import MvmicCodec
 
         self.config = config
         self.codec = MvmicCodec.load()
         self.analyzer = None
         if config.policy.with_analysis:
-            from model.tasks.analysis import Analyzer
+            from mvmic.model.tasks.analysis import Analyzer
 
             self.analyzer = Analyzer.load(self.codec, device=device, runtime=config.heads_runtime, threads=1)
         self.pacs = config.pacs.client() if config.pacs is not None else None

@@ -4,7 +4,7 @@
         manifest.json      this module's Manifest
         images/<id>.dcm    uncompressed DICOM, written by mvmic.pixels
         labels/<id>.npz    expert lesion mask ("mask", bool, rows x columns) and/or organ map
-                           ("organs", uint8 index into model.tasks.organs.ORGAN_CLASSES), if any
+                           ("organs", uint8 index into mvmic.model.tasks.organs.ORGAN_CLASSES), if any
 """
 
 from __future__ import annotations

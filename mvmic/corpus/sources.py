@@ -44,7 +44,7 @@ PYRADIOMICS_VERSION = "3.0.1"
 PYRADIOMICS_SHA256 = "47c57f441d6cb7973fa3b2ea48d3948df78e3348e1c69e1e2ff19001601fc2f5"
 # Case -> modality; every case has <case>_image.nrrd and an expert <case>_label.nrrd.
 PYRADIOMICS_CASES = {"brain1": "MR", "brain2": "MR", "breast1": "MR", "lung1": "CT", "lung2": "CT"}
-# Head MR: none of the organ classes (model.tasks.organs) is in view, so the organ map is known, all
+# Head MR: none of the organ classes (mvmic.model.tasks.organs) is in view, so the organ map is known, all
 # background: the organ task's negative examples (without them its heads name organs in any image).
 ORGAN_FREE_CASES = ("brain1", "brain2")
 
@@ -63,7 +63,7 @@ class Volume:
     modality: str
     voxels: np.ndarray  # (slices, rows, columns) int16, in modality units (HU for CT)
     mask: np.ndarray | None  # (slices, rows, columns) bool, expert lesion label
-    organs: np.ndarray | None  # (slices, rows, columns) uint8, index into model.tasks.organs.ORGAN_CLASSES
+    organs: np.ndarray | None  # (slices, rows, columns) uint8, index into mvmic.model.tasks.organs.ORGAN_CLASSES
     spacing: tuple[float, float, float]  # row, column, slice (mm)
     origin: tuple[float, float, float]
     row_direction: tuple[float, float, float]

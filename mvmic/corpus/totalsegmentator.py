@@ -7,7 +7,7 @@
       aorta_report/example_ct.nii.gz (CT angiogram, 1.5 mm) every 8th slice, no organ map --> Volume "ct-angio"
         (its masks outline the aorta only, so every other organ would read as background: it
         validates the synthetic-lesion task, on a patient and scanner of its own)
-    TotalSegmentator class index --ORGAN_GROUPS--> model.tasks.organs.ORGAN_CLASSES index (0: background)
+    TotalSegmentator class index --ORGAN_GROUPS--> mvmic.model.tasks.organs.ORGAN_CLASSES index (0: background)
 
 The masks are the output of TotalSegmentator itself (Wasserthal et al., Radiology: AI 2023),
 not expert labels. The CT series is kept as the scanner wrote it (one DICOM file per slice),
@@ -31,8 +31,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from model.tasks.organs import ORGAN_CLASSES
 from mvmic.corpus.sources import Volume, fetch_source_archive
+from mvmic.model.tasks.organs import ORGAN_CLASSES
 from mvmic.pixels import NativeImage, read_dicom
 
 TOTALSEGMENTATOR_VERSION = "2.18.0"

@@ -2,7 +2,7 @@
 
     source instance (as stored) + FrameAnalysis per frame
         --segmentation--> DICOM Segmentation (binary; segment 1 "lesion", then one per organ class of
-                          model.tasks.organs, SNOMED CT coded; every segment has a frame per source frame)
+                          mvmic.model.tasks.organs, SNOMED CT coded; every segment has a frame per source frame)
         --measurement_report--> Comprehensive SR, TID 1500 Measurement Report: one planar ROI group per
                                 box (a closed polyline on its source frame, finding type the box's class,
                                 tracking id with the label and score)
@@ -27,8 +27,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from model.tasks.analysis import FrameAnalysis
-from model.tasks.organs import ORGAN_CLASSES
+from mvmic.model.tasks.analysis import FrameAnalysis
+from mvmic.model.tasks.organs import ORGAN_CLASSES
 
 MANUFACTURER = "MVMIC"
 ALGORITHM = "MVMICNet"
@@ -38,7 +38,7 @@ SEG_SERIES_NUMBER, SR_SERIES_NUMBER = 9901, 9902
 SHARED_TYPE_2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                  "ReferringPhysicianName", "StudyID", "AccessionNumber")
 REQUIRED = ("StudyInstanceUID", "SOPClassUID", "SOPInstanceUID")  # Type 1: without them nothing can reference it
-# Segmented property (category, type) of each class, in the order of model.tasks.heads.DETECTION_CLASSES.
+# Segmented property (category, type) of each class, in the order of mvmic.model.tasks.heads.DETECTION_CLASSES.
 PROPERTIES = {
     "lesion": (codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Lesion),
     "liver": (codes.SCT.AnatomicalStructure, codes.SCT.Liver),

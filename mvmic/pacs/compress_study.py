@@ -22,8 +22,8 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from model.codec import MvmicCodec
-from model.tasks.analysis import Analyzer
+from mvmic.model.codec import MvmicCodec
+from mvmic.model.tasks.analysis import Analyzer
 from mvmic.pacs.client import PacsClient, PacsError
 from mvmic.pacs.storage import Prepared, StoragePolicy, prepare_instance
 from mvmic.pixels import read_dataset

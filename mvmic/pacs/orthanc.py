@@ -40,7 +40,7 @@ class OrthancServer:
     storage: Path
 
     def gateway_environment(self) -> dict[str, str]:
-        """The MVMIC_* settings of a gateway (service.settings) in front of this Orthanc."""
+        """The MVMIC_* settings of a gateway (mvmic.service.settings) in front of this Orthanc."""
         return {"MVMIC_PACS_URL": self.dicomweb, "MVMIC_PACS_USER": self.auth[0], "MVMIC_PACS_PASSWORD": self.auth[1]}
 
 

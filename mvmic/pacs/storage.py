@@ -26,9 +26,9 @@ from typing import NamedTuple
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from model.codec import MvmicCodec
-from model.errors import BoundViolationError, CodecInputError, TooSmallToAnalyseError
-from model.tasks.analysis import Analyzer
+from mvmic.model.codec import MvmicCodec
+from mvmic.model.errors import BoundViolationError, CodecInputError, TooSmallToAnalyseError
+from mvmic.model.tasks.analysis import Analyzer
 from mvmic.pacs.analysis_objects import measurement_report, segmentation
 from mvmic.pixels import DicomInputError, as_little_endian, first_line, read_dataset
 from mvmic.transcode import MVM_TRANSFER_SYNTAX, dicom_to_mvm, instance_to_dicom, mvm_instance, parse_for

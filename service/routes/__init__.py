@@ -1,4 +1,0 @@
-"""HTTP routes of the MVMIC service, one ``APIRouter`` per module.
-
-Each module exposes ``router``; ``service.app.create_app`` includes them.
-"""
