@@ -32,7 +32,7 @@ with common.instrumented():
     from mvmic.pacs.storage import NotAcceptableError, StoragePolicy, prepare_instance, render
     from mvmic.transcode import dicom_to_mvm, mvm_to_dicom
 
-CODEC = MvmicCodec.load()  # the served weights, as mvmic.service.models.load_models loads them
+CODEC = MvmicCodec.load()  # the served weights, as mvmic.service.resident_models.load_models loads them
 LOSSLESS = StoragePolicy(max_error=0)
 NATIVE_LITTLE_ENDIAN = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian)
 LOGGED = common.LoggedErrors()

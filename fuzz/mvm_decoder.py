@@ -24,7 +24,7 @@ with common.instrumented():
     from mvmic.model.codec import MvmicCodec
     from mvmic.transcode import mvm_to_dicom
 
-CODEC = MvmicCodec.load()  # the served weights, as mvmic.service.models.load_models loads them
+CODEC = MvmicCodec.load()  # the served weights, as mvmic.service.resident_models.load_models loads them
 
 
 def TestOneInput(data: bytes) -> None:

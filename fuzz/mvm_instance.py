@@ -25,7 +25,7 @@ with common.instrumented():
     from mvmic.pixels import read_dataset
     from mvmic.transcode import bitstream_of_instance, instance_to_dicom
 
-CODEC = MvmicCodec.load()  # the served weights, as mvmic.service.models.load_models loads them
+CODEC = MvmicCodec.load()  # the served weights, as mvmic.service.resident_models.load_models loads them
 
 
 def TestOneInput(data: bytes) -> None:

@@ -690,7 +690,7 @@ def _archive_compress(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from mvmic.service.models import check_settings
+    from mvmic.service.resident_models import check_settings
     from mvmic.service.server import serve
     from mvmic.service.settings import Settings
 

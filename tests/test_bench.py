@@ -14,7 +14,7 @@ from mvmic.bench.codecs import CODECS, Codec, OperatingPoint, register, register
 from mvmic.bench.rd import Measurement
 from mvmic.bench.report import bounded_ratios
 from mvmic.corpus.manifest import CorpusEntry, Manifest
-from mvmic.metrics import bits_per_pixel, max_abs_error, psnr
+from mvmic.model.rate_distortion import bits_per_pixel, max_abs_error, psnr
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "data" / "corpus"

@@ -11,12 +11,12 @@ import pydicom
 import pytest
 import torch
 
-from mvmic.metrics import psnr
 from mvmic.model import cdf97, lifting
 from mvmic.model.bitstream import Bitstream, BitstreamError, WeightsMismatchError, unpack_payloads
 from mvmic.model.codec import CNN_WEIGHTS, QUALITY_CODES, CodecInputError, MvmicCodec
 from mvmic.model.lifting import zero_subbands
 from mvmic.model.rate_control import compress_at
+from mvmic.model.rate_distortion import psnr
 from mvmic.pixels import NativeImage, PixelFormat, read_dicom
 
 

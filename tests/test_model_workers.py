@@ -1,4 +1,4 @@
-"""The service's pool of model workers (mvmic.service.models.ModelWorkers), on plain functions: concurrency,
+"""The service's pool of model workers (mvmic.service.model_workers.ModelWorkers), on plain functions: concurrency,
 batching, errors, cancellation, shutdown and the gauges. The service over HTTP: tests/test_service.py."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from concurrent.futures import CancelledError, Future
 import pytest
 from pydantic import ValidationError
 
-from mvmic.service import models as service_models
-from mvmic.service.metrics import ServiceMetrics
-from mvmic.service.models import ModelWorkers, torch_threads
+from mvmic.service import model_workers
+from mvmic.service.model_workers import ModelWorkers, torch_threads
+from mvmic.service.prometheus import ServiceMetrics
 from mvmic.service.settings import Settings, cpu_cores
 
 WAIT_S = 10.0  # the longest any test waits for something that should take milliseconds
@@ -184,6 +184,6 @@ def test_workers_and_torch_threads_settings(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("MVMIC_WORKERS", "0")
     with pytest.raises(ValidationError, match="workers"):
         Settings()
-    monkeypatch.setattr(service_models, "cpu_cores", lambda: 8)
+    monkeypatch.setattr(model_workers, "cpu_cores", lambda: 8)
     for workers, threads, expected in ((8, 0, 1), (2, 0, 4), (1, 0, 8), (3, 0, 2), (16, 0, 1), (2, 3, 3)):
         assert torch_threads(Settings(workers=workers, threads=threads)) == expected, (workers, threads)

@@ -47,7 +47,7 @@ TOKEN = "api-fuzz-token"
 SEEDS_VARIABLE = "MVMIC_API_FUZZ_SEEDS"  # the seeds file mvmic.bench.api_fuzz_hooks reads
 DICOM = "application/dicom"
 STOW = ("/dicomweb/studies", "/dicomweb/studies/{study}")
-# What the routes negotiate on (mvmic.service.routes.codec._negotiate, dicomweb._acceptable_syntaxes), and what they refuse
+# What the routes negotiate on (mvmic.service.negotiation: negotiate for the /v1 routes, media_ranges for WADO-RS), and what they refuse
 RELATED = 'multipart/related; type="application/dicom"'
 ACCEPTS = ("*/*", "application/json", "application/octet-stream", DICOM, "text/html", "application/*;q=0.5",
            RELATED, f"{RELATED}; transfer-syntax=*", f"{RELATED}; transfer-syntax=1.2.840.10008.1.2.4.50",

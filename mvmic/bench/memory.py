@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from mvmic.corpus.manifest import Manifest
-from mvmic.metrics import bits_per_pixel
+from mvmic.model.rate_distortion import bits_per_pixel
 
 SOURCE = "pydicom-RG1_UNCR"  # 1955 x 1841 CR, 15 bits stored, train split
 SIZES = ((2000, 2000), (3000, 2600))

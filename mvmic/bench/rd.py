@@ -23,7 +23,7 @@ from mvmic.bench.codecs import Codec, registered_codecs
 from mvmic.bench.codecs.mvmicnet import MvmicNet, MvmicNetLossless, record_test_metrics
 from mvmic.bench.report import bd_against_reference, bounded_ratios, markdown_report, plot_rd, summarize
 from mvmic.corpus.manifest import CorpusEntry, Manifest
-from mvmic.metrics import bits_per_pixel, max_abs_error, psnr
+from mvmic.model.rate_distortion import bits_per_pixel, max_abs_error, psnr
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,9 @@ import numpy as np
 from mvmic.bench.codecs import CODECS, OperatingPoint, registered_codecs
 from mvmic.bench.codecs.mvmicnet import measured_codec
 from mvmic.corpus.manifest import Manifest
-from mvmic.metrics import bits_per_pixel
 from mvmic.model.bitstream import Bitstream
 from mvmic.model.lossless import stream as exact_stream
+from mvmic.model.rate_distortion import bits_per_pixel
 
 CT_SLICE = "pyradiomics-lung1-030"  # 512 x 512, 12 bits stored, test split
 

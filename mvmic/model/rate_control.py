@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mvmic.metrics import psnr
 from mvmic.model.bitstream import Bitstream, Layer
 from mvmic.model.lossless import stream as exact_stream
 from mvmic.model.pixel_format import PixelFormat
 from mvmic.model.quality import MAX_CODE, MIN_CODE, QUALITY_CODES
+from mvmic.model.rate_distortion import psnr
 
 if TYPE_CHECKING:  # the codec (and torch) load only where a lossy stream is made
     from mvmic.model.codec import MvmicCodec

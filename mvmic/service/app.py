@@ -10,8 +10,8 @@ build an app or load weights. Run it with uvicorn's factory mode::
     request --request id (X-Request-ID), logged with its route template (a path such as
             /dicomweb/studies/{study} and a QIDO query hold UIDs and patient names: uvicorn's access log,
             which prints them, is off), status and time, never patient data-->
-            and counted (mvmic.service.metrics); routes: health (/healthz, /readyz), metrics (/metrics),
-            models (/v1/models), codec (/v1/compress, /v1/decompress, /v1/analyze),
+            and counted (mvmic.service.prometheus); routes: health (/healthz, /readyz), metrics (/metrics),
+            models (/v1/models), compress (/v1/compress), decompress (/v1/decompress), analyze (/v1/analyze),
             dicomweb (/dicomweb: STOW-RS, WADO-RS, QIDO-RS in front of the PACS at MVMIC_PACS_URL)
             (each takes what the app holds through the typed dependencies of mvmic.service.dependencies)
     shutdown --> the workers finish the jobs queued (up to SHUTDOWN_TIMEOUT_S) and are joined
@@ -30,9 +30,10 @@ from fastapi.responses import JSONResponse
 
 from mvmic.pacs.client import PacsClient
 from mvmic.service.errors import install_error_handlers
-from mvmic.service.metrics import ServiceMetrics, route_of
-from mvmic.service.models import ModelWorkers, configure_torch, load_models
-from mvmic.service.routes import codec, dicomweb, health, metrics, models
+from mvmic.service.model_workers import ModelWorkers, configure_torch
+from mvmic.service.prometheus import ServiceMetrics, route_of
+from mvmic.service.resident_models import load_models
+from mvmic.service.routes import analyze, compress, decompress, dicomweb, health, metrics, models
 from mvmic.service.settings import Settings
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -114,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = ServiceMetrics()
     app.middleware("http")(_request_id)
     install_error_handlers(app)
-    for router in (health.router, metrics.router, models.router, codec.router, dicomweb.router):
+    for router in (health.router, metrics.router, models.router, compress.router, decompress.router, analyze.router,
+                   dicomweb.router):
         app.include_router(router)
     return app

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import HTTPException, Request, status
 
-from mvmic.service.metrics import route_of
+from mvmic.service.prometheus import route_of
 
 
 async def read_body(request: Request, limit: int) -> bytes:

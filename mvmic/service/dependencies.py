@@ -16,8 +16,9 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 
 from mvmic.pacs.client import PacsClient
-from mvmic.service.metrics import ServiceMetrics
-from mvmic.service.models import ModelWorkers, ResidentModels
+from mvmic.service.model_workers import ModelWorkers
+from mvmic.service.prometheus import ServiceMetrics
+from mvmic.service.resident_models import ResidentModels
 from mvmic.service.settings import Settings
 
 

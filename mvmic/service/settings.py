@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     workers: int = Field(default_factory=cpu_cores, ge=1, description="model worker threads, i.e. model calls in "
                          "flight at once, sharing one copy of the weights; default: one per CPU core")
     threads: int = Field(0, ge=0, description="torch intra-op threads of each worker; 0: CPU cores // workers, "
-                         "at least 1 (mvmic.service.models.torch_threads)")
+                         "at least 1 (mvmic.service.model_workers.torch_threads)")
     max_body_bytes: int = Field(256 * 2**20, gt=0, description="larger request bodies get 413")
     api_tokens: list[str] = Field(default_factory=list, description="bearer tokens; empty: no authentication")
     verify_bound: bool = Field(True, description="near-lossless/lossless: decode to check the bound")

@@ -49,7 +49,8 @@ from mvmic.service.auth import require_token
 from mvmic.service.body import raw_body, read_body
 from mvmic.service.dependencies import AppSettings, Metrics, Models, Pacs, Workers
 from mvmic.service.errors import error_responses
-from mvmic.service.metrics import ServiceMetrics
+from mvmic.service.negotiation import media_ranges
+from mvmic.service.prometheus import ServiceMetrics
 from mvmic.service.schemas import DicomJsonDataset, inline_schema
 from mvmic.service.settings import Settings
 
@@ -238,29 +239,15 @@ async def retrieve(request: Request, models: Models, pacs: Pacs, workers: Worker
 
 
 def _acceptable_syntaxes(accept: str) -> list[str]:
-    """The transfer syntaxes of the media ranges that ask for DICOM instances, by preference (RFC 9110
-    12.4.2: higher q first, in order among equals; q=0 not acceptable); 406 when none is."""
-    ranked = []
-    for media_range in accept.split(","):
-        media = parse_media_type(media_range.strip() or "*/*")
-        if media.type in ("*/*", "multipart/*") or (
-                media.type == "multipart/related" and media.parameters.get("type", DICOM).lower() == DICOM):
-            quality = _quality(media.parameters.get("q", "1"))
-            if quality > 0:
-                ranked.append((-quality, len(ranked), media.parameters.get("transfer-syntax", ExplicitVRLittleEndian)))
-    syntaxes = [syntax for *_, syntax in sorted(ranked)]
+    """The transfer syntaxes of the media ranges that ask for DICOM instances, by preference (higher q first,
+    in order among equals: mvmic.service.negotiation); 406 when none is."""
+    syntaxes = [media.parameters.get("transfer-syntax", ExplicitVRLittleEndian) for media in media_ranges(accept)
+                if media.type in ("*/*", "multipart/*") or (
+                    media.type == "multipart/related" and media.parameters.get("type", DICOM).lower() == DICOM)]
     if not syntaxes:
         raise HTTPException(status.HTTP_406_NOT_ACCEPTABLE,
                             f'WADO-RS answers multipart/related; type="{DICOM}" [; transfer-syntax=...], not {accept}')
     return syntaxes
-
-
-def _quality(text: str) -> float:
-    """A q parameter's weight: 0 to 1 (RFC 9110 12.4.2), 1 when it is not a number."""
-    try:
-        return min(max(float(text), 0.0), 1.0)
-    except ValueError:
-        return 1.0
 
 
 # -- QIDO-RS and metadata: passed through -------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""GET /metrics: the service's Prometheus metrics (mvmic.service.metrics), for scraping."""
+"""GET /metrics: the service's Prometheus metrics (mvmic.service.prometheus), for scraping."""
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

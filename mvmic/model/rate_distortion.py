@@ -1,4 +1,4 @@
-"""Distortion and rate on the native integer range (peak = 2**BitsStored - 1)."""
+"""Rate and distortion on the native integer range (peak = 2**BitsStored - 1): the axes of R-D curves.
 
 from __future__ import annotations
 
