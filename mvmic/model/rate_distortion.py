@@ -1,4 +1,4 @@
-"""Rate and distortion on the native integer range (peak = 2**BitsStored - 1): the axes of R-D curves.
+"""Rate and distortion on the native integer range (peak = 2**BitsStored - 1): the axes of R-D curves."""
 
 from __future__ import annotations
 
