@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shlex
 import sys
@@ -359,15 +358,10 @@ def _data_prepare(args: argparse.Namespace) -> int:
 
 
 def _bench_rd(args: argparse.Namespace) -> int:
-    from mvmic.bench.codecs.mvmicnet import WEIGHTS_VARIABLE
     from mvmic.bench.rd import run_rd_benchmark
 
-    if args.mvmicnet_weights is not None:
-        if not args.mvmicnet_weights.is_file():
-            raise FileNotFoundError(f"no MVMICNet weights at {args.mvmicnet_weights}")
-        os.environ[WEIGHTS_VARIABLE] = str(args.mvmicnet_weights)
     run_rd_benchmark(args.corpus, args.split, args.out, codec_names=args.codecs, jobs=args.jobs,
-                     command=invoked_command())
+                     command=invoked_command(), mvmicnet_weights=args.mvmicnet_weights)
     return 0
 
 

@@ -20,7 +20,13 @@ from pathlib import Path
 import torch
 
 from mvmic.bench.codecs import Codec, registered_codecs
-from mvmic.bench.codecs.mvmicnet import MvmicNet, MvmicNetLossless, record_test_metrics
+from mvmic.bench.codecs.mvmicnet import (
+    MvmicNet,
+    MvmicNetLossless,
+    measure_weights,
+    measured_weights,
+    record_test_metrics,
+)
 from mvmic.bench.report import bd_against_reference, bounded_ratios, markdown_report, plot_rd, summarize
 from mvmic.corpus.manifest import CorpusEntry, Manifest
 from mvmic.model.rate_distortion import bits_per_pixel, max_abs_error, psnr
@@ -51,9 +57,13 @@ class FrameTask:
 
 
 def run_rd_benchmark(corpus_dir: Path, split: str, out_dir: Path, codec_names: list[str] | None = None,
-                     jobs: int | None = None, command: str = "") -> list[Measurement]:
+                     jobs: int | None = None, command: str = "", mvmicnet_weights: Path | None = None,
+                     ) -> list[Measurement]:
     """Measure, write rd.json/md/png to ``out_dir``; on the test split, record MVMICNet's rows and
-    ``command`` (the command line that ran this) in the manifests of the measured weights."""
+    ``command`` (the command line that ran this) in the manifests of the measured weights (``mvmicnet_weights``,
+    default the shipped ones; FileNotFoundError if absent)."""
+    if mvmicnet_weights is not None:
+        measure_weights(mvmicnet_weights)
     codecs = registered_codecs(codec_names)
     entries = Manifest.load(corpus_dir / "manifest.json").select(split)
     if not entries:
@@ -76,11 +86,12 @@ def _run(tasks: list[FrameTask], jobs: int) -> list[Measurement]:
         return [m for task in tasks for m in measure_frame(task)]
     # Largest frames first, so that no worker is left with a big one at the end.
     tasks = sorted(tasks, key=lambda t: -t.entry.rows * t.entry.columns)
-    with ProcessPoolExecutor(max_workers=jobs, initializer=_one_thread_per_worker) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_start_worker, initargs=(measured_weights(),)) as pool:
         return [m for rows in pool.map(measure_frame, tasks) for m in rows]
 
 
-def _one_thread_per_worker() -> None:
+def _start_worker(mvmicnet_weights: Path) -> None:
+    measure_weights(mvmicnet_weights)
     # The pool already fills the cores; torch threads on top of it oversubscribe them,
     # which slowed MVMICNet here several times over.
     torch.set_num_threads(1)

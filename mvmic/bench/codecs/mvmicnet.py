@@ -1,5 +1,5 @@
-"""MVMICNet in the rate-distortion harness: the shipped weights (or those named by the
-MVMIC_BENCH_WEIGHTS environment variable, which worker processes inherit).
+"""MVMICNet in the rate-distortion harness: the shipped weights, or those ``measure_weights`` names
+(`mvmic bench rd --mvmicnet-weights`; mvmic.bench.rd names them in each worker process too).
 
     MVMICNet            the base layer alone at each --quality point
     MVMICNet lossless   the exact stream (mvmic.model.lossless, no weights): lossless and near-lossless
@@ -14,7 +14,6 @@ point itself.
 from __future__ import annotations
 
 import json
-import os
 from functools import cache
 from pathlib import Path
 
@@ -26,16 +25,28 @@ from mvmic.model.codec import DEFAULT_WEIGHTS, QUALITY_CODES, MvmicCodec
 from mvmic.model.lossless import stream as exact_stream
 from mvmic.pixels import PixelFormat
 
-WEIGHTS_VARIABLE = "MVMIC_BENCH_WEIGHTS"
+_measured = DEFAULT_WEIGHTS  # the weights measured_codec loads in this process
+
+
+def measure_weights(weights: Path) -> None:
+    """Measure MVMICNet with ``weights`` (a codec weights file) in this process; FileNotFoundError if absent."""
+    global _measured
+    if not weights.is_file():
+        raise FileNotFoundError(f"no MVMICNet weights at {weights}")
+    _measured = weights
 
 
 def measured_weights() -> Path:
-    return Path(os.environ.get(WEIGHTS_VARIABLE, DEFAULT_WEIGHTS))
+    return _measured
+
+
+def measured_codec() -> MvmicCodec:
+    return _loaded(_measured)
 
 
 @cache
-def measured_codec() -> MvmicCodec:
-    return MvmicCodec.load(measured_weights())  # once per process: each worker loads it
+def _loaded(weights: Path) -> MvmicCodec:
+    return MvmicCodec.load(weights)  # once per process and file: each worker loads it
 
 
 def _pixels(frame: np.ndarray) -> np.ndarray:
