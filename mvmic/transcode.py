@@ -38,6 +38,7 @@ from mvmic.model.bitstream import (
     LayerError,
     LayerKind,
     TrailingDataError,
+    WeightsMismatchError,
     format_version,
 )
 from mvmic.model.lossless import stream as exact_stream
@@ -100,6 +101,21 @@ class Compressed:
 def dicom_to_mvm(source: DicomSource, codec: MvmicCodec | None, quality: int | None = None,
                  target_bpp: float | None = None, target_psnr: float | None = None,
                  max_error: int | None = None, verify: bool = True) -> Compressed:
+    """One DICOM instance (a Part 10 file: path, bytes or file object; any transfer syntax pydicom decodes) to a
+    .mvm bitstream holding its stored values and, in a DICOM_HEADER layer, its header without Pixel Data.
+
+    Pixels: 1 to 16 bits stored, signed or unsigned, 1 or 3 samples, any number of frames, coded on the native
+    integer range. The operating point (mvmic.model.rate_control.compress_at): lossy at ``quality`` 1..8
+    (default 4; mvmic.model.quality.QUALITY_CODES gives the quality code written in the stream), at a target
+    rate ``target_bpp`` (bits per pixel, whole file) or a target ``target_psnr`` (dB on the native range,
+    peak 2**BitsStored - 1); or exact with ``max_error`` (0: lossless, 1..MAX_ERROR: near-lossless, every
+    sample within it, which ``verify`` checks by decoding). ``codec`` may be None for exact coding only.
+
+    Returns a Compressed (the bytes, bits per pixel, ratio to the stored Pixel Data, the quality code).
+    Raises DicomInputError (not DICOM, no or damaged Pixel Data), UnsupportedPixelFormatError (a pixel
+    format MVMIC does not code), RateTargetError (no, or conflicting, operating points), CodecInputError
+    (an image the codec cannot take, e.g. too small for its wavelet levels).
+    """
     image = read_dicom(source)
     header_layer = Layer(LayerKind.DICOM_HEADER, 0, zlib.compress(header_bytes(image.header), 9))
     stream = compress_at(codec, image.pixels, image.format, quality, target_bpp, target_psnr, (header_layer,),
@@ -111,7 +127,15 @@ def dicom_to_mvm(source: DicomSource, codec: MvmicCodec | None, quality: int | N
 
 
 def mvm_to_dicom(data: bytes, codec: MvmicCodec | None) -> Dataset:
-    """The DICOM instance of a .mvm; ``codec`` may be None for an exact stream (needs_weights)."""
+    """The DICOM instance of a .mvm bitstream: the header its DICOM_HEADER layer holds, with Pixel Data decoded
+    to the original's stored values (Explicit VR Little Endian; lossless: the original instance, every
+    attribute and value; lossy and near-lossless: a derived instance, mvmic.derivative, with a new SOP Instance
+    UID and Lossy Image Compression attributes). ``codec`` must be the codec whose weights made a lossy stream
+    and may be None for an exact stream (lossless, near-lossless), which decodes without weights.
+
+    Raises BitstreamError (not a .mvm, damaged: bad CRC, fields or layers; its subclass
+    WeightsMismatchError for a stream of other weights, or of a model ``codec`` None cannot decode).
+    """
     stream = parse_for(data, codec)
     source = _source_header(stream)  # first: its geometry must be the stream's before any pixel is decoded
     pixels = _decompress(stream, codec)
@@ -231,7 +255,7 @@ def parse_for(data: bytes, codec: MvmicCodec | None) -> Bitstream:
     if exact_stream.is_exact(stream):
         return stream
     if codec is None:
-        raise ValueError(f"a bitstream of model {stream.model_id} needs that model's weights to decode")
+        raise WeightsMismatchError(f"a bitstream of model {stream.model_id} needs that model's weights to decode")
     codec.for_stream(stream)  # raises WeightsMismatchError unless the codec (or the weights beside it) made it
     return stream
 

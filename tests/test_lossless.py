@@ -14,7 +14,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from mvmic.model.bitstream import Bitstream, Layer, LayerKind
+from mvmic.model.bitstream import Bitstream, Layer, LayerKind, WeightsMismatchError
 from mvmic.model.codec import MvmicCodec, max_error_of
 from mvmic.model.errors import CodecInputError
 from mvmic.model.lossless import stream as exact_stream
@@ -160,7 +160,7 @@ def test_exact_streams_decode_without_a_codec_and_lossy_ones_do_not(images, code
     assert _sha(read_dicom(_part10(mvm_to_dicom(lossless, None))).pixels) == _sha(image.pixels)
     lossy = compress_at(codec, image.pixels, image.format, quality=4, extra_layers=(header,)).to_bytes()
     assert needs_weights(lossy)
-    with pytest.raises(ValueError, match="needs that model's weights"):
+    with pytest.raises(WeightsMismatchError, match="needs that model's weights"):
         mvm_to_dicom(lossy, None)
 
 

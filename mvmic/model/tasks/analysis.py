@@ -128,6 +128,15 @@ class Analyzer:
         return frames
 
     def analyze(self, stream: Bitstream, min_score: float = REPORT_SCORE) -> list[FrameAnalysis]:
+        """What the task heads see in each frame of ``stream``, read from its coded bands without decoding
+        pixels (lossy: the base layer's quantised wavelet bands; exact streams: the decoded frame's bands at
+        EXACT_ANALYSIS_CODE): one FrameAnalysis per frame, boxes in pixels of the original image
+        (x0, y0, x1, y1, float32) with scores in 0..1 at least ``min_score``, the lesion mask and organ map at
+        the frame's full size (rows, columns).
+
+        Raises WeightsMismatchError (a stream of other weights), TooSmallToAnalyseError (a frame smaller
+        than the heads' receptive field; the stream itself is fine), BitstreamError (a damaged stream).
+        """
         return self.analyze_many([stream], min_score)[0]
 
     @torch.no_grad()
