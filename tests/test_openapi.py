@@ -79,7 +79,8 @@ NOT_JSON = {"GET /metrics", "POST /v1/decompress", "GET /dicomweb/studies/{study
 def test_every_json_answer_declares_its_fields(service_url: str) -> None:
     """The success answer of every operation that answers JSON (application/json, application/dicom+json) declares
     the fields of its body in the served document (before, /v1/compress, /v1/analyze declared an empty schema,
-    /readyz and /v1/models a free-form object); every operation but NOT_JSON answers JSON."""
+    /readyz and /v1/models a free-form object); every operation but NOT_JSON answers JSON, and every body read or
+    answered has a schema (bytes: a binary string)."""
     document = httpx.get(f"{service_url}/openapi.json", timeout=30).json()
     components = document["components"]["schemas"]
 
@@ -99,7 +100,12 @@ def test_every_json_answer_declares_its_fields(service_url: str) -> None:
         for method, operation in methods.items():
             key = f"{method.upper()} {path}"
             success = min(code for code in operation["responses"] if code.startswith("2"))
-            for media_type, body in operation["responses"][success].get("content", {}).items():
+            answers = operation["responses"][success].get("content", {})
+            bodies = operation.get("requestBody", {}).get("content", {})
+            assert answers, key  # every operation says what it answers, bytes included, and what it reads
+            for side in (answers, bodies):
+                assert [media_type for media_type, body in side.items() if not body.get("schema")] == [], key
+            for media_type, body in answers.items():
                 if media_type.split(";")[0].endswith(("/json", "+json")):
                     answering_json.add(key)
                     assert fields(body.get("schema", {})), f"{key} {success} {media_type}"

@@ -29,11 +29,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+BINARY = {"schema": {"type": "string", "format": "binary"}}  # OpenAPI 3.1's bytes of a body
+
+
 def raw_body(description: str, *media_types: str) -> dict[str, Any]:
     """``openapi_extra`` of a route that reads a required body of bytes of one of ``media_types``."""
-    binary = {"schema": {"type": "string", "format": "binary"}}
     return {"requestBody": {"required": True, "description": description,
-                            "content": {media_type: binary for media_type in media_types}}}
+                            "content": {media_type: BINARY for media_type in media_types}}}
 
 
 def _too_large(limit: int) -> HTTPException:

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from mvmic.model.errors import TooSmallToAnalyseError
 from mvmic.model.residual import MAX_ERROR
 from mvmic.service.auth import require_token
-from mvmic.service.body import raw_body, read_body
+from mvmic.service.body import BINARY, raw_body, read_body
 from mvmic.service.dependencies import AppSettings, Metrics, Models, Workers
 from mvmic.service.errors import error_responses
 from mvmic.service.negotiation import negotiate
@@ -38,7 +38,7 @@ JSON = "application/json"
 # The JSON routes answer through JSONResponse (json.dumps), as they did before they declared their models.
 @router.post("/compress", response_model=CompressedInstance, response_class=JSONResponse,
              response_model_exclude_unset=True,  # analysis_skipped: only when there is no analysis
-             responses={200: {"content": {JSON: {}, OCTET: {}, DICOM: {}}}, **error_responses(400, 406, 413, 415, 422)},
+             responses={200: {"content": {JSON: {}, OCTET: BINARY, DICOM: BINARY}}, **error_responses(400, 406, 413, 415, 422)},
              openapi_extra=raw_body("one DICOM instance (Part 10 file)", DICOM))
 async def compress(request: Request, models: Models, settings: AppSettings, workers: Workers, metrics: Metrics,
                    quality: Annotated[int | None, Query(ge=1, le=8)] = None,

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from mvmic.model.bitstream import MAGIC
 from mvmic.pixels import read_dataset
 from mvmic.service.auth import require_token
-from mvmic.service.body import raw_body, read_body
+from mvmic.service.body import BINARY, raw_body, read_body
 from mvmic.service.dependencies import AppSettings, Models, Workers
 from mvmic.service.errors import error_responses
 from mvmic.service.negotiation import negotiate
@@ -27,7 +27,7 @@ DICOM = "application/dicom"
 
 
 @router.post("/decompress", response_class=Response,
-             responses={200: {"content": {DICOM: {}}}, **error_responses(400, 406, 409, 413, 415)},
+             responses={200: {"content": {DICOM: BINARY}}, **error_responses(400, 406, 409, 413, 415)},
              openapi_extra=raw_body("a .mvm bitstream, or a DICOM instance that holds one",
                                     "application/octet-stream", DICOM))
 async def decompress(request: Request, models: Models, settings: AppSettings, workers: Workers) -> Response:

@@ -46,7 +46,7 @@ from mvmic.pacs.storage import (
     render,
 )
 from mvmic.service.auth import require_token
-from mvmic.service.body import raw_body, read_body
+from mvmic.service.body import BINARY, raw_body, read_body
 from mvmic.service.dependencies import AppSettings, Metrics, Models, Pacs, Workers
 from mvmic.service.errors import error_responses
 from mvmic.service.negotiation import media_ranges
@@ -211,7 +211,7 @@ def _failure(sop_class: str | None, sop_instance: str | None, reason: int) -> Da
 # -- WADO-RS ------------------------------------------------------------------------------------------
 @_routes("GET", "/studies/{study}", "/studies/{study}/series/{series}",
          "/studies/{study}/series/{series}/instances/{instance}", response_class=Response,
-         responses={200: {"content": {f'multipart/related; type="{DICOM}"': {}}}, **error_responses(404, 406, 502)})
+         responses={200: {"content": {f'multipart/related; type="{DICOM}"': BINARY}}, **error_responses(404, 406, 502)})
 async def retrieve(request: Request, models: Models, pacs: Pacs, workers: Workers) -> Response:
     """Instances in the first transfer syntax of the Accept header the gateway can give each in: decoded to
     Explicit VR Little Endian (the default), as stored (naming its syntax), or * (standard syntaxes only:

@@ -8,6 +8,7 @@ from mvmic.service.dependencies import Metrics
 router = APIRouter(tags=["metrics"])
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})
 def metrics(service_metrics: Metrics) -> Response:
     return Response(generate_latest(service_metrics.registry), media_type=CONTENT_TYPE_LATEST)
