@@ -176,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
                                   "looks for it and the weights' manifest records it; --int8's model goes beside it)")
     export_onnx.add_argument("--int8", action="store_true",
                              help="also write the int8 model that CPUs run (suffix .int8.onnx), calibrated on the "
-                                  "corpus's train split (mvmic.model.tasks.quantize)")
+                                  "corpus's train split (mvmic.training.int8_calibration)")
     export_onnx.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS,
                              help="corpus folder for --int8's calibration (default: %(default)s)")
     export_onnx.set_defaults(run=_export_onnx)
@@ -425,9 +425,11 @@ def _export_onnx(args: argparse.Namespace) -> int:
 
     from mvmic.model.tasks.analysis import DEFAULT_HEADS
     from mvmic.model.tasks.runtime import export_heads_file, int8_path
+    from mvmic.training.int8_calibration import export_heads_with_int8
 
     source = args.heads or DEFAULT_HEADS
-    target = export_heads_file(source, args.out, invoked_command(), args.corpus if args.int8 else None)
+    target = (export_heads_with_int8(source, args.corpus, args.out, invoked_command()) if args.int8
+              else export_heads_file(source, args.out, invoked_command()))
     sha256 = hashlib.sha256(source.read_bytes()).hexdigest()
     for written in (target, int8_path(target)) if args.int8 else (target,):
         print(f"{written}: {written.stat().st_size} bytes, exported from {source} (sha256 {sha256})")
@@ -456,7 +458,8 @@ def _decompress(args: argparse.Namespace) -> int:
 
 
 def _train_codec(args: argparse.Namespace) -> int:
-    from mvmic.model.train import TrainConfig, export_weights, train
+    from mvmic.training.loop import TrainConfig
+    from mvmic.training.stage1_codec import export_weights, train
 
     command = invoked_command()
     state = train(TrainConfig(corpus_dir=args.corpus, checkpoint=args.checkpoint, minutes=args.minutes,
@@ -469,8 +472,8 @@ def _train_codec(args: argparse.Namespace) -> int:
 
 
 def _train_contexts(args: argparse.Namespace) -> int:
-    from mvmic.model.enc_table_contexts import export
     from mvmic.model.table_codec import DEFAULT_WEIGHTS
+    from mvmic.training.table_fit import export
 
     out = args.export or DEFAULT_WEIGHTS
     if out.suffix != ".npz":
@@ -480,8 +483,8 @@ def _train_contexts(args: argparse.Namespace) -> int:
 
 
 def _train_residual(args: argparse.Namespace) -> int:
-    from mvmic.model.train import TrainConfig
-    from mvmic.model.train_residual import export_residual_weights, train_residual
+    from mvmic.training.loop import TrainConfig
+    from mvmic.training.residual import export_residual_weights, train_residual
 
     command = invoked_command()
     state = train_residual(TrainConfig(corpus_dir=args.corpus, checkpoint=args.checkpoint, minutes=args.minutes,
@@ -495,7 +498,7 @@ def _train_residual(args: argparse.Namespace) -> int:
 
 
 def _train_tasks(args: argparse.Namespace) -> int:
-    from mvmic.model.tasks.train import TaskTrainConfig, export_task_weights, train_tasks
+    from mvmic.training.stage2_heads import TaskTrainConfig, export_task_weights, train_tasks
 
     command = invoked_command()
     state = train_tasks(TaskTrainConfig(corpus_dir=args.corpus, checkpoint=args.checkpoint, network=args.network,
@@ -505,16 +508,16 @@ def _train_tasks(args: argparse.Namespace) -> int:
     if args.export:
         print(f"weights {args.export} sha256 {export_task_weights(args.checkpoint, args.export, command, args.corpus)}")
         if args.network == "latent":  # what analysis runs: ONNX Runtime reads the .onnx beside the weights
-            from mvmic.model.tasks.runtime import export_heads_file
+            from mvmic.training.int8_calibration import export_heads_with_int8
 
-            print(f"ONNX model {export_heads_file(args.export, command=invoked_command(), calibration_corpus=args.corpus)}"
+            print(f"ONNX model {export_heads_with_int8(args.export, args.corpus, command=invoked_command())}"
                   " and its int8 twin")
     return 0
 
 
 def _train_joint(args: argparse.Namespace) -> int:
-    from mvmic.model.tasks.joint import export_joint_weights, train_joint
-    from mvmic.model.tasks.train import TaskTrainConfig
+    from mvmic.training.stage2_heads import TaskTrainConfig
+    from mvmic.training.stage3_joint import export_joint_weights, train_joint
 
     if (args.export_codec is None) != (args.export_heads is None):
         raise ValueError("give both --export-codec and --export-heads: stage 3 changes codec and heads together")
@@ -526,10 +529,10 @@ def _train_joint(args: argparse.Namespace) -> int:
     if args.export_codec:
         sha256 = export_joint_weights(args.checkpoint, args.export_codec, args.export_heads, command, args.corpus)
         from mvmic.model.codec import MvmicCodec
-        from mvmic.model.tasks.runtime import export_heads_file
+        from mvmic.training.int8_calibration import export_heads_with_int8
 
-        exported = export_heads_file(args.export_heads, command=invoked_command(), calibration_corpus=args.corpus,
-                                     codec=MvmicCodec.load(args.export_codec))
+        exported = export_heads_with_int8(args.export_heads, args.corpus, command=invoked_command(),
+                                          codec=MvmicCodec.load(args.export_codec))
         print(f"codec {args.export_codec} sha256 {sha256}; heads {args.export_heads} (ONNX model {exported} and its "
               "int8 twin)")
     return 0

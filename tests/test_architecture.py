@@ -41,3 +41,14 @@ def test_nothing_imports_the_command_line_and_only_it_imports_the_benchmarks() -
                 if module == "mvmic.cli" or (top == "bench" and package != "bench" and name != "mvmic/cli.py"):
                     offenders.append(f"{name} imports {module}")
     assert offenders == []
+
+
+def test_the_codec_package_reads_no_training_data_and_training_reads_only_model_and_corpus() -> None:
+    offenders = [f"{path.relative_to(ROOT).as_posix()} imports {module}"
+                 for path in (ROOT / "mvmic" / "model").rglob("*.py") for module in imported_modules(path)
+                 if module.startswith(("mvmic.corpus", "mvmic.training"))]
+    allowed = ("mvmic.model", "mvmic.corpus", "mvmic.training", "mvmic.paths", "mvmic.metrics")
+    offenders += [f"{path.relative_to(ROOT).as_posix()} imports {module}"
+                  for path in (ROOT / "mvmic" / "training").rglob("*.py") for module in imported_modules(path)
+                  if module.startswith("mvmic") and not module.startswith(allowed)]
+    assert offenders == []

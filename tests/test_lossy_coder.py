@@ -20,13 +20,13 @@ from pydicom.dataelem import DataElement
 from mvmic.model import lifting, lifting_kernels, table_contexts
 from mvmic.model.bitstream import Bitstream, Layer, LayerKind
 from mvmic.model.codec import CNN_WEIGHTS, MvmicCodec
-from mvmic.model.enc_table_contexts import fit
 from mvmic.model.entropy_coder import CodingTables
 from mvmic.model.errors import CodecInputError
 from mvmic.model.quality import QUALITY_CODES, step_of
 from mvmic.model.subbands import dequantize
 from mvmic.model.table_codec import MODEL_ID, TableCodec, levels_of, normalised_planes
 from mvmic.pixels import DicomInputError, PixelFormat, read_dataset
+from mvmic.training.table_fit import fit
 from mvmic.transcode import dicom_to_mvm, instance_to_dicom, mvm_instance, mvm_to_dicom
 
 

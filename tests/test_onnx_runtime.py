@@ -18,8 +18,8 @@ from mvmic.model.codec import QUALITY_CODES, MvmicCodec, coarse_reconstruction
 from mvmic.model.tasks.analysis import DEFAULT_HEADS, REPORT_SCORE, Analyzer, FrameAnalysis
 from mvmic.model.tasks.heads import LatentHeads, standardise
 from mvmic.model.tasks.lesions import insert_lesions
-from mvmic.model.tasks.objectives import decode_detections, organ_maps, segmentation_masks
-from mvmic.model.tasks.quantize import FLOAT_NODES, calibration_planes, quantize_heads
+from mvmic.model.tasks.outputs import decode_detections, organ_maps, segmentation_masks
+from mvmic.model.tasks.quantize import FLOAT_NODES, quantize_heads
 from mvmic.model.tasks.runtime import (
     PRECISION,
     SOURCE_SHA256,
@@ -30,6 +30,7 @@ from mvmic.model.tasks.runtime import (
     onnx_path,
 )
 from mvmic.pixels import read_dicom
+from mvmic.training.int8_calibration import calibration_planes, export_heads_with_int8
 
 # Measured on the 24 frames below: outputs differ by at most 3e-5 (organ logits), the 946 candidate
 # boxes by 3e-5 px, and none of 5.4 million mask and organ map pixels differs; on all 105
@@ -179,7 +180,7 @@ def test_the_served_int8_heads_give_the_float_heads_analysis(analyzers, test_fra
 
 
 def test_full_resolution_decoding_in_onnx_runtime_gives_the_torch_decoding(analyzers, test_frames) -> None:
-    """OnnxHeads.masks (upsampling and organ argmax in ONNX Runtime) against mvmic.model.tasks.objectives in torch, on
+    """OnnxHeads.masks (upsampling and organ argmax in ONNX Runtime) against mvmic.model.tasks.outputs in torch, on
     the outputs of both ONNX models: measured, no pixel of the 5.4 million differs."""
     differing = total = 0
     for runtime in ("onnx", "onnx-int8"):
@@ -251,7 +252,7 @@ def test_int8_exports_follow_their_weights(tmp_path: Path, corpus_dir, codec) ->
     with torch.no_grad():
         heads.segmentation.bias.add_(1.0)
     torch.save(heads.state_dict(), weights)
-    export_heads_file(weights, tmp_path / "elsewhere.onnx", calibration_corpus=corpus_dir)
+    export_heads_with_int8(weights, corpus_dir, tmp_path / "elsewhere.onnx")
     with pytest.raises(StaleOnnxError, match=f"mvmic export-onnx {weights} --int8"):
         Analyzer.load(codec, weights)  # exports elsewhere do not replace the ones analysis reads
     assert (tmp_path / "elsewhere.int8.onnx").is_file()

@@ -17,19 +17,20 @@ from mvmic.model.lifting import analysis, synthesis
 from mvmic.model.subbands import BandStepScales, from_steps, with_uniform_noise
 from mvmic.model.tasks.evaluation import ClassScores, TaskScores, average_precision, box_iou
 from mvmic.model.tasks.heads import DETECTION_CLASSES, PixelReference, standardise
-from mvmic.model.tasks.joint import BETA_MAX, BETA_MIN, STAGE2_CODEC, train_joint
 from mvmic.model.tasks.lesions import LESION_PARAMETERS, boxes_of, insert_lesions
-from mvmic.model.tasks.objectives import IGNORE, Detections
 from mvmic.model.tasks.organs import ORGAN_CLASSES, organ_boxes
-from mvmic.model.tasks.samples import CROP, frame_batch, load_task_planes, training_batch
-from mvmic.model.tasks.train import (
+from mvmic.model.tasks.outputs import Detections
+from mvmic.pixels import read_dicom, write_dicom
+from mvmic.training.samples import CROP, frame_batch, load_task_planes, training_batch
+from mvmic.training.stage2_heads import (
     TaskTrainConfig,
     calibration_inputs,
     network_input,
     recalibrate_batch_norm,
     train_tasks,
 )
-from mvmic.pixels import read_dicom, write_dicom
+from mvmic.training.stage3_joint import BETA_MAX, BETA_MIN, STAGE2_CODEC, train_joint
+from mvmic.training.task_loss import IGNORE
 
 # Some pydicom test files of the train split are anonymised with hashes where UIDs belong; pydicom warns on reads.
 pytestmark = [

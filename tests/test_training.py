@@ -10,8 +10,8 @@ import torch
 from mvmic.model.codec import CNN_WEIGHTS, MvmicCodec, normalised_planes
 from mvmic.model.context_model import SubbandContextModel
 from mvmic.model.entropy_coder import CodingTables
-from mvmic.model.train import TABLE_FIT_CODES, TrainConfig, fit_tables, quantized_subbands, train
 from mvmic.pixels import read_dicom
+from mvmic.training.stage1_codec import TABLE_FIT_CODES, TrainConfig, fit_tables, quantized_subbands, train
 
 
 def test_training_writes_checkpoints_and_resumes_where_it_stopped(tmp_path: Path, corpus_dir: Path) -> None:

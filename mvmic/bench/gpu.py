@@ -472,7 +472,7 @@ def heads_parity(corpus_dir: Path, device: str, frames: tuple[str, ...] = FRAMES
     from mvmic.model.codec import MvmicCodec
     from mvmic.model.tasks.analysis import DEFAULT_HEADS, Analyzer
     from mvmic.model.tasks.heads import standardise
-    from mvmic.model.tasks.objectives import decode_detections, organ_maps, segmentation_masks
+    from mvmic.model.tasks.outputs import decode_detections, organ_maps, segmentation_masks
 
     codec = MvmicCodec.load()
     planes = [(frame_id, (stream.rows, stream.columns), standardise(codec.decode_coarse(stream)[0].float()))

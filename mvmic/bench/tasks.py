@@ -38,12 +38,12 @@ from mvmic.model.rate_distortion import bits_per_pixel
 from mvmic.model.tasks.analysis import Analyzer, FrameAnalysis
 from mvmic.model.tasks.evaluation import TaskScores
 from mvmic.model.tasks.heads import PixelReference, standardise
-from mvmic.model.tasks.joint import STAGE2_CODEC, STAGE2_HEADS, STAGE3_CODEC, STAGE3_HEADS
 from mvmic.model.tasks.lesions import boxes_of, insert_lesions
-from mvmic.model.tasks.objectives import Detections, decode_detections, organ_maps, segmentation_masks
 from mvmic.model.tasks.organs import ORGAN_CLASSES, organ_boxes
+from mvmic.model.tasks.outputs import Detections, decode_detections, organ_maps, segmentation_masks
 from mvmic.paths import WEIGHTS_DIR
 from mvmic.pixels import PixelFormat
+from mvmic.training.stage3_joint import STAGE2_CODEC, STAGE2_HEADS, STAGE3_CODEC, STAGE3_HEADS
 
 QUALITIES = (1, 2, 4, 6, 8)
 MIDDLE_QUALITY = 4

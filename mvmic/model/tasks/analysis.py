@@ -31,8 +31,8 @@ from torch import Tensor
 from mvmic.model.bitstream import Bitstream
 from mvmic.model.codec import MODEL_ID, MvmicCodec
 from mvmic.model.tasks.heads import DETECTION_CLASSES, LatentHeads, standardise
-from mvmic.model.tasks.objectives import decode_detections, organ_maps, segmentation_masks
 from mvmic.model.tasks.organs import ORGAN_CLASSES
+from mvmic.model.tasks.outputs import decode_detections, organ_maps, segmentation_masks
 from mvmic.model.tasks.runtime import OnnxHeads, int8_path, load_heads_weights
 from mvmic.paths import WEIGHTS_DIR
 

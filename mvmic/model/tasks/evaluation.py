@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mvmic.model.tasks.objectives import Detections
 from mvmic.model.tasks.organs import ORGAN_CLASSES
+from mvmic.model.tasks.outputs import Detections
 
 MATCH_IOU = 0.5
 COCO_IOUS = tuple(np.round(np.arange(0.5, 0.96, 0.05), 2))

@@ -2,6 +2,7 @@
 
     train split, one-channel frames --quantised at every quality (QUALITY_CODES, in turn)--> LL1 planes
         as the decoder gives them (coarse_reconstruction), standardised over each frame: the calibration set
+        (read from the corpus at training time: mvmic.training.int8_calibration)
     X-heads.onnx (float) --quant_pre_process, then onnxruntime.quantization.quantize_static: MinMax ranges
         of every activation on the calibration set, uint8 activations, int8 weights per output channel,
         7-bit weight range; the first and the output convolutions in float (FLOAT_NODES)-->
@@ -27,42 +28,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from mvmic.corpus.manifest import Manifest
-from mvmic.model.codec import QUALITY_CODES, MvmicCodec, coarse_reconstruction
-from mvmic.model.tasks.heads import standardise
-
 # Kept in float: the first convolution (its input, standardised pixels with the tails of bone and air, would
 # lose its fine steps in 8 bits) and the two output convolutions (logits and box sizes; quantised, they biased
 # the centre heatmaps up: 47 more boxes than float on the 24 frames of tests/test_onnx_runtime.py, 2 now).
 # Together about 1 % of the multiply-adds.
 FLOAT_NODES = ("/heads/e1/e1.0/Conv", "/heads/segmentation/Conv", "/heads/detection/detection.2/Conv")
-CALIBRATION_SPLIT = "train"
-CALIBRATION_FRAMES = 64  # one frame per corpus entry, spread over the split's entries
-
-
-def calibration_planes(corpus_dir: Path, codec: MvmicCodec, count: int = CALIBRATION_FRAMES) -> list[np.ndarray]:
-    """Standardised LL1 planes (1, 1, h, w) float32 of ``count`` one-channel frames of the train split, evenly
-    spread over its entries, each quantised at the next quality code in turn. Raises FileNotFoundError
-    without a corpus (`mvmic data prepare`), ValueError when its train split has no one-channel frame."""
-    import torch
-
-    manifest = corpus_dir / "manifest.json"
-    if not manifest.is_file():
-        raise FileNotFoundError(f"no corpus at {corpus_dir} to calibrate the int8 heads on: run `mvmic data prepare`")
-    entries = [e for e in Manifest.load(manifest).select(CALIBRATION_SPLIT) if e.samples_per_pixel == 1]
-    if not entries:
-        raise ValueError(f"the {CALIBRATION_SPLIT} split of the corpus at {corpus_dir} holds no one-channel frame to "
-                         "calibrate the int8 heads on")
-    chosen = [entries[i] for i in np.unique(np.linspace(0, len(entries) - 1, min(count, len(entries))).astype(int))]
-    codes, planes = list(QUALITY_CODES.values()), []
-    for index, entry in enumerate(chosen):
-        image = entry.read(corpus_dir)
-        code = codes[index % len(codes)]
-        bands = codec.quantized_planes(image.frame(0), image.format, code)[0]
-        with torch.no_grad():
-            coarse = coarse_reconstruction(bands, code, 1, codec.scales)
-            planes.append(standardise(coarse.float()).numpy())
-    return planes
+CALIBRATION_SPLIT = "train"  # what mvmic.training.int8_calibration calibrates on, named in the metadata
 
 
 def quantize_heads(model: bytes, planes: list[np.ndarray]) -> bytes:

@@ -7,11 +7,12 @@
         (CUDAExecutionProvider then CPU on a CUDA device, CPU otherwise); an .onnx made from other
         weights is refused (StaleOnnxError), a missing one is exported in memory
     OnnxHeads(planes (N, 1, H/2, W/2) float32) --> HeadOutputs of torch tensors on the CPU,
-        exactly what LatentHeads.forward returns (mvmic.model.tasks.objectives decodes either)
+        exactly what LatentHeads.forward returns (mvmic.model.tasks.outputs decodes either)
     OnnxHeads.masks(outputs, shape) --full_resolution_decoding, a second small session--> lesion masks and
-        organ maps, what objectives.segmentation_masks and organ_maps give, in a third of the time
+        organ maps, what outputs.segmentation_masks and organ_maps give, in a third of the time
 
-    X-heads.onnx --model.tasks.quantize (static int8, calibrated on the train split)--> X-heads.int8.onnx,
+    X-heads.onnx --mvmic.model.tasks.quantize (static int8, calibrated on the train split by
+        mvmic.training.int8_calibration)--> X-heads.int8.onnx,
         what a CPU runs (runtime "auto": 2.7x faster than float here); OnnxHeads.for_weights(..., int8=True)
 
 `mvmic export-onnx [WEIGHTS] [--int8]` (and `mvmic train heads --export`, `mvmic train joint --export-heads`,
@@ -30,16 +31,12 @@ import logging
 import pickle
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from mvmic.model.tasks.heads import SEGMENTATION_STRIDE, HeadOutputs, LatentHeads
-
-if TYPE_CHECKING:
-    from mvmic.model.codec import MvmicCodec
 
 SOURCE_SHA256 = "mvmic.source_sha256"  # metadata key: sha256 of the .pt the model was exported from
 INPUT = "planes"
@@ -121,25 +118,23 @@ def export_onnx(heads: LatentHeads, source_sha256: str) -> bytes:
 
 
 def export_heads_file(weights: Path, target: Path | None = None, command: str | None = None,
-                      calibration_corpus: Path | None = None, codec: MvmicCodec | None = None) -> Path:
+                      calibration: list[np.ndarray] | None = None) -> Path:
     """Write the ONNX model of a heads weights file (by default beside it, where analysis reads it); return its
-    path. With a ``calibration_corpus``, also the int8 model (int8_path of the target), calibrated on its train
-    split as ``codec`` (default: the served one) quantises it; without one, an int8 export left beside the
-    target (now stale) is removed. Exports beside the weights are recorded in their JSON manifest, when there
-    is one (file, sha256, command under "onnx" and "onnx_int8"). Raises ValueError for a target that is the
-    weights file itself."""
+    path. With ``calibration`` planes (each (1, 1, h, w) float32, standardised LL1: mvmic.training.int8_calibration
+    reads them from the corpus), also the int8 model (int8_path of the target, mvmic.model.tasks.quantize); without
+    them, an int8 export left beside the target (now stale) is removed. Exports beside the weights are recorded in
+    their JSON manifest, when there is one (file, sha256, command under "onnx" and "onnx_int8"). Raises ValueError
+    for a target that is the weights file itself."""
     data = Path(weights).read_bytes()
     target = onnx_path(weights) if target is None else Path(target)
     if target.resolve() == Path(weights).resolve() or int8_path(target).resolve() == Path(weights).resolve():
         raise ValueError(f"{target}: the export would overwrite the weights {weights}")
     model = export_onnx(load_heads_weights(weights, data), hashlib.sha256(data).hexdigest())
     exports = {"onnx": (target, model)}
-    if calibration_corpus is not None:
-        from mvmic.model.codec import MvmicCodec
-        from mvmic.model.tasks.quantize import calibration_planes, quantize_heads
+    if calibration is not None:
+        from mvmic.model.tasks.quantize import quantize_heads
 
-        codec = MvmicCodec.load() if codec is None else codec
-        exports["onnx_int8"] = (int8_path(target), quantize_heads(model, calibration_planes(calibration_corpus, codec)))
+        exports["onnx_int8"] = (int8_path(target), quantize_heads(model, calibration))
     elif int8_path(target).is_file():
         log.warning("%s was exported from the weights before: removed (`--int8` writes it anew)", int8_path(target))
         int8_path(target).unlink()
@@ -151,7 +146,7 @@ def export_heads_file(weights: Path, target: Path | None = None, command: str | 
         if record is not None:
             record[key] = {"file": path.name, "sha256": hashlib.sha256(content).hexdigest(),
                            "command": command or f"mvmic export-onnx {weights}"
-                                                 f"{' --int8' if calibration_corpus is not None else ''}"}
+                                                 f"{' --int8' if calibration is not None else ''}"}
     if record is not None:
         if "onnx_int8" not in exports:
             record.pop("onnx_int8", None)
@@ -248,7 +243,7 @@ class OnnxHeads:
         return HeadOutputs(*(torch.from_numpy(output) for output in outputs))
 
     def masks(self, outputs: HeadOutputs, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """mvmic.model.tasks.objectives' segmentation_masks and organ_maps of ``outputs`` (frames of ``shape``, rows
+        """mvmic.model.tasks.outputs' segmentation_masks and organ_maps of ``outputs`` (frames of ``shape``, rows
         and columns), computed by full_resolution_decoding: (N, rows, columns) bool and uint8."""
         lesion, organs = self.decoding.run(None, {"lesion": outputs.lesion.numpy(), "organs": outputs.organs.numpy()})
         return lesion[:, 0, : shape[0], : shape[1]], organs[:, : shape[0], : shape[1]]
@@ -256,7 +251,7 @@ class OnnxHeads:
 
 @functools.cache
 def full_resolution_decoding() -> bytes:
-    """An ONNX model of the heads' segmentation outputs at full resolution, as mvmic.model.tasks.objectives'
+    """An ONNX model of the heads' segmentation outputs at full resolution, as mvmic.model.tasks.outputs'
     segmentation_masks and organ_maps compute them in torch, before cropping (3x faster on the CPU: 7 ms against
     17 ms for a 512 x 512 frame, the same pixels):
 

@@ -28,11 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mvmic.corpus.manifest import Manifest
 from mvmic.model.codec import normalised_planes
 from mvmic.model.tasks.lesions import LESION_PARAMETERS, ImageRange, insert_lesions
-from mvmic.model.tasks.objectives import IGNORE, TaskTargets
 from mvmic.model.tasks.organs import organ_boxes
+from mvmic.training.loop import split_images
+from mvmic.training.task_loss import IGNORE, TaskTargets
 
 CROP = 128
 WINDOW = 256
@@ -75,8 +75,8 @@ def load_task_planes(corpus_dir: Path, split: str, latent_statistics=None) -> li
     """Every frame of the split (luma of colour images) with at least MIN_SIDE pixels a side.
     ``latent_statistics``: plane (H, W) -> (mean, std) of its LL1, for the latent heads."""
     planes = []
-    for entry in Manifest.load(corpus_dir / "manifest.json").select(split):
-        image, labels = entry.read(corpus_dir), entry.labels(corpus_dir)
+    for entry, image in split_images(corpus_dir, split):
+        labels = entry.labels(corpus_dir)
         spacing = image.header.get("PixelSpacing")
         for frame in range(image.frames):
             plane = normalised_planes(image.frame(frame), image.format)[0]

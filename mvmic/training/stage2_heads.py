@@ -1,15 +1,15 @@
-"""Training of the task networks: stage 2 (heads on the frozen codec) and the pixel reference.
+"""`mvmic train heads` and `mvmic train pixel-reference`: stage 2 (task heads on the frozen codec), the pixel reference.
 
-    train split planes --model.tasks.samples.training_batch--> crops with lesions (+ organ maps), targets
+    train split planes --mvmic.training.samples.training_batch--> crops with lesions (+ organ maps), targets
     stage 2 ("latent"): crop --CDF 9/7, quantise at a random quality code, dequantise,
                         synthesise all but the finest level--> LL1
                         --standardise by the whole plane's LL1 statistics--> LatentHeads --> outputs
     pixel reference:    crop --standardise by the whole plane's statistics--> PixelReference --> outputs
-    outputs, targets --task_loss--> Adam
+    outputs, targets --mvmic.training.task_loss--> Adam
 
 The codec is frozen in stage 2: its quantised latent is computed without gradients, as
 the decoder would see it, at every operating point (quality 1..8) so that one set of
-heads serves every rate. Checkpoints and resume work as for the codec (mvmic.model.train).
+heads serves every rate. Checkpoints and resume work as for the codec (mvmic.training.loop).
 
 Validation scores whole frames, as the benchmark does: the frames of the val split with
 lesions inserted from fixed seeds (lesion Dice, at the middle quality for the heads). The
@@ -19,10 +19,9 @@ of train planes with organ maps (no validation volume has organ maps).
 
 from __future__ import annotations
 
-import contextlib
 import random
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import KW_ONLY, asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +34,20 @@ from mvmic.model.table_codec import levels_of
 from mvmic.model.tasks.evaluation import TaskScores
 from mvmic.model.tasks.heads import LatentHeads, PixelReference, plane_statistics, standardise
 from mvmic.model.tasks.lesions import LESION_PARAMETERS, insert_lesions
-from mvmic.model.tasks.objectives import decode_detections, organ_maps, segmentation_masks, task_loss
 from mvmic.model.tasks.organs import ORGAN_CLASSES
-from mvmic.model.tasks.samples import FOREGROUND, TaskBatch, TaskPlane, frame_batch, load_task_planes, training_batch
-from mvmic.model.train import descend, load_checkpoint, moving_average, run_until_deadline, write_weights
+from mvmic.model.tasks.outputs import decode_detections, organ_maps, segmentation_masks
+from mvmic.training.loop import (
+    TrainConfig,
+    descend,
+    mixed_precision,
+    moving_average,
+    resumed_state,
+    run_until_deadline,
+    seeded,
+    write_weights,
+)
+from mvmic.training.samples import FOREGROUND, TaskBatch, TaskPlane, frame_batch, load_task_planes, training_batch
+from mvmic.training.task_loss import task_loss
 
 CODES = (min(QUALITY_CODES.values()), max(QUALITY_CODES.values()))
 VALIDATION_CODE = QUALITY_CODES[4]
@@ -51,29 +60,17 @@ CALIBRATION_BATCHES = 32  # fixed training batches that BatchNorm's statistics a
 
 
 @dataclass
-class TaskTrainConfig:
-    corpus_dir: Path
-    checkpoint: Path
+class TaskTrainConfig(TrainConfig):
     network: str  # "latent" (stage 2), "pixel" (the pixel-domain reference) or "joint" (stage 3)
-    minutes: float
-    resume: bool = False
+    _: KW_ONLY
     learning_rate: float = 1e-3
     batch: int = 16
-    device: str = "cpu"
-    checkpoint_seconds: float = 120.0
     validate_every: int = 250
-    seed: int = 0
-    command: str = ""
 
 
-def mixed_precision(device: str | torch.device) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast where the hardware computes in it natively (CUDA; CPUs with AMX or AVX-512
-    BF16, where the task networks train 2.7x faster measured on this project's 2-core machine),
-    else nothing. Training only: inference stays float32."""
-    kind = torch.device(device).type
-    native = kind == "cuda" or (kind == "cpu" and any(
-        getattr(torch.cpu, check, lambda: False)() for check in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")))
-    return torch.autocast(kind, dtype=torch.bfloat16) if native else contextlib.nullcontext()
+def lesion_generator(config: TaskTrainConfig, state: dict) -> np.random.Generator:
+    """The generator of the lesions and intensity noise of training samples: fresh draws after a resume."""
+    return np.random.default_rng([config.seed, state["step"]] if config.resume else config.seed)
 
 
 def latent_input(images: torch.Tensor, code: int, scales: torch.Tensor | None = None) -> torch.Tensor:
@@ -178,17 +175,11 @@ def validate(model: torch.nn.Module, network: str, validation: list, train_check
 
 
 def train_tasks(config: TaskTrainConfig) -> dict:
-    rng, generator = random.Random(config.seed), np.random.default_rng(config.seed)
-    torch.manual_seed(config.seed)
+    rng = seeded(config)
     model = NETWORKS[config.network]().to(config.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    state = {"step": 0, "history": [], "network": config.network}
-    if config.resume:
-        state = load_checkpoint(config.checkpoint, model, optimizer, rng)
-        generator = np.random.default_rng([config.seed, state["step"]])  # fresh lesions after a resume
-    for group in optimizer.param_groups:  # a resumed run may continue with a smaller step
-        group["lr"] = config.learning_rate
-    state.setdefault("commands", []).append(config.command)
+    state = resumed_state(config, model, optimizer, rng, lambda: {"step": 0, "history": [], "network": config.network})
+    generator = lesion_generator(config, state)
     train_planes = load_planes_for(config.network, config.corpus_dir, "train")
     validation = validation_frames(load_planes_for(config.network, config.corpus_dir, "val"))
     train_check = train_check_frames(train_planes)

@@ -1,6 +1,6 @@
-"""Stage 3: codec and heads fine-tuned together with the task-aware loss R + lambda D + beta L_task.
+"""`mvmic train joint`, stage 3: codec and heads fine-tuned together with the task-aware loss R + lambda D + beta L_task.
 
-    crops with lesions and organ maps (mvmic.model.tasks.samples.training_batch), random quality code q, step = 2**(-q/8)
+    crops with lesions and organ maps (mvmic.training.samples.training_batch), random quality code q, step = 2**(-q/8)
       --CDF 9/7--> bands --/ (step / gain_b * s_b)--> bands in step units
          + uniform noise --> y_b --SubbandContextModel.detail_bits (contexts from q_b)--> R (bits per pixel)
                              y_b --* steps, synthesis--> reconstruction --MSE against the crop--> D
@@ -44,28 +44,29 @@ from mvmic.model.subbands import from_steps, quantize_straight_through, with_uni
 from mvmic.model.table_codec import levels_of
 from mvmic.model.tasks.analysis import DEFAULT_HEADS
 from mvmic.model.tasks.heads import LatentHeads, standardise
-from mvmic.model.tasks.objectives import task_loss
 from mvmic.model.tasks.organs import ORGAN_CLASSES
-from mvmic.model.tasks.samples import TaskBatch, training_batch
-from mvmic.model.tasks.train import (
+from mvmic.training.loop import (
+    descend,
+    mixed_precision,
+    moving_average,
+    resumed_state,
+    run_until_deadline,
+    seeded,
+    write_weights,
+)
+from mvmic.training.samples import TaskBatch, training_batch
+from mvmic.training.stage1_codec import RATE_FLOOR, export_codec
+from mvmic.training.stage2_heads import (
     CODES,
     SKIPPED_LEVELS,
     TaskTrainConfig,
+    lesion_generator,
     load_planes_for,
-    mixed_precision,
     train_check_frames,
     validate,
     validation_frames,
 )
-from mvmic.model.train import (
-    RATE_FLOOR,
-    descend,
-    export_codec,
-    load_checkpoint,
-    moving_average,
-    run_until_deadline,
-    write_weights,
-)
+from mvmic.training.task_loss import task_loss
 
 # Stage 3 starts from the served stage-1 codec and stage-2 heads and writes to STAGE3_DIR: its codec is
 # not served yet (see README, "Stage 3").
@@ -111,8 +112,7 @@ def _start(model: JointModel) -> None:
 
 
 def train_joint(config: TaskTrainConfig) -> dict:
-    rng, generator = random.Random(config.seed), np.random.default_rng(config.seed)
-    torch.manual_seed(config.seed)
+    rng, generator = seeded(config), np.random.default_rng(config.seed)
     model = JointModel()
     _start(model)
     model.codec.nets.requires_grad_(False)
@@ -123,13 +123,11 @@ def train_joint(config: TaskTrainConfig) -> dict:
     train_planes = load_planes_for("latent", config.corpus_dir, "train")
     validation = validation_frames(load_planes_for("latent", config.corpus_dir, "val"))
     train_check = train_check_frames(train_planes)
+    state = resumed_state(config, model, optimizer, rng, lambda: {
+        "step": 0, "history": [], "network": "joint", "beta": BETA_START,
+        "task_reference": _task_reference(model, train_planes, rng, generator)})  # draws from generator
     if config.resume:
-        state = load_checkpoint(config.checkpoint, model, optimizer, rng)
-        generator = np.random.default_rng([config.seed, state["step"]])
-    else:
-        state = {"step": 0, "history": [], "network": "joint", "beta": BETA_START,
-                 "task_reference": _task_reference(model, train_planes, rng, generator)}
-    state.setdefault("commands", []).append(config.command)
+        generator = lesion_generator(config, state)
     task_average = state["task_reference"]
     model.to(config.device)
 

@@ -8,7 +8,7 @@ The codec stays frozen: only the residual's integer network learns. Codes are dr
 to each image's bit depth (8 BitsStored - code = 8 log2 of the base step in stored units), from
 a base step of 1 stored unit to one of 2**9, so the model meets lossless and near-lossless bases of
 every depth; tau is drawn with lossless most often. Checkpoints and resume work as for the codec
-(mvmic.model.train).
+(mvmic.training.loop).
 """
 
 from __future__ import annotations
@@ -20,13 +20,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mvmic.corpus.manifest import Manifest
 from mvmic.model.codec import MAX_CODE, MIN_CODE, MvmicCodec, residual_targets
 from mvmic.model.pixel_format import PixelFormat
 from mvmic.model.residual import PlaneContext, ResidualContextModel
-from mvmic.model.train import TrainConfig, descend, load_checkpoint, moving_average, run_until_deadline, write_weights
+from mvmic.training.loop import (
+    CROP,
+    TrainConfig,
+    centre_crop,
+    descend,
+    moving_average,
+    random_crop,
+    resumed_state,
+    run_until_deadline,
+    seeded,
+    split_images,
+    write_weights,
+)
 
-CROP = 256
 STEP_EIGHTHS = (0, 72)  # 8 log2 of the base step in stored units
 MAX_ERRORS = (0, 0, 0, 1, 2, 4, 8, 16)  # drawn uniformly: lossless three times as often
 VALIDATION_POINTS = ((16, 0), (40, 2))  # (step eighths, tau)
@@ -40,8 +50,7 @@ class Frame:
 
 def load_frames(corpus_dir: Path, split: str) -> list[Frame]:
     frames = []
-    for entry in Manifest.load(corpus_dir / "manifest.json").select(split):
-        image = entry.read(corpus_dir)
+    for _, image in split_images(corpus_dir, split):
         frames += [Frame(image.pixels[index], image.format) for index in range(image.frames)]
     return [f for f in frames if min(f.samples.shape[:2]) >= 2]
 
@@ -57,15 +66,9 @@ def residual_planes(codec: MvmicCodec, frame: Frame, code: int, max_error: int) 
     return [(q, context) for _, q, context in residual_targets(frame.samples, base, frame.fmt, code, max_error)]
 
 
-def random_crop(frame: Frame, rng: random.Random) -> Frame:
+def random_frame_crop(frame: Frame, rng: random.Random) -> Frame:
     rows, columns = frame.samples.shape[:2]
-    height, width = min(CROP, rows), min(CROP, columns)
-    top, left = rng.randint(0, rows - height), rng.randint(0, columns - width)
-    crop = frame.samples[top : top + height, left : left + width]
-    if rng.random() < 0.5:
-        crop = crop[:, ::-1]
-    if rng.random() < 0.5:
-        crop = crop[::-1]
+    crop = random_crop(frame.samples, min(CROP, rows), min(CROP, columns), rng)
     return Frame(np.ascontiguousarray(crop), frame.fmt)
 
 
@@ -86,7 +89,7 @@ def validate(model: ResidualContextModel, codec: MvmicCodec, frames: list[Frame]
         for step_eighths, max_error in VALIDATION_POINTS:
             bits, count = 0.0, 0
             for frame in frames:
-                for q, context in residual_planes(codec, _centre_crop(frame), code_for(frame.fmt, step_eighths),
+                for q, context in residual_planes(codec, Frame(centre_crop(frame.samples), frame.fmt), code_for(frame.fmt, step_eighths),
                                                   max_error):
                     bits += float(model.bits(q, context))
                     count += q.numel()
@@ -94,29 +97,19 @@ def validate(model: ResidualContextModel, codec: MvmicCodec, frames: list[Frame]
     return result
 
 
-def _centre_crop(frame: Frame) -> Frame:
-    rows, columns = frame.samples.shape[:2]
-    top, left = max(0, (rows - CROP) // 2), max(0, (columns - CROP) // 2)
-    return Frame(frame.samples[top : top + CROP, left : left + CROP], frame.fmt)
-
-
 def train_residual(config: TrainConfig) -> dict:
-    rng = random.Random(config.seed)
-    torch.manual_seed(config.seed)
+    rng = seeded(config)
     codec = MvmicCodec.load()
     model = ResidualContextModel()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    state = {"step": 0, "history": []}
-    if config.resume:
-        state = load_checkpoint(config.checkpoint, model, optimizer, rng)
-    state.setdefault("commands", []).append(config.command)
+    state = resumed_state(config, model, optimizer, rng)
     state["codec_weights_sha256"] = codec.weights.sha256
     train_frames, val_frames = load_frames(config.corpus_dir, "train"), load_frames(config.corpus_dir, "val")
     running = None
 
     def step() -> dict[str, str]:
         nonlocal running
-        rate = bits_per_sample(model, codec, [random_crop(rng.choice(train_frames), rng) for _ in range(config.batch)],
+        rate = bits_per_sample(model, codec, [random_frame_crop(rng.choice(train_frames), rng) for _ in range(config.batch)],
                                rng)
         descend(optimizer, rate)
         running = moving_average(running, rate.item())

@@ -1,4 +1,4 @@
-"""What the task heads learn and what their outputs mean: targets, the task loss, decoding.
+"""The task loss L_task: what the heads learn, in stage 2 (task heads) and stage 3 (L_task of R + lambda D + beta L_task).
 
     lesion mask (H x W), weight (0: unknown) --------------> weighted BCE + soft Dice on the upsampled logit
     organ map (H x W, IGNORE where an image has none) -----> cross-entropy + mean per-class soft Dice
@@ -6,11 +6,10 @@
         Gaussian heatmap in the class's channel -------------> penalty-reduced focal loss (CenterNet),
                                                                organ channels only on images with organ maps
         log width/height, sub-cell offset at centres ----------> L1
-    outputs --sigmoid, 3x3 peak picking per class, top-k--> boxes with scores and classes
-            --lesion logit > 0--> lesion mask;  --argmax--> organ map
 
 Classes of boxes index mvmic.model.tasks.heads.DETECTION_CLASSES (0 lesion, then the organs); organ
-maps index background (0) then mvmic.model.tasks.organs.ORGAN_CLASSES.
+maps index background (0) then mvmic.model.tasks.organs.ORGAN_CLASSES. What the outputs mean at run time
+(boxes, masks, organ maps) is mvmic.model.tasks.outputs.
 """
 
 from __future__ import annotations
@@ -22,12 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mvmic.model.tasks.heads import DETECTION_CLASSES, DETECTION_STRIDE, SEGMENTATION_STRIDE, HeadOutputs
+from mvmic.model.tasks.heads import DETECTION_CLASSES, DETECTION_STRIDE, HeadOutputs
 from mvmic.model.tasks.organs import ORGAN_CLASSES
+from mvmic.model.tasks.outputs import upsampled
 
 SIZE_WEIGHT = 0.1
-MAX_DETECTIONS = 40
-MIN_SCORE = 0.05  # kept for precision-recall curves; callers pick their own operating threshold
 IGNORE = 255  # organ map value where an image has no organ labels
 
 
@@ -50,17 +48,6 @@ class DetectionTargets:
     size: Tensor  # (N, 2, h, w) log(width, height), valid at centres
     offset: Tensor  # (N, 2, h, w)
     centres: Tensor  # (N, C, h, w) bool
-
-
-@dataclass
-class Detections:
-    boxes: np.ndarray  # (n, 4) x0 y0 x1 y1, full-resolution pixels
-    scores: np.ndarray  # (n,)
-    classes: np.ndarray  # (n,) int64, index into DETECTION_CLASSES
-
-    def of_class(self, index: int) -> Detections:
-        keep = self.classes == index
-        return Detections(self.boxes[keep], self.scores[keep], self.classes[keep])
 
 
 def detection_targets(boxes: list[np.ndarray], grid: tuple[int, int]) -> DetectionTargets:
@@ -86,19 +73,14 @@ def detection_targets(boxes: list[np.ndarray], grid: tuple[int, int]) -> Detecti
 def task_loss(outputs: HeadOutputs, targets: TaskTargets) -> Tensor:
     """Lesion segmentation + organ segmentation (on images with organ maps) + detection, a scalar."""
     shape = targets.lesion.shape[-2:]
-    loss = _lesion_loss(_upsampled(outputs.lesion, shape), targets.lesion, targets.lesion_weight)
+    loss = _lesion_loss(upsampled(outputs.lesion, shape), targets.lesion, targets.lesion_weight)
     labelled = targets.organ_labelled
     if labelled.any():
-        loss = loss + _organ_loss(_upsampled(outputs.organs[labelled], shape), targets.organs[labelled])
+        loss = loss + _organ_loss(upsampled(outputs.organs[labelled], shape), targets.organs[labelled])
     detection = detection_targets(targets.boxes, tuple(outputs.heatmap.shape[-2:]))
     valid = torch.ones_like(outputs.heatmap[:, :, :1, :1], dtype=torch.bool)
     valid[:, 1:] = labelled[:, None, None, None]  # organ channels count only where organs are labelled
     return loss + _focal(outputs.heatmap, detection, valid) + _regression(outputs, detection)
-
-
-def _upsampled(logits: Tensor, shape: tuple[int, int]) -> Tensor:
-    return F.interpolate(logits, scale_factor=SEGMENTATION_STRIDE, mode="bilinear",
-                         align_corners=False)[..., : shape[0], : shape[1]]
 
 
 def _lesion_loss(logits: Tensor, truth: Tensor, weight: Tensor) -> Tensor:
@@ -130,41 +112,3 @@ def _regression(outputs: HeadOutputs, targets: DetectionTargets) -> Tensor:
     size = F.l1_loss(outputs.size[centres], targets.size[centres])
     offset = F.l1_loss(outputs.offset[centres], targets.offset[centres])
     return SIZE_WEIGHT * size + offset
-
-
-@torch.no_grad()
-def decode_detections(outputs: HeadOutputs, shape: tuple[int, int]) -> list[Detections]:
-    """Boxes of every image in the batch, all classes, clipped to ``shape`` (rows, columns), best first."""
-    scores = torch.sigmoid(outputs.heatmap)
-    peaks = scores * (F.max_pool2d(scores, 3, 1, 1) == scores)
-    cells = peaks.shape[-2] * peaks.shape[-1]
-    result = []
-    for n in range(scores.shape[0]):
-        flat = peaks[n].flatten()
-        top = torch.topk(flat, min(MAX_DETECTIONS, flat.numel()))
-        keep = top.values >= MIN_SCORE
-        indices, values = top.indices[keep], top.values[keep]
-        classes, cell = indices // cells, indices % cells
-        rows, columns = cell // peaks.shape[-1], cell % peaks.shape[-1]
-        cx = (columns + outputs.offset[n, 0, rows, columns]) * DETECTION_STRIDE
-        cy = (rows + outputs.offset[n, 1, rows, columns]) * DETECTION_STRIDE
-        width, height = outputs.size[n, 0, rows, columns].exp(), outputs.size[n, 1, rows, columns].exp()
-        boxes = torch.stack([cx - width / 2, cy - height / 2, cx + width / 2, cy + height / 2], dim=1)
-        limits = torch.tensor([shape[1], shape[0], shape[1], shape[0]], dtype=boxes.dtype)
-        boxes = torch.minimum(boxes.clamp(min=0), limits)
-        result.append(Detections(boxes.numpy().astype(np.float64), values.numpy().astype(np.float64),
-                                 classes.numpy().astype(np.int64)))
-    return result
-
-
-@torch.no_grad()
-def segmentation_masks(outputs: HeadOutputs, shape: tuple[int, int]) -> np.ndarray:
-    """(N, rows, columns) bool lesion masks at full resolution."""
-    return (_upsampled(outputs.lesion, shape)[:, 0] > 0).numpy()
-
-
-@torch.no_grad()
-def organ_maps(outputs: HeadOutputs, shape: tuple[int, int]) -> np.ndarray:
-    """(N, rows, columns) uint8 organ maps at full resolution: 0 background, c: ORGAN_CLASSES[c - 1]."""
-    # argmax over the last, contiguous axis: the same first maximum as argmax(dim=1), 2-3x faster on a CPU
-    return _upsampled(outputs.organs, shape).permute(0, 2, 3, 1).contiguous().argmax(dim=-1).numpy().astype(np.uint8)

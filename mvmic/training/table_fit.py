@@ -1,7 +1,7 @@
-"""Fitting mvmicnet-w97-v3's lookup-table contexts and coding tables (training only, never decoding).
+"""`mvmic train contexts`: fitting mvmicnet-w97-v3's lookup-table contexts and coding tables on the train split.
 
     train split, every frame, each --quality code's step -> integer bands (v2's quantiser, unchanged)
-      --model.table_contexts.plane_cells--> counts[cell, min(|symbol|, CAP)]
+      --mvmic.model.table_contexts.plane_cells--> counts[cell, min(|symbol|, CAP)]
     start: version 2's fitted tables; then ROUNDS times:
       every cell <- the table with the fewest bits for its counts (argmin over all tables)
       every table <- refitted (mvmic.model.entropy_coder.CodingTables.fitted) to the symbols its cells got
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +26,8 @@ from mvmic.model.codec import CNN_WEIGHTS, MvmicCodec
 from mvmic.model.entropy_coder import TABLE_COUNT, CodingTables, table_radius
 from mvmic.model.quality import QUALITY_CODES
 from mvmic.model.subbands import band_gains
-from mvmic.model.table_codec import MAX_LEVELS, MODEL_ID, TableCodec, Weights, normalised_planes
-from mvmic.model.train import _git_commit
+from mvmic.model.table_codec import MAX_LEVELS, MODEL_ID, TableCodec, Weights
+from mvmic.training.loop import git_commit, normalised_split_planes, train_groups, write_manifest
 
 CAP = 1023  # magnitudes above this count as CAP in fitting (coding stays exact: escapes)
 ROUNDS = 5
@@ -48,15 +47,12 @@ def gain_rows() -> np.ndarray:
 def symbol_counts(codec: TableCodec, corpus_dir: Path, split: str, codes: list[int]) -> np.ndarray:
     """counts[cell, min(|symbol|, CAP)] of every detail coefficient of ``split`` at ``codes``."""
     counts = np.zeros((int(np.prod(table_contexts.LUT_SHAPE)), CAP + 1), np.int64)
-    for entry in Manifest.load(corpus_dir / "manifest.json").select(split):
-        image = entry.read(corpus_dir)
-        for frame in range(image.frames):
-            for plane in normalised_planes(image.frame(frame), image.format):
-                for code in codes:
-                    bands = codec.quantize(plane, code)
-                    symbols, cells = table_contexts.plane_cells(bands.flat, bands.starts, bands.rows, bands.columns,
-                                                                bands.levels)
-                    np.add.at(counts, (cells, np.minimum(np.abs(symbols), CAP)), 1)
+    for plane in normalised_split_planes(corpus_dir, split):
+        for code in codes:
+            bands = codec.quantize(plane, code)
+            symbols, cells = table_contexts.plane_cells(bands.flat, bands.starts, bands.rows, bands.columns,
+                                                        bands.levels)
+            np.add.at(counts, (cells, np.minimum(np.abs(symbols), CAP)), 1)
     return counts
 
 
@@ -123,15 +119,15 @@ def export(out: Path, corpus_dir: Path, command: str, v2_weights: Path | None = 
     out.write_bytes(buffer.getvalue())
     sha256 = hashlib.sha256(buffer.getvalue()).hexdigest()
     manifest = Manifest.load(corpus_dir / "manifest.json")
-    out.with_suffix(".json").write_text(json.dumps({
-        "model_id": MODEL_ID, "file": out.name, "sha256": sha256, "command": command, "git_commit": _git_commit(),
+    write_manifest(out, {
+        "model_id": MODEL_ID, "file": out.name, "sha256": sha256, "command": command, "git_commit": git_commit(),
         "from_weights": {"file": v2.weights.path.name, "sha256": v2.weights.sha256,
                          "kept": "band step scales (quantiser), residual model"},
         "data": {"corpus_sources": manifest.sources, "split": "train",
-                 "train_groups": sorted({e.group for e in manifest.select("train")}),
+                 "train_groups": train_groups(manifest),
                  "quality_codes": codes, "coefficients": int(counts.sum())},
         "fit": {"rounds": ROUNDS, "train_bits_per_round": [round(b) for b in history],
                 "cells": int(np.prod(table_contexts.LUT_SHAPE)), "cells_seen": int((counts.sum(axis=1) > 0).sum())},
         "test_metrics": None,  # written by `mvmic bench rd` for these weights
-    }, indent=1) + "\n")
+    })
     return sha256
