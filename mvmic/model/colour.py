@@ -1,8 +1,12 @@
-"""Colour planes: JPEG 2000's reversible colour transform (RCT) of the lossy base layer.
+"""Colour planes and the mapping to the wavelet's range, shared by every lossy base layer.
 
     RGB (rows, columns, 3) --to_planes--> luma, blue - green, red - green --from_planes--> RGB
+    planes --normalised_planes: (v - plane_offset) / 2**BitsStored--> what the wavelet sees (float64)
 
-Integer and exactly invertible; grey images pass through as one plane.
+The colour transform is JPEG 2000's reversible colour transform (RCT, ITU-T T.800 Annex G.2): integer
+and exactly invertible; grey images pass through as one plane. The normalisation's two integers are
+the ``offset`` (offset_of) and ``scale_log2`` (BitsStored) fields of a lossy stream's header
+(mvmic.model.bitstream).
 """
 
 from __future__ import annotations
@@ -31,3 +35,17 @@ def from_planes(planes: list[np.ndarray], fmt: PixelFormat) -> np.ndarray:
         values = [red_diff + green, green, blue_diff + green]
     stacked = np.stack(values, axis=-1)
     return np.clip(stacked, fmt.min_value, fmt.max_value).astype(fmt.dtype)
+
+
+def offset_of(fmt: PixelFormat) -> int:
+    """Unsigned values are centred on mid-range before the transform; signed ones already are."""
+    return 0 if fmt.signed else 1 << (fmt.bits_stored - 1)
+
+
+def plane_offset(fmt: PixelFormat, plane: int) -> int:
+    return offset_of(fmt) if plane == 0 else 0  # the colour differences of the RCT are centred
+
+
+def normalised_planes(frame: np.ndarray, fmt: PixelFormat) -> list[np.ndarray]:
+    """The planes the wavelet sees: (value - offset) / 2**BitsStored, float64."""
+    return [(plane - plane_offset(fmt, index)) / 2.0**fmt.bits_stored for index, plane in enumerate(to_planes(frame, fmt))]

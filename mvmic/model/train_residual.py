@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from mvmic.corpus.manifest import Manifest
-from mvmic.model.codec import MAX_CODE, MIN_CODE, MvmicCodec, residual_targets
+from mvmic.model.codec import MAX_CODE, MIN_CODE, MvmicCodec
+from mvmic.model.enc_residual import residual_targets
 from mvmic.model.pixel_format import PixelFormat
 from mvmic.model.residual import PlaneContext, ResidualContextModel
 from mvmic.model.train import TrainConfig, descend, load_checkpoint, moving_average, run_until_deadline, write_weights
