@@ -6,13 +6,14 @@
 The colour transform is JPEG 2000's reversible colour transform (RCT, ITU-T T.800 Annex G.2): integer
 and exactly invertible; grey images pass through as one plane. The normalisation's two integers are
 the ``offset`` (offset_of) and ``scale_log2`` (BitsStored) fields of a lossy stream's header
-(mvmic.model.bitstream).
+(mvmic.model.bitstream): the decoder checks them (check_mapping) rather than trusting them.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from mvmic.model.bitstream import Bitstream, InvalidFieldError
 from mvmic.model.pixel_format import PixelFormat
 
 
@@ -49,3 +50,16 @@ def plane_offset(fmt: PixelFormat, plane: int) -> int:
 def normalised_planes(frame: np.ndarray, fmt: PixelFormat) -> list[np.ndarray]:
     """The planes the wavelet sees: (value - offset) / 2**BitsStored, float64."""
     return [(plane - plane_offset(fmt, index)) / 2.0**fmt.bits_stored for index, plane in enumerate(to_planes(frame, fmt))]
+
+
+def check_mapping(stream: Bitstream) -> None:
+    """Raise InvalidFieldError unless the header's ``offset`` and ``scale_log2`` are the ones a lossy encoder writes
+    for the stream's pixel format (offset_of, BitsStored): the decoder computes the mapping from the format, so a
+    header that disagrees is damaged or forged, not another mapping."""
+    fmt = stream.pixel_format
+    if stream.offset != offset_of(fmt):
+        raise InvalidFieldError(f"offset {stream.offset}: a {'signed' if fmt.signed else 'unsigned'} "
+                                f"{fmt.bits_stored}-bit stream has offset {offset_of(fmt)}")
+    if stream.scale_log2 != fmt.bits_stored:
+        raise InvalidFieldError(f"scale_log2 {stream.scale_log2}: a {fmt.bits_stored}-bit stream has scale_log2 "
+                                f"{fmt.bits_stored} (values are normalised by 2**BitsStored)")

@@ -42,7 +42,7 @@ from mvmic.model.bitstream import (
     unpack_payloads,
 )
 from mvmic.model.cdf97 import band_shapes, max_levels
-from mvmic.model.colour import from_planes, normalised_planes, offset_of, plane_offset
+from mvmic.model.colour import check_mapping, from_planes, normalised_planes, offset_of, plane_offset
 from mvmic.model.errors import CodecInputError, check_codeable, check_decoded_size
 from mvmic.model.pixel_format import PixelFormat
 from mvmic.model.quality import DEADZONE, MAX_CODE, MIN_CODE, RECONSTRUCTION, step_of
@@ -270,9 +270,13 @@ def _deadzone_round(scaled: np.ndarray) -> np.ndarray:
 
 
 def check_decodable(stream: Bitstream) -> None:
+    """Raise InvalidFieldError unless a lossy stream's header is one its encoder writes: a quality code in
+    MIN_CODE..MAX_CODE, a size the decoders allocate (check_decoded_size), and the offset and scale_log2 of its pixel
+    format (mvmic.model.colour.check_mapping)."""
     if not MIN_CODE <= stream.quality <= MAX_CODE:
         raise InvalidFieldError(f"quality code {stream.quality} out of range {MIN_CODE}..{MAX_CODE}")
     check_decoded_size(stream.frames, stream.rows, stream.columns, stream.samples_per_pixel)
+    check_mapping(stream)
 
 
 def base_layers(stream: Bitstream) -> list[Layer]:
