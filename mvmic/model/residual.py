@@ -13,7 +13,7 @@ Compression" (TPAMI 2024), with the base reconstructed in integers (mvmic.model.
           passes 4-6: the same at distance 2, passes 7-9 at distance 1 (the 2 x 2 phases)
           prediction p = round((w_direct * sum of decoded direct neighbours
                                 + w_diagonal * sum of decoded diagonal ones) / 2**WEIGHT_SHIFT)
-                         (the encoder fits the two weights of each pass by least squares)
+                         (the encoder fits the two weights of each pass by least squares: mvmic.model.enc_residual)
           e = q - p --integer contexts -> IndexNetwork -> table index--> rANS (mvmic.model.entropy_coder)
     decoding: q = e + p, pass by pass -> x' = clip(b + (2 tau + 1) q)
 
