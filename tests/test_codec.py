@@ -12,12 +12,14 @@ import pytest
 import torch
 
 from mvmic.model import cdf97, lifting
-from mvmic.model.bitstream import Bitstream, BitstreamError, WeightsMismatchError, unpack_payloads
+from mvmic.model.bitstream import Bitstream, BitstreamError, InvalidFieldError, WeightsMismatchError, unpack_payloads
 from mvmic.model.codec import CNN_WEIGHTS, QUALITY_CODES, CodecInputError, MvmicCodec
+from mvmic.model.colour import offset_of
 from mvmic.model.lifting import zero_subbands
 from mvmic.model.rate_control import compress_at
 from mvmic.model.rate_distortion import psnr
 from mvmic.pixels import NativeImage, PixelFormat, read_dicom
+from mvmic.service.errors import STATUS_BY_ERROR
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +124,26 @@ def test_damaged_and_foreign_bitstreams_are_rejected(codec, corpus_dir) -> None:
     with pytest.raises(WeightsMismatchError):
         Bitstream.from_bytes(other, expected_model_id=codec.model_id,
                              expected_fingerprint=stream.weights_fingerprint)
+
+
+def test_a_header_offset_or_scale_other_than_the_encoders_is_refused(codec, corpus_dir) -> None:
+    # The decoders derive the mapping (v - offset) / 2**scale_log2 from the pixel format; a header that declares
+    # another (its CRC recomputed, as a forger would) is refused as a damaged stream, HTTP 400, by every decoder.
+    image = _image(corpus_dir, "pyradiomics-brain2-010")
+    lossy = codec.compress(image, QUALITY_CODES[4])
+    exact = compress_at(None, image.pixels, image.format, max_error=0)
+    assert (lossy.offset, lossy.scale_log2) == (offset_of(image.format), image.format.bits_stored)
+    assert (exact.offset, exact.scale_log2) == (0, 0)
+    for stream, decoders in ((lossy, (codec.decompress, codec.decode_coarse, codec.table.decompress)),
+                             (exact, (codec.decompress, codec.decode_coarse))):
+        assert np.array_equal(codec.decompress(Bitstream.from_bytes(stream.to_bytes())), codec.decompress(stream))
+        for field, value in (("offset", stream.offset + 1), ("offset", -1),
+                             ("scale_log2", stream.scale_log2 + 1), ("scale_log2", stream.scale_log2 - 1)):
+            forged = Bitstream.from_bytes(dataclasses.replace(stream, **{field: value}).to_bytes())
+            for decode in decoders:
+                with pytest.raises(InvalidFieldError, match=f"^{field} {value}: ") as refused:
+                    decode(forged)
+                assert next(code for kind, code in STATUS_BY_ERROR if isinstance(refused.value, kind)) == 400
 
 
 def test_garbage_payload_with_a_valid_crc_decodes_without_crashing(codec, corpus_dir) -> None:

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 import torch
 
-from mvmic.model import codec as codec_module
+from mvmic.model import cnn_base, enc_residual
 from mvmic.model.bitstream import (
     Bitstream,
     Layer,
@@ -80,7 +80,7 @@ def test_a_broken_bound_is_an_error_not_a_bitstream(codec, corpus_dir, monkeypat
     image = _image(corpus_dir, "pyradiomics-brain2-010")
     # A bug in the residual path: some samples quantised one step off.
     broken = lambda residual, max_error: quantize_residual(residual, max_error) + (residual.abs() > 2)
-    monkeypatch.setattr(codec_module, "quantize_residual", broken)
+    monkeypatch.setattr(enc_residual, "quantize_residual", broken)
     with pytest.raises(BoundViolationError, match="above the promised 1: bitstream withheld"):
         codec.compress(image, QUALITY_CODES[6], max_error=1)
     unchecked = codec.compress_pixels(image.pixels, image.format, QUALITY_CODES[6], max_error=1, verify=False)
@@ -138,8 +138,8 @@ def test_decoding_is_exact_with_float_paths_perturbed_and_other_threads(corpus_d
         for parameter in itertools.chain(perturbed.context.parameters(), perturbed.residual[0].parameters()):
             parameter.copy_(noisy(parameter))
         perturbed.scales = noisy(perturbed.scales)
-    synthesis = codec_module.synthesis  # the lossy decoder's float wavelet
-    monkeypatch.setattr(codec_module, "synthesis", lambda bands: noisy(synthesis(bands)))
+    synthesis = cnn_base.synthesis  # the lossy decoder's float wavelet
+    monkeypatch.setattr(cnn_base, "synthesis", lambda bands: noisy(synthesis(bands)))
     torch.set_num_threads(2)
     try:
         got = [_sha256(perturbed.decompress(s)) for s in streams]

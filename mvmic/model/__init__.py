@@ -1,6 +1,6 @@
-"""MVMICNet: the learned, task-aware codec (training and evaluation).
+"""MVMICNet: the learned, task-aware codec of DICOM pixels (no DICOM library: mvmic.pixels reads the images).
 
-Empty until the codec-core issue lands; its networks read pixels through
-mvmic.pixels and data through mvmic.corpus, and join `mvmic bench rd` by
-registering a codec in mvmic/bench/codecs/.
+The codec facade is mvmic.model.codec (MvmicCodec); the `.mvm` format, every layer kind's payload
+included, is described in mvmic.model.bitstream. Modules named enc_* hold what only an encoder runs
+(searches whose results the bitstream carries); decoding never imports them.
 """

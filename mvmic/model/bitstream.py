@@ -4,8 +4,9 @@
                                                                         |  disk, HTTP, DICOM
     NativeImage <--decoder-- Bitstream <--from_bytes(expected model id, weights fingerprint)
 
-The container knows nothing about entropy coding: each layer's payload is opaque bytes
-(a hyperprior frame packs its z and y strings with ``pack_payloads``). What it guarantees
+The container knows nothing about entropy coding: each layer's payload is opaque bytes to it
+(a base layer packs its planes' payloads with ``pack_payloads``; "Payload of each layer kind"
+below says what each kind holds and where it is defined). What it guarantees
 is that a decoder only ever sees a complete, uncorrupted bitstream of a format version
 it reads, made by the weights it has, with every header field in range.
 
@@ -17,7 +18,8 @@ at most 10 bytes, below 2**64; svarint = zigzag-encoded varint, 0 -1 1 -2 -> 0 1
     | 3      | magic               | b"MVM"                   |                                       |
     | 1      | format version      | u8                       | 1, or 2 when an EXACT layer is present |
     | 1      | model id length n   | u8                       | 1..64                                 |
-    | n      | model id            | ASCII                    | printable, no spaces: mvmicnet-w97-v2 |
+    | n      | model id            | ASCII                    | printable, no spaces: mvmicnet-w97-v3,|
+    |        |                     |                          | mvmicnet-w97-v2, mvmic-exact          |
     | 8      | weights fingerprint | bytes                    | sha256(weights file)[:8]              |
     | 1-3    | rows                | varint                   | 1..65535                              |
     | 1-3    | columns             | varint                   | 1..65535                              |
@@ -28,9 +30,11 @@ at most 10 bytes, below 2**64; svarint = zigzag-encoded varint, 0 -1 1 -2 -> 0 1
     | 1      | photometric         | u8                       | 0 MONOCHROME1, 1 MONOCHROME2,         |
     |        |                     |                          | 2 RGB, 3 YBR_FULL, 4 PALETTE COLOR    |
     |        |                     |                          | (indices; exact layers, lossless only)|
-    | 1-5    | offset              | svarint                  | -2**31..2**31-1                       |
-    | 1      | scale_log2          | svarint                  | -32..32                               |
-    | 2      | quality             | u16                      | model-defined, e.g. quality index*256 |
+    | 1-5    | offset              | svarint                  | -2**31..2**31-1; see "Header fields"  |
+    | 1      | scale_log2          | svarint                  | -32..32; see "Header fields"          |
+    | 2      | quality             | u16                      | lossy: quality code 4..120 (MIN_CODE..|
+    |        |                     |                          | MAX_CODE, mvmic.model.quality); exact |
+    |        |                     |                          | streams: 0                            |
     | 1-10   | layer count L       | varint                   |                                       |
     |        | L times:            |                          |                                       |
     | 1      |   kind              | u8                       | 0 base, 1 residual, 2 DICOM header,   |
@@ -42,20 +46,54 @@ at most 10 bytes, below 2**64; svarint = zigzag-encoded varint, 0 -1 1 -2 -> 0 1
 
 A stream holds each (kind, frame index) at most once: a repeated layer is refused, not read.
 
-An exact layer's payload is laid out in mvmic.model.lossless.layer (maximum error, stripes, least-squares
-predictors, one range-coded stream per stripe and plane); it needs no weights and no base layer.
-Version 2 is version 1 plus that layer kind: lossy streams are still written as version 1, so older
+Version 2 is version 1 plus the EXACT layer kind: lossy streams are still written as version 1, so older
 builds keep reading them, and refuse lossless ones by their version number.
 
-A residual layer's payload is laid out in mvmic.model.codec.ResidualLayer (maximum error, the
-base layer's band steps in fixed point, the residual weights' fingerprint, one coded plane
-per sample).
+Payload of each layer kind. Packed parts use pack_payloads (varint count, then varint length + bytes
+each) and pack_integers (varint count, then one svarint each), both below. Each layout is defined
+(in full: symbol order, contexts, entropy coder) in the one place the last column names:
 
-The codec maps a stored value v to (v - offset) / 2**scale_log2: both are integers so the
-mapping is exact and the same on every machine. The fingerprint is 8 bytes, not the full
-32 of a sha256, because at 0.02 bits per pixel a 512x512 image has about 650 bytes in all;
-two different weight files share 8 bytes with probability 2**-64, which only has to rule
-out accidents, not forgery (the CRC is not a signature either).
+    | kind           | payload                                           | defined in                      |
+    |----------------|---------------------------------------------------|---------------------------------|
+    | 0 BASE         | lossy, one per frame: pack_payloads of one plane  | planes: mvmic.model.colour      |
+    |                | payload per plane, 1 (grey) or 3 (colour: the     | (RCT, normalisation)            |
+    |                | RCT's luma, B - G, R - G); a plane payload is     |                                 |
+    |  model v3      |   [low-band table index: u8] [rANS u16 words LE]  | mvmic.model.table_contexts      |
+    |  model v2      |   [low-band table index: u8] [CompressAI rANS]    | mvmic.model.context_model       |
+    | 1 RESIDUAL     | first lossless design, one per frame beside its   | mvmic.model.residual_layer;     |
+    |                | BASE: pack_payloads([pack_integers([tau, fixed-   | each plane's side information   |
+    |                | point band steps]), residual weights fingerprint, | and rANS bytes:                 |
+    |                | per sample pack_payloads([pack_integers(side),    | mvmic.model.residual            |
+    |                | rANS bytes])])                                    |                                 |
+    | 2 DICOM_HEADER | frame 0, at most one: zlib (deflate) of the       | mvmic.transcode (writes, reads) |
+    |                | source instance without Pixel Data, as a DICOM    | mvmic.pixels.header_bytes       |
+    |                | file in Explicit VR Little Endian                 |                                 |
+    | 3 EXACT        | lossless, near-lossless (format version 2), one   | mvmic.model.lossless.layer      |
+    |                | per frame, no weights: pack_payloads([pack_inte-  | (the stream around it:          |
+    |                | gers([version, tau, stripes, classes]), per plane | mvmic.model.lossless.stream)    |
+    |                | LS predictors, per stripe and plane range coder   |                                 |
+    |                | bytes])                                           |                                 |
+
+(model v3: mvmicnet-w97-v3, coded by mvmic.model.table_codec; model v2: mvmicnet-w97-v2, coded by
+mvmic.model.cnn_base.)
+
+The model id says which BASE layer format a stream holds; the decoder that reads each is
+mvmic.model.codec.MvmicCodec (which dispatches by model id and layer kind), or mvmic.model.table_codec
+alone for version 3 lossy streams, or mvmic.model.lossless.stream alone for exact streams.
+
+Header fields. A lossy stream maps a stored value v to (v - offset) / 2**scale_log2 before the
+wavelet: offset is 0 for signed images and 2**(BitsStored - 1) for unsigned ones, scale_log2 is
+BitsStored (mvmic.model.colour.offset_of). Both are integers so the mapping is exact and the same
+on every machine. The decoder computes the mapping from the pixel format and checks the two fields
+against it (mvmic.model.colour.check_mapping: InvalidFieldError), so a stream whose fields
+disagree is refused as damaged, not decoded with another mapping. Exact streams code the stored
+integers themselves: they write offset 0, scale_log2 0, quality 0 and an all-zero fingerprint, and
+their decoder checks the first two (mvmic.model.lossless.stream).
+
+The fingerprint is 8 bytes, not the full 32 of a sha256, because at 0.02 bits per pixel a
+512x512 image has about 650 bytes in all; two different weight files share 8 bytes with
+probability 2**-64, which only has to rule out accidents, not forgery (the CRC is not a
+signature either).
 
 A 1-frame 512x512 image from model "mvmicnet-w97-v2" with offset 0 and a payload of
 128 B to 16 KiB costs 50 bytes beyond its payload; the model id is 16 of them.
@@ -149,7 +187,7 @@ class WeightsMismatchError(BitstreamError):
 
 class LayerKind(IntEnum):
     BASE = 0
-    RESIDUAL = 1  # refines the base layer of the same frame to a guaranteed maximum error (mvmic.model.residual)
+    RESIDUAL = 1  # refines the base layer of the same frame to a guaranteed maximum error (mvmic.model.residual_layer)
     DICOM_HEADER = 2  # the source instance without Pixel Data, deflated; frame 0; lets decoding rebuild it
     EXACT = 3  # the frame coded losslessly or near-losslessly in the pixel domain (mvmic.model.lossless.layer); version 2
 

@@ -131,8 +131,12 @@ class SubbandContextModel(TableModule):
 
     # -- coding -------------------------------------------------------------------------------
     def encode(self, q: Subbands, step_code: int) -> bytes:
+        """One plane's payload: [low-band table index: u8] + rANS bytes of the low band's DPCM residuals, then of
+        every detail band pass in coding_order."""
+        from mvmic.model.enc_context_model import best_low_index  # encoder only: decoding never loads it
+
         writer = RansWriter(self.tables)
-        low_index = self._best_low_index(q.low)
+        low_index = best_low_index(self.tables, _dpcm(q.low).flatten())
         writer.write(_dpcm(q.low).flatten(), torch.full((q.low.numel(),), low_index))
         for symbols, indexes in self.assigned_indexes(q, step_code):
             writer.write(symbols, indexes)
@@ -160,13 +164,6 @@ class SubbandContextModel(TableModule):
             mask = self.pass_mask(band, where)
             band[mask] = reader.read(indexes[mask])
         return q
-
-    def _best_low_index(self, low: Tensor) -> int:
-        residuals = _dpcm(low).flatten()
-        costs = [float(self.tables.bits(residuals, torch.full_like(residuals, i, dtype=torch.long)).sum())
-                 for i in range(TABLE_COUNT)]
-        return min(range(TABLE_COUNT), key=costs.__getitem__)
-
 
 def _upsample(plane: Tensor) -> Tensor:
     return plane.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)

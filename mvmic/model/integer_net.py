@@ -1,7 +1,8 @@
 """Integer networks: entropy parameters that every machine computes identically.
 
-A hyperprior or context model predicts, for each latent, which CDF table the rANS
-coder uses. If the encoder and the decoder disagree on one table index, every
+A context model (mvmic.model.context_model for the wavelet subbands of version 2,
+mvmic.model.residual for the residual layer) predicts, for each coded integer, which
+CDF table the rANS coder uses. If the encoder and the decoder disagree on one table index, every
 symbol after it decodes to garbage; floating-point convolutions differ between
 thread counts, libraries and devices, so the index must not come from floats.
 After Ballé, Johnston and Minnen, "Integer networks for data compression with

@@ -6,6 +6,7 @@ The codec core (mvmic/model/) reads and writes PixelFormat; mvmic.pixels maps DI
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -40,3 +41,10 @@ class PixelFormat:
         """Smallest little-endian integer dtype that holds the stored values."""
         size = 1 if self.bits_stored <= 8 else 2
         return np.dtype(f"<{'i' if self.signed else 'u'}{size}")
+
+
+class StoredImage(Protocol):
+    """What the codec needs of an image: its stored values and their format (mvmic.pixels.NativeImage is one)."""
+
+    pixels: np.ndarray  # (frames, rows, columns, samples), the stored integers
+    format: PixelFormat

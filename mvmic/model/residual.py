@@ -13,7 +13,7 @@ Compression" (TPAMI 2024), with the base reconstructed in integers (mvmic.model.
           passes 4-6: the same at distance 2, passes 7-9 at distance 1 (the 2 x 2 phases)
           prediction p = round((w_direct * sum of decoded direct neighbours
                                 + w_diagonal * sum of decoded diagonal ones) / 2**WEIGHT_SHIFT)
-                         (the encoder fits the two weights of each pass by least squares)
+                         (the encoder fits the two weights of each pass by least squares: mvmic.model.enc_residual)
           e = q - p --integer contexts -> IndexNetwork -> table index--> rANS (mvmic.model.entropy_coder)
     decoding: q = e + p, pass by pass -> x' = clip(b + (2 tau + 1) q)
 
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +40,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from mvmic.model.bitstream import LayerError
-from mvmic.model.entropy_coder import TABLE_COUNT, CodingTables, RansReader, RansWriter, TableModule, index_bits
+from mvmic.model.entropy_coder import TABLE_COUNT, CodingTables, RansReader, TableModule, index_bits
 from mvmic.model.integer_net import IndexNetwork
 
 MAX_ERROR = 16  # the largest tau a residual layer may promise
@@ -154,25 +154,6 @@ def predict(decoded: Tensor, weights: tuple[int, int], distance: int) -> Tensor:
     return (weights[0] * direct + weights[1] * diagonal + (1 << (WEIGHT_SHIFT - 1))) >> WEIGHT_SHIFT
 
 
-def fit_weights(q: Tensor, index: int) -> tuple[int, int]:
-    """Least-squares prediction weights of pass ``index`` from the values decoded before it (encoder
-    only: the integers it finds are written down, so their float origin does not matter)."""
-    if index == 0:
-        return 0, 0
-    coding_pass = PASSES[index]
-    decoded = q * decoded_before(q.shape, index, q.device)
-    sums = neighbour_sums(decoded, coding_pass.distance)
-    direct, diagonal = (s[coding_pass.where].double().flatten() for s in sums)
-    target = q[coding_pass.where].double().flatten()
-    design = torch.stack([direct, diagonal], dim=1)
-    gram = design.T @ design
-    # A small ridge: a neighbour sum that is all zero (no direct neighbours decoded yet) gets weight 0.
-    ridge = (1e-6 * float(gram.trace()) + 1e-9) * torch.eye(2, dtype=torch.float64)
-    solution = torch.linalg.solve(gram + ridge, design.T @ target)
-    scaled = [max(-MAX_WEIGHT, min(MAX_WEIGHT, round(float(w) * 2**WEIGHT_SHIFT))) for w in solution]
-    return scaled[0], scaled[1]
-
-
 class ResidualContextModel(TableModule):
     """Table indexes for the residual's prediction errors, pass by pass (see the module docstring)."""
 
@@ -209,33 +190,18 @@ class ResidualContextModel(TableModule):
     # -- training -------------------------------------------------------------------------------
     def bits(self, q: Tensor, context: PlaneContext) -> Tensor:
         """Ideal code length of ``q`` (N, H, W) under Laplacian tables (differentiable in the network)."""
+        from mvmic.model.enc_residual import fit_weights  # training fits the weights as the encoder does
+
         weights = [fit_weights(q, index) for index in range(len(PASSES))]
         total = q.new_zeros((), dtype=torch.float32)
         for where, prediction, features in self.passes(q, context, weights):
             total = total + index_bits((q[where] - prediction).float(), self.net(features))
         return total
 
-    # -- coding ---------------------------------------------------------------------------------
-    def encode(self, q: Tensor, context: PlaneContext) -> tuple[list[int], bytes]:
-        """(side information, rANS bytes) of one plane's q, (1, H, W) int64. The side information is
-        the prediction weights of every pass but the first, then one table index offset per pass that the encoder
-        picks to fit this image: an image unlike the training data (a noisier modality) then costs
-        one shifted index per pass, not a mis-scaled table for every sample."""
-        weights = [fit_weights(q, index) for index in range(len(PASSES))]
-        writer = RansWriter(self.tables)
-        offsets = []
-        for where, prediction, features in self.passes(q, context, weights):
-            symbols, indexes = (q[where] - prediction).flatten(), self.net.indexes(features).flatten()
-            offsets.append(self._best_offset(symbols, indexes))
-            writer.write(symbols, _shifted(indexes, offsets[-1]))
-        return [w for pair in weights[1:] for w in pair] + offsets, writer.finish()
-
-    def _best_offset(self, symbols: Tensor, indexes: Tensor) -> int:
-        cost = lambda offset: float(self.tables.bits(symbols, _shifted(indexes, offset)).sum())
-        return valley_minimum(cost, 0, 1, 1 - TABLE_COUNT, TABLE_COUNT - 1)
-
+    # -- coding (the encoder: mvmic.model.enc_residual.encode_plane) ---------------------------
     def decode(self, side: list[int], data: bytes, context: PlaneContext) -> Tensor:
-        """Inverse of :meth:`encode`: q, (1, H, W) int64."""
+        """Inverse of mvmic.model.enc_residual.encode_plane: q, (1, H, W) int64; LayerError for side information
+        that encoder cannot have written."""
         weight_count = 2 * (len(PASSES) - 1)
         weights, offsets = side[:weight_count], side[weight_count:]
         if (len(offsets) != len(PASSES) or any(abs(w) > MAX_WEIGHT for w in weights)
@@ -246,29 +212,11 @@ class ResidualContextModel(TableModule):
         q = torch.zeros_like(context.base)
         reader = RansReader(self.tables, data, q.numel())
         for (where, prediction, features), offset in zip(self.passes(q, context, pairs), offsets, strict=True):
-            symbols = reader.read(_shifted(self.net.indexes(features).flatten(), offset)).to(torch.int64)
+            symbols = reader.read(shifted(self.net.indexes(features).flatten(), offset)).to(torch.int64)
             q[where] = symbols.reshape(prediction.shape) + prediction
         return q
 
 
-def _shifted(indexes: Tensor, offset: int) -> Tensor:
+def shifted(indexes: Tensor, offset: int) -> Tensor:
+    """Table indexes moved by a pass's offset, clamped to the tables there are."""
     return torch.clamp(indexes + offset, 0, TABLE_COUNT - 1)
-
-
-def valley_minimum(cost: Callable[[int], float], start: int, step: int, low: int, high: int) -> int:
-    """The argument in low..high (from ``start`` in steps of ``step``) where ``cost`` stops falling:
-    walk from ``start`` in the direction that lowers it until it rises. A cost with one valley (the
-    code length against a shift of every table's scale, a bitstream's size against its base layer's
-    code) needs a handful of evaluations, not a scan."""
-    costs = {start: cost(start)}
-    best = start
-    for direction in (-step, step):
-        candidate = best + direction
-        while low <= candidate <= high:
-            costs[candidate] = cost(candidate)
-            if costs[candidate] >= costs[best]:
-                break
-            best, candidate = candidate, candidate + direction
-        if best != start:
-            break  # it moved one way: the other way only climbs the valley's other side
-    return best

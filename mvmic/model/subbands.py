@@ -88,6 +88,15 @@ def in_steps(bands: Subbands, step: float, scales: Tensor | None = None) -> Subb
 
 
 def quantize(bands: Subbands, step: float, scales: Tensor | None = None) -> Subbands:
+    """Integer indices of wavelet coefficients: dead-zone scalar quantisation as JPEG 2000 Part 1 does it
+    (ITU-T T.800 Annex E.1), each band with its own step ``step`` / gain_b (band_steps), times its learned scale.
+
+    ``bands``: Subbands of float tensors (N, C, H, W), the low band and (LH, HL, HH) per level, coarsest first,
+    in normalised units (stored values less the offset, over 2**BitsStored: mvmic.model.colour.normalised_planes).
+    ``step``: the quantiser step in those units (mvmic.model.quality.step_of of a quality code). ``scales``:
+    BandStepScales() (float64, one per scale_index) or None (all 1). Returns Subbands of the same shapes and
+    dtype holding integers: the low band rounded, the detail bands rounded toward 0 by DEADZONE more (a dead
+    zone of 2 (0.5 + DEADZONE) steps). Raises IndexError if ``scales`` covers fewer levels than ``bands`` has."""
     scaled = in_steps(bands, step, scales)
     return Subbands(
         low=torch.round(scaled.low),  # no deadzone: the low band is rarely near 0
@@ -129,6 +138,11 @@ def _each_band_with_its_step(bands: Subbands, step: float, scales: Tensor | None
 
 
 def dequantize(indices: Subbands, step: float, scales: Tensor | None = None) -> Subbands:
+    """Coefficients from the integer ``indices`` of :func:`quantize` (the same shapes, step and scales): the low
+    band times its step, every non-zero detail index reconstructed RECONSTRUCTION of a step beyond its integer,
+    sign(q) (|q| + RECONSTRUCTION) step_b, as JPEG 2000's decoders do with their reconstruction parameter r
+    (ITU-T T.800 Annex E.1.1.2). Returns Subbands of float tensors (N, C, H, W) in normalised units. Raises
+    IndexError if ``scales`` covers fewer levels than ``indices`` has."""
     low_step, steps = band_steps(len(indices.details), step, scales)
     return Subbands(
         low=indices.low * low_step,

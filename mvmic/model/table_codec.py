@@ -1,6 +1,6 @@
 """The lossy base layer of mvmicnet-w97-v3, torch-free: stored pixels <-> .mvm, compiled end to end.
 
-    frame --RCT if colour (mvmic.model.colour)--> planes --(v - offset) / 2**BitsStored-->
+    frame --RCT if colour, (v - offset) / 2**BitsStored (mvmic.model.colour.normalised_planes)--> planes
       --CDF 9/7 analysis (mvmic.model.lifting_kernels)--> / band step, dead-zone rounding --> integer bands
       --table contexts + rANS (mvmic.model.table_contexts)--> plane payloads --> Bitstream BASE layer per frame
 
@@ -42,7 +42,7 @@ from mvmic.model.bitstream import (
     unpack_payloads,
 )
 from mvmic.model.cdf97 import band_shapes, max_levels
-from mvmic.model.colour import from_planes, to_planes
+from mvmic.model.colour import check_mapping, from_planes, normalised_planes, offset_of, plane_offset
 from mvmic.model.errors import CodecInputError, check_codeable, check_decoded_size
 from mvmic.model.pixel_format import PixelFormat
 from mvmic.model.quality import DEADZONE, MAX_CODE, MIN_CODE, RECONSTRUCTION, step_of
@@ -173,8 +173,10 @@ class TableCodec:
     # -- entropy coding -----------------------------------------------------------------------------
     def encode_bands(self, bands: PlaneBands) -> bytes:
         """One plane's payload: [low-band table index: u8] + rANS words (mvmic.model.table_contexts)."""
+        from mvmic.model.enc_table_codec import best_low_table  # encoder only: decoding never loads it
+
         residual = table_contexts.dpcm(bands.low)
-        low_table = int(np.argmin(table_contexts.table_bits(residual, self.cdfs, self.lengths, self.offsets)))
+        low_table = best_low_table(residual, self.cdfs, self.lengths, self.offsets)
         return bytes([low_table]) + _table_coder.encode_plane(residual, low_table, bands.flat, bands.starts, bands.rows,
                                                               bands.columns, bands.levels, self.lut, *self.tables)
 
@@ -268,9 +270,13 @@ def _deadzone_round(scaled: np.ndarray) -> np.ndarray:
 
 
 def check_decodable(stream: Bitstream) -> None:
+    """Raise InvalidFieldError unless a lossy stream's header is one its encoder writes: a quality code in
+    MIN_CODE..MAX_CODE, a size the decoders allocate (check_decoded_size), and the offset and scale_log2 of its pixel
+    format (mvmic.model.colour.check_mapping)."""
     if not MIN_CODE <= stream.quality <= MAX_CODE:
         raise InvalidFieldError(f"quality code {stream.quality} out of range {MIN_CODE}..{MAX_CODE}")
     check_decoded_size(stream.frames, stream.rows, stream.columns, stream.samples_per_pixel)
+    check_mapping(stream)
 
 
 def base_layers(stream: Bitstream) -> list[Layer]:
@@ -280,17 +286,3 @@ def base_layers(stream: Bitstream) -> list[Layer]:
     if missing:
         raise LayerError(f"bitstream has no base layer for frame(s) {missing}")
     return [layers[f] for f in range(stream.frames)]
-
-
-def offset_of(fmt: PixelFormat) -> int:
-    """Unsigned values are centred on mid-range before the transform; signed ones already are."""
-    return 0 if fmt.signed else 1 << (fmt.bits_stored - 1)
-
-
-def plane_offset(fmt: PixelFormat, plane: int) -> int:
-    return offset_of(fmt) if plane == 0 else 0  # the colour differences of the RCT are centred
-
-
-def normalised_planes(frame: np.ndarray, fmt: PixelFormat) -> list[np.ndarray]:
-    """The planes the wavelet sees: (value - offset) / 2**BitsStored, float64."""
-    return [(plane - plane_offset(fmt, index)) / 2.0**fmt.bits_stored for index, plane in enumerate(to_planes(frame, fmt))]

@@ -76,17 +76,6 @@ def dpcm(low: np.ndarray) -> np.ndarray:
     return residual.ravel()
 
 
-def table_bits(symbols: np.ndarray, cdfs: np.ndarray, lengths: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Code length in bits of all ``symbols`` under each table (escapes: their bin plus the raw bits)."""
-    position = symbols[None, :].astype(np.int64) - offsets[:, None]
-    escape = (lengths - 2)[:, None].astype(np.int64)
-    escaped = (position < 0) | (position >= escape)
-    position = np.where(escaped, escape, position)
-    frequency = np.take_along_axis(cdfs, position + 1, axis=1) - np.take_along_axis(cdfs, position, axis=1)
-    raw = escaped * (5 + np.log2(2.0 * np.abs(symbols)[None, :] + 1))
-    return (16 - np.log2(frequency) + raw).sum(axis=1)
-
-
 def plane_cells(flat: np.ndarray, starts: np.ndarray, rows: np.ndarray, columns: np.ndarray,
                 levels: int) -> tuple[np.ndarray, np.ndarray]:
     """(symbols, cells) of every detail coefficient in coding order, int64 (what fitting counts)."""

@@ -27,7 +27,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from mvmic.model.bitstream import LayerError, pack_integers, pack_payloads, unpack_integers, unpack_payloads
-from mvmic.model.lossless.enc_least_squares import fit_predictors
 from mvmic.model.lossless.plane_coder import (
     LS_CLASSES,
     LS_TAPS,
@@ -102,6 +101,8 @@ def encode_frame(frame: np.ndarray, fmt: PixelFormat, max_error: int, stripes: i
     """The EXACT layer payload of ``frame`` (rows, columns[, samples]), every sample within ``max_error``
     (0..MAX_ERROR) of the original; ``stripes`` independent row stripes (default_stripes), coded on
     ``threads`` threads (the bytes do not depend on the thread count)."""
+    from mvmic.model.lossless.enc_least_squares import fit_predictors  # encoder only: decoding never loads it
+
     if not 0 <= max_error <= MAX_ERROR:
         raise ValueError(f"maximum error {max_error} out of range 0 (lossless)..{MAX_ERROR}")
     check_encoder()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mvmic.model.bitstream import FINGERPRINT_BYTES, Bitstream, Layer, LayerError, LayerKind
+from mvmic.model.bitstream import FINGERPRINT_BYTES, Bitstream, InvalidFieldError, Layer, LayerError, LayerKind
 from mvmic.model.errors import CodecInputError, check_bound, check_codeable, check_decoded_size
 from mvmic.model.pixel_format import PixelFormat
 from mvmic.model.quality import MAX_ERROR
@@ -60,8 +60,13 @@ def compress(pixels: np.ndarray, fmt: PixelFormat, max_error: int, verify: bool 
 
 def decompress(stream: Bitstream, threads: int = 1) -> np.ndarray:
     """Stored values (frames, rows, columns, samples) in the image's own dtype; LayerError if a frame has no exact
-    layer (ExactLayerError if a layer is damaged), InvalidFieldError if it is larger than any decoder here allocates."""
+    layer (ExactLayerError if a layer is damaged), InvalidFieldError if it is larger than any decoder here allocates
+    or its header's offset or scale_log2 is not 0 (what compress writes)."""
     check_decoded_size(stream.frames, stream.rows, stream.columns, stream.samples_per_pixel)
+    for name in ("offset", "scale_log2"):  # the stored integers are coded as they are: no mapping to declare
+        if getattr(stream, name):
+            raise InvalidFieldError(f"{name} {getattr(stream, name)}: an exact stream codes the stored values "
+                                    f"themselves, its {name} is 0")
     layers = {layer.frame: layer for layer in stream.layers if layer.kind == LayerKind.EXACT}
     missing = [frame for frame in range(stream.frames) if frame not in layers]
     if missing:
