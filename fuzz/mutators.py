@@ -53,7 +53,7 @@ DESCRIBED = (("rows", "Rows"), ("columns", "Columns"), ("frames", "NumberOfFrame
              ("samples_per_pixel", "SamplesPerPixel"))
 SIZES = (1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 65, 255, 256, 257, 1024, 4096, 8192)
 STREAM_FIELDS = ("rows", "columns", "frames", "samples_per_pixel", "bits_stored", "signed", "photometric", "offset",
-                 "scale_log2", "quality")
+                 "scale_log2", "quality_code")
 MAX_HEADER_BYTES = 1 << 16  # a seed's header layer inflates to a few hundred bytes
 
 

@@ -122,7 +122,7 @@ def dicom_to_mvm(source: DicomSource, codec: MvmicCodec | None, quality: int | N
                          max_error, verify)
     data = stream.to_bytes()
     pixels = image.pixels.shape[0] * image.pixels.shape[1] * image.pixels.shape[2]
-    return Compressed(data, 8 * len(data) / pixels, image.stored_bytes / len(data), stream.quality, max_error,
+    return Compressed(data, 8 * len(data) / pixels, image.stored_bytes / len(data), stream.quality_code, max_error,
                       image.header)
 
 
@@ -224,7 +224,7 @@ def _decoded_header(stream: Bitstream, source: Dataset, ratio: float, data: byte
         max_error = None  # lossy
     if max_error == 0:
         return source  # the original instance, pixel for pixel: same UID, not a derivative
-    coded = f"quality code {stream.quality}" if max_error is None else f"maximum error {max_error}"
+    coded = f"quality code {stream.quality_code}" if max_error is None else f"maximum error {max_error}"
     kind = "Lossy" if max_error is None else "Near-lossless"
     return lossy_derivative(source, ratio, METHOD, f"{kind} compression with {stream.model_id}, {coded}", data)
 
@@ -245,7 +245,7 @@ def analysis_document(stream: Bitstream, frames: list[FrameAnalysis], analyzer: 
     (sha256), their runtime and the ONNX model that ran (Analyzer.provenance), so that a stored result can be
     traced to what made it."""
     return {"model_id": stream.model_id, **analyzer.provenance, "rows": stream.rows, "columns": stream.columns,
-            "quality_code": stream.quality, "frames": [frame.to_json() for frame in frames]}
+            "quality_code": stream.quality_code, "frames": [frame.to_json() for frame in frames]}
 
 
 def parse_for(data: bytes, codec: MvmicCodec | None) -> Bitstream:

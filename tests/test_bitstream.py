@@ -58,7 +58,7 @@ def _realistic() -> Bitstream:
         photometric="MONOCHROME2",
         offset=-1024,
         scale_log2=12,
-        quality=5 * 256,
+        quality_code=5 * 256,
         layers=layers,
     )
 
@@ -104,7 +104,7 @@ def test_bytes_match_the_documented_layout() -> None:
         + b"\x02\x02"  # columns 2, frames 2
         + b"\x03\x0a\x01\x03"  # samples 3, bits stored 10, flags signed, YBR_FULL
         + b"\x05\x03"  # offset -3 -> zigzag 5; scale_log2 -2 -> zigzag 3
-        + b"\x34\x12"  # quality, little-endian
+        + b"\x34\x12"  # quality code, little-endian
         + b"\x01"  # one layer
         + b"\x01\x01\x82\x01"  # residual, frame 1, length 130 = 0x02 | 0x80, 0x01
         + b"\xaa" * 130
@@ -121,7 +121,7 @@ def test_header_overhead_of_a_512_square_12_bit_image() -> None:
     # magic 3 + version 1 + model id 1 + 15 + fingerprint 8                    = 28
     # rows 512 (2) + columns 512 (2) + frames 1 (1)                           =  5
     # samples 1 + bits stored 1 + flags 1 + photometric 1                     =  4
-    # offset 0 (1) + scale_log2 12 -> zigzag 24 (1) + quality u16 (2)         =  4
+    # offset 0 (1) + scale_log2 12 -> zigzag 24 (1) + quality code u16 (2)        =  4
     # layer count 1 + kind 1 + frame 1 + length 650 (2)                       =  5
     # CRC32                                                                   =  4
     #                                                                   total = 50
@@ -303,7 +303,7 @@ def test_fingerprint_is_the_sha256_prefix() -> None:
         ({"photometric": "PALETTE"}, "'PALETTE' is not one of"),
         ({"offset": 1 << 31}, "offset"),
         ({"scale_log2": 33}, "scale_log2 33"),
-        ({"quality": -1}, "quality -1"),
+        ({"quality_code": -1}, "quality_code -1"),
         ({"layers": (Layer(LayerKind.BASE, 1, b""),)}, "frame 1, the image has 1 frames"),
         ({"layers": (b"zy",)}, "not a Layer"),
         ({"layers": (Layer(LayerKind.BASE, 0, b"a"), Layer(LayerKind.BASE, 0, b"b"))}, "repeats the BASE layer of frame 0"),

@@ -70,7 +70,7 @@ def _latents(codec: MvmicCodec, stream: Bitstream) -> list[torch.Tensor]:
     part = unpack_payloads(stream.layers[0].payload)[0]
     levels = cdf97.max_levels(stream.rows, stream.columns)
     shapes = zero_subbands(stream.rows, stream.columns, min(levels, 5))
-    bands = codec.context.decode(part, shapes, stream.quality)
+    bands = codec.context.decode(part, shapes, stream.quality_code)
     return [bands.low.flatten()] + [b.flatten() for level in bands.details for b in level]
 
 

@@ -100,7 +100,7 @@ def test_compress_json_has_the_bitstream_its_rate_and_analysis(service_url: str,
     assert response.status_code == 200, response.text
     document = response.json()
     data = base64.b64decode(document["bitstream"])
-    assert Bitstream.from_bytes(data).quality == QUALITY_CODES[4] and document["bytes"] == len(data)
+    assert Bitstream.from_bytes(data).quality_code == QUALITY_CODES[4] and document["bytes"] == len(data)
     assert document["bits_per_pixel"] == pytest.approx(8 * len(data) / (512 * 512))
     assert document["compression_ratio"] > 20 and document["mode"] == "lossy" and document["max_error"] is None
     frame = document["analysis"]["frames"][0]

@@ -119,7 +119,7 @@ def test_partial_decoding_gives_the_low_band_of_the_full_decode(corpus_dir) -> N
     (coarse,) = codec.decode_coarse(stream)
     full = codec._decode_bands(stream.layers[0].payload, stream)[0]  # every level, as decompress decodes them
     assert coarse.shape[-2:] == (256, 256)
-    assert torch.equal(coarse, coarse_reconstruction(full, stream.quality, 1, codec.scales))
+    assert torch.equal(coarse, coarse_reconstruction(full, stream.quality_code, 1, codec.scales))
     with pytest.raises(TooSmallToAnalyseError, match="too small to analyse: it has 5 wavelet levels"):
         codec.decode_coarse(stream, skipped_levels=6)
 

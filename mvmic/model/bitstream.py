@@ -32,7 +32,7 @@ at most 10 bytes, below 2**64; svarint = zigzag-encoded varint, 0 -1 1 -2 -> 0 1
     |        |                     |                          | (indices; exact layers, lossless only)|
     | 1-5    | offset              | svarint                  | -2**31..2**31-1; see "Header fields"  |
     | 1      | scale_log2          | svarint                  | -32..32; see "Header fields"          |
-    | 2      | quality             | u16                      | lossy: quality code 4..120 (MIN_CODE..|
+    | 2      | quality code        | u16                      | lossy: quality code 4..120 (MIN_CODE..|
     |        |                     |                          | MAX_CODE, mvmic.model.quality); exact |
     |        |                     |                          | streams: 0                            |
     | 1-10   | layer count L       | varint                   |                                       |
@@ -87,7 +87,7 @@ BitsStored (mvmic.model.colour.offset_of). Both are integers so the mapping is e
 on every machine. The decoder computes the mapping from the pixel format and checks the two fields
 against it (mvmic.model.colour.check_mapping: InvalidFieldError), so a stream whose fields
 disagree is refused as damaged, not decoded with another mapping. Exact streams code the stored
-integers themselves: they write offset 0, scale_log2 0, quality 0 and an all-zero fingerprint, and
+integers themselves: they write offset 0, scale_log2 0, quality code 0 and an all-zero fingerprint, and
 their decoder checks the first two (mvmic.model.lossless.stream).
 
 The fingerprint is 8 bytes, not the full 32 of a sha256, because at 0.02 bits per pixel a
@@ -226,7 +226,7 @@ class Bitstream:
     photometric: str
     offset: int
     scale_log2: int
-    quality: int
+    quality_code: int  # lossy: the base layer's quality code (MIN_CODE..MAX_CODE); exact streams: 0
     layers: tuple[Layer, ...]
 
     def __post_init__(self) -> None:
@@ -241,7 +241,7 @@ class Bitstream:
         _check_pixel_format(self)
         _check_int("offset", self.offset, *OFFSET_RANGE)
         _check_int("scale_log2", self.scale_log2, *SCALE_LOG2_RANGE)
-        _check_int("quality", self.quality, 0, MAX_QUALITY)
+        _check_int("quality_code", self.quality_code, 0, MAX_QUALITY)
         object.__setattr__(self, "layers", tuple(self.layers))  # a list would make the object unhashable
         for index, layer in enumerate(self.layers):
             if not isinstance(layer, Layer):
@@ -268,7 +268,7 @@ class Bitstream:
         flags = FLAG_SIGNED if self.signed else 0
         out += bytes([self.samples_per_pixel, self.bits_stored, flags, PHOTOMETRIC_CODES[self.photometric]])
         out += _varint(_zigzag(self.offset)) + _varint(_zigzag(self.scale_log2))
-        out += self.quality.to_bytes(2, "little")
+        out += self.quality_code.to_bytes(2, "little")
         out += _varint(len(self.layers))
         for layer in self.layers:
             out += bytes([layer.kind]) + _varint(layer.frame) + _varint(len(layer.payload)) + layer.payload
@@ -484,7 +484,7 @@ def _read_fields(reader: _Reader) -> dict[str, Any]:
     fields["photometric"] = PHOTOMETRIC_NAMES[code]
     fields["offset"] = _unzigzag(reader.varint("offset"))
     fields["scale_log2"] = _unzigzag(reader.varint("scale_log2"))
-    fields["quality"] = reader.uint(2, "quality")
+    fields["quality_code"] = reader.uint(2, "quality code")
     fields["layers"] = _read_layers(reader)
     return fields
 

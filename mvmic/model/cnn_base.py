@@ -86,7 +86,7 @@ def decode_bands(context: SubbandContextModel, payload: bytes, stream: Bitstream
     if len(parts) != planes_expected:
         raise LayerError(f"frame payload has {len(parts)} planes, expected {planes_expected}")
     shapes = zero_subbands(stream.rows, stream.columns, levels_of(stream.rows, stream.columns))
-    return [context.decode(part, shapes, stream.quality) for part in parts]
+    return [context.decode(part, shapes, stream.quality_code) for part in parts]
 
 
 def decode_coarse(context: SubbandContextModel, payload: bytes, stream: Bitstream, skipped_levels: int,
@@ -95,8 +95,8 @@ def decode_coarse(context: SubbandContextModel, payload: bytes, stream: Bitstrea
     only the levels it needs."""
     levels = levels_of(stream.rows, stream.columns)
     shapes = zero_subbands(stream.rows, stream.columns, levels)
-    bands = context.decode(unpack_payloads(payload)[0], shapes, stream.quality, levels=levels - skipped_levels)
-    return coarse_reconstruction(bands, stream.quality, skipped_levels, scales)
+    bands = context.decode(unpack_payloads(payload)[0], shapes, stream.quality_code, levels=levels - skipped_levels)
+    return coarse_reconstruction(bands, stream.quality_code, skipped_levels, scales)
 
 
 def reconstruct_frame(bands: list[Subbands], fmt: PixelFormat, code: int, scales: torch.Tensor) -> np.ndarray:

@@ -164,7 +164,7 @@ class MvmicCodec:
             model_id=self.model_id, weights_fingerprint=fingerprint(self.weights.sha256),
             rows=pixels.shape[1], columns=pixels.shape[2], frames=pixels.shape[0],
             samples_per_pixel=fmt.samples_per_pixel, bits_stored=fmt.bits_stored, signed=fmt.signed,
-            photometric=fmt.photometric, offset=offset_of(fmt), scale_log2=fmt.bits_stored, quality=code,
+            photometric=fmt.photometric, offset=offset_of(fmt), scale_log2=fmt.bits_stored, quality_code=code,
             layers=tuple(layers),
         )
         if max_error is not None and verify:
@@ -238,7 +238,7 @@ class MvmicCodec:
         return np.stack(frames)
 
     def _decode_frame(self, payload: bytes, stream: Bitstream, fmt: PixelFormat) -> np.ndarray:
-        return cnn_base.reconstruct_frame(self._decode_bands(payload, stream), fmt, stream.quality, self.scales)
+        return cnn_base.reconstruct_frame(self._decode_bands(payload, stream), fmt, stream.quality_code, self.scales)
 
     def _decode_bands(self, payload: bytes, stream: Bitstream) -> list[Subbands]:
         if self.table:
@@ -250,7 +250,7 @@ class MvmicCodec:
         layer = ResidualLayer.parse(payload, stream)
         model = layer.model(self.residual, self.weights.path)
         base = exact_base(self._decode_bands(base_payload, stream), layer.steps, fmt)
-        return layer.decode(model, base, fmt, stream.quality)
+        return layer.decode(model, base, fmt, stream.quality_code)
 
     def decode_coarse(self, stream: Bitstream, skipped_levels: int = 1) -> list[torch.Tensor]:
         """Partial decoding for analysis: per frame, the low band ``skipped_levels`` levels above
@@ -283,7 +283,7 @@ class MvmicCodec:
         for layer in base_layers(stream):
             if self.table:  # the compiled synthesis: the same float64 operations as coarse_reconstruction's
                 bands = self.table.frame_bands(layer.payload, stream, kept)[0]
-                coarse.append(_tensor(self.table.dequantize(bands, stream.quality, kept)))
+                coarse.append(_tensor(self.table.dequantize(bands, stream.quality_code, kept)))
             else:
                 coarse.append(cnn_base.decode_coarse(self.context, layer.payload, stream, skipped_levels, self.scales))
         return coarse

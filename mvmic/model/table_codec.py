@@ -217,7 +217,7 @@ class TableCodec:
         return Bitstream(model_id=self.model_id, weights_fingerprint=fingerprint(self.weights.sha256),
                          rows=pixels.shape[1], columns=pixels.shape[2], frames=pixels.shape[0],
                          samples_per_pixel=fmt.samples_per_pixel, bits_stored=fmt.bits_stored, signed=fmt.signed,
-                         photometric=fmt.photometric, offset=offset_of(fmt), scale_log2=fmt.bits_stored, quality=code,
+                         photometric=fmt.photometric, offset=offset_of(fmt), scale_log2=fmt.bits_stored, quality_code=code,
                          layers=layers)
 
     def frame_bands(self, payload: bytes, stream: Bitstream, levels: int | None = None) -> list[PlaneBands]:
@@ -232,7 +232,7 @@ class TableCodec:
     def decode_frame(self, payload: bytes, stream: Bitstream) -> np.ndarray:
         """Stored values (rows, columns, samples) of one BASE layer."""
         fmt = stream.pixel_format
-        planes = [np.round(self.dequantize(bands, stream.quality) * 2.0**fmt.bits_stored + plane_offset(fmt, index))
+        planes = [np.round(self.dequantize(bands, stream.quality_code) * 2.0**fmt.bits_stored + plane_offset(fmt, index))
                   for index, bands in enumerate(self.frame_bands(payload, stream))]
         return from_planes(planes, fmt)
 
@@ -273,8 +273,8 @@ def check_decodable(stream: Bitstream) -> None:
     """Raise InvalidFieldError unless a lossy stream's header is one its encoder writes: a quality code in
     MIN_CODE..MAX_CODE, a size the decoders allocate (check_decoded_size), and the offset and scale_log2 of its pixel
     format (mvmic.model.colour.check_mapping)."""
-    if not MIN_CODE <= stream.quality <= MAX_CODE:
-        raise InvalidFieldError(f"quality code {stream.quality} out of range {MIN_CODE}..{MAX_CODE}")
+    if not MIN_CODE <= stream.quality_code <= MAX_CODE:
+        raise InvalidFieldError(f"quality code {stream.quality_code} out of range {MIN_CODE}..{MAX_CODE}")
     check_decoded_size(stream.frames, stream.rows, stream.columns, stream.samples_per_pixel)
     check_mapping(stream)
 

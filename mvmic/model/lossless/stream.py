@@ -51,7 +51,7 @@ def compress(pixels: np.ndarray, fmt: PixelFormat, max_error: int, verify: bool 
         model_id=EXACT_MODEL_ID, weights_fingerprint=NO_WEIGHTS,
         rows=pixels.shape[1], columns=pixels.shape[2], frames=pixels.shape[0],
         samples_per_pixel=fmt.samples_per_pixel, bits_stored=fmt.bits_stored, signed=fmt.signed,
-        photometric=fmt.photometric, offset=0, scale_log2=0, quality=0, layers=layers,
+        photometric=fmt.photometric, offset=0, scale_log2=0, quality_code=0, layers=layers,
     )
     if verify:
         check_bound(pixels, decompress(stream, threads), max_error)
