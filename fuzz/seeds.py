@@ -26,7 +26,8 @@ from pydicom.dataset import Dataset
 from test_dicom_oddities import ct_like, dicom_instance, ybr_422_words
 
 from mvmic.model.bitstream import Layer, LayerKind
-from mvmic.model.codec import CNN_WEIGHTS, MvmicCodec
+from mvmic.model.cnn_base import CNN_WEIGHTS
+from mvmic.model.codec import MvmicCodec
 from mvmic.pixels import NativeImage, dicom_bytes, header_bytes, read_dicom
 from mvmic.transcode import Compressed, dicom_to_mvm, mvm_instance
 

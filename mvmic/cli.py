@@ -366,7 +366,8 @@ def _bench_rd(args: argparse.Namespace) -> int:
 
 
 def _load_codec(weights: Path | None):
-    from mvmic.model.codec import DEFAULT_WEIGHTS, MvmicCodec
+    from mvmic.model.codec import MvmicCodec
+    from mvmic.model.table_codec import DEFAULT_WEIGHTS
 
     return _on_all_cores(MvmicCodec.load(weights or DEFAULT_WEIGHTS))
 

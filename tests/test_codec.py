@@ -13,9 +13,12 @@ import torch
 
 from mvmic.model import cdf97, lifting
 from mvmic.model.bitstream import Bitstream, BitstreamError, InvalidFieldError, WeightsMismatchError, unpack_payloads
-from mvmic.model.codec import CNN_WEIGHTS, QUALITY_CODES, CodecInputError, MvmicCodec
+from mvmic.model.cnn_base import CNN_WEIGHTS
+from mvmic.model.codec import MvmicCodec
 from mvmic.model.colour import offset_of
+from mvmic.model.errors import CodecInputError
 from mvmic.model.lifting import zero_subbands
+from mvmic.model.quality import QUALITY_CODES
 from mvmic.model.rate_control import compress_at
 from mvmic.model.rate_distortion import psnr
 from mvmic.pixels import NativeImage, PixelFormat, read_dicom

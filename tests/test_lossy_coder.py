@@ -19,7 +19,8 @@ from pydicom.dataelem import DataElement
 
 from mvmic.model import lifting, lifting_kernels, table_contexts
 from mvmic.model.bitstream import Bitstream, Layer, LayerKind
-from mvmic.model.codec import CNN_WEIGHTS, MvmicCodec
+from mvmic.model.cnn_base import CNN_WEIGHTS
+from mvmic.model.codec import MvmicCodec
 from mvmic.model.entropy_coder import CodingTables
 from mvmic.model.errors import CodecInputError
 from mvmic.model.quality import QUALITY_CODES, step_of

@@ -14,7 +14,9 @@ import torch
 
 from mvmic.cli import main
 from mvmic.corpus.manifest import Manifest
-from mvmic.model.codec import QUALITY_CODES, MvmicCodec, coarse_reconstruction
+from mvmic.model.cnn_base import coarse_reconstruction
+from mvmic.model.codec import MvmicCodec
+from mvmic.model.quality import QUALITY_CODES
 from mvmic.model.tasks.analysis import DEFAULT_HEADS, REPORT_SCORE, Analyzer, FrameAnalysis
 from mvmic.model.tasks.heads import LatentHeads, standardise
 from mvmic.model.tasks.lesions import insert_lesions

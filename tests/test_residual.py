@@ -25,11 +25,14 @@ from mvmic.model.bitstream import (
     unpack_integers,
     unpack_payloads,
 )
-from mvmic.model.codec import CNN_WEIGHTS, DEFAULT_WEIGHTS, QUALITY_CODES, MvmicCodec, max_error_of
+from mvmic.model.cnn_base import CNN_WEIGHTS
+from mvmic.model.codec import MvmicCodec, max_error_of
 from mvmic.model.errors import BoundViolationError, CodecInputError
 from mvmic.model.exact_base import BandStepsFixed
+from mvmic.model.quality import QUALITY_CODES
 from mvmic.model.rate_control import compress_at
 from mvmic.model.residual import LOG_STEPS_PER_OCTAVE, MAX_ERROR, integer_log, quantize_residual
+from mvmic.model.table_codec import DEFAULT_WEIGHTS
 from mvmic.model.tasks.analysis import Analyzer
 from mvmic.pixels import NativeImage, read_dicom
 

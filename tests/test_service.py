@@ -22,7 +22,9 @@ import torch
 from pydicom.encaps import generate_fragments
 
 from mvmic.model.bitstream import Bitstream, LayerKind, pack_payloads
-from mvmic.model.codec import DEFAULT_WEIGHTS, QUALITY_CODES, MvmicCodec
+from mvmic.model.codec import MvmicCodec
+from mvmic.model.quality import QUALITY_CODES
+from mvmic.model.table_codec import DEFAULT_WEIGHTS
 from mvmic.model.tasks.analysis import DEFAULT_HEADS, Analyzer
 from mvmic.model.tasks.runtime import int8_path, onnx_path
 from mvmic.pixels import read_dicom

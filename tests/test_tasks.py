@@ -11,9 +11,11 @@ import torch
 from pycocotools import mask as coco_mask
 from scipy import ndimage
 
-from mvmic.model.codec import QUALITY_CODES, MvmicCodec, coarse_reconstruction, step_of
+from mvmic.model.cnn_base import coarse_reconstruction
+from mvmic.model.codec import MvmicCodec
 from mvmic.model.errors import TooSmallToAnalyseError
 from mvmic.model.lifting import analysis, synthesis
+from mvmic.model.quality import QUALITY_CODES, step_of
 from mvmic.model.subbands import BandStepScales, from_steps, with_uniform_noise
 from mvmic.model.tasks.evaluation import ClassScores, TaskScores, average_precision, box_iou
 from mvmic.model.tasks.heads import DETECTION_CLASSES, PixelReference, standardise

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import torch
 
-from mvmic.model.codec import CNN_WEIGHTS, MvmicCodec, normalised_planes
+from mvmic.model.cnn_base import CNN_WEIGHTS
+from mvmic.model.codec import MvmicCodec
+from mvmic.model.colour import normalised_planes
 from mvmic.model.context_model import SubbandContextModel
 from mvmic.model.entropy_coder import CodingTables
 from mvmic.pixels import read_dicom

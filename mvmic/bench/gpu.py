@@ -106,7 +106,8 @@ def frame_hashes(corpus_dir: Path, ids: tuple[str, ...] = FRAMES, streams_dir: P
     decoded LL1 plane (float64, what the heads read). ``streams_dir``: also write each stream there."""
     import numpy as np
 
-    from mvmic.model.codec import QUALITY_CODES, MvmicCodec
+    from mvmic.model.codec import MvmicCodec
+    from mvmic.model.quality import QUALITY_CODES
     from mvmic.pixels import read_dicom
 
     codec, rows = MvmicCodec.load(), []
@@ -136,7 +137,8 @@ def write_expected(corpus_dir: Path, target: Path = EXPECTED) -> dict:
     """The hashes that the device machine's decoding must reproduce, with what made them."""
     import numpy as np
 
-    from mvmic.model.codec import DEFAULT_WEIGHTS, QUALITY_CODES
+    from mvmic.model.quality import QUALITY_CODES
+    from mvmic.model.table_codec import DEFAULT_WEIGHTS
 
     document = {"schema": SCHEMA, "command": "python -m mvmic.bench.gpu expected",
                 "generated": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -447,7 +449,8 @@ def _streams(corpus_dir: Path, lesions: bool, frames: tuple[str, ...] = FRAMES) 
     lesions inserted (as tests/test_onnx_runtime.py does), so that lesion boxes and masks are compared."""
     import numpy as np
 
-    from mvmic.model.codec import QUALITY_CODES, MvmicCodec
+    from mvmic.model.codec import MvmicCodec
+    from mvmic.model.quality import QUALITY_CODES
     from mvmic.model.tasks.lesions import insert_lesions
     from mvmic.pixels import read_dicom
 
@@ -628,7 +631,8 @@ def heads_throughput(corpus_dir: Path, device: str, plan: Plan, deadline: float)
 def codec_throughput(corpus_dir: Path, plan: Plan, deadline: float) -> dict:
     """frames/s of the codec's work on 512 x 512 CT frames on ``plan.threads`` threads (one codec, shared)."""
     from mvmic.model.bitstream import Bitstream
-    from mvmic.model.codec import QUALITY_CODES, MvmicCodec
+    from mvmic.model.codec import MvmicCodec
+    from mvmic.model.quality import QUALITY_CODES
     from mvmic.pixels import read_dicom
 
     codec, code = MvmicCodec.load(), QUALITY_CODES[QUALITY]

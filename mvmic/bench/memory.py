@@ -49,7 +49,8 @@ def _run_child(corpus_dir: Path, size: tuple[int, int], quality: int) -> dict:
 
 
 def _measure(corpus_dir: Path, rows: int, columns: int, quality: int) -> dict:
-    from mvmic.model.codec import QUALITY_CODES, MvmicCodec
+    from mvmic.model.codec import MvmicCodec
+    from mvmic.model.quality import QUALITY_CODES
 
     entry = next(e for e in Manifest.load(corpus_dir / "manifest.json").entries if e.id == SOURCE)
     image = entry.read(corpus_dir)

@@ -33,7 +33,9 @@ import torch
 from mvmic.bench.bdrate import bd_rate
 from mvmic.bench.codecs import CODECS, OperatingPoint, registered_codecs
 from mvmic.corpus.manifest import Manifest
-from mvmic.model.codec import QUALITY_CODES, MvmicCodec, normalised_planes
+from mvmic.model.codec import MvmicCodec
+from mvmic.model.colour import normalised_planes
+from mvmic.model.quality import QUALITY_CODES
 from mvmic.model.rate_distortion import bits_per_pixel
 from mvmic.model.tasks.analysis import Analyzer, FrameAnalysis
 from mvmic.model.tasks.evaluation import TaskScores

@@ -45,14 +45,10 @@ from mvmic.model.table_codec import (
     levels_of,
 )
 
-# The facade's public names; callers (service, CLI, training, tests) import those defined in the modules it
-# dispatches to from here too.
-__all__ = ["CNN_WEIGHTS", "DEFAULT_WEIGHTS", "EXACT_ANALYSIS_CODE", "MAX_CODE", "MIN_CODE", "MODEL_ID", "QUALITY_CODES",
-           "CodecInputError", "MvmicCodec", "Weights", "coarse_reconstruction", "max_error_of", "normalised_planes",
-           "step_of"]
+__all__ = ["EXACT_ANALYSIS_CODE", "MvmicCodec", "max_error_of"]
 
 # The analysis of an exact stream (lossless, near-lossless) quantises the decoded frame's wavelet bands at
-# this code, the finest the task heads were trained on (tasks.train).
+# this code, the finest the task heads were trained on (mvmic.training.stage2_heads).
 EXACT_ANALYSIS_CODE = QUALITY_CODES[8]
 
 

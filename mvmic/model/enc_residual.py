@@ -32,7 +32,7 @@ from mvmic.model.residual import (
     quantize_residual,
     shifted,
 )
-from mvmic.model.residual_layer import ANCHOR_SAMPLE, coding_order, plane_context
+from mvmic.model.residual_layer import ANCHOR_SAMPLE, plane_context, sample_coding_order
 from mvmic.model.table_codec import Weights
 
 
@@ -59,11 +59,11 @@ def residual_targets(samples: np.ndarray, base: np.ndarray, fmt: PixelFormat, co
     """
     width = 2 * max_error + 1
     reference = np.zeros(base.shape[:2], dtype=np.int64)
-    for sample in coding_order(fmt):
+    for sample in sample_coding_order(fmt):
         residual = samples[..., sample].astype(np.int64) - base[..., sample] - reference
         q = quantize_residual(torch.from_numpy(residual)[None], max_error)
         yield sample, q, plane_context(base, sample, fmt, code, max_error)
-        if sample == ANCHOR_SAMPLE:  # only colour images code it first (coding_order)
+        if sample == ANCHOR_SAMPLE:  # only colour images code it first (sample_coding_order)
             reference = width * q[0].numpy()
 
 

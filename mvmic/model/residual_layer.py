@@ -16,7 +16,7 @@ RESIDUAL layer payload (mvmic.model.bitstream.pack_payloads / pack_integers), pa
       per sample (0, 1, 2 in that order):
           pack_payloads([pack_integers(side information), rANS bytes])   ResidualContextModel's format ]
 
-The samples are coded in coding_order (green first for colour), but stored in sample order.
+The samples are coded in sample_coding_order (green first for colour), but stored in their DICOM order.
 """
 
 from __future__ import annotations
@@ -127,17 +127,17 @@ class ResidualLayer:
         width = 2 * self.max_error + 1
         decoded = np.empty_like(base)
         reference = np.zeros(base.shape[:2], dtype=np.int64)
-        for sample in coding_order(fmt):
+        for sample in sample_coding_order(fmt):
             side, data = self.planes[sample]
             context = plane_context(base, sample, fmt, code, self.max_error)
             refinement = width * model.decode(side, data, context)[0].numpy()
             decoded[..., sample] = base[..., sample] + reference + refinement
-            if sample == ANCHOR_SAMPLE:  # only colour images code it first (coding_order)
+            if sample == ANCHOR_SAMPLE:  # only colour images code it first (sample_coding_order)
                 reference = refinement
         return np.clip(decoded, fmt.min_value, fmt.max_value).astype(fmt.dtype)
 
 
-def coding_order(fmt: PixelFormat) -> list[int]:
+def sample_coding_order(fmt: PixelFormat) -> list[int]:
     """The order in which a frame's samples get their residual: green first for colour."""
     return [ANCHOR_SAMPLE, 0, 2] if fmt.samples_per_pixel == 3 else [0]
 

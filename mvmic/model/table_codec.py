@@ -9,7 +9,7 @@ reconstruction offset, so its integer bands and the task heads trained on them a
 entropy model is the fitted lookup table that replaced version 2's integer CNN. Decoding needs numpy
 and numba only: `mvmic decompress` of a version 3 stream never imports torch.
 
-Weights file (.npz, fitted by mvmic.model.enc_table_contexts): ``lut`` (uint8, LUT_SHAPE), the coding tables
+Weights file (.npz, fitted by mvmic.training.table_fit): ``lut`` (uint8, LUT_SHAPE), the coding tables
 ``cdfs`` / ``lengths`` / ``offsets`` (as mvmic.model.entropy_coder's), ``band_scales`` (the learned step
 multipliers, float64, mvmic.model.subbands.scale_index order), ``gains`` (float64 (MAX_LEVELS + 1,
 1 + 3 MAX_LEVELS): row L holds the low band's and each detail band's synthesis gain of an L-level

@@ -13,7 +13,7 @@ lookup table instead of an integer CNN run over whole bands:
 bucket() counts the half-octave thresholds 1, 2, 3, 4, 6, 8, 11, ... 181 at or below its argument
 (16 buckets). The depth slot is depth - 1 (1 = finest level) for levels with a parent band, and
 COARSEST_SLOT for the coarsest detail level, which has none. The LUT and the tables are fitted to the
-training split (mvmic.model.enc_table_contexts): each cell takes the table that codes its symbols in the
+training split (mvmic.training.table_fit): each cell takes the table that codes its symbols in the
 fewest bits, the tables are then refitted to the symbols their cells receive, a few rounds.
 
 A context costs a handful of integer operations at the coefficients a pass codes and nowhere else,

@@ -6,8 +6,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mvmic.model.codec import DEFAULT_WEIGHTS, MODEL_ID
-from mvmic.model.table_codec import cpu_cores
+from mvmic.model.cnn_base import MODEL_ID
+from mvmic.model.table_codec import DEFAULT_WEIGHTS, cpu_cores
 from mvmic.transcode import error_bound
 
 

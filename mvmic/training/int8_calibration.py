@@ -14,7 +14,9 @@ import numpy as np
 import torch
 
 from mvmic.corpus.manifest import Manifest
-from mvmic.model.codec import QUALITY_CODES, MvmicCodec, coarse_reconstruction
+from mvmic.model.cnn_base import coarse_reconstruction
+from mvmic.model.codec import MvmicCodec
+from mvmic.model.quality import QUALITY_CODES
 from mvmic.model.tasks.heads import standardise
 from mvmic.model.tasks.quantize import CALIBRATION_SPLIT
 from mvmic.model.tasks.runtime import export_heads_file

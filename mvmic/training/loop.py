@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from mvmic.corpus.manifest import CorpusEntry, Manifest
-from mvmic.model.codec import normalised_planes
+from mvmic.model.colour import normalised_planes
 
 CROP = 256  # pixels a side of the codec's and the residual's training and validation crops
 

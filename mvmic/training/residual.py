@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mvmic.model.codec import MAX_CODE, MIN_CODE, MvmicCodec
+from mvmic.model.codec import MvmicCodec
 from mvmic.model.enc_residual import residual_targets
 from mvmic.model.pixel_format import PixelFormat
+from mvmic.model.quality import MAX_CODE, MIN_CODE
 from mvmic.model.residual import PlaneContext, ResidualContextModel
 from mvmic.training.loop import (
     CROP,

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mvmic.model.codec import normalised_planes
+from mvmic.model.colour import normalised_planes
 from mvmic.model.tasks.lesions import LESION_PARAMETERS, ImageRange, insert_lesions
 from mvmic.model.tasks.organs import organ_boxes
 from mvmic.training.loop import split_images

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mvmic.model.codec import MODEL_ID, step_of
+from mvmic.model.cnn_base import MODEL_ID
 from mvmic.model.context_model import SubbandContextModel
 from mvmic.model.entropy_coder import CodingTables, symbol_counts
 from mvmic.model.lifting import Subbands, analysis
+from mvmic.model.quality import step_of
 from mvmic.model.subbands import quantize
 from mvmic.model.table_codec import levels_of
 from mvmic.training.loop import (

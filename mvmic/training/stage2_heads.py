@@ -27,8 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mvmic.model.codec import QUALITY_CODES, MvmicCodec, coarse_reconstruction, step_of
+from mvmic.model.cnn_base import coarse_reconstruction
+from mvmic.model.codec import MvmicCodec
 from mvmic.model.lifting import analysis
+from mvmic.model.quality import QUALITY_CODES, step_of
 from mvmic.model.subbands import quantize
 from mvmic.model.table_codec import levels_of
 from mvmic.model.tasks.evaluation import TaskScores

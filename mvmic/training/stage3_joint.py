@@ -37,9 +37,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from mvmic.model.codec import CNN_WEIGHTS, coarse_reconstruction, step_of
+from mvmic.model.cnn_base import CNN_WEIGHTS, coarse_reconstruction
 from mvmic.model.context_model import SubbandContextModel
 from mvmic.model.lifting import analysis, synthesis
+from mvmic.model.quality import step_of
 from mvmic.model.subbands import from_steps, quantize_straight_through, with_uniform_noise
 from mvmic.model.table_codec import levels_of
 from mvmic.model.tasks.analysis import DEFAULT_HEADS

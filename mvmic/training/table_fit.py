@@ -22,7 +22,8 @@ import torch
 
 from mvmic.corpus.manifest import Manifest
 from mvmic.model import table_contexts
-from mvmic.model.codec import CNN_WEIGHTS, MvmicCodec
+from mvmic.model.cnn_base import CNN_WEIGHTS
+from mvmic.model.codec import MvmicCodec
 from mvmic.model.entropy_coder import TABLE_COUNT, CodingTables, table_radius
 from mvmic.model.quality import QUALITY_CODES
 from mvmic.model.subbands import band_gains

@@ -21,8 +21,10 @@ import numpy as np
 
 from mvmic.bench.codecs import Codec, OperatingPoint, register
 from mvmic.model.bitstream import Bitstream
-from mvmic.model.codec import DEFAULT_WEIGHTS, QUALITY_CODES, MvmicCodec
+from mvmic.model.codec import MvmicCodec
 from mvmic.model.lossless import stream as exact_stream
+from mvmic.model.quality import QUALITY_CODES
+from mvmic.model.table_codec import DEFAULT_WEIGHTS
 from mvmic.pixels import PixelFormat
 
 _measured = DEFAULT_WEIGHTS  # the weights measured_codec loads in this process

@@ -29,7 +29,8 @@ from pycocotools import mask as coco_mask
 from torch import Tensor
 
 from mvmic.model.bitstream import Bitstream
-from mvmic.model.codec import MODEL_ID, MvmicCodec
+from mvmic.model.cnn_base import MODEL_ID
+from mvmic.model.codec import MvmicCodec
 from mvmic.model.tasks.heads import DETECTION_CLASSES, LatentHeads, standardise
 from mvmic.model.tasks.organs import ORGAN_CLASSES
 from mvmic.model.tasks.outputs import decode_detections, organ_maps, segmentation_masks
