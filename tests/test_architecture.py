@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from collections import defaultdict
@@ -157,3 +158,15 @@ def test_decoding_loads_no_encoder_only_module(corpus_dir, tmp_path) -> None:
     assert decoding == "[]"
     assert all(f"mvmic.model.{name}'" in encoding for name in ("enc_residual", "enc_table_codec",
                                                                 "lossless.enc_least_squares")), encoding
+
+
+def test_the_readme_map_names_every_module_and_only_modules_that_exist() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Where things are"):readme.index("\n## ", readme.index("## Where things are") + 3)]
+    named = set(re.findall(r"([\w/]+\.(?:py|c))\b", section))
+    files = {path.relative_to(ROOT).as_posix() for path in PACKAGE.rglob("*") if path.suffix in (".py", ".c")
+             and path.name != "__init__.py"}
+    unnamed = sorted(f for f in files if f not in named and Path(f).name not in {Path(n).name for n in named})
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    missing = sorted(name for name in named if not any(f == name or f.endswith("/" + name) for f in tracked))
+    assert (unnamed, missing) == ([], [])
