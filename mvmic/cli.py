@@ -316,6 +316,13 @@ def _training_command(train, name: str, help_text: str, checkpoint: str, learnin
     return parser
 
 
+def _training_config(kind: type, args: argparse.Namespace, **stage_options):
+    """A stage's settings (``kind``: TrainConfig or a subclass) from the options _training_command gives every
+    stage, and the command line that ran it."""
+    return kind(corpus_dir=args.corpus, checkpoint=args.checkpoint, minutes=args.minutes, resume=args.resume,
+                learning_rate=args.learning_rate, batch=args.batch, command=invoked_command(), **stage_options)
+
+
 def _at_least(low: float, kind: type) -> Callable[[str], float]:
     """An argparse type: a number of ``kind`` no smaller than ``low`` (argparse reports the rest)."""
     def parse(text: str) -> float:
@@ -463,9 +470,7 @@ def _train_codec(args: argparse.Namespace) -> int:
     from mvmic.training.stage1_codec import export_weights, train
 
     command = invoked_command()
-    state = train(TrainConfig(corpus_dir=args.corpus, checkpoint=args.checkpoint, minutes=args.minutes,
-                              resume=args.resume, learning_rate=args.learning_rate, batch=args.batch,
-                              device=args.device, command=command))
+    state = train(_training_config(TrainConfig, args, device=args.device))
     print(f"step {state['step']}: validation bits per pixel {state['history'][-1]['val_bpp']}")
     if args.export:
         print(f"weights {args.export} sha256 {export_weights(args.checkpoint, args.export, command, args.corpus)}")
@@ -488,9 +493,7 @@ def _train_residual(args: argparse.Namespace) -> int:
     from mvmic.training.residual import export_residual_weights, train_residual
 
     command = invoked_command()
-    state = train_residual(TrainConfig(corpus_dir=args.corpus, checkpoint=args.checkpoint, minutes=args.minutes,
-                                       resume=args.resume, learning_rate=args.learning_rate, batch=args.batch,
-                                       command=command))
+    state = train_residual(_training_config(TrainConfig, args))
     print(f"step {state['step']}: validation bits per sample {state['history'][-1]['val_bits']}")
     if args.export:
         print(f"weights {args.export} sha256 "
@@ -502,9 +505,7 @@ def _train_tasks(args: argparse.Namespace) -> int:
     from mvmic.training.stage2_heads import TaskTrainConfig, export_task_weights, train_tasks
 
     command = invoked_command()
-    state = train_tasks(TaskTrainConfig(corpus_dir=args.corpus, checkpoint=args.checkpoint, network=args.network,
-                                        minutes=args.minutes, resume=args.resume, learning_rate=args.learning_rate,
-                                        batch=args.batch, device=args.device, command=command))
+    state = train_tasks(_training_config(TaskTrainConfig, args, network=args.network, device=args.device))
     print(f"step {state['step']}: {state['history'][-1]}")
     if args.export:
         print(f"weights {args.export} sha256 {export_task_weights(args.checkpoint, args.export, command, args.corpus)}")
@@ -523,9 +524,7 @@ def _train_joint(args: argparse.Namespace) -> int:
     if (args.export_codec is None) != (args.export_heads is None):
         raise ValueError("give both --export-codec and --export-heads: stage 3 changes codec and heads together")
     command = invoked_command()
-    state = train_joint(TaskTrainConfig(corpus_dir=args.corpus, checkpoint=args.checkpoint, network="joint",
-                                        minutes=args.minutes, resume=args.resume, learning_rate=args.learning_rate,
-                                        batch=args.batch, device=args.device, command=command))
+    state = train_joint(_training_config(TaskTrainConfig, args, network="joint", device=args.device))
     print(f"step {state['step']}: {state['history'][-1]}")
     if args.export_codec:
         sha256 = export_joint_weights(args.checkpoint, args.export_codec, args.export_heads, command, args.corpus)
