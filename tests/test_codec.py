@@ -14,10 +14,12 @@ import torch
 from mvmic.model import cdf97, lifting
 from mvmic.model.bitstream import Bitstream, BitstreamError, InvalidFieldError, WeightsMismatchError, unpack_payloads
 from mvmic.model.cnn_base import CNN_WEIGHTS
+from mvmic.model.cnn_base import MODEL_ID as CNN_MODEL_ID
 from mvmic.model.codec import MvmicCodec
 from mvmic.model.colour import offset_of
 from mvmic.model.errors import CodecInputError
 from mvmic.model.lifting import zero_subbands
+from mvmic.model.lossless import stream as exact_stream
 from mvmic.model.quality import QUALITY_CODES
 from mvmic.model.rate_control import compress_at
 from mvmic.model.rate_distortion import psnr
@@ -147,6 +149,21 @@ def test_a_header_offset_or_scale_other_than_the_encoders_is_refused(codec, corp
                 with pytest.raises(InvalidFieldError, match=f"^{field} {value}: ") as refused:
                     decode(forged)
                 assert next(code for kind, code in STATUS_BY_ERROR if isinstance(refused.value, kind)) == 400
+
+
+def test_exact_streams_of_the_older_header_layout_still_decode(codec, corpus_dir) -> None:
+    # Before exact streams needed no weights (commit 9a6e937) they were written under the v2 model id with the lossy
+    # mapping's offset and scale_log2 and a quality code; the header check must not refuse them (the PACS keeps them).
+    image = _image(corpus_dir, "pyradiomics-brain2-010")  # unsigned: the older offset is 2**(BitsStored - 1)
+    exact = compress_at(None, image.pixels, image.format, max_error=0)
+    older = dataclasses.replace(exact, model_id=CNN_MODEL_ID, weights_fingerprint=bytes(range(8)),
+                                offset=offset_of(image.format), scale_log2=image.format.bits_stored, quality_code=70)
+    older = Bitstream.from_bytes(older.to_bytes())
+    assert older.offset > 0
+    for decode in (codec.decompress, exact_stream.decompress):
+        assert np.array_equal(decode(older), image.pixels)
+    with pytest.raises(InvalidFieldError, match="^offset 0: "):  # the older scale with the newer offset: neither
+        codec.decompress(Bitstream.from_bytes(dataclasses.replace(older, offset=0).to_bytes()))
 
 
 def test_garbage_payload_with_a_valid_crc_decodes_without_crashing(codec, corpus_dir) -> None:

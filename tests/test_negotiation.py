@@ -19,12 +19,14 @@ OFFERED = ("application/json", "application/octet-stream", "application/dicom")
     ("application/json;q=0, */*", "application/octet-stream"),  # the specific range's 0 outweighs */*
     ("application/*;q=0.3, application/dicom;q=0.9", "application/dicom"),
     ("application/dicom;q=nonsense", "application/dicom"),  # a q that is not a number counts as 1
+    ("application/json;q=nan, application/octet-stream;q=0.5", "application/json"),  # NaN too
 ])
 def test_the_offered_type_of_the_highest_weight_is_chosen(accept: str | None, chosen: str) -> None:
     assert negotiate(accept, OFFERED) == chosen
 
 
-@pytest.mark.parametrize("accept", ["image/png", "application/json;q=0", "*/*;q=0", "text/*"])
+@pytest.mark.parametrize("accept", ["image/png", "application/json;q=0", "*/*;q=0", "text/*",
+                                    "image/png,", "application/json;q=0,", ";;;,,,"])  # empty elements: no range
 def test_nothing_acceptable_is_406_naming_what_the_route_answers(accept: str) -> None:
     with pytest.raises(HTTPException) as refused:
         negotiate(accept, ("application/json",))

@@ -190,7 +190,7 @@ def _build_abi3(target: Path, corpus_dir: Path, expected: list[dict]) -> str:
 
     command = ["gcc", "-shared", "-fPIC", "-O3", "-ffp-contract=off", "-std=c11", "-Wall",
                "-DPy_LIMITED_API=0x030B0000", "-DPyBytes_AS_STRING=PyBytes_AsString",
-               f"-I{sysconfig.get_paths()['include']}", str(ROOT / "model" / "table_coder.c"), "-o", str(target)]
+               f"-I{sysconfig.get_paths()['include']}", str(ROOT / "mvmic" / "model" / "table_coder.c"), "-o", str(target)]
     subprocess.run(command, check=True)
     check = ("import importlib.util, json, sys\n"
              f"spec = importlib.util.spec_from_file_location('mvmic.model._table_coder', {str(target)!r})\n"

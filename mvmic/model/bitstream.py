@@ -87,8 +87,9 @@ BitsStored (mvmic.model.colour.offset_of). Both are integers so the mapping is e
 on every machine. The decoder computes the mapping from the pixel format and checks the two fields
 against it (mvmic.model.colour.check_mapping: InvalidFieldError), so a stream whose fields
 disagree is refused as damaged, not decoded with another mapping. Exact streams code the stored
-integers themselves: they write offset 0, scale_log2 0, quality code 0 and an all-zero fingerprint, and
-their decoder checks the first two (mvmic.model.lossless.stream).
+integers themselves: they write offset 0, scale_log2 0, quality code 0 and an all-zero fingerprint; those
+written before commit 9a6e937 carry the lossy mapping's offset and scale_log2 (and model id
+mvmicnet-w97-v2), and still decode. Their decoder accepts these two layouts only (mvmic.model.lossless.stream).
 
 The fingerprint is 8 bytes, not the full 32 of a sha256, because at 0.02 bits per pixel a
 512x512 image has about 650 bytes in all; two different weight files share 8 bytes with

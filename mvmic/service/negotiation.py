@@ -8,6 +8,7 @@ reads the transfer syntaxes of the ``multipart/related; type="application/dicom"
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from fastapi import HTTPException, status
@@ -49,16 +50,21 @@ def negotiate(accept: str | None, offered: tuple[str, ...]) -> str:
 
 
 def _ranges(accept: str | None) -> list[MediaRange]:
+    """The ranges of the header in order; empty list elements are ignored (RFC 9110 5.6.1), and a header with none
+    (absent or empty) is ``*/*``."""
     ranges = []
-    for text in (accept or "*/*").split(","):
-        media = parse_media_type(text.strip() or "*/*")
-        parameters = dict(media.parameters)
-        ranges.append(MediaRange(media.type, parameters, _weight(parameters.pop("q", "1"))))
-    return ranges
+    for text in (accept or "").split(","):
+        if text.strip():
+            media = parse_media_type(text.strip())
+            parameters = dict(media.parameters)
+            ranges.append(MediaRange(media.type, parameters, _weight(parameters.pop("q", "1"))))
+    return ranges or [MediaRange("*/*", {}, 1.0)]
 
 
 def _weight(text: str) -> float:
+    """A q parameter's weight, 0 to 1; one that is not a number (NaN included) counts as 1."""
     try:
-        return min(max(float(text), 0.0), 1.0)
+        weight = float(text)
     except ValueError:
         return 1.0
+    return 1.0 if math.isnan(weight) else min(max(weight, 0.0), 1.0)

@@ -1,10 +1,11 @@
-"""POST /v1/analyze: lesion and organ boxes and segmentations of a .mvm bitstream, without decoding pixels.
+"""POST /v1/analyze: lesion and organ boxes and segmentations of a .mvm bitstream.
 
-    .mvm in --Analyzer.analyze_many (the base layer's quantised bands; concurrent requests share a batch)
+    .mvm in --Analyzer.analyze_many (a lossy stream's base layer: its quantised bands, no pixels decoded; an
+             exact stream: its decoded frame's bands; concurrent requests share a batch)
             --mvmic.transcode.analysis_document--> application/json (AnalysisReport)
 
-Errors (mvmic.service.errors): a damaged bitstream 400, one of other weights 409, body too large 413, an image
-too small for the heads 422, missing or wrong token 401.
+Errors (mvmic.service.errors): a damaged bitstream 400, missing or wrong token 401, Accept without JSON 406, one
+of other weights 409, body too large 413, an image too small for the heads 422, models still loading 503.
 """
 
 from fastapi import APIRouter, Depends, Request

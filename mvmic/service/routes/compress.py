@@ -6,8 +6,9 @@
         application/octet-stream:   the .mvm bitstream
         application/dicom:          the instance with the .mvm as encapsulated Pixel Data (transcode.mvm_instance)
 
-Errors (mvmic.service.errors): not DICOM 400, unsupported pixel format 415, body too large 413, conflicting
-or out-of-range operating points 422, missing or wrong token 401.
+Errors (mvmic.service.errors): not DICOM 400, missing or wrong token 401, an Accept it cannot answer 406, body
+too large 413, unsupported pixel format 415, conflicting or out-of-range operating points 422, models still
+loading 503.
 """
 
 import base64

@@ -3,8 +3,9 @@
     .mvm --mvmic.transcode.mvm_to_dicom-->           application/dicom, decoded (lossless: the original)
     MVMIC instance --mvmic.transcode.instance_to_dicom-->
 
-Errors (mvmic.service.errors): not DICOM or a damaged bitstream 400, a bitstream of other weights 409, body
-too large 413, missing or wrong token 401.
+Errors (mvmic.service.errors): not a .mvm nor an MVMIC instance, or a damaged one, 400; missing or wrong token
+401; Accept without application/dicom 406; a bitstream of other weights 409; body too large 413; a stream of a
+pixel format MVMIC does not code 415; models still loading 503.
 """
 
 import io
