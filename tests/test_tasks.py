@@ -283,7 +283,20 @@ def test_a_mistyped_resume_or_heads_file_is_a_clear_error(tmp_path, corpus_dir, 
         assert run.returncode == 2 and "at least" in run.stderr and not (tmp_path / "new.pt").exists()
     checkpoint = tmp_path / "heads-checkpoint.pt"
     torch.save({"model": {}, "optimizer": {}, "state": {}}, checkpoint)
+    text = tmp_path / "notes.pt"
+    text.write_text("hello\n")  # torch.load's unpickler reads "h" as an opcode: a KeyError, not an UnpicklingError
     for heads, reason in ((checkpoint, "training checkpoint"), (corpus_dir / "images" / "pydicom-CT_small.dcm",
-                                                                 "not a torch weights file")):
+                                                                 "not a torch weights file"),
+                          (text, "not a torch weights file")):
         run = mvmic("analyze", str(stream), "--heads", str(heads))
         assert run.returncode == 1 and reason in run.stderr and "Traceback" not in run.stderr
+    empty = tmp_path / "no-train-split"
+    empty.mkdir()
+    manifest = json.loads((corpus_dir / "manifest.json").read_text())
+    (empty / "manifest.json").write_text(json.dumps({**manifest, "entries": [
+        entry for entry in manifest["entries"] if entry["split"] != "train"]}))
+    run = mvmic("train", "codec", "--corpus", str(empty), "--checkpoint", str(tmp_path / "c.pt"), "--minutes", "0")
+    assert run.returncode == 1 and "no 'train' images" in run.stderr and "Traceback" not in run.stderr
+    (empty / "manifest.json").write_text('{"entries": []}')  # no "sources": not one `mvmic data prepare` wrote
+    run = mvmic("train", "codec", "--corpus", str(empty), "--checkpoint", str(tmp_path / "c.pt"), "--minutes", "0")
+    assert run.returncode == 1 and "is not a corpus manifest" in run.stderr and "Traceback" not in run.stderr

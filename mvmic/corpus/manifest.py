@@ -95,11 +95,14 @@ class Manifest:
     def load(cls, path: Path) -> Manifest:
         try:
             payload = json.loads(path.read_text())
+            return cls(
+                entries=[CorpusEntry(**entry) for entry in payload["entries"]],
+                sources=payload["sources"],
+                skipped=payload.get("skipped", []),
+                version=payload.get("version", 0),
+            )
         except FileNotFoundError:
             raise FileNotFoundError(f"no corpus manifest at {path}: run `mvmic data prepare` first") from None
-        return cls(
-            entries=[CorpusEntry(**entry) for entry in payload["entries"]],
-            sources=payload["sources"],
-            skipped=payload.get("skipped", []),
-            version=payload.get("version", 0),
-        )
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{path} is not a corpus manifest as `mvmic data prepare` writes it "
+                             f"({type(exc).__name__}: {exc})") from None

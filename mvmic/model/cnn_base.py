@@ -52,7 +52,10 @@ def load(path: Path) -> tuple[SubbandContextModel, Weights]:
     context = SubbandContextModel()
     try:
         context.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
-    except (EOFError, RuntimeError, KeyError, AttributeError, pickle.UnpicklingError) as exc:
+    except (EOFError, KeyError, IndexError, pickle.UnpicklingError):  # torch.load's unpickler on other bytes
+        raise ValueError(f"{path} is not MVMICNet weights (.npz version 3, .pt version 2): not a torch weights "
+                         "file") from None
+    except (RuntimeError, AttributeError) as exc:
         raise ValueError(f"{path} is not MVMICNet weights (.npz version 3, .pt version 2): "
                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     for net in context.nets:

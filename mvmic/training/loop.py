@@ -171,7 +171,10 @@ def centre_crop(plane, size: int = CROP):
 def split_images(corpus_dir: Path, split: str) -> Iterator[tuple[CorpusEntry, object]]:
     """(entry, image) of every image of ``split`` ("train", "val", "test") of the corpus, in manifest order;
     the image as CorpusEntry.read gives it (mvmic.pixels.NativeImage)."""
-    for entry in Manifest.load(corpus_dir / "manifest.json").select(split):
+    entries = Manifest.load(corpus_dir / "manifest.json").select(split)
+    if not entries:
+        raise ValueError(f"the corpus at {corpus_dir} has no {split!r} images to train on (see `mvmic data prepare`)")
+    for entry in entries:
         yield entry, entry.read(corpus_dir)
 
 

@@ -71,7 +71,7 @@ def load_heads_weights(path: Path, data: bytes | None = None) -> LatentHeads:
             raise ValueError("it is a training checkpoint: export its weights with `mvmic train heads --resume "
                              "--minutes 0 --export FILE` first")
         heads.load_state_dict(state)
-    except (pickle.UnpicklingError, EOFError):
+    except (pickle.UnpicklingError, EOFError, KeyError, IndexError):  # what torch.load's unpickler makes of other bytes
         raise ValueError(f"{path} is not a torch weights file") from None
     except (RuntimeError, AttributeError, TypeError) as exc:
         raise ValueError(f"{path} holds no task heads of this design ({str(exc).splitlines()[0]})") from None
