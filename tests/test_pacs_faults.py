@@ -52,6 +52,8 @@ class FaultProxy:
                 the server
         reset   relays the first 2 KiB of a request, then resets both connections (mid-STOW)
         slow    relays, but holds the server's answer back ``delay`` seconds
+        hang-up closes the next connection without an answer (as a PACS closing a kept-alive connection the
+                moment a request arrives on it), then relays again
 
     Changing the fault drops the connections open before (the gateway keeps connections alive).
     """
@@ -95,6 +97,17 @@ class FaultProxy:
             threading.Thread(target=self._handle, args=(client, self.mode), daemon=True).start()
 
     def _handle(self, client: socket.socket, mode: str) -> None:
+        if mode == "hang-up":
+            self.mode = "pass"
+            try:
+                client.shutdown(socket.SHUT_WR)  # an orderly end (FIN) before any answer
+                client.settimeout(30)
+                while client.recv(65536):  # the request, read to its end: closing with unread bytes would reset
+                    pass
+            except OSError:
+                pass
+            client.close()
+            return
         if mode == "error":
             try:
                 client.sendall(self.answer)
@@ -244,6 +257,18 @@ def test_a_pacs_answering_what_dicomweb_does_not_define_is_a_bad_gateway(
     assert "Confidential" not in response.text + str(response.headers)
     given = response.headers.get("retry-after")
     assert given == retry_after if retry_after != "years" else int(given) > 365 * 86400
+
+
+def test_a_connection_the_pacs_closes_without_an_answer_is_tried_once_more(
+        gateway: str, orthanc: OrthancServer, proxy: FaultProxy, corpus_dir: Path) -> None:
+    # The gateway keeps its connection to the PACS alive between requests; a PACS may close one just as a request
+    # arrives on it (Orthanc did, under a soak: httpx's RemoteProtocolError). The request is sent once more on a
+    # fresh connection instead of failing the whole STOW with 503.
+    originals = _instances(corpus_dir, 4, 5)
+    proxy.set("hang-up")
+    answer = _stow(gateway, originals)
+    assert answer.status_code == 200, answer.text
+    _assert_exactly_once_and_exact(gateway, orthanc, originals)
 
 
 def test_a_slow_pacs_within_the_timeout_is_waited_for(gateway: str, orthanc: OrthancServer, proxy: FaultProxy,

@@ -106,7 +106,13 @@ class PacsClient:
 
     def _send(self, method: str, resource: str, **kwargs) -> httpx.Response:
         try:
-            return self.http.request(method, f"{self.root}/{resource}", **kwargs)
+            try:
+                return self.http.request(method, f"{self.root}/{resource}", **kwargs)
+            except httpx.RemoteProtocolError:
+                # Most often a pooled keep-alive connection the PACS closed while it was idle, met by this request
+                # (seen with Orthanc under load): sent once more, on a fresh connection. Every request here may be
+                # repeated: reads, and STOW-RS of instances the PACS keys by their SOP Instance UID.
+                return self.http.request(method, f"{self.root}/{resource}", **kwargs)
         except httpx.InvalidURL as exc:  # a path parameter no URL can hold (a NUL byte, say)
             raise PacsError(f"not a valid DICOMweb resource ({exc})", 400) from exc
         except httpx.TimeoutException as exc:
