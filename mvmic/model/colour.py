@@ -57,9 +57,9 @@ def check_mapping(stream: Bitstream) -> None:
     for the stream's pixel format (offset_of, BitsStored): the decoder computes the mapping from the format, so a
     header that disagrees is damaged or forged, not another mapping."""
     fmt = stream.pixel_format
-    if stream.offset != offset_of(fmt):
-        raise InvalidFieldError(f"offset {stream.offset}: a {'signed' if fmt.signed else 'unsigned'} "
-                                f"{fmt.bits_stored}-bit stream has offset {offset_of(fmt)}")
     if stream.scale_log2 != fmt.bits_stored:
         raise InvalidFieldError(f"scale_log2 {stream.scale_log2}: a {fmt.bits_stored}-bit stream has scale_log2 "
                                 f"{fmt.bits_stored} (values are normalised by 2**BitsStored)")
+    if stream.offset != offset_of(fmt):
+        raise InvalidFieldError(f"offset {stream.offset}: a {'signed' if fmt.signed else 'unsigned'} "
+                                f"{fmt.bits_stored}-bit stream has offset {offset_of(fmt)}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from mvmic.model.bitstream import FINGERPRINT_BYTES, Bitstream, InvalidFieldError, Layer, LayerError, LayerKind
-from mvmic.model.colour import offset_of
+from mvmic.model.colour import check_mapping
 from mvmic.model.errors import CodecInputError, check_bound, check_codeable, check_decoded_size
 from mvmic.model.pixel_format import PixelFormat
 from mvmic.model.quality import MAX_ERROR
@@ -65,15 +65,13 @@ def decompress(stream: Bitstream, threads: int = 1) -> np.ndarray:
     or its header's offset and scale_log2 are neither 0 and 0 (what compress writes) nor the lossy mapping's
     (what exact streams wrote before they needed no weights, commit 9a6e937; mvmic.model.colour.offset_of)."""
     check_decoded_size(stream.frames, stream.rows, stream.columns, stream.samples_per_pixel)
-    # The stored integers are coded as they are: the fields declare no mapping, and are checked only to be one of
-    # the two layouts exact streams have been written with.
-    fmt = stream.pixel_format
-    older = (offset_of(fmt), fmt.bits_stored)
-    expected = older if stream.scale_log2 == fmt.bits_stored else (0, 0)
-    for name, value, wanted in (("scale_log2", stream.scale_log2, expected[1]), ("offset", stream.offset, expected[0])):
-        if value != wanted:
-            raise InvalidFieldError(f"{name} {value}: an exact stream codes the stored values themselves; its header "
-                                    f"holds offset 0 and scale_log2 0 (older streams: {older[0]} and {older[1]})")
+    # The stored integers are coded as they are: the fields declare no mapping. They hold 0 and 0, or, in streams
+    # written before, the lossy mapping, checked as a lossy stream's is.
+    if stream.scale_log2:
+        check_mapping(stream)
+    elif stream.offset:
+        raise InvalidFieldError(f"offset {stream.offset}: an exact stream codes the stored values themselves; its "
+                                "header holds offset 0 and scale_log2 0")
     layers = {layer.frame: layer for layer in stream.layers if layer.kind == LayerKind.EXACT}
     missing = [frame for frame in range(stream.frames) if frame not in layers]
     if missing:
