@@ -18,9 +18,8 @@ import torch
 
 from mvmic.model.codec import MvmicCodec
 from mvmic.model.pixel_format import PixelFormat
-from mvmic.model.quality import QUALITY_CODES
+from mvmic.model.quality import MAX_ERROR, QUALITY_CODES
 from mvmic.model.rate_control import compress_at
-from mvmic.model.residual import MAX_ERROR
 from mvmic.model.table_codec import Weights
 from mvmic.model.tasks.analysis import Analyzer
 from mvmic.model.tasks.organs import ORGAN_CLASSES

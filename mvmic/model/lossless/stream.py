@@ -63,7 +63,7 @@ def decompress(stream: Bitstream, threads: int = 1) -> np.ndarray:
     """Stored values (frames, rows, columns, samples) in the image's own dtype; LayerError if a frame has no exact
     layer (ExactLayerError if a layer is damaged), InvalidFieldError if it is larger than any decoder here allocates
     or its header's offset and scale_log2 are neither 0 and 0 (what compress writes) nor the lossy mapping's
-    (what exact streams wrote before they needed no weights, commit 9a6e937; mvmic.model.colour.offset_of)."""
+    (what exact streams wrote before they needed no weights, commit 9a6e937; mvmic.model.colour.check_mapping)."""
     check_decoded_size(stream.frames, stream.rows, stream.columns, stream.samples_per_pixel)
     # The stored integers are coded as they are: the fields declare no mapping. They hold 0 and 0, or, in streams
     # written before, the lossy mapping, checked as a lossy stream's is.

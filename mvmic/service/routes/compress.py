@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response,
 from fastapi.responses import JSONResponse
 
 from mvmic.model.errors import TooSmallToAnalyseError
-from mvmic.model.residual import MAX_ERROR
+from mvmic.model.quality import MAX_ERROR
 from mvmic.service.auth import require_token
 from mvmic.service.body import BINARY, raw_body, read_body
 from mvmic.service.dependencies import AppSettings, Metrics, Models, Workers
