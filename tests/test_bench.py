@@ -69,6 +69,25 @@ def test_lossless_points_are_exact_and_lossy_points_compress(codec: Codec, entry
             assert fmt.min_value <= decoded.min() and decoded.max() <= fmt.max_value
 
 
+@pytest.mark.parametrize("entry", FORMAT_SAMPLES, ids=lambda e: f"{e.id}-{e.bits_stored}bit")
+def test_avif_codes_every_pixel_format_lossy(entry: CorpusEntry) -> None:
+    # AVIF has no lossless point here (imagecodecs codes grey losslessly only); grey goes in as R = G = B and is
+    # coded as Y alone, 13 to 16 bits lose their low bits first: both ends of the range keep shape, dtype and
+    # stored range, compress, and the higher quality is closer to the original.
+    avif = CODECS["AVIF"]
+    image = entry.read(CORPUS)
+    frame, fmt = image.frame(0), image.format
+    quality = []
+    for point in (avif.points[0], avif.points[-1]):
+        encoded = avif.encode(frame, fmt, point)
+        decoded = avif.decode(encoded, fmt, point)
+        assert decoded.shape == frame.shape and decoded.dtype == frame.dtype
+        assert fmt.min_value <= decoded.min() and decoded.max() <= fmt.max_value
+        assert bits_per_pixel(encoded, frame) < 8 * frame.dtype.itemsize * fmt.samples_per_pixel
+        quality.append(psnr(frame, decoded, fmt.peak))
+    assert quality[1] > quality[0] and quality[1] > 35, (entry.id, quality)
+
+
 def test_jpeg_ls_near_bounds_the_error() -> None:
     jpeg_ls = CODECS["JPEG-LS"]
     for entry in FORMAT_SAMPLES:
