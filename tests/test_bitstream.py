@@ -164,10 +164,10 @@ def test_bad_magic() -> None:
         Bitstream.from_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
 
 
-@pytest.mark.parametrize("version", [0, 3, 255])
+@pytest.mark.parametrize("version", [0, 4, 255])
 def test_unknown_version_is_named(version: int) -> None:
     data = _patched(_small().to_bytes(), 3, version)
-    with pytest.raises(UnsupportedVersionError, match=f"format version {version} \\(this build reads 1, 2\\)") as info:
+    with pytest.raises(UnsupportedVersionError, match=f"format version {version} \\(this build reads 1, 2, 3\\)") as info:
         Bitstream.from_bytes(data)
     assert info.value.version == version
     assert FORMAT_VERSION == 1
@@ -316,8 +316,8 @@ def test_construction_rejects_invalid_fields(change: dict[str, object], message:
 
 def test_layer_validation() -> None:
     assert Layer(1, 0, b"").kind is LayerKind.RESIDUAL
-    with pytest.raises(InvalidFieldError, match="unknown layer kind 4"):
-        Layer(4, 0, b"")
+    with pytest.raises(InvalidFieldError, match="unknown layer kind 5"):
+        Layer(5, 0, b"")
     with pytest.raises(InvalidFieldError, match="layer frame -1"):
         Layer(LayerKind.BASE, -1, b"")
     with pytest.raises(InvalidFieldError, match="bytes"):

@@ -47,20 +47,33 @@ def _with_layers(stream: Bitstream, layers: list[Layer]) -> Bitstream:
 
 
 def test_the_compiled_filter_is_the_integer_formula() -> None:
+    # The decoder rounds the synthesised plane (half to even, as numpy.round) and filters it in one pass.
     rng = np.random.default_rng(21)
     for shape, magnitude in (((64, 65), 4096), ((1, 1), 100), ((2, 9), 1 << 17), ((7, 5), 1 << 18), ((40, 3), 70_000)):
-        plane = rng.integers(-magnitude, magnitude + 1, size=shape)
+        synthesised = rng.uniform(-magnitude, magnitude, size=shape) / 2**12
+        synthesised.flat[:4] = np.array([0.5, 1.5, -0.5, -2.5])[: synthesised.size] / 2**12  # ties go to even
+        plane = np.round(synthesised * 2**12 + 3).astype(np.int64)
+        assert np.array_equal(restoration.decoded_plane(synthesised, 2.0**12, 3, None), plane)
         for taps in (list(rng.integers(-restoration.MAX_TAP, restoration.MAX_TAP + 1, restoration.TAPS)),
                      [restoration.MAX_TAP] * restoration.TAPS, [-restoration.MAX_TAP] * restoration.TAPS,
                      list(rng.integers(-40, 41, restoration.TAPS))):
-            assert np.array_equal(restoration.restore(plane, taps), _reference(plane, taps)), (shape, taps)
+            assert np.array_equal(restoration.decoded_plane(synthesised, 2.0**12, 3, taps),
+                                  _reference(plane, taps)), (shape, taps)
     # what a damaged stream may decode to: no overflow, no crash
-    huge = np.full((6, 6), 1 << 40, dtype=np.int64)
-    huge[2, 3] = -(1 << 40)
-    assert restoration.restore(huge, [restoration.MAX_TAP] * restoration.TAPS).dtype == np.int64
+    huge = np.full((6, 6), 2.0**40)
+    huge[2, 3] = -(2.0**40)
+    assert restoration.decoded_plane(huge, 1.0, 0, [restoration.MAX_TAP] * restoration.TAPS).dtype == np.int64
     for bad in ([1] * 11, [1] * 13, [restoration.MAX_TAP + 1] + [0] * 11):
         with pytest.raises(ValueError, match="restoration taps"):
-            restoration.restore(huge, bad)
+            restoration.decoded_plane(huge, 1.0, 0, bad)
+
+
+def test_a_3x3_filter_travels_as_its_4_taps() -> None:
+    small = [3, 0, 0, -2, 5, 1] + [0] * 6  # nonzero at SMALL_POSITIONS only
+    full = [3, 0, 0, -2, 5, 1, 0, 0, 0, 0, 0, 7]
+    payload = restoration.pack([small, None, full])
+    assert restoration.unpack(payload, 3) == [small, None, full]
+    assert len(payload) == len(restoration.pack([None, None, full])) + 4  # 4 one-byte taps, not 12
 
 
 def test_the_encoder_keeps_the_filter_where_it_pays(table, corpus_dir, corpus_manifest) -> None:

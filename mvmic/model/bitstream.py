@@ -16,7 +16,8 @@ at most 10 bytes, below 2**64; svarint = zigzag-encoded varint, 0 -1 1 -2 -> 0 1
     | bytes  | field               | encoding                 | valid values                          |
     |--------|---------------------|--------------------------|---------------------------------------|
     | 3      | magic               | b"MVM"                   |                                       |
-    | 1      | format version      | u8                       | 1, or 2 when an EXACT layer is present |
+    | 1      | format version      | u8                       | 1; 2 when an EXACT layer is present;  |
+    |        |                     |                          | 3 when a RESTORATION layer is         |
     | 1      | model id length n   | u8                       | 1..64                                 |
     | n      | model id            | ASCII                    | printable, no spaces: mvmicnet-w97-v3,|
     |        |                     |                          | mvmicnet-w97-v2, mvmic-exact          |
@@ -38,7 +39,8 @@ at most 10 bytes, below 2**64; svarint = zigzag-encoded varint, 0 -1 1 -2 -> 0 1
     | 1-10   | layer count L       | varint                   |                                       |
     |        | L times:            |                          |                                       |
     | 1      |   kind              | u8                       | 0 base, 1 residual, 2 DICOM header,   |
-    |        |                     |                          | 3 exact (version 2)                   |
+    |        |                     |                          | 3 exact (version 2), 4 restoration    |
+    |        |                     |                          | (version 3)                           |
     | 1-3    |   frame index       | varint                   | 0..frames-1                           |
     | 1-10   |   payload length m  | varint                   | at most the bytes left                |
     | m      |   payload           | bytes                    |                                       |
@@ -47,7 +49,9 @@ at most 10 bytes, below 2**64; svarint = zigzag-encoded varint, 0 -1 1 -2 -> 0 1
 A stream holds each (kind, frame index) at most once: a repeated layer is refused, not read.
 
 Version 2 is version 1 plus the EXACT layer kind: lossy streams are still written as version 1, so older
-builds keep reading them, and refuse lossless ones by their version number.
+builds keep reading them, and refuse lossless ones by their version number. Version 3 is version 1 plus the
+RESTORATION layer kind, for the same reason: a lossy stream without one is still version 1. One stream never
+holds both, and a stream whose version is not the one its layers are written with is refused.
 
 Payload of each layer kind. Packed parts use pack_payloads (varint count, then varint length + bytes
 each) and pack_integers (varint count, then one svarint each), both below. Each layout is defined
@@ -73,6 +77,9 @@ each) and pack_integers (varint count, then one svarint each), both below. Each 
     |                | gers([version, tau, stripes, classes]), per plane | mvmic.model.lossless.stream)    |
     |                | LS predictors, per stripe and plane range coder   |                                 |
     |                | bytes])                                           |                                 |
+    | 4 RESTORATION  | lossy (format version 3), at most one per frame,  | mvmic.model.restoration         |
+    |                | beside its BASE (model v3): pack_payloads of one  | (the encoder's fit:             |
+    |                | pack_integers per plane, 0 or 12 filter taps      | mvmic.model.enc_restoration)    |
 
 (model v3: mvmicnet-w97-v3, coded by mvmic.model.table_codec; model v2: mvmicnet-w97-v2, coded by
 mvmic.model.cnn_base.)
@@ -119,7 +126,8 @@ from mvmic.model.pixel_format import MAX_BITS_STORED, SUPPORTED_SAMPLES, PixelFo
 MAGIC = b"MVM"
 FORMAT_VERSION = 1  # written when the layers are those of version 1
 EXACT_FORMAT_VERSION = 2  # written when an EXACT layer is present: builds that read only 1 refuse it by name
-READ_VERSIONS = (FORMAT_VERSION, EXACT_FORMAT_VERSION)
+RESTORATION_FORMAT_VERSION = 3  # written when a RESTORATION layer is present, for the same reason
+READ_VERSIONS = (FORMAT_VERSION, EXACT_FORMAT_VERSION, RESTORATION_FORMAT_VERSION)
 FINGERPRINT_BYTES = 8
 MAX_MODEL_ID_LENGTH = 64
 MAX_DIMENSION = 65535  # DICOM Rows and Columns are US: anything larger cannot come from or go back to DICOM
@@ -191,6 +199,16 @@ class LayerKind(IntEnum):
     RESIDUAL = 1  # refines the base layer of the same frame to a guaranteed maximum error (mvmic.model.residual_layer)
     DICOM_HEADER = 2  # the source instance without Pixel Data, deflated; frame 0; lets decoding rebuild it
     EXACT = 3  # the frame coded losslessly or near-losslessly in the pixel domain (mvmic.model.lossless.layer); version 2
+    RESTORATION = 4  # the Wiener filter of the same frame's decoded BASE layer (mvmic.model.restoration); version 3
+
+
+# The format version each layer kind first appeared in (the others: FORMAT_VERSION).
+_KIND_VERSIONS = {LayerKind.EXACT: EXACT_FORMAT_VERSION, LayerKind.RESTORATION: RESTORATION_FORMAT_VERSION}
+
+
+def _version_of(layers: Sequence[Layer]) -> int:
+    """The format version a stream of these layers is written as."""
+    return max((_KIND_VERSIONS.get(layer.kind, FORMAT_VERSION) for layer in layers), default=FORMAT_VERSION)
 
 
 @dataclass(frozen=True)
@@ -255,6 +273,8 @@ class Bitstream:
                 raise InvalidFieldError(f"layer {index} repeats the {LayerKind(layer.kind).name} layer of frame "
                                         f"{layer.frame}")
             seen.add((layer.kind, layer.frame))
+        if {kind for kind, _ in seen} >= {LayerKind.EXACT, LayerKind.RESTORATION}:
+            raise InvalidFieldError("an exact stream has no restoration layer: it holds the frames themselves")
 
     @property
     def pixel_format(self) -> PixelFormat:
@@ -263,7 +283,7 @@ class Bitstream:
     def to_bytes(self) -> bytes:
         model_id = self.model_id.encode("ascii")
         out = bytearray(MAGIC)
-        version = EXACT_FORMAT_VERSION if any(layer.kind == LayerKind.EXACT for layer in self.layers) else FORMAT_VERSION
+        version = _version_of(self.layers)
         out += bytes([version, len(model_id)]) + model_id + self.weights_fingerprint
         out += _varint(self.rows) + _varint(self.columns) + _varint(self.frames)
         flags = FLAG_SIGNED if self.signed else 0
@@ -304,8 +324,10 @@ class Bitstream:
         if reader.remaining:
             raise TrailingDataError(f"{reader.remaining} unparsed bytes between the last layer and the CRC32")
         bitstream = cls(**fields)
-        if data[len(MAGIC)] == FORMAT_VERSION and any(layer.kind == LayerKind.EXACT for layer in bitstream.layers):
-            raise InvalidFieldError(f"an exact layer (kind {LayerKind.EXACT.value}) in a version {FORMAT_VERSION} bitstream")
+        if data[len(MAGIC)] != _version_of(bitstream.layers):  # each stream has one encoding: see to_bytes
+            kinds = ", ".join(sorted({layer.kind.name.lower() for layer in bitstream.layers})) or "no"
+            raise InvalidFieldError(f"a version {data[len(MAGIC)]} bitstream with {kinds} layers: streams of "
+                                    f"these layers are version {_version_of(bitstream.layers)}")
         bitstream.check_made_by(expected_model_id, expected_fingerprint)
         return bitstream
 

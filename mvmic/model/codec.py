@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from mvmic.model import cnn_base
-from mvmic.model.bitstream import Bitstream, InvalidFieldError, Layer, LayerKind, fingerprint
+from mvmic.model.bitstream import Bitstream, InvalidFieldError, Layer, LayerError, LayerKind, fingerprint
 from mvmic.model.cnn_base import CNN_WEIGHTS, MODEL_ID, coarse_reconstruction
 from mvmic.model.colour import normalised_planes, offset_of
 from mvmic.model.context_model import SubbandContextModel
@@ -225,6 +225,9 @@ class MvmicCodec:
         residuals = {layer.frame: layer for layer in stream.layers if layer.kind == LayerKind.RESIDUAL}
         if self.table and not residuals:
             return self.table.decompress(stream)
+        if any(layer.kind == LayerKind.RESTORATION for layer in stream.layers):
+            raise LayerError("a restoration layer filters a version 3 base layer without residual layers; "
+                             "this stream has " + ("residual layers" if residuals else f"model {stream.model_id}"))
         frames = []
         for layer in base_layers(stream):
             if layer.frame in residuals:

@@ -18,23 +18,24 @@ from mvmic.model.pixel_format import PixelFormat
 
 
 def to_planes(frame: np.ndarray, fmt: PixelFormat) -> list[np.ndarray]:
-    """Integer planes of a frame (rows, columns[, samples]), float64: the frame itself, or the RCT of RGB."""
+    """Integer planes of a frame (rows, columns[, samples]), int64: the frame itself, or the RCT of RGB."""
     values = frame.astype(np.int64)
     if fmt.samples_per_pixel == 1:
-        return [values.reshape(values.shape[:2]).astype(np.float64)]  # (rows, columns) or (rows, columns, 1)
+        return [values.reshape(values.shape[:2])]  # (rows, columns) or (rows, columns, 1)
     red, green, blue = values[..., 0], values[..., 1], values[..., 2]
     luma = (red + 2 * green + blue) >> 2
-    return [p.astype(np.float64) for p in (luma, blue - green, red - green)]
+    return [luma, blue - green, red - green]
 
 
 def from_planes(planes: list[np.ndarray], fmt: PixelFormat) -> np.ndarray:
     """Stored values (rows, columns, samples) in ``fmt.dtype``, clipped to the stored range."""
-    values = [p.astype(np.int64) for p in planes]
+    values = [p.astype(np.int64, copy=False) for p in planes]
     if fmt.samples_per_pixel == 3:
         luma, blue_diff, red_diff = values
         green = luma - ((blue_diff + red_diff) >> 2)
         values = [red_diff + green, green, blue_diff + green]
-    stacked = np.stack(values, axis=-1)
+    # np.clip into a new array, then one conversion: the fewest whole-frame temporaries (each is megabytes)
+    stacked = np.stack(values, axis=-1) if len(values) > 1 else values[0][..., None]
     return np.clip(stacked, fmt.min_value, fmt.max_value).astype(fmt.dtype)
 
 
@@ -49,7 +50,12 @@ def plane_offset(fmt: PixelFormat, plane: int) -> int:
 
 def normalised_planes(frame: np.ndarray, fmt: PixelFormat) -> list[np.ndarray]:
     """The planes the wavelet sees: (value - offset) / 2**BitsStored, float64."""
-    return [(plane - plane_offset(fmt, index)) / 2.0**fmt.bits_stored for index, plane in enumerate(to_planes(frame, fmt))]
+    return normalised(to_planes(frame, fmt), fmt)
+
+
+def normalised(planes: list[np.ndarray], fmt: PixelFormat) -> list[np.ndarray]:
+    """:func:`normalised_planes` of a frame's integer planes (to_planes)."""
+    return [(plane - plane_offset(fmt, index)) / 2.0**fmt.bits_stored for index, plane in enumerate(planes)]
 
 
 def check_mapping(stream: Bitstream) -> None:

@@ -1,10 +1,11 @@
 """The encoder's half of the restoration filter (mvmic.model.restoration): fit the taps of one plane, keep them
 only where they pay for themselves.
 
-    decoded plane, original plane --normal equations over every sample, or a quincunx half of them
-      above FIT_SAMPLES (compiled)-->
-      --least squares (Gaussian elimination in Python floats: the same taps on every machine)-->
-      --round to 2**-SHIFT, clip to +-MAX_TAP--> taps --filter, exact squared error-->
+    decoded plane, original plane --normal equations over about FIT_SAMPLES samples, every parity of row
+      and column (compiled)-->
+      --least squares of the 3 x 3 and of the 5 x 5 filter (Gaussian elimination in Python floats: the same
+        taps on every machine), rounded to 2**-SHIFT, clipped to +-MAX_TAP-->
+      --the one with the smaller predicted SSE + lambda * bits(taps) --filter, exact squared error-->
       keep if  SSE(filtered) + lambda * bits(taps) < SSE(decoded)
 
 lambda is the squared error one more bit buys at the plane's rate R (the bits of its base layer payload): with
@@ -20,11 +21,11 @@ import numpy as np
 
 from mvmic.model import _table_coder
 from mvmic.model.bitstream import pack_integers
-from mvmic.model.restoration import MAX_TAP, SHIFT, TAPS, restore
+from mvmic.model.restoration import MAX_TAP, SHIFT, SMALL_POSITIONS, TAPS, sent_taps
 
-FIT_SAMPLES = 1 << 17  # planes above this many samples are fitted on the quincunx half of them (2x faster)
+FIT_SAMPLES = 1 << 15  # the fit sums about this many samples: every 1st, 2nd, 4th or 8th of a row (every parity)
 RIDGE = 1e-9  # relative to the mean diagonal: keeps a flat plane's singular system solvable
-PSNR_PER_DOUBLING = 3.5  # dB: the base layer's R-D slope, about 4 at 0.05 and 6 at 1 bit per pixel (test split)
+PSNR_PER_DOUBLING = 5.0  # dB: the base layer's R-D slope, about 4 at 0.05 and 6 at 1 bit per pixel (test split)
 LAYER_BYTES = 4  # a RESTORATION layer's framing beyond its taps: kind, frame, length, part count and length
 
 
@@ -35,24 +36,49 @@ def fit(decoded: np.ndarray, original: np.ndarray, plane_bits: int) -> list[int]
     decoded = np.ascontiguousarray(decoded, dtype=np.int64)
     original = np.ascontiguousarray(original, dtype=np.int64)
     rows, columns = decoded.shape
-    error = original - decoded
-    unfiltered = float(np.dot(error.ravel(), error.ravel()))
-    if unfiltered == 0:
-        return None
+    stride = next((s for s in (1, 2, 4) if decoded.size <= s * FIT_SAMPLES), 8)
     gram, cross = np.empty(TAPS * TAPS), np.empty(TAPS)
-    _table_coder.restoration_statistics(decoded, original, rows, columns, 2 if decoded.size > FIT_SAMPLES else 1,
-                                        gram, cross)
-    solution = _solve(gram.reshape(TAPS, TAPS).tolist(), cross.tolist())
+    sampled = _table_coder.restoration_statistics(decoded, original, rows, columns, stride, gram, cross)
+    if not np.any(cross):
+        return None
+    slope = stride * sampled * math.log(10) / 10 * PSNR_PER_DOUBLING / (max(plane_bits, 1) * math.log(2))
+    # The 3 x 3 and the 5 x 5 filter, judged by the error the normal equations predict (the fit's own samples)
+    # plus the bits of their taps; the better one is then judged by its exact error against no filter.
+    weight = stride  # the fit's samples to the whole plane
+    candidates = [taps for taps in (_fitted(gram, cross, positions) for positions in (SMALL_POSITIONS, range(TAPS)))
+                  if taps is not None]
+    if not candidates:
+        return None
+    taps = min(candidates, key=lambda t: weight * _predicted_change(gram, cross, t) + slope * _bits(t))
+    unfiltered, filtered = _table_coder.restoration_errors(decoded, original, rows, columns, np.array(taps, np.int64))
+    return taps if filtered + slope * _bits(taps) < unfiltered else None
+
+
+def _fitted(gram: np.ndarray, cross: np.ndarray, positions) -> list[int] | None:
+    """The 12 taps (zero outside ``positions``) of the least-squares fit over ``positions``, rounded to 2**-SHIFT
+    and clipped; None if the system is singular or every tap rounds to 0."""
+    positions = list(positions)
+    matrix = gram.reshape(TAPS, TAPS)[np.ix_(positions, positions)].tolist()
+    solution = _solve(matrix, cross[positions].tolist())
     if solution is None:
         return None
-    taps = [max(-MAX_TAP, min(MAX_TAP, round(c * (1 << SHIFT)))) for c in solution]
-    if not any(taps):
-        return None
-    residual = original - restore(decoded, taps)
-    filtered = float(np.dot(residual.ravel(), residual.ravel()))
-    bits = 8 * (len(pack_integers(taps)) + LAYER_BYTES)
-    slope = unfiltered * math.log(10) / 10 * PSNR_PER_DOUBLING / (max(plane_bits, 1) * math.log(2))
-    return taps if filtered + slope * bits < unfiltered else None
+    taps = [0] * TAPS
+    for position, value in zip(positions, solution, strict=True):
+        taps[position] = max(-MAX_TAP, min(MAX_TAP, round(value * (1 << SHIFT))))
+    return taps if any(taps) else None
+
+
+def _predicted_change(gram: np.ndarray, cross: np.ndarray, taps: list[int]) -> float:
+    """The change of squared error over the fit's samples that the normal equations predict for ``taps``:
+    c' G c - 2 c' b, with c the taps in units of 1 (in Python floats, in a fixed order: the same choice everywhere)."""
+    c = [t / (1 << SHIFT) for t in taps]
+    g = gram.tolist()
+    return sum(c[i] * (sum(g[i * TAPS + j] * c[j] for j in range(TAPS)) - 2 * cross[i]) for i in range(TAPS))
+
+
+def _bits(taps: list[int]) -> int:
+    """The bits a plane's taps cost in a RESTORATION layer."""
+    return 8 * (len(pack_integers(sent_taps(taps))) + LAYER_BYTES)
 
 
 def _solve(matrix: list[list[float]], vector: list[float]) -> list[float] | None:

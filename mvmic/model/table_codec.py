@@ -3,6 +3,7 @@
     frame --RCT if colour, (v - offset) / 2**BitsStored (mvmic.model.colour.normalised_planes)--> planes
       --CDF 9/7 analysis (mvmic.model.lifting_kernels)--> / band step, dead-zone rounding --> integer bands
       --table contexts + rANS (mvmic.model.table_contexts)--> plane payloads --> Bitstream BASE layer per frame
+      decoded integer planes --fitted Wiener filter (mvmic.model.restoration), where it pays--> RESTORATION layer
 
 The quantiser is version 2's (mvmic.model.subbands: the same band steps, learned scales, dead zone and
 reconstruction offset, so its integer bands and the task heads trained on them are unchanged); the
@@ -30,7 +31,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from mvmic.model import _table_coder, lifting_kernels, table_contexts
+from mvmic.model import _table_coder, lifting_kernels, restoration, table_contexts
 from mvmic.model.bitstream import (
     Bitstream,
     InvalidFieldError,
@@ -42,7 +43,15 @@ from mvmic.model.bitstream import (
     unpack_payloads,
 )
 from mvmic.model.cdf97 import band_shapes, max_levels
-from mvmic.model.colour import check_mapping, from_planes, normalised_planes, offset_of, plane_offset
+from mvmic.model.colour import (
+    check_mapping,
+    from_planes,
+    normalised,
+    normalised_planes,
+    offset_of,
+    plane_offset,
+    to_planes,
+)
 from mvmic.model.errors import CodecInputError, check_codeable, check_decoded_size
 from mvmic.model.pixel_format import PixelFormat
 from mvmic.model.quality import DEADZONE, MAX_CODE, MIN_CODE, RECONSTRUCTION, step_of
@@ -204,21 +213,37 @@ class TableCodec:
         bands = [self.quantize(plane, code) for plane in normalised_planes(frame, fmt)]
         return pack_payloads([self.encode_bands(b) for b in bands]), bands
 
+    def encode_restored_frame(self, frame: np.ndarray, fmt: PixelFormat, code: int) -> tuple[bytes, bytes | None]:
+        """One frame's BASE layer payload and its RESTORATION layer payload (None: no plane gains from one)."""
+        from mvmic.model.enc_restoration import fit  # encoder only: decoding never loads it
+
+        originals = to_planes(frame, fmt)
+        bands = [self.quantize(plane, code) for plane in normalised(originals, fmt)]
+        payloads = [self.encode_bands(b) for b in bands]
+        taps = [fit(decoded, original, 8 * len(payload)) for decoded, original, payload
+                in zip(self.decoded_planes(bands, fmt, code), originals, payloads, strict=True)]
+        return pack_payloads(payloads), restoration.pack(taps) if any(taps) else None
+
     def compress_pixels(self, pixels: np.ndarray, fmt: PixelFormat, code: int, threads: int | None = None) -> Bitstream:
         """Lossy coding of stored values (frames, rows, columns, samples) at quality code ``code``, frames on
-        up to ``threads`` threads (default: self.threads; the kernels release the GIL). Raises
+        up to ``threads`` threads (default: self.threads; the kernels release the GIL): a BASE layer per frame,
+        and a RESTORATION layer after it where the restoration filter pays for its bytes. Raises
         CodecInputError for pixels this codec cannot code or a code out of range."""
         check_codeable(pixels, fmt)
         if not MIN_CODE <= code <= MAX_CODE:
             raise CodecInputError(f"quality code {code} out of range {MIN_CODE}..{MAX_CODE}")
-        payloads = _each(lambda index: self.encode_frame(pixels[index], fmt, code)[0], range(pixels.shape[0]),
-                         threads or self.threads)
-        layers = tuple(Layer(LayerKind.BASE, index, payload) for index, payload in enumerate(payloads))
+        coded = _each(lambda index: self.encode_restored_frame(pixels[index], fmt, code), range(pixels.shape[0]),
+                      threads or self.threads)
+        layers = []
+        for index, (payload, restored) in enumerate(coded):
+            layers.append(Layer(LayerKind.BASE, index, payload))
+            if restored is not None:
+                layers.append(Layer(LayerKind.RESTORATION, index, restored))
         return Bitstream(model_id=self.model_id, weights_fingerprint=fingerprint(self.weights.sha256),
                          rows=pixels.shape[1], columns=pixels.shape[2], frames=pixels.shape[0],
                          samples_per_pixel=fmt.samples_per_pixel, bits_stored=fmt.bits_stored, signed=fmt.signed,
                          photometric=fmt.photometric, offset=offset_of(fmt), scale_log2=fmt.bits_stored, quality_code=code,
-                         layers=layers)
+                         layers=tuple(layers))
 
     def frame_bands(self, payload: bytes, stream: Bitstream, levels: int | None = None) -> list[PlaneBands]:
         """The integer bands of each plane of one BASE layer payload."""
@@ -229,21 +254,30 @@ class TableCodec:
             raise LayerError(f"frame payload has {len(parts)} planes, expected {planes_expected}")
         return [self.decode_bands(part, stream.rows, stream.columns, levels) for part in parts]
 
-    def decode_frame(self, payload: bytes, stream: Bitstream) -> np.ndarray:
-        """Stored values (rows, columns, samples) of one BASE layer."""
-        fmt = stream.pixel_format
-        planes = [np.round(self.dequantize(bands, stream.quality_code) * 2.0**fmt.bits_stored + plane_offset(fmt, index))
-                  for index, bands in enumerate(self.frame_bands(payload, stream))]
-        return from_planes(planes, fmt)
+    def decoded_planes(self, bands: list[PlaneBands], fmt: PixelFormat, code: int,
+                       taps: list[list[int] | None] | None = None) -> list[np.ndarray]:
+        """The integer planes (rows, columns) int64 of a frame's bands: stored values, or the RCT's planes for colour;
+        each filtered by its restoration taps where ``taps`` has them."""
+        return [restoration.decoded_plane(self.dequantize(plane, code), 2.0**fmt.bits_stored, plane_offset(fmt, index),
+                                          taps[index] if taps else None)
+                for index, plane in enumerate(bands)]
+
+    def decode_frame(self, payload: bytes, stream: Bitstream, restored: bytes | None = None) -> np.ndarray:
+        """Stored values (rows, columns, samples) of one BASE layer, filtered by its RESTORATION layer's
+        payload ``restored`` if it has one (LayerError if that does not parse or fit the frame)."""
+        bands = self.frame_bands(payload, stream)
+        taps = None if restored is None else restoration.unpack(restored, len(bands))
+        return from_planes(self.decoded_planes(bands, stream.pixel_format, stream.quality_code, taps), stream.pixel_format)
 
     def decompress(self, stream: Bitstream, threads: int | None = None) -> np.ndarray:
         """Stored values (frames, rows, columns, samples) of a lossy stream, frames on up to ``threads``
-        threads (default: self.threads) (BASE layers only; raises ValueError for a frame without one, and for residual layers,
-        which need mvmic.model.codec)."""
+        threads (default: self.threads) (BASE layers, filtered by their RESTORATION layers; raises ValueError for a
+        frame without a BASE layer, and for residual layers, which need mvmic.model.codec)."""
         if any(layer.kind == LayerKind.RESIDUAL for layer in stream.layers):
             raise ValueError("residual layers decode with mvmic.model.codec's residual model, not here")
-        return np.stack(_each(lambda layer: self.decode_frame(layer.payload, stream), base_layers(stream),
-                              threads or self.threads))
+        restored = {layer.frame: layer.payload for layer in stream.layers if layer.kind == LayerKind.RESTORATION}
+        return np.stack(_each(lambda layer: self.decode_frame(layer.payload, stream, restored.get(layer.frame)),
+                              base_layers(stream), threads or self.threads))
 
 
 def cpu_cores() -> int:

@@ -6,6 +6,8 @@
    - CDF 9/7 lifting along rows and columns, float64, the same expressions in the same order as
      model/lifting.py (compiled with -ffp-contract=off, so no fused multiply-add changes a bit).
    - Dequantisation of the detail bands (model/subbands.py's arithmetic).
+   - The restoration filter of the decoded planes and the encoder's statistics for fitting it
+     (mvmic/model/restoration.py, mvmic/model/enc_restoration.py): integer arithmetic when filtering.
 
    Every function takes Python buffers (numpy arrays, C-contiguous, of the dtypes named in the
    Python wrappers of model/table_contexts.py and model/lifting_kernels.py), checks their sizes,
@@ -598,6 +600,220 @@ done:
     return result;
 }
 
+/* ---- restoration filter (mvmic/model/restoration.py) ------------------------------------------- */
+
+#define TAPS 12
+#define RESTORATION_SHIFT 8
+#define SAMPLE_LIMIT ((int64_t)1 << 18)  /* beyond any plane of 16-bit samples and their RCT */
+/* The 5 x 5 window's offsets (dy, dx) after the centre in raster order; each tap also takes the mirror. */
+static const int tap_rows[TAPS] = {0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2};
+static const int tap_columns[TAPS] = {1, 2, -2, -1, 0, 1, 2, -2, -1, 0, 1, 2};
+
+static inline Py_ssize_t clamp_index(Py_ssize_t i, Py_ssize_t n) { return i < 0 ? 0 : (i >= n ? n - 1 : i); }
+
+/* The tap features at (y, x): p[y+dy, x+dx] + p[y-dy, x-dx] - 2 p[y, x], edges replicated. */
+static inline void tap_features(const int64_t *p, Py_ssize_t rows, Py_ssize_t columns, Py_ssize_t y, Py_ssize_t x,
+                                int64_t *features) {
+    int64_t centre = p[y * columns + x];
+    int inside = y >= 2 && y < rows - 2 && x >= 2 && x < columns - 2;
+    for (int k = 0; k < TAPS; k++) {
+        Py_ssize_t y1 = y + tap_rows[k], x1 = x + tap_columns[k], y2 = y - tap_rows[k], x2 = x - tap_columns[k];
+        if (!inside) {
+            y1 = clamp_index(y1, rows); x1 = clamp_index(x1, columns);
+            y2 = clamp_index(y2, rows); x2 = clamp_index(x2, columns);
+        }
+        features[k] = p[y1 * columns + x1] + p[y2 * columns + x2] - 2 * centre;
+    }
+}
+
+/* One output row of the filter, compiled twice where the compiler can (x86-64: AVX2 and the baseline), chosen at
+   load time by the CPU: exact integer values in float64, so both give the same result. lines[2 + d] is the input
+   row d rows away (d = -2..2), with 2 replicated samples at each end; sum is a row of scratch. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+static void filter_row(double *const *lines, Py_ssize_t columns, const double *taps, double centre, double *sum,
+                       int64_t *out) {
+    const double half = (double)(1 << (RESTORATION_SHIFT - 1)), scale = 1.0 / (double)(1 << RESTORATION_SHIFT);
+    const double *row = lines[2] + 2;
+    for (Py_ssize_t x = 0; x < columns; x++) sum[x] = half + centre * row[x];
+    for (int k = 0; k < TAPS; k++) {  /* tap by tap along the row: the loop the compiler vectorises */
+        const double *ahead = lines[2 + tap_rows[k]] + 2 + tap_columns[k];
+        const double *behind = lines[2 - tap_rows[k]] + 2 - tap_columns[k], t = taps[k];
+        for (Py_ssize_t x = 0; x < columns; x++) sum[x] += t * (ahead[x] + behind[x]);
+    }
+    for (Py_ssize_t x = 0; x < columns; x++) {
+        double scaled = sum[x] * scale;
+        int64_t truncated = (int64_t)scaled;
+        out[x] = (int64_t)row[x] + truncated - (scaled < (double)truncated);  /* floor */
+    }
+}
+
+static inline double bounded(double v) { return v > SAMPLE_LIMIT ? SAMPLE_LIMIT : (v < -SAMPLE_LIMIT ? -SAMPLE_LIMIT : v); }
+
+/* round(v) half to even, as numpy.round and nearbyint in the default rounding mode, for |v| <= 2^51: adding and
+   subtracting 1.5 * 2^52 leaves no fraction bits, and IEEE addition rounds half to even. Inline and vectorisable
+   (nearbyint is a library call without SSE4.1); without -ffast-math the compiler keeps both operations. */
+static inline double round_even(double v) {
+    const double magic = 6755399441055744.0;
+    return (v + magic) - magic;
+}
+
+/* The filter of one plane into out: integers (int64) or, with float64 input, round(v * scale + offset) first,
+   the decoder's rounding of the synthesis (half to even, as numpy.round; no fused multiply-add). Samples beyond
+   +-2^18, which only a damaged stream decodes to, are clamped to it. NULL taps: the rounding alone. The input
+   rows pass through a ring of 5 padded rows, so the working memory is a few rows, whatever the plane's size. */
+static int filter_plane(const int64_t *integers, const double *floats, double scale, double offset, Py_ssize_t rows,
+                        Py_ssize_t columns, const int64_t *c, int64_t *out, const int64_t *original, double *errors) {
+    if (!c) {
+        for (Py_ssize_t i = 0; i < rows * columns; i++) out[i] = (int64_t)round_even(bounded(floats[i] * scale + offset));
+        return 0;
+    }
+    Py_ssize_t width = columns + 4;
+    double *ring = malloc(sizeof(double) * 6 * (size_t)width);  /* 5 input rows and the sums */
+    if (!ring) return -1;
+    double taps[TAPS], centre = 0;
+    for (int k = 0; k < TAPS; k++) {
+        taps[k] = (double)c[k];
+        centre -= 2.0 * (double)c[k];
+    }
+    double *lines[5];
+    for (Py_ssize_t virtual = -2; virtual < rows + 2; virtual++) {  /* input row virtual, replicated beyond the ends */
+        double *line = ring + ((virtual + 5) % 5) * width;
+        Py_ssize_t source = clamp_index(virtual, rows) * columns;
+        if (integers) {
+            for (Py_ssize_t x = 0; x < columns; x++) line[x + 2] = bounded((double)integers[source + x]);
+        } else {
+            for (Py_ssize_t x = 0; x < columns; x++) line[x + 2] = round_even(bounded(floats[source + x] * scale + offset));
+        }
+        line[0] = line[1] = line[2];
+        line[columns + 3] = line[columns + 2] = line[columns + 1];
+        Py_ssize_t y = virtual - 2;  /* the output row whose last input row this is */
+        if (y < 0) continue;
+        for (int d = 0; d < 5; d++) lines[d] = ring + ((y - 2 + d + 5) % 5) * width;
+        filter_row(lines, columns, taps, centre, ring + 5 * width, original ? out : out + y * columns);
+        if (original) {  /* out is one row: the squared errors before and after, summed in order */
+            for (Py_ssize_t x = 0; x < columns; x++) {
+                double before = (double)(original[y * columns + x] - (int64_t)lines[2][x + 2]);
+                double after = (double)(original[y * columns + x] - out[x]);
+                errors[0] += before * before;
+                errors[1] += after * after;
+            }
+        }
+    }
+    free(ring);
+    return 0;
+}
+
+/* decoded_plane(synthesised float64[rows*columns], rows, columns, scale, offset, coefficients int64[12] or None,
+   out int64[rows*columns]) -> None: p = round(v * scale + offset), then, with coefficients,
+   out = p + floor((sum_k c_k f_k + 2^7) / 2^8) at every sample, in one pass. The filter is computed in float64,
+   so its loops have no branches and vectorise: every value is an integer below 2^53 (|p| <= 2^18, |c_k| < 2^12,
+   |f_k| <= 2^20, so |sum| < 2^37), so each product and sum is exact, in any order, and so are the division by 2^8
+   and the floor; the result is the integer formula's on every machine. */
+static PyObject *decoded_plane(PyObject *self, PyObject *args) {
+    PyObject *objects[3];
+    Py_ssize_t rows, columns;
+    double scale, offset;
+    if (!PyArg_ParseTuple(args, "OnnddOO", &objects[0], &rows, &columns, &scale, &offset, &objects[1], &objects[2]))
+        return NULL;
+    if (rows < 1 || columns < 1) { PyErr_SetString(PyExc_ValueError, "empty plane"); return NULL; }
+    Buffer buffers[3] = {0};
+    PyObject *result = NULL;
+    int has_taps = objects[1] != Py_None, failed = 0;
+    if (get_buffer(objects[0], &buffers[0], 8, rows * columns, 0, "plane") < 0
+        || (has_taps && get_buffer(objects[1], &buffers[1], 8, TAPS, 0, "coefficients") < 0)
+        || get_buffer(objects[2], &buffers[2], 8, rows * columns, 1, "out") < 0) goto done;
+    Py_BEGIN_ALLOW_THREADS
+    failed = filter_plane(NULL, buffers[0].view.buf, scale, offset, rows, columns, has_taps ? buffers[1].view.buf : NULL,
+                          buffers[2].view.buf, NULL, NULL);
+    Py_END_ALLOW_THREADS
+    if (failed) { PyErr_NoMemory(); goto done; }
+    result = Py_NewRef(Py_None);
+done:
+    release(buffers, 3);
+    return result;
+}
+
+/* restoration_errors(decoded int64[rows*columns], original int64[rows*columns], rows, columns, coefficients
+   int64[12]) -> (float, float): the squared error of decoded and of decoded filtered by the taps against original,
+   summed row by row in order, without a filtered plane in memory. */
+static PyObject *restoration_errors(PyObject *self, PyObject *args) {
+    PyObject *objects[3];
+    Py_ssize_t rows, columns;
+    if (!PyArg_ParseTuple(args, "OOnnO", &objects[0], &objects[1], &rows, &columns, &objects[2])) return NULL;
+    if (rows < 1 || columns < 1) { PyErr_SetString(PyExc_ValueError, "empty plane"); return NULL; }
+    Buffer buffers[3] = {0};
+    PyObject *result = NULL;
+    double errors[2] = {0, 0};
+    int64_t *row = NULL;
+    int failed = 0;
+    if (get_buffer(objects[0], &buffers[0], 8, rows * columns, 0, "decoded") < 0
+        || get_buffer(objects[1], &buffers[1], 8, rows * columns, 0, "original") < 0
+        || get_buffer(objects[2], &buffers[2], 8, TAPS, 0, "coefficients") < 0) goto done;
+    row = malloc(sizeof(int64_t) * (size_t)columns);
+    if (!row) { PyErr_NoMemory(); goto done; }
+    Py_BEGIN_ALLOW_THREADS
+    failed = filter_plane(buffers[0].view.buf, NULL, 1, 0, rows, columns, buffers[2].view.buf, row, buffers[1].view.buf,
+                          errors);
+    Py_END_ALLOW_THREADS
+    if (failed) { PyErr_NoMemory(); goto done; }
+    result = Py_BuildValue("(dd)", errors[0], errors[1]);
+done:
+    free(row);
+    release(buffers, 3);
+    return result;
+}
+
+/* restoration_statistics(decoded int64[rows*columns], original int64[...], rows, columns, stride,
+   gram float64[144], cross float64[12]) -> float: the normal equations of the least-squares fit of
+   original - decoded by the tap features, summed in a fixed order over every stride-th sample of each row
+   (stride 1, 2, 4 or 8), starting where every parity of row and column is sampled alike: the wavelet's phases.
+   Returns the squared error original - decoded over the same samples. */
+static PyObject *restoration_statistics(PyObject *self, PyObject *args) {
+    PyObject *objects[4];
+    Py_ssize_t rows, columns, stride;
+    if (!PyArg_ParseTuple(args, "OOnnnOO", &objects[0], &objects[1], &rows, &columns, &stride, &objects[2], &objects[3]))
+        return NULL;
+    Buffer buffers[4] = {0};
+    PyObject *result = NULL;
+    if (rows < 1 || columns < 1 || (stride != 1 && stride != 2 && stride != 4 && stride != 8)) {
+        PyErr_SetString(PyExc_ValueError, "empty plane, or a stride other than 1, 2, 4 or 8");
+        return NULL;
+    }
+    if (get_buffer(objects[0], &buffers[0], 8, rows * columns, 0, "decoded") < 0
+        || get_buffer(objects[1], &buffers[1], 8, rows * columns, 0, "original") < 0
+        || get_buffer(objects[2], &buffers[2], 8, TAPS * TAPS, 1, "gram") < 0
+        || get_buffer(objects[3], &buffers[3], 8, TAPS, 1, "cross") < 0) goto done;
+    const int64_t *p = buffers[0].view.buf, *original = buffers[1].view.buf;
+    double *gram = buffers[2].view.buf, *cross = buffers[3].view.buf, squared = 0;
+    Py_BEGIN_ALLOW_THREADS
+    memset(gram, 0, TAPS * TAPS * sizeof(double));
+    memset(cross, 0, TAPS * sizeof(double));
+    int64_t features[TAPS];
+    for (Py_ssize_t y = 0; y < rows; y++) {
+        /* stride 4 and 8: starts 0, 2, 1, 3 (, 4, 6, 5, 7) in successive rows, so every parity of row and
+           column is sampled alike */
+        Py_ssize_t start = stride >= 4 ? (((y >> 1) & 1) + 2 * (y & 1) + 4 * ((y >> 2) & 1)) % stride : y % stride;
+        for (Py_ssize_t x = start; x < columns; x += stride) {
+            tap_features(p, rows, columns, y, x, features);
+            double error = (double)(original[y * columns + x] - p[y * columns + x]);
+            squared += error * error;
+            for (int i = 0; i < TAPS; i++) {
+                double fi = (double)features[i];
+                cross[i] += fi * error;
+                for (int j = i; j < TAPS; j++) gram[i * TAPS + j] += fi * (double)features[j];
+            }
+        }
+    }
+    for (int i = 0; i < TAPS; i++) for (int j = 0; j < i; j++) gram[i * TAPS + j] = gram[j * TAPS + i];
+    Py_END_ALLOW_THREADS
+    result = PyFloat_FromDouble(squared);
+done:
+    release(buffers, 4);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"encode_plane", encode_plane, METH_VARARGS, "rANS words (bytes, little-endian) of one plane's bands."},
     {"decode_plane", decode_plane, METH_VARARGS, "Decode one plane's bands into the given arrays."},
@@ -605,6 +821,9 @@ static PyMethodDef methods[] = {
     {"analysis_level", analysis_level, METH_VARARGS, "One level of the CDF 9/7 analysis."},
     {"synthesis_level", synthesis_level, METH_VARARGS, "One level of the CDF 9/7 synthesis."},
     {"dequantize", dequantize, METH_VARARGS, "Dequantise detail bands."},
+    {"decoded_plane", decoded_plane, METH_VARARGS, "Round a synthesised plane to integers, and filter it."},
+    {"restoration_errors", restoration_errors, METH_VARARGS, "Squared errors before and after the restoration filter."},
+    {"restoration_statistics", restoration_statistics, METH_VARARGS, "Normal equations of the restoration fit."},
     {NULL, NULL, 0, NULL},
 };
 
