@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from mvmic.model import restoration
-from mvmic.model.bitstream import Bitstream, InvalidFieldError, Layer, LayerError, LayerKind
+from mvmic.model.bitstream import (
+    Bitstream,
+    InvalidFieldError,
+    Layer,
+    LayerError,
+    LayerKind,
+    pack_integers,
+    pack_payloads,
+)
 from mvmic.model.codec import MvmicCodec
 from mvmic.model.enc_restoration import _solve
 from mvmic.model.quality import QUALITY_CODES
@@ -104,6 +112,21 @@ def test_the_encoder_keeps_the_filter_where_it_pays(table, corpus_dir, corpus_ma
         _with_layers(colour_stream, base_layers(colour_stream))), 255)
 
 
+def test_the_filter_is_judged_on_the_clipped_output(table, corpus_dir, corpus_manifest) -> None:
+    # Found by a tester: an 8-bit image that fills its range, and colour, whose planes the decoder clips (colour
+    # after the inverse RCT), kept filters that lowered the decoded PSNR. Filtering never makes a frame worse now.
+    checkerboard = (np.indices((128, 128)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    cases = [(np.repeat(checkerboard[None, ..., None], 3, axis=3), PixelFormat(8, False, 3, "RGB"), 12)]
+    ultrasound = _image(corpus_dir, corpus_manifest, "pydicom-JPGLosslessP14SV1_1s_1f_8b")
+    cases += [(ultrasound.pixels, ultrasound.format, code) for code in (12, 19)]
+    colour = _image(corpus_dir, corpus_manifest, "pydicom-US1_UNCR")
+    cases.append((colour.pixels[:1], colour.format, 12))
+    for pixels, fmt, code in cases:
+        stream = table.compress_pixels(pixels, fmt, code)
+        unfiltered = table.decompress(_with_layers(stream, base_layers(stream)))
+        assert psnr(pixels, table.decompress(stream), fmt.peak) >= psnr(pixels, unfiltered, fmt.peak), (fmt, code)
+
+
 def test_where_the_filter_cannot_pay_there_is_no_layer(table) -> None:
     fmt = PixelFormat(bits_stored=12, signed=False)
     flat = np.full((1, 64, 64, 1), 1000, dtype=np.uint16)
@@ -120,7 +143,11 @@ def test_damaged_or_forged_restoration_layers_are_refused(table, corpus_dir, cor
     base = stream.layers[0]
     served = MvmicCodec.load()
     for payload in (restoration.pack([None, None]), restoration.pack([[1] * 5]), restoration.pack([[5000] + [0] * 11]),
-                    b"\x01\x05garbage", b""):
+                    b"\x01\x05garbage", b"",
+                    # each filter has one encoding (found by a tester): a layer that filters nothing, all-zero
+                    # taps, a 3 x 3 filter sent as 12 taps
+                    restoration.pack([None]), pack_payloads([pack_integers([0] * 12)]),
+                    pack_payloads([pack_integers([0] * 4)]), pack_payloads([pack_integers([3, 0, 0, -2, 5, 1] + [0] * 6)])):
         forged = _with_layers(stream, [base, Layer(LayerKind.RESTORATION, 0, payload)])
         for decoder in (table, served):
             with pytest.raises(LayerError, match="restoration"):

@@ -79,7 +79,9 @@ each) and pack_integers (varint count, then one svarint each), both below. Each 
     |                | bytes])                                           |                                 |
     | 4 RESTORATION  | lossy (format version 3), at most one per frame,  | mvmic.model.restoration         |
     |                | beside its BASE (model v3): pack_payloads of one  | (the encoder's fit:             |
-    |                | pack_integers per plane, 0 or 12 filter taps      | mvmic.model.enc_restoration)    |
+    |                | pack_integers per plane: 0 taps (not filtered),   | mvmic.model.enc_restoration)    |
+    |                | the 4 of a 3 x 3 filter, or 12; one plane or more |                                 |
+    |                | filtered                                          |                                 |
 
 (model v3: mvmicnet-w97-v3, coded by mvmic.model.table_codec; model v2: mvmicnet-w97-v2, coded by
 mvmic.model.cnn_base.)

@@ -29,10 +29,12 @@ PSNR_PER_DOUBLING = 5.0  # dB: the base layer's R-D slope, about 4 at 0.05 and 6
 LAYER_BYTES = 4  # a RESTORATION layer's framing beyond its taps: kind, frame, length, part count and length
 
 
-def fit(decoded: np.ndarray, original: np.ndarray, plane_bits: int) -> list[int] | None:
+def fit(decoded: np.ndarray, original: np.ndarray, plane_bits: int, value_range: tuple[int, int]) -> list[int] | None:
     """The taps for one plane, or None where filtering does not pay: ``decoded`` and ``original`` are
     (rows, columns) integer planes (the base layer's decoded plane, the plane it codes), int64; ``plane_bits``
-    the size of the plane's base layer payload in bits."""
+    the size of the plane's base layer payload in bits; ``value_range`` (low, high) the values the decoder clips
+    the plane to (the stored range for grey; colour planes are clipped only after the inverse RCT, so the
+    caller judges those again on the whole frame, with :func:`pays`)."""
     decoded = np.ascontiguousarray(decoded, dtype=np.int64)
     original = np.ascontiguousarray(original, dtype=np.int64)
     rows, columns = decoded.shape
@@ -41,7 +43,7 @@ def fit(decoded: np.ndarray, original: np.ndarray, plane_bits: int) -> list[int]
     sampled = _table_coder.restoration_statistics(decoded, original, rows, columns, stride, gram, cross)
     if not np.any(cross):
         return None
-    slope = stride * sampled * math.log(10) / 10 * PSNR_PER_DOUBLING / (max(plane_bits, 1) * math.log(2))
+    slope = slope_of(stride * sampled, plane_bits)
     # The 3 x 3 and the 5 x 5 filter, judged by the error the normal equations predict (the fit's own samples)
     # plus the bits of their taps; the better one is then judged by its exact error against no filter.
     weight = stride  # the fit's samples to the whole plane
@@ -50,8 +52,24 @@ def fit(decoded: np.ndarray, original: np.ndarray, plane_bits: int) -> list[int]
     if not candidates:
         return None
     taps = min(candidates, key=lambda t: weight * _predicted_change(gram, cross, t) + slope * _bits(t))
-    unfiltered, filtered = _table_coder.restoration_errors(decoded, original, rows, columns, np.array(taps, np.int64))
-    return taps if filtered + slope * _bits(taps) < unfiltered else None
+    unfiltered, filtered = _table_coder.restoration_errors(decoded, original, rows, columns, np.array(taps, np.int64),
+                                                           *value_range)
+    return taps if pays(unfiltered, filtered, slope, _bits(taps)) else None
+
+
+def pays(unfiltered: float, filtered: float, slope: float, bits: int) -> bool:
+    """Whether the squared error a filter removes is worth its ``bits`` at ``slope`` (squared error per bit)."""
+    return filtered + slope * bits < unfiltered
+
+
+def slope_of(squared_error: float, bits: int) -> float:
+    """lambda: the squared error one more bit buys, for data of this ``squared_error`` coded in ``bits``."""
+    return squared_error * math.log(10) / 10 * PSNR_PER_DOUBLING / (max(bits, 1) * math.log(2))
+
+
+def taps_bits(taps: list[int] | None) -> int:
+    """The bits a plane's taps cost in a RESTORATION layer (0 for None)."""
+    return 0 if taps is None else _bits(taps)
 
 
 def _fitted(gram: np.ndarray, cross: np.ndarray, positions) -> list[int] | None:

@@ -69,7 +69,8 @@ def pack(taps_per_plane: list[list[int] | None]) -> bytes:
 
 
 def unpack(payload: bytes, planes: int) -> list[list[int] | None]:
-    """Inverse of :func:`pack` for a frame of ``planes`` planes. Raises LayerError for a payload that is not one."""
+    """Inverse of :func:`pack` for a frame of ``planes`` planes. Raises LayerError for a payload that is not one, or
+    not the one pack writes (a layer that filters no plane, all-zero taps, a 3 x 3 filter sent as 12 taps)."""
     try:
         parts = [unpack_integers(part) for part in unpack_payloads(payload)]
     except BitstreamError as exc:
@@ -81,10 +82,15 @@ def unpack(payload: bytes, planes: int) -> list[list[int] | None]:
         if len(taps) not in (0, len(SMALL_POSITIONS), TAPS) or any(abs(t) > MAX_TAP for t in taps):
             raise LayerError(f"restoration taps {taps} are not 0, {len(SMALL_POSITIONS)} or {TAPS} integers within "
                              f"+-{MAX_TAP}")
-        if len(taps) == len(SMALL_POSITIONS):
+        full = None
+        if taps:
             full = [0] * TAPS
-            for position, tap in zip(SMALL_POSITIONS, taps, strict=True):
+            for position, tap in zip(SMALL_POSITIONS if len(taps) < TAPS else range(TAPS), taps, strict=True):
                 full[position] = tap
-            taps = full
-        planes_taps.append(taps or None)
+            if not any(full) or sent_taps(full) != taps:  # each filter has one encoding: see pack
+                raise LayerError(f"restoration taps {taps} are not written so: all 0 is no filter, and a 3 x 3 "
+                                 f"filter is its {len(SMALL_POSITIONS)} taps")
+        planes_taps.append(full)
+    if not any(planes_taps):
+        raise LayerError("restoration layer filters no plane: such a frame has no restoration layer")
     return planes_taps

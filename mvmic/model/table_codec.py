@@ -215,13 +215,21 @@ class TableCodec:
 
     def encode_restored_frame(self, frame: np.ndarray, fmt: PixelFormat, code: int) -> tuple[bytes, bytes | None]:
         """One frame's BASE layer payload and its RESTORATION layer payload (None: no plane gains from one)."""
-        from mvmic.model.enc_restoration import fit  # encoder only: decoding never loads it
+        from mvmic.model.enc_restoration import fit, pays, slope_of, taps_bits  # encoder only: decoding never loads it
 
         originals = to_planes(frame, fmt)
         bands = [self.quantize(plane, code) for plane in normalised(originals, fmt)]
         payloads = [self.encode_bands(b) for b in bands]
-        taps = [fit(decoded, original, 8 * len(payload)) for decoded, original, payload
-                in zip(self.decoded_planes(bands, fmt, code), originals, payloads, strict=True)]
+        grey = fmt.samples_per_pixel == 1
+        value_range = (fmt.min_value, fmt.max_value) if grey else (-(1 << 62), 1 << 62)
+        decoded = self.decoded_planes(bands, fmt, code)
+        taps = [fit(plane, original, 8 * len(payload), value_range)
+                for plane, original, payload in zip(decoded, originals, payloads, strict=True)]
+        if not grey and any(taps):  # the RCT's planes are clipped as RGB: judge the filters on the frame
+            unfiltered, filtered = (float(np.sum((frame.astype(np.int64) - from_planes(planes, fmt)) ** 2))
+                                    for planes in (decoded, self.decoded_planes(bands, fmt, code, taps)))
+            if not pays(unfiltered, filtered, slope_of(unfiltered, 8 * sum(map(len, payloads))), sum(map(taps_bits, taps))):
+                taps = [None] * len(taps)
         return pack_payloads(payloads), restoration.pack(taps) if any(taps) else None
 
     def compress_pixels(self, pixels: np.ndarray, fmt: PixelFormat, code: int, threads: int | None = None) -> Bitstream:

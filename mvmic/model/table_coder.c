@@ -663,8 +663,18 @@ static inline double round_even(double v) {
    the decoder's rounding of the synthesis (half to even, as numpy.round; no fused multiply-add). Samples beyond
    +-2^18, which only a damaged stream decodes to, are clamped to it. NULL taps: the rounding alone. The input
    rows pass through a ring of 5 padded rows, so the working memory is a few rows, whatever the plane's size. */
+/* What restoration_errors measures: the squared error against original of the plane and of the filtered plane,
+   each clipped to [low, high] first, as the decoder clips stored values. */
+typedef struct {
+    const int64_t *original;
+    int64_t low, high;
+    double before, after;
+} ErrorSums;
+
+static inline int64_t clipped(int64_t v, int64_t low, int64_t high) { return v < low ? low : (v > high ? high : v); }
+
 static int filter_plane(const int64_t *integers, const double *floats, double scale, double offset, Py_ssize_t rows,
-                        Py_ssize_t columns, const int64_t *c, int64_t *out, const int64_t *original, double *errors) {
+                        Py_ssize_t columns, const int64_t *c, int64_t *out, ErrorSums *sums) {
     if (!c) {
         for (Py_ssize_t i = 0; i < rows * columns; i++) out[i] = (int64_t)round_even(bounded(floats[i] * scale + offset));
         return 0;
@@ -691,13 +701,14 @@ static int filter_plane(const int64_t *integers, const double *floats, double sc
         Py_ssize_t y = virtual - 2;  /* the output row whose last input row this is */
         if (y < 0) continue;
         for (int d = 0; d < 5; d++) lines[d] = ring + ((y - 2 + d + 5) % 5) * width;
-        filter_row(lines, columns, taps, centre, ring + 5 * width, original ? out : out + y * columns);
-        if (original) {  /* out is one row: the squared errors before and after, summed in order */
+        filter_row(lines, columns, taps, centre, ring + 5 * width, sums ? out : out + y * columns);
+        if (sums) {  /* out is one row: the squared errors before and after, summed in order */
+            const int64_t *original = sums->original + y * columns;
             for (Py_ssize_t x = 0; x < columns; x++) {
-                double before = (double)(original[y * columns + x] - (int64_t)lines[2][x + 2]);
-                double after = (double)(original[y * columns + x] - out[x]);
-                errors[0] += before * before;
-                errors[1] += after * after;
+                double before = (double)(original[x] - clipped((int64_t)lines[2][x + 2], sums->low, sums->high));
+                double after = (double)(original[x] - clipped(out[x], sums->low, sums->high));
+                sums->before += before * before;
+                sums->after += after * after;
             }
         }
     }
@@ -726,7 +737,7 @@ static PyObject *decoded_plane(PyObject *self, PyObject *args) {
         || get_buffer(objects[2], &buffers[2], 8, rows * columns, 1, "out") < 0) goto done;
     Py_BEGIN_ALLOW_THREADS
     failed = filter_plane(NULL, buffers[0].view.buf, scale, offset, rows, columns, has_taps ? buffers[1].view.buf : NULL,
-                          buffers[2].view.buf, NULL, NULL);
+                          buffers[2].view.buf, NULL);
     Py_END_ALLOW_THREADS
     if (failed) { PyErr_NoMemory(); goto done; }
     result = Py_NewRef(Py_None);
@@ -736,16 +747,17 @@ done:
 }
 
 /* restoration_errors(decoded int64[rows*columns], original int64[rows*columns], rows, columns, coefficients
-   int64[12]) -> (float, float): the squared error of decoded and of decoded filtered by the taps against original,
-   summed row by row in order, without a filtered plane in memory. */
+   int64[12], low, high) -> (float, float): the squared error of decoded and of decoded filtered by the taps against
+   original, both clipped to [low, high] first, summed row by row in order, without a filtered plane in memory. */
 static PyObject *restoration_errors(PyObject *self, PyObject *args) {
     PyObject *objects[3];
     Py_ssize_t rows, columns;
-    if (!PyArg_ParseTuple(args, "OOnnO", &objects[0], &objects[1], &rows, &columns, &objects[2])) return NULL;
+    ErrorSums sums = {NULL, 0, 0, 0, 0};
+    if (!PyArg_ParseTuple(args, "OOnnOLL", &objects[0], &objects[1], &rows, &columns, &objects[2], &sums.low, &sums.high))
+        return NULL;
     if (rows < 1 || columns < 1) { PyErr_SetString(PyExc_ValueError, "empty plane"); return NULL; }
     Buffer buffers[3] = {0};
     PyObject *result = NULL;
-    double errors[2] = {0, 0};
     int64_t *row = NULL;
     int failed = 0;
     if (get_buffer(objects[0], &buffers[0], 8, rows * columns, 0, "decoded") < 0
@@ -754,11 +766,11 @@ static PyObject *restoration_errors(PyObject *self, PyObject *args) {
     row = malloc(sizeof(int64_t) * (size_t)columns);
     if (!row) { PyErr_NoMemory(); goto done; }
     Py_BEGIN_ALLOW_THREADS
-    failed = filter_plane(buffers[0].view.buf, NULL, 1, 0, rows, columns, buffers[2].view.buf, row, buffers[1].view.buf,
-                          errors);
+    sums.original = buffers[1].view.buf;
+    failed = filter_plane(buffers[0].view.buf, NULL, 1, 0, rows, columns, buffers[2].view.buf, row, &sums);
     Py_END_ALLOW_THREADS
     if (failed) { PyErr_NoMemory(); goto done; }
-    result = Py_BuildValue("(dd)", errors[0], errors[1]);
+    result = Py_BuildValue("(dd)", sums.before, sums.after);
 done:
     free(row);
     release(buffers, 3);
