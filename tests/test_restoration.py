@@ -152,6 +152,10 @@ def test_damaged_or_forged_restoration_layers_are_refused(table, corpus_dir, cor
         for decoder in (table, served):
             with pytest.raises(LayerError, match="restoration"):
                 decoder.decompress(forged)
+    # Analysis reads the BASE layer only, but refuses what decompress refuses (found by a tester).
+    with pytest.raises(LayerError, match="restoration"):
+        served.decode_coarse(_with_layers(stream, [base, Layer(LayerKind.RESTORATION, 0, b"\x01\x05garbage")]))
+    assert len(served.decode_coarse(stream)) == 1
     # A version 1 stream cannot hold one, nor a version 3 stream lack it: each stream has one encoding.
     data = bytearray(stream.to_bytes())
     for version, layers in ((1, "base, restoration"), (2, "base, restoration")):

@@ -17,7 +17,7 @@ at most 10 bytes, below 2**64; svarint = zigzag-encoded varint, 0 -1 1 -2 -> 0 1
     |--------|---------------------|--------------------------|---------------------------------------|
     | 3      | magic               | b"MVM"                   |                                       |
     | 1      | format version      | u8                       | 1; 2 when an EXACT layer is present;  |
-    |        |                     |                          | 3 when a RESTORATION layer is         |
+    |        |                     |                          | 3 when a RESTORATION layer is present |
     | 1      | model id length n   | u8                       | 1..64                                 |
     | n      | model id            | ASCII                    | printable, no spaces: mvmicnet-w97-v3,|
     |        |                     |                          | mvmicnet-w97-v2, mvmic-exact          |
@@ -326,7 +326,7 @@ class Bitstream:
         if reader.remaining:
             raise TrailingDataError(f"{reader.remaining} unparsed bytes between the last layer and the CRC32")
         bitstream = cls(**fields)
-        if data[len(MAGIC)] != _version_of(bitstream.layers):  # each stream has one encoding: see to_bytes
+        if data[len(MAGIC)] != _version_of(bitstream.layers):  # the one version to_bytes writes for these layers
             kinds = ", ".join(sorted({layer.kind.name.lower() for layer in bitstream.layers})) or "no"
             raise InvalidFieldError(f"a version {data[len(MAGIC)]} bitstream with {kinds} layers: streams of "
                                     f"these layers are version {_version_of(bitstream.layers)}")
