@@ -629,7 +629,7 @@ static inline void tap_features(const int64_t *p, Py_ssize_t rows, Py_ssize_t co
 /* One output row of the filter, compiled twice where the compiler can (x86-64: AVX2 and the baseline), chosen at
    load time by the CPU: exact integer values in float64, so both give the same result. lines[2 + d] is the input
    row d rows away (d = -2..2), with 2 replicated samples at each end; sum is a row of scratch. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__)  /* clones need ifunc */
 __attribute__((target_clones("avx2", "default")))
 #endif
 static void filter_row(double *const *lines, Py_ssize_t columns, const double *taps, double centre, double *sum,
