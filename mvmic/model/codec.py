@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mvmic.model import cnn_base, restoration
+from mvmic.model import cnn_base
 from mvmic.model.bitstream import Bitstream, InvalidFieldError, Layer, LayerError, LayerKind, fingerprint
 from mvmic.model.cnn_base import CNN_WEIGHTS, MODEL_ID, coarse_reconstruction
 from mvmic.model.colour import normalised_planes, offset_of
@@ -279,9 +279,7 @@ class MvmicCodec:
         check_decodable(stream)
         self._check_cnn_size(stream.frames * stream.rows * stream.columns * stream.samples_per_pixel, InvalidFieldError)
         if self.table:  # analysis skips the restoration filter, but refuses a damaged one as decompress does
-            for layer in stream.layers:
-                if layer.kind == LayerKind.RESTORATION:
-                    restoration.unpack(layer.payload, 3 if stream.samples_per_pixel == 3 else 1)
+            self.table.restoration_taps(stream)
         coarse = []
         for layer in base_layers(stream):
             if self.table:  # the compiled synthesis: the same float64 operations as coarse_reconstruction's

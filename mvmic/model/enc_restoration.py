@@ -44,17 +44,16 @@ def fit(decoded: np.ndarray, original: np.ndarray, plane_bits: int, value_range:
     if not np.any(cross):
         return None
     slope = slope_of(stride * sampled, plane_bits)
-    # The 3 x 3 and the 5 x 5 filter, judged by the error the normal equations predict (the fit's own samples)
-    # plus the bits of their taps; the better one is then judged by its exact error against no filter.
-    weight = stride  # the fit's samples to the whole plane
+    # The 3 x 3 and the 5 x 5 filter, judged by the error the normal equations predict (the fit's own samples,
+    # one in stride) plus the bits of their taps; the better one is then judged by its exact error against no filter.
     candidates = [taps for taps in (_fitted(gram, cross, positions) for positions in (SMALL_POSITIONS, range(TAPS)))
                   if taps is not None]
     if not candidates:
         return None
-    taps = min(candidates, key=lambda t: weight * _predicted_change(gram, cross, t) + slope * _bits(t))
+    taps = min(candidates, key=lambda t: stride * _predicted_change(gram, cross, t) + slope * taps_bits(t))
     unfiltered, filtered = _table_coder.restoration_errors(decoded, original, rows, columns, np.array(taps, np.int64),
                                                            *value_range)
-    return taps if pays(unfiltered, filtered, slope, _bits(taps)) else None
+    return taps if pays(unfiltered, filtered, slope, taps_bits(taps)) else None
 
 
 def pays(unfiltered: float, filtered: float, slope: float, bits: int) -> bool:
@@ -69,7 +68,7 @@ def slope_of(squared_error: float, bits: int) -> float:
 
 def taps_bits(taps: list[int] | None) -> int:
     """The bits a plane's taps cost in a RESTORATION layer (0 for None)."""
-    return 0 if taps is None else _bits(taps)
+    return 0 if taps is None else 8 * (len(pack_integers(sent_taps(taps))) + LAYER_BYTES)
 
 
 def _fitted(gram: np.ndarray, cross: np.ndarray, positions) -> list[int] | None:
@@ -92,11 +91,6 @@ def _predicted_change(gram: np.ndarray, cross: np.ndarray, taps: list[int]) -> f
     c = [t / (1 << SHIFT) for t in taps]
     g = gram.tolist()
     return sum(c[i] * (sum(g[i * TAPS + j] * c[j] for j in range(TAPS)) - 2 * cross[i]) for i in range(TAPS))
-
-
-def _bits(taps: list[int]) -> int:
-    """The bits a plane's taps cost in a RESTORATION layer."""
-    return 8 * (len(pack_integers(sent_taps(taps))) + LAYER_BYTES)
 
 
 def _solve(matrix: list[list[float]], vector: list[float]) -> list[float] | None:

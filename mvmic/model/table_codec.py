@@ -210,27 +210,32 @@ class TableCodec:
     # -- frames and bitstreams ---------------------------------------------------------------------
     def encode_frame(self, frame: np.ndarray, fmt: PixelFormat, code: int) -> tuple[bytes, list[PlaneBands]]:
         """One frame's BASE layer payload and its planes' integer bands."""
-        bands = [self.quantize(plane, code) for plane in normalised_planes(frame, fmt)]
-        return pack_payloads([self.encode_bands(b) for b in bands]), bands
+        bands, payloads = self._coded_planes(normalised_planes(frame, fmt), code)
+        return pack_payloads(payloads), bands
 
     def encode_restored_frame(self, frame: np.ndarray, fmt: PixelFormat, code: int) -> tuple[bytes, bytes | None]:
         """One frame's BASE layer payload and its RESTORATION layer payload (None: no plane gains from one)."""
         from mvmic.model.enc_restoration import fit, pays, slope_of, taps_bits  # encoder only: decoding never loads it
 
         originals = to_planes(frame, fmt)
-        bands = [self.quantize(plane, code) for plane in normalised(originals, fmt)]
-        payloads = [self.encode_bands(b) for b in bands]
+        bands, payloads = self._coded_planes(normalised(originals, fmt), code)
         grey = fmt.samples_per_pixel == 1
         value_range = (fmt.min_value, fmt.max_value) if grey else (-(1 << 62), 1 << 62)
-        decoded = self.decoded_planes(bands, fmt, code)
+        synthesised = [self.dequantize(plane, code) for plane in bands]
+        decoded = _integer_planes(synthesised, fmt)
         taps = [fit(plane, original, 8 * len(payload), value_range)
                 for plane, original, payload in zip(decoded, originals, payloads, strict=True)]
         if not grey and any(taps):  # the RCT's planes are clipped as RGB: judge the filters on the frame
             unfiltered, filtered = (float(np.sum((frame.astype(np.int64) - from_planes(planes, fmt)) ** 2))
-                                    for planes in (decoded, self.decoded_planes(bands, fmt, code, taps)))
+                                    for planes in (decoded, _integer_planes(synthesised, fmt, taps)))
             if not pays(unfiltered, filtered, slope_of(unfiltered, 8 * sum(map(len, payloads))), sum(map(taps_bits, taps))):
                 taps = [None] * len(taps)
         return pack_payloads(payloads), restoration.pack(taps) if any(taps) else None
+
+    def _coded_planes(self, planes: list[np.ndarray], code: int) -> tuple[list[PlaneBands], list[bytes]]:
+        """The integer bands of each normalised plane and each plane's payload."""
+        bands = [self.quantize(plane, code) for plane in planes]
+        return bands, [self.encode_bands(b) for b in bands]
 
     def compress_pixels(self, pixels: np.ndarray, fmt: PixelFormat, code: int, threads: int | None = None) -> Bitstream:
         """Lossy coding of stored values (frames, rows, columns, samples) at quality code ``code``, frames on
@@ -257,25 +262,26 @@ class TableCodec:
         """The integer bands of each plane of one BASE layer payload."""
         check_decodable(stream)
         parts = unpack_payloads(payload)
-        planes_expected = 3 if stream.samples_per_pixel == 3 else 1
-        if len(parts) != planes_expected:
-            raise LayerError(f"frame payload has {len(parts)} planes, expected {planes_expected}")
+        if len(parts) != planes_of(stream):
+            raise LayerError(f"frame payload has {len(parts)} planes, expected {planes_of(stream)}")
         return [self.decode_bands(part, stream.rows, stream.columns, levels) for part in parts]
 
     def decoded_planes(self, bands: list[PlaneBands], fmt: PixelFormat, code: int,
                        taps: list[list[int] | None] | None = None) -> list[np.ndarray]:
         """The integer planes (rows, columns) int64 of a frame's bands: stored values, or the RCT's planes for colour;
         each filtered by its restoration taps where ``taps`` has them."""
-        return [restoration.decoded_plane(self.dequantize(plane, code), 2.0**fmt.bits_stored, plane_offset(fmt, index),
-                                          taps[index] if taps else None)
-                for index, plane in enumerate(bands)]
+        return _integer_planes([self.dequantize(plane, code) for plane in bands], fmt, taps)
 
-    def decode_frame(self, payload: bytes, stream: Bitstream, restored: bytes | None = None) -> np.ndarray:
-        """Stored values (rows, columns, samples) of one BASE layer, filtered by its RESTORATION layer's
-        payload ``restored`` if it has one (LayerError if that does not parse or fit the frame)."""
-        bands = self.frame_bands(payload, stream)
-        taps = None if restored is None else restoration.unpack(restored, len(bands))
-        return from_planes(self.decoded_planes(bands, stream.pixel_format, stream.quality_code, taps), stream.pixel_format)
+    def decode_frame(self, payload: bytes, stream: Bitstream, taps: list[list[int] | None] | None = None) -> np.ndarray:
+        """Stored values (rows, columns, samples) of one BASE layer, filtered by its planes' restoration ``taps``
+        (as :meth:`restoration_taps` gives them) if it has any."""
+        fmt = stream.pixel_format
+        return from_planes(self.decoded_planes(self.frame_bands(payload, stream), fmt, stream.quality_code, taps), fmt)
+
+    def restoration_taps(self, stream: Bitstream) -> dict[int, list[list[int] | None]]:
+        """Each RESTORATION layer's taps per plane, by frame; LayerError for one that does not parse or fit the frame."""
+        return {layer.frame: restoration.unpack(layer.payload, planes_of(stream))
+                for layer in stream.layers if layer.kind == LayerKind.RESTORATION}
 
     def decompress(self, stream: Bitstream, threads: int | None = None) -> np.ndarray:
         """Stored values (frames, rows, columns, samples) of a lossy stream, frames on up to ``threads``
@@ -283,9 +289,22 @@ class TableCodec:
         frame without a BASE layer, and for residual layers, which need mvmic.model.codec)."""
         if any(layer.kind == LayerKind.RESIDUAL for layer in stream.layers):
             raise ValueError("residual layers decode with mvmic.model.codec's residual model, not here")
-        restored = {layer.frame: layer.payload for layer in stream.layers if layer.kind == LayerKind.RESTORATION}
-        return np.stack(_each(lambda layer: self.decode_frame(layer.payload, stream, restored.get(layer.frame)),
+        taps = self.restoration_taps(stream)
+        return np.stack(_each(lambda layer: self.decode_frame(layer.payload, stream, taps.get(layer.frame)),
                               base_layers(stream), threads or self.threads))
+
+
+def planes_of(stream: Bitstream) -> int:
+    """The planes a lossy stream's frames code: 3 for colour (the RCT's), else 1."""
+    return 3 if stream.samples_per_pixel == 3 else 1
+
+
+def _integer_planes(synthesised: list[np.ndarray], fmt: PixelFormat,
+                    taps: list[list[int] | None] | None = None) -> list[np.ndarray]:
+    """The decoder's integer planes (rows, columns) int64 of a frame's synthesised planes, each filtered by its
+    restoration taps where ``taps`` has them."""
+    return [restoration.decoded_plane(plane, 2.0**fmt.bits_stored, plane_offset(fmt, index), taps[index] if taps else None)
+            for index, plane in enumerate(synthesised)]
 
 
 def cpu_cores() -> int:
