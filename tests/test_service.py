@@ -203,6 +203,29 @@ def test_analyze_reads_a_bitstream(service_url: str, corpus_dir: Path) -> None:
     assert response.json()["quality_code"] == QUALITY_CODES[6] and len(response.json()["frames"]) == 1
 
 
+def _server_timing(response: httpx.Response) -> dict[str, float]:
+    steps = [entry.strip().split(";dur=") for entry in response.headers["Server-Timing"].split(",")]
+    return {name: float(duration) for name, duration in steps}
+
+
+def test_the_codec_routes_say_how_long_each_step_took(service_url: str, corpus_dir: Path) -> None:
+    # W3C Server-Timing, in ms: what the page under /ui/ shows as encode, analysis and decode times
+    source = _dicom(corpus_dir, "pyradiomics-lung1-030")
+    started = time.perf_counter()
+    compressed = _post(f"{service_url}/v1/compress", source, "application/dicom", quality=4)
+    elapsed_ms = 1000 * (time.perf_counter() - started)
+    steps = _server_timing(compressed)
+    assert list(steps) == ["encode", "analysis"] and 0 < sum(steps.values()) < elapsed_ms
+    stream = base64.b64decode(compressed.json()["bitstream"])
+    assert list(_server_timing(_post(f"{service_url}/v1/decompress", stream, "application/octet-stream",
+                                     "application/dicom"))) == ["decode"]
+    assert list(_server_timing(_post(f"{service_url}/v1/analyze", stream, "application/octet-stream"))) == ["analysis"]
+    octet = _post(f"{service_url}/v1/compress", source, "application/dicom", "application/octet-stream", quality=4)
+    assert list(_server_timing(octet)) == ["encode"]
+    instance = _post(f"{service_url}/v1/compress", source, "application/dicom", "application/dicom", quality=4)
+    assert list(_server_timing(instance)) == ["encode", "instance"]
+
+
 def _not_supported_dicom(corpus_dir: Path) -> bytes:
     dataset = pydicom.dcmread(corpus_dir / "images" / "pyradiomics-brain2-010.dcm")
     dataset.SamplesPerPixel = 4  # a readable DICOM with a pixel layout MVMIC does not code

@@ -8,7 +8,7 @@ Errors (mvmic.service.errors): a damaged bitstream 400, missing or wrong token 4
 of other weights 409, body too large 413, an image too small for the heads 422, models still loading 503.
 """
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from mvmic.service.auth import require_token
@@ -19,6 +19,7 @@ from mvmic.service.model_workers import ModelWorkers
 from mvmic.service.negotiation import negotiate
 from mvmic.service.resident_models import ResidentModels
 from mvmic.service.schemas import AnalysisReport
+from mvmic.service.server_timing import ServerTiming
 from mvmic.transcode import analysis_document, parse_for
 
 router = APIRouter(prefix="/v1", tags=["codec"], dependencies=[Depends(require_token)],
@@ -29,12 +30,16 @@ JSON = "application/json"
 
 @router.post("/analyze", response_class=JSONResponse, responses=error_responses(400, 406, 409, 413, 422),
              openapi_extra=raw_body("a .mvm bitstream", "application/octet-stream"))
-async def analyze(request: Request, models: Models, settings: AppSettings, workers: Workers) -> AnalysisReport:
+async def analyze(request: Request, response: Response, models: Models, settings: AppSettings,
+                  workers: Workers) -> AnalysisReport:
     """Lesion and organ boxes and segmentations of a .mvm bitstream, read from its base layer without decoding
-    pixels."""
+    pixels. The Server-Timing header gives the analysis's time (``analysis``, mvmic.service.server_timing)."""
     negotiate(request.headers.get("accept"), (JSON,))
     body = await read_body(request, settings.max_body_bytes)
-    return await analysis_report(workers, models, body)
+    timing = ServerTiming()
+    report = await timing.measure("analysis", analysis_report(workers, models, body))
+    response.headers.update(timing.headers)
+    return report
 
 
 async def analysis_report(workers: ModelWorkers, models: ResidentModels, data: bytes) -> AnalysisReport:
