@@ -6,6 +6,8 @@ or their return type), so the OpenAPI document (/openapi.json, /docs) describes 
     GET  /v1/models      ResidentModelsReport
     POST /v1/compress    CompressedInstance (Accept application/json), its ``analysis`` an AnalysisReport
     POST /v1/analyze     AnalysisReport
+    GET  /v1/benchmarks/rd     RateDistortionResults
+    GET  /v1/benchmarks/tasks  TaskResults
     POST /dicomweb/...   DicomJsonDataset: the PS3.18 STOW-RS response (declared; the route builds it with pydicom)
     every refusal        Problem
 
@@ -131,6 +133,39 @@ class CompressedInstance(BaseModel):
     max_error: int | None = Field(description="the error bound in stored units: null lossy, 0 lossless")
     analysis: AnalysisReport | None = Field(description="null when the image is too small to analyse")
     analysis_skipped: str | None = Field(None, description="why there is no analysis; present only then")
+
+
+# -- GET /v1/benchmarks: the last benchmark runs (their JSON files, rows as the benchmarks write them) ------------
+class RateDistortionResults(BaseModel):
+    """The last `mvmic bench rd` (mvmic.bench.rd's rd.json without its per-frame measurements); PSNR in dB on the
+    native range, rates in bits per pixel, null where the file held NaN or infinity (a lossless point's PSNR)."""
+
+    split: str = Field(description="the corpus split measured: train, val or test")
+    frames: int
+    wall_seconds: float
+    summary: list[dict[str, Any]] = Field(description="per codec and point: codec, point, lossless, error_bound, "
+                                          "frames, mean_bpp, mean_psnr, exact_frames, max_abs_error, "
+                                          "mean_encode_ms, mean_decode_ms")
+    bd_vs_reference: list[dict[str, Any]] = Field(description="per codec against JPEG 2000: codec, reference, frames, "
+                                                  "median_bd_rate_percent, median_bd_psnr_db, by_modality")
+    exact_vs_reference: list[dict[str, Any]] = Field(description="MVMICNet's lossless and near-lossless sizes against "
+                                                     "the classical codecs', frame by frame")
+
+
+class TaskResults(BaseModel):
+    """The last `mvmic bench tasks` (mvmic.bench.tasks' tasks.json): the heads' scores against truth per quality,
+    null where the file held NaN (a set without organs)."""
+
+    split: str
+    qualities: list[int] = Field(description="the quality levels measured")
+    sets: dict[str, dict[str, Any]] = Field(description="by set (synthetic, real, organs): frames, key_score, and "
+                                            "rows per quality with bpp and Dice, IoU, AP50, mAP by stage")
+    every: int | None = Field(description="every how many synthetic frames were measured")
+    organ_labels: str = Field(description="where the organ truth comes from")
+    organ_classes: list[str]
+    weights: dict[str, Any]
+    runtimes: dict[str, Any]
+    timing: dict[str, Any] = Field(description="analysing the bitstream against decoding and analysing the pixels")
 
 
 # -- POST /dicomweb/studies: STOW-RS --------------------------------------------------------------------------

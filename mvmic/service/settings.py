@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     verify_bound: bool = Field(True, description="near-lossless/lossless: decode to check the bound")
     batch_size: int = Field(8, ge=1, description="analyses run together at most")
     max_batch_delay_ms: float = Field(5.0, ge=0, description="how long the first analysis waits for others")
+    results_dir: Path = Field(Path("results"), description="where `mvmic bench rd` and `mvmic bench tasks` wrote their "
+                              "results (rd/, tasks/), which /v1/benchmarks and the page's second tab show")
     # The DICOMweb gateway (/dicomweb) in front of a PACS.
     pacs_url: str | None = Field(None, description="the upstream PACS's DICOMweb root, e.g. http://orthanc:8042/dicom-web")
     public_url: str | None = Field(None, description="the gateway's own base URL in the retrieve URLs it answers "
