@@ -24,13 +24,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 # Debian tools of the tests: the PACS of the integration tests (Orthanc and its DICOMweb plugin),
-# docker-compose, which checks the compose files (no Docker engine needed), and dicom3tools, whose
-# dciodvfy checks every kind of DICOM instance MVMIC writes against the standard's IODs.
+# docker-compose, which checks the compose files (no Docker engine needed), dicom3tools, whose
+# dciodvfy checks every kind of DICOM instance MVMIC writes against the standard's IODs, and chromium,
+# the browser Playwright drives through the page under /ui/ (tests/test_ui.py).
 test-tools:
 	@test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so && command -v docker-compose >/dev/null \
-	  && command -v dciodvfy >/dev/null || { \
-	  [ "$$(id -u)" -eq 0 ] || { echo "install orthanc, orthanc-dicomweb, docker-compose and dicom3tools (as root: make test-tools)"; exit 1; }; \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q orthanc orthanc-dicomweb docker-compose dicom3tools; }
+	  && command -v dciodvfy >/dev/null && command -v chromium >/dev/null || { \
+	  [ "$$(id -u)" -eq 0 ] || { echo "install orthanc, orthanc-dicomweb, docker-compose, dicom3tools and chromium (as root: make test-tools)"; exit 1; }; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q orthanc orthanc-dicomweb docker-compose dicom3tools chromium; }
 
 # pytest runs in a private network namespace (loopback only): Orthanc 1.10 listens on every interface.
 test: lint test-tools

@@ -22,7 +22,7 @@ from mvmic.service.process import start_service
 
 TOKEN, BODY_LIMIT = "security-test-token", 400_000
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-UNGUARDED = {"/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json"}
+UNGUARDED = {"/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json", "/ui/"}  # /ui/: static files
 DICOM = "application/dicom"
 
 
@@ -69,10 +69,10 @@ def _bytes(dataset: pydicom.Dataset) -> bytes:
 
 
 def _routes(gateway: Gateway) -> list[tuple[str, str]]:
-    """(method, path template) of every route the gateway's OpenAPI document lists, and its documents."""
+    """(method, path template) of every route the gateway's OpenAPI document lists, its documents and the page."""
     paths = httpx.get(f"{gateway.url}/openapi.json", timeout=30).json()["paths"]
     listed = [(method.upper(), path) for path, operations in paths.items() for method in operations]
-    return sorted(listed + [("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/redoc")])
+    return sorted(listed + [("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/redoc"), ("GET", "/ui/")])
 
 
 def test_every_route_but_the_probes_and_docs_needs_the_token(gateway: Gateway) -> None:

@@ -12,7 +12,9 @@ build an app or load weights. Run it with uvicorn's factory mode::
             which prints them, is off), status and time, never patient data-->
             and counted (mvmic.service.prometheus); routes: health (/healthz, /readyz), metrics (/metrics),
             models (/v1/models), compress (/v1/compress), decompress (/v1/decompress), analyze (/v1/analyze),
-            dicomweb (/dicomweb: STOW-RS, WADO-RS, QIDO-RS in front of the PACS at MVMIC_PACS_URL)
+            benchmarks (/v1/benchmarks: the last bench rd and bench tasks results),
+            dicomweb (/dicomweb: STOW-RS, WADO-RS, QIDO-RS in front of the PACS at MVMIC_PACS_URL),
+            ui (/ui/: the page, static files that call the routes above from the browser)
             (each takes what the app holds through the typed dependencies of mvmic.service.dependencies)
     shutdown --> the workers finish the jobs queued (up to SHUTDOWN_TIMEOUT_S) and are joined
 """
@@ -33,7 +35,7 @@ from mvmic.service.errors import install_error_handlers
 from mvmic.service.model_workers import ModelWorkers, configure_torch
 from mvmic.service.prometheus import ServiceMetrics, route_of
 from mvmic.service.resident_models import load_models
-from mvmic.service.routes import analyze, compress, decompress, dicomweb, health, metrics, models
+from mvmic.service.routes import analyze, benchmarks, compress, decompress, dicomweb, health, metrics, models, ui
 from mvmic.service.settings import Settings
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -116,6 +118,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.middleware("http")(_request_id)
     install_error_handlers(app)
     for router in (health.router, metrics.router, models.router, compress.router, decompress.router, analyze.router,
-                   dicomweb.router):
+                   benchmarks.router, dicomweb.router, ui.router):
         app.include_router(router)
     return app

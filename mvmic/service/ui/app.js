@@ -1,0 +1,333 @@
+// The page's controller: choose an image (a file, or an instance of the PACS behind the gateway), compress and decode
+// it through the public API, show original, decoded and difference with the analysis over them, and the figures.
+//
+//   file / PACS instance --(Explicit VR LE as is, else /v1/compress lossless + /v1/decompress)--> original frames
+//   --/v1/compress?mode&quality|max_error (JSON: bitstream, rate, analysis) --/v1/decompress--> decoded frames
+//   --> views (viewer.js), overlay (overlay.js), figures (PSNR on the native range, as mvmic.model.rate_distortion)
+
+import { ApiError, call, firstPart, serverTiming, setToken } from "./api.js";
+import { loadBenchmarks } from "./benchmarks.js";
+import { DicomError, readDicom } from "./dicom.js";
+import { findingsOverlay } from "./overlay.js";
+import { PRESETS, SharedView, View, autoWindow, interact, render, renderDifference } from "./viewer.js";
+
+const $ = (id) => document.getElementById(id);
+const DICOM = "application/dicom";
+const state = { source: null, sourceName: "", original: null, decoded: null, result: null, frame: 0,
+  window: { width: 400, level: 40 }, organClasses: null };
+const shared = new SharedView();
+const views = { original: new View($("original"), shared), decoded: new View($("decoded"), shared),
+  difference: new View($("difference"), shared) };
+
+function message(text, kind = "error") {
+  const element = $("message");
+  element.textContent = text;
+  element.className = kind;
+  element.hidden = !text;
+}
+
+async function busy(what, job) {
+  $("busy").hidden = false;
+  $("busy").textContent = `${what}…`;
+  $("run").disabled = true;
+  try {
+    await job();
+  } catch (error) {
+    if (!(error instanceof ApiError || error instanceof DicomError)) console.error(error);
+    message(error.message);
+  } finally {
+    $("busy").hidden = true;
+    $("run").disabled = false;
+  }
+}
+
+// -- choosing an image ----------------------------------------------------------------------------------------
+function choose(buffer, name) {
+  state.source = buffer;
+  state.sourceName = name;
+  $("source-name").textContent = name;
+  $("pacs").hidden = true;
+  run();
+}
+
+$("file").addEventListener("change", async () => {
+  const file = $("file").files[0];
+  if (file) choose(await file.arrayBuffer(), file.name);
+});
+$("drop").addEventListener("dragover", (event) => { event.preventDefault(); $("drop").classList.add("over"); });
+$("drop").addEventListener("dragleave", () => $("drop").classList.remove("over"));
+$("drop").addEventListener("drop", async (event) => {
+  event.preventDefault();
+  $("drop").classList.remove("over");
+  const file = event.dataTransfer.files[0];
+  if (file) choose(await file.arrayBuffer(), file.name);
+});
+
+// QIDO-RS through the gateway: studies, then a study's instances; WADO-RS retrieves the one picked, in a standard
+// transfer syntax (the gateway decodes MVMIC instances). What a viewer's study list shows, no more.
+const tag = (dataset, key) => (dataset[key] && dataset[key].Value ? dataset[key].Value[0] : "");
+$("pacs-search").addEventListener("click", () => busy("Searching the PACS", async () => {
+  message("");
+  const studies = await (await call("QIDO-RS", "/dicomweb/studies?includefield=00081030&includefield=00201208",
+    { accept: "application/dicom+json" })).json().catch(() => []);
+  const body = $("studies").querySelector("tbody");
+  body.replaceChildren();
+  for (const study of studies) {
+    const row = body.insertRow();
+    for (const text of [tag(study, "00080020"), (study["00080061"]?.Value || []).join(", "), tag(study, "00081030"),
+      tag(study, "00201208")]) row.insertCell().textContent = text;
+    row.addEventListener("click", () => listInstances(tag(study, "0020000D")));
+  }
+  $("instances").hidden = true;
+  $("pacs").hidden = false;
+  if (!studies.length) message("The PACS holds no study.", "info");
+}));
+
+function listInstances(study) {
+  return busy("Listing the study", async () => {
+    const instances = await (await call("QIDO-RS", `/dicomweb/studies/${encodeURIComponent(study)}/instances`,
+      { accept: "application/dicom+json" })).json();
+    const body = $("instances").querySelector("tbody");
+    body.replaceChildren();
+    for (const instance of instances) {
+      const row = body.insertRow();
+      for (const text of [tag(instance, "00200011"), tag(instance, "00200013"), tag(instance, "00080060"),
+        instance["00280010"] ? `${tag(instance, "00280011")} × ${tag(instance, "00280010")}` : ""]) {
+        row.insertCell().textContent = text;
+      }
+      row.addEventListener("click", () => retrieve(study, tag(instance, "0020000E"), tag(instance, "00080018"),
+        `PACS: series ${tag(instance, "00200011")}, instance ${tag(instance, "00200013")}`));
+    }
+    $("instances").hidden = false;
+  });
+}
+
+function retrieve(study, series, instance, name) {
+  return busy("Retrieving the instance", async () => {
+    const path = ["studies", study, "series", series, "instances", instance].map(encodeURIComponent).join("/");
+    const response = await call("WADO-RS", `/dicomweb/${path}`,
+      { accept: 'multipart/related; type="application/dicom"; transfer-syntax=*' });
+    choose(await firstPart(response), name);
+  });
+}
+
+// -- compressing and decoding ---------------------------------------------------------------------------------
+function parameters() {
+  const mode = $("mode").value;
+  const query = new URLSearchParams({ mode });
+  if (mode === "lossy") query.set("quality", $("quality").value);
+  if (mode === "near-lossless") query.set("max_error", $("max-error").value);
+  return query;
+}
+
+async function originalOf(source) {
+  try {
+    return readDicom(source);  // Explicit VR Little Endian, native pixels: read as it is
+  } catch (error) {
+    if (!(error instanceof DicomError)) throw error;
+  }
+  // another transfer syntax (compressed, implicit VR, big endian): the service's lossless round trip gives its
+  // stored values exactly, in Explicit VR Little Endian
+  const stream = await call("Reading the file (lossless)", "/v1/compress?mode=lossless",
+    { method: "POST", body: source, type: DICOM, accept: "application/octet-stream" });
+  const decoded = await call("Reading the file (decoding)", "/v1/decompress",
+    { method: "POST", body: await stream.arrayBuffer(), type: "application/octet-stream", accept: DICOM });
+  return readDicom(await decoded.arrayBuffer());
+}
+
+function run() {
+  if (!state.source) {
+    message("Choose a DICOM file first.", "info");
+    return;
+  }
+  const query = parameters();
+  busy("Compressing and decoding", async () => {
+    message("");
+    if (!state.organClasses) {
+      state.organClasses = (await (await call("Models", "/v1/models")).json()).organ_classes;
+    }
+    const started = performance.now();
+    const compressed = await call(`Compress (${query.get("mode")})`, `/v1/compress?${query}`,
+      { method: "POST", body: state.source, type: DICOM, accept: "application/json" });
+    const result = await compressed.json();
+    const bitstream = Uint8Array.from(atob(result.bitstream), (c) => c.charCodeAt(0));
+    const decodedResponse = await call("Decompress", "/v1/decompress",
+      { method: "POST", body: bitstream, type: "application/octet-stream", accept: DICOM });
+    const decoded = readDicom(await decodedResponse.arrayBuffer());
+    const roundTrip = performance.now() - started;
+    const original = await originalOf(state.source);
+    if (original.rows !== decoded.rows || original.columns !== decoded.columns ||
+        original.frames.length !== decoded.frames.length || original.samples !== decoded.samples) {
+      throw new ApiError("the decoded image does not have the original's size or frames");
+    }
+    const newImage = !state.original || state.original.rows !== original.rows || state.original.columns !== original.columns;
+    Object.assign(state, { original, decoded, result, frame: Math.min(state.frame, original.frames.length - 1),
+      timing: { ...serverTiming(compressed), ...serverTiming(decodedResponse), roundTrip } });
+    $("frame").max = original.frames.length - 1;
+    $("frame").value = state.frame;
+    $("frame-field").hidden = original.frames.length < 2;
+    if (newImage || $("preset").value === "auto") setPreset("auto");
+    if (newImage) fit();
+    show();
+    document.body.dataset.state = "shown";
+  });
+}
+
+$("controls").addEventListener("submit", (event) => { event.preventDefault(); run(); });
+$("mode").addEventListener("change", () => {
+  $("quality-field").hidden = $("mode").value !== "lossy";
+  $("bound-field").hidden = $("mode").value !== "near-lossless";
+});
+
+// -- the views --------------------------------------------------------------------------------------------------
+function fit() {
+  const { rows, columns } = state.original;
+  shared.fit(rows, columns, $("original").width, $("original").height);
+}
+
+function setPreset(name) {
+  $("preset").value = name;
+  const { original } = state;
+  if (!original) return;
+  const window = name === "auto" ? autoWindow(original, original.frames[state.frame])
+    : name === "header" ? original.window || autoWindow(original, original.frames[state.frame])
+      : PRESETS[name] || state.window;
+  setWindow(window);
+}
+
+function setWindow(window) {
+  state.window = { width: Math.max(1, window.width), level: window.level };
+  $("window-width").value = Math.round(state.window.width * 100) / 100;
+  $("window-level").value = Math.round(state.window.level * 100) / 100;
+  if (state.original) show();
+}
+
+$("preset").addEventListener("change", () => setPreset($("preset").value));
+for (const id of ["window-width", "window-level"]) {
+  $(id).addEventListener("change", () => {
+    $("preset").value = "manual";
+    setWindow({ width: Number($("window-width").value), level: Number($("window-level").value) });
+  });
+}
+$("frame").addEventListener("input", () => {
+  state.frame = Number($("frame").value);
+  show();
+});
+for (const id of ["show-lesions", "show-organs", "show-boxes"]) $(id).addEventListener("change", () => show());
+
+interact(Object.values(views), shared, (dx, dy) => {
+  $("preset").value = "manual";
+  const gain = Math.max(state.window.width, 1) / 200;
+  setWindow({ width: state.window.width + dx * gain, level: state.window.level + dy * gain });
+}, () => state.original && fit());
+
+function show() {
+  const { original, decoded, result, frame } = state;
+  const before = original.frames[frame], after = decoded.frames[frame];
+  const frameErrors = errors(before, after);
+  const findings = result.analysis ? result.analysis.frames.find((f) => f.frame === frame) : null;
+  const overlay = findings ? findingsOverlay(findings, state.organClasses,
+    { lesions: $("show-lesions").checked, organs: $("show-organs").checked, boxes: $("show-boxes").checked }) : null;
+  views.original.show(render(original, before, state.window), null);
+  views.decoded.show(render(decoded, after, state.window), overlay && overlay.draw);
+  views.difference.show(renderDifference(original, before, after, Math.max(frameErrors.max, 1)));
+  $("frame-label").textContent = `${frame + 1} / ${original.frames.length}`;
+  $("decoded-caption").textContent = `Decoded (${result.mode}${result.mode === "lossy" ? `, quality code ${result.quality_code}`
+    : result.mode === "near-lossless" ? `, τ = ${result.max_error}` : ""}) + analysis`;
+  $("difference-caption").textContent = `Difference (decoded − original), full scale ±${Math.max(frameErrors.max, 1)} (square root)`;
+  figures(frameErrors);
+  legend(findings, overlay);
+}
+
+// Squared error and largest error of decoded against original, in stored units (all samples).
+function errors(before, after) {
+  let squared = 0, max = 0;
+  for (let i = 0; i < before.length; i++) {
+    const e = after[i] - before[i];
+    squared += e * e;
+    if (Math.abs(e) > max) max = Math.abs(e);
+  }
+  return { squared, max, count: before.length };
+}
+
+// PSNR on the native range: peak 2**BitsStored - 1 (mvmic.model.rate_distortion.psnr).
+function psnr({ squared, count }, bitsStored) {
+  if (squared === 0) return "∞ (identical)";
+  const peak = 2 ** bitsStored - 1;
+  return `${(10 * Math.log10((peak * peak) / (squared / count))).toFixed(2)} dB`;
+}
+
+function figures(frameErrors) {
+  const { original, decoded, result, timing } = state;
+  const all = original.frames.reduce((sum, frame, i) => {
+    const e = errors(frame, decoded.frames[i]);
+    return { squared: sum.squared + e.squared, max: Math.max(sum.max, e.max), count: sum.count + e.count };
+  }, { squared: 0, max: 0, count: 0 });
+  const ms = (value) => (value === undefined ? "–" : `${value.toFixed(1)} ms`);
+  const rows = [
+    ["image", `${original.columns} × ${original.rows}, ${original.frames.length} frame(s), ${original.samples} sample(s), ` +
+      `${original.bitsStored} bits ${original.signed ? "signed" : "unsigned"}${original.modality ? `, ${original.modality}` : ""}`],
+    ["bitstream", `${result.bytes.toLocaleString("en")} bytes`],
+    ["bits per pixel", result.bits_per_pixel.toFixed(4)],
+    ["compression ratio", `${result.compression_ratio.toFixed(2)} : 1`],
+    ["PSNR, this frame (native range)", psnr(frameErrors, original.bitsStored)],
+    ["PSNR, all frames", psnr(all, original.bitsStored)],
+    ["maximum error, this frame", String(frameErrors.max)],
+    ["maximum error, all frames", String(all.max)],
+    ["encode (server)", ms(timing.encode)],
+    ["analysis (server)", ms(timing.analysis)],
+    ["decode (server)", ms(timing.decode)],
+    ["compress + decompress, round trip", ms(timing.roundTrip)],
+  ];
+  const body = $("figures").querySelector("tbody");
+  body.replaceChildren();
+  for (const [name, value] of rows) {
+    const row = body.insertRow();
+    row.insertCell().textContent = name;
+    const cell = row.insertCell();
+    cell.textContent = value;
+    cell.dataset.figure = name;
+  }
+}
+
+function legend(findings, overlay) {
+  const { result } = state;
+  const summary = $("findings-summary");
+  const list = $("legend");
+  list.replaceChildren();
+  if (!result.analysis) {
+    summary.textContent = `No analysis: ${result.analysis_skipped || "the service gave none"}.`;
+    return;
+  }
+  const boxes = findings ? findings.boxes.length : 0;
+  summary.textContent = `${boxes} box(es) in this frame, read from the bitstream by the task heads ` +
+    `(${result.analysis.heads_runtime}).`;
+  summary.dataset.boxes = boxes;
+  for (const { label, colour } of overlay ? overlay.legend : []) {
+    const item = document.createElement("li");
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.background = `rgb(${colour.join(",")})`;
+    item.append(swatch, label);
+    list.append(item);
+  }
+}
+
+// -- tabs and token -----------------------------------------------------------------------------------------------
+for (const tab of document.querySelectorAll("[role=tab]")) {
+  tab.addEventListener("click", () => {
+    for (const other of document.querySelectorAll("[role=tab]")) {
+      other.setAttribute("aria-selected", String(other === tab));
+      $(other.getAttribute("aria-controls")).hidden = other !== tab;
+    }
+    if (tab.id === "tab-benchmarks") loadBenchmarks();
+  });
+}
+
+$("token").value = sessionStorage.getItem("mvmic-token") || "";
+setToken($("token").value);
+$("token").addEventListener("change", () => {
+  setToken($("token").value);
+  sessionStorage.setItem("mvmic-token", $("token").value.trim());
+});
+document.body.dataset.state = "ready";
