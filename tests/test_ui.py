@@ -17,9 +17,11 @@ import numpy as np
 import pydicom
 import pytest
 from playwright import sync_api as playwright
+from pydicom.data import get_testdata_file
 
 from mvmic.model.rate_distortion import max_abs_error, psnr
 from mvmic.pacs.orthanc import OrthancServer
+from mvmic.pixels import read_dicom
 from mvmic.service.process import ServiceStartError, running_service
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,6 +30,8 @@ SCREENSHOT = REPO / "results" / "ui" / "ui.png"
 CT = "pyradiomics-lung1-020"  # a lung CT slice, 512 x 512, 12 bits
 SMALL_CT = "pydicom-CT_small"  # 128 x 128, signed 16 bits: under the guarded service's body limit
 MULTI_FRAME = "pydicom-emri_small"  # 10 frames of MR
+LARGE_CR = "pydicom-RG1_UNCR"  # 1955 x 1841: seconds to code
+ENHANCED_CT = "pydicom-eCT_Supplemental"  # rescale and window only in its functional groups
 # What `mvmic bench tasks --every 35` wrote at e8d0f61 (6 minutes: too slow to run here), NaN where a set has no organs.
 TASKS_RESULTS = REPO / "tests" / "data" / "bench-tasks-every35.json"
 TIMEOUT_MS = 120_000
@@ -229,26 +233,78 @@ def test_a_multi_frame_instance_steps_through_its_frames(page, service: str, cor
     _, decoded = _decoded_by_the_api(service, path, {"quality": 4})
     peak = 2 ** pydicom.dcmread(path).BitsStored - 1
     assert _figure(page, "PSNR, this frame (native range)") == f"{psnr(frames[5], decoded[5], peak):.2f} dB"
+    _compress(page, _path(corpus_dir, ENHANCED_CT))  # another file opens at its first frame
+    assert page.inner_text("#frame-label") == "1 / 2"
 
 
-def test_a_bad_file_gets_a_clear_message(page, service: str, tmp_path: Path) -> None:
+def test_a_bad_file_gets_a_clear_message(page, service: str, tmp_path: Path, corpus_dir: Path) -> None:
     bad = tmp_path / "notes.dcm"
     bad.write_text("this is not a DICOM file\n")
     _open(page, service)
+    _compress(page, _path(corpus_dir, SMALL_CT))
     page.set_input_files("#file", str(bad))
     message = page.locator("#message")
     message.wait_for(state="visible")
     assert message.inner_text().startswith("Compress (lossy): 400 ")
     assert "DICOM" in message.inner_text()
     assert page.get_attribute("body", "data-state") == "ready"
+    # nothing of the image before stays on screen under the new file's name
+    assert page.inner_text("#figures tbody") == ""
+    assert not _pixels(page, "decoded")[..., :3].any()
+
+
+def test_nothing_else_starts_while_an_image_is_coded(page, service: str, corpus_dir: Path) -> None:
+    _open(page, service)
+    page.set_input_files("#file", str(_path(corpus_dir, LARGE_CR)))
+    page.locator("#busy").wait_for(state="visible")
+    # a second image chosen now would be compared with the first one's decoded pixels
+    assert all(page.is_disabled(control) for control in ("#file", "#run", "#pacs-search"))
+    page.wait_for_selector("body[data-state=shown]")
+    assert _figure(page, "image").startswith("1841 × 1955, 1 frame(s)")
+    assert not page.is_disabled("#file")
+
+
+def test_the_window_width_must_be_positive(page, service: str, corpus_dir: Path) -> None:
+    _open(page, service)
+    _compress(page, _path(corpus_dir, CT))
+    shown = page.input_value("#window-width"), page.input_value("#window-level")
+    for width in ("0", "-5", ""):
+        page.fill("#window-width", width)
+        page.dispatch_event("#window-width", "change")
+        assert page.inner_text("#message").startswith("The window needs a width above 0")
+        assert (page.input_value("#window-width"), page.input_value("#window-level")) == shown
+
+
+@pytest.mark.parametrize("path", [get_testdata_file("SC_ybr_full_422_uncompressed.dcm"),
+                                  REPO / "data" / "corpus" / "images" / f"{ENHANCED_CT}.dcm"],
+                         ids=["YBR_FULL_422", "enhanced-CT"])
+def test_subsampled_colour_and_enhanced_ct_are_read_as_the_codec_reads_them(page, service: str, path) -> None:
+    _open(page, service)
+    _compress(page, Path(path))
+    reply = httpx.post(f"{service}/v1/compress", params={"quality": 4}, content=Path(path).read_bytes(),
+                       headers={"Content-Type": "application/dicom"}, timeout=120).json()
+    decoded = httpx.post(f"{service}/v1/decompress", content=base64.b64decode(reply["bitstream"]), timeout=120)
+    original, result = read_dicom(Path(path).read_bytes()), read_dicom(decoded.content)
+    peak = 2 ** original.format.bits_stored - 1
+    assert _figure(page, "PSNR, all frames") == f"{psnr(original.pixels, result.pixels, peak):.2f} dB"
+    dataset = pydicom.dcmread(path)
+    if "SharedFunctionalGroupsSequence" in dataset:  # the header's window, from the functional groups
+        voi = dataset.SharedFunctionalGroupsSequence[0].FrameVOILUTSequence[0]
+        assert page.input_value("#preset") == "header"
+        assert (float(page.input_value("#window-width")), float(page.input_value("#window-level"))) == (
+            float(voi.WindowWidth), float(voi.WindowCenter))
+    else:
+        assert page.is_disabled("#preset") and page.is_visible("#window-note")  # colour: no window
 
 
 def test_an_instance_is_picked_from_the_pacs_through_qido(page, service: str, orthanc: OrthancServer,
                                                           corpus_dir: Path) -> None:
-    path = _path(corpus_dir, SMALL_CT)
-    stored = httpx.post(f"{orthanc.url}/instances", content=path.read_bytes(), auth=orthanc.auth, timeout=60)
+    dataset = pydicom.dcmread(_path(corpus_dir, SMALL_CT))
+    dataset.StudyDescription = "DOE^JANE MRN 4711 chest f/u"  # free text can hold a name: the list shows none
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    stored = httpx.post(f"{orthanc.url}/instances", content=buffer.getvalue(), auth=orthanc.auth, timeout=60)
     assert stored.status_code == 200, stored.text
-    dataset = pydicom.dcmread(path)
     _open(page, service)
     page.click("#pacs-search")
     study = page.locator("#studies tbody tr", has_text=str(getattr(dataset, "StudyDate", "")))
@@ -258,7 +314,8 @@ def test_an_instance_is_picked_from_the_pacs_through_qido(page, service: str, or
     page.wait_for_selector("#busy", state="hidden")
     assert page.inner_text("#source-name").startswith("PACS: series")
     assert _figure(page, "image").startswith(f"{dataset.Columns} × {dataset.Rows}, 1 frame(s)")
-    assert str(dataset.PatientName) not in page.inner_text("body")  # the study list shows no patient's name
+    for identifier in (str(dataset.PatientName), dataset.PatientID, "DOE^JANE"):
+        assert identifier not in page.inner_text("body")
 
 
 def test_the_benchmarks_tab_shows_the_last_runs(page, service: str) -> None:

@@ -30,18 +30,18 @@ HEADERS = {
 router = APIRouter(include_in_schema=False)
 
 
-@router.get("/")
-@router.get("/ui")
+@router.api_route("/", methods=["GET", "HEAD"])
+@router.api_route("/ui", methods=["GET", "HEAD"])
 def to_page() -> RedirectResponse:
     return RedirectResponse("/ui/", status.HTTP_307_TEMPORARY_REDIRECT)
 
 
-@router.get("/ui/")
+@router.api_route("/ui/", methods=["GET", "HEAD"])
 def page() -> FileResponse:
     return ui_file("index.html")
 
 
-@router.get("/ui/{name}")
+@router.api_route("/ui/{name}", methods=["GET", "HEAD"])
 def ui_file(name: str) -> FileResponse:
     path = FILES.get(name)
     if path is None:

@@ -4,6 +4,9 @@
 //   file / PACS instance --(Explicit VR LE as is, else /v1/compress lossless + /v1/decompress)--> original frames
 //   --/v1/compress?mode&quality|max_error (JSON: bitstream, rate, analysis) --/v1/decompress--> decoded frames
 //   --> views (viewer.js), overlay (overlay.js), figures (PSNR on the native range, as mvmic.model.rate_distortion)
+//
+// One run at a time: choosing while a run is going is refused, and a run's answer is dropped if its image was
+// replaced meanwhile (``state.run`` counts the runs).
 
 import { ApiError, call, firstPart, serverTiming, setToken } from "./api.js";
 import { loadBenchmarks } from "./benchmarks.js";
@@ -13,8 +16,8 @@ import { PRESETS, SharedView, View, autoWindow, interact, render, renderDifferen
 
 const $ = (id) => document.getElementById(id);
 const DICOM = "application/dicom";
-const state = { source: null, sourceName: "", original: null, decoded: null, result: null, frame: 0,
-  window: { width: 400, level: 40 }, organClasses: null };
+const state = { source: null, original: null, decoded: null, result: null, frame: 0, run: 0, working: false,
+  window: { width: 400, level: 40 }, organClasses: null, frameCache: null };
 const shared = new SharedView();
 const views = { original: new View($("original"), shared), decoded: new View($("decoded"), shared),
   difference: new View($("difference"), shared) };
@@ -26,55 +29,71 @@ function message(text, kind = "error") {
   element.hidden = !text;
 }
 
+// Runs ``job`` with the page marked busy (nothing else can start); its refusal becomes the message. True if it ran.
 async function busy(what, job) {
+  if (state.working) {
+    message("Wait for the image being processed.", "info");
+    return false;
+  }
+  state.working = true;
   $("busy").hidden = false;
   $("busy").textContent = `${what}…`;
-  $("run").disabled = true;
+  for (const id of ["run", "file", "pacs-search"]) $(id).disabled = true;
   try {
     await job();
+    return true;
   } catch (error) {
     if (!(error instanceof ApiError || error instanceof DicomError)) console.error(error);
     message(error.message);
+    return false;
   } finally {
+    state.working = false;
     $("busy").hidden = true;
-    $("run").disabled = false;
+    for (const id of ["run", "file", "pacs-search"]) $(id).disabled = false;
   }
 }
 
 // -- choosing an image ----------------------------------------------------------------------------------------
 function choose(buffer, name) {
-  state.source = buffer;
-  state.sourceName = name;
+  if (state.working) {
+    message("Wait for the image being processed.", "info");
+    return;
+  }
+  state.source = { buffer, name, original: null };
+  state.frame = 0;
   $("source-name").textContent = name;
   $("pacs").hidden = true;
   run();
 }
 
-$("file").addEventListener("change", async () => {
-  const file = $("file").files[0];
+async function chooseFile(file) {
   if (file) choose(await file.arrayBuffer(), file.name);
-});
-$("drop").addEventListener("dragover", (event) => { event.preventDefault(); $("drop").classList.add("over"); });
-$("drop").addEventListener("dragleave", () => $("drop").classList.remove("over"));
-$("drop").addEventListener("drop", async (event) => {
+}
+
+$("file").addEventListener("change", () => chooseFile($("file").files[0]));
+// a file dropped anywhere on the page (the browser would otherwise open it in place of the page)
+document.addEventListener("dragover", (event) => { event.preventDefault(); $("drop").classList.add("over"); });
+document.addEventListener("dragleave", (event) => { if (!event.relatedTarget) $("drop").classList.remove("over"); });
+document.addEventListener("drop", (event) => {
   event.preventDefault();
   $("drop").classList.remove("over");
-  const file = event.dataTransfer.files[0];
-  if (file) choose(await file.arrayBuffer(), file.name);
+  chooseFile(event.dataTransfer.files[0]);
 });
 
 // QIDO-RS through the gateway: studies, then a study's instances; WADO-RS retrieves the one picked, in a standard
-// transfer syntax (the gateway decodes MVMIC instances). What a viewer's study list shows, no more.
+// transfer syntax (the gateway decodes MVMIC instances). The lists show no patient attribute and no free text
+// (a description may hold a name): study date, modalities, counts; series and instance numbers, modality, size.
 const tag = (dataset, key) => (dataset[key] && dataset[key].Value ? dataset[key].Value[0] : "");
+const QIDO = { accept: "application/dicom+json" };
 $("pacs-search").addEventListener("click", () => busy("Searching the PACS", async () => {
   message("");
-  const studies = await (await call("QIDO-RS", "/dicomweb/studies?includefield=00081030&includefield=00201208",
-    { accept: "application/dicom+json" })).json().catch(() => []);
+  const response = await call("QIDO-RS", "/dicomweb/studies?includefield=00201206&includefield=00201208", QIDO);
+  const studies = response.status === 204 ? [] : await response.json();
   const body = $("studies").querySelector("tbody");
   body.replaceChildren();
   for (const study of studies) {
     const row = body.insertRow();
-    for (const text of [tag(study, "00080020"), (study["00080061"]?.Value || []).join(", "), tag(study, "00081030"),
+    for (const text of [tag(study, "00080020"), (study["00080061"]?.Value || []).join(", "), tag(study, "00201206"),
       tag(study, "00201208")]) row.insertCell().textContent = text;
     row.addEventListener("click", () => listInstances(tag(study, "0020000D")));
   }
@@ -85,8 +104,8 @@ $("pacs-search").addEventListener("click", () => busy("Searching the PACS", asyn
 
 function listInstances(study) {
   return busy("Listing the study", async () => {
-    const instances = await (await call("QIDO-RS", `/dicomweb/studies/${encodeURIComponent(study)}/instances`,
-      { accept: "application/dicom+json" })).json();
+    const response = await call("QIDO-RS", `/dicomweb/studies/${encodeURIComponent(study)}/instances`, QIDO);
+    const instances = response.status === 204 ? [] : await response.json();
     const body = $("instances").querySelector("tbody");
     body.replaceChildren();
     for (const instance of instances) {
@@ -102,75 +121,116 @@ function listInstances(study) {
   });
 }
 
-function retrieve(study, series, instance, name) {
-  return busy("Retrieving the instance", async () => {
+async function retrieve(study, series, instance, name) {
+  let buffer = null;
+  await busy("Retrieving the instance", async () => {
     const path = ["studies", study, "series", series, "instances", instance].map(encodeURIComponent).join("/");
     const response = await call("WADO-RS", `/dicomweb/${path}`,
       { accept: 'multipart/related; type="application/dicom"; transfer-syntax=*' });
-    choose(await firstPart(response), name);
+    buffer = await firstPart(response);
   });
+  if (buffer) choose(buffer, name);
 }
 
 // -- compressing and decoding ---------------------------------------------------------------------------------
 function parameters() {
   const mode = $("mode").value;
   const query = new URLSearchParams({ mode });
-  if (mode === "lossy") query.set("quality", $("quality").value);
+  if (mode === "lossy") query.set("quality", $("quality").value);  // the service says what is out of range
   if (mode === "near-lossless") query.set("max_error", $("max-error").value);
   return query;
 }
 
+// The source's stored values, read once per source.
 async function originalOf(source) {
-  try {
-    return readDicom(source);  // Explicit VR Little Endian, native pixels: read as it is
-  } catch (error) {
-    if (!(error instanceof DicomError)) throw error;
+  if (!source.original) {
+    try {
+      source.original = readDicom(source.buffer);  // Explicit VR Little Endian, native pixels: read as it is
+    } catch (error) {
+      if (!(error instanceof DicomError)) throw error;
+      // another transfer syntax (compressed, implicit VR, big endian): the service's lossless round trip gives its
+      // stored values exactly, in Explicit VR Little Endian
+      const stream = await call("Reading the file (lossless)", "/v1/compress?mode=lossless",
+        { method: "POST", body: source.buffer, type: DICOM, accept: "application/octet-stream" });
+      const decoded = await call("Reading the file (decoding)", "/v1/decompress",
+        { method: "POST", body: await stream.arrayBuffer(), type: "application/octet-stream", accept: DICOM });
+      source.original = readDicom(await decoded.arrayBuffer());
+    }
   }
-  // another transfer syntax (compressed, implicit VR, big endian): the service's lossless round trip gives its
-  // stored values exactly, in Explicit VR Little Endian
-  const stream = await call("Reading the file (lossless)", "/v1/compress?mode=lossless",
-    { method: "POST", body: source, type: DICOM, accept: "application/octet-stream" });
-  const decoded = await call("Reading the file (decoding)", "/v1/decompress",
-    { method: "POST", body: await stream.arrayBuffer(), type: "application/octet-stream", accept: DICOM });
-  return readDicom(await decoded.arrayBuffer());
+  return source.original;
 }
 
 function run() {
-  if (!state.source) {
+  const source = state.source;
+  if (!source) {
     message("Choose a DICOM file first.", "info");
     return;
   }
   const query = parameters();
+  const number = ++state.run;
   busy("Compressing and decoding", async () => {
     message("");
-    if (!state.organClasses) {
-      state.organClasses = (await (await call("Models", "/v1/models")).json()).organ_classes;
+    document.body.dataset.state = "working";
+    try {
+      await compare(source, query, number);
+    } catch (error) {
+      if (state.run === number) clear();  // the views and figures were of another image or mode
+      throw error;
     }
-    const started = performance.now();
-    const compressed = await call(`Compress (${query.get("mode")})`, `/v1/compress?${query}`,
-      { method: "POST", body: state.source, type: DICOM, accept: "application/json" });
-    const result = await compressed.json();
-    const bitstream = Uint8Array.from(atob(result.bitstream), (c) => c.charCodeAt(0));
-    const decodedResponse = await call("Decompress", "/v1/decompress",
-      { method: "POST", body: bitstream, type: "application/octet-stream", accept: DICOM });
-    const decoded = readDicom(await decodedResponse.arrayBuffer());
-    const roundTrip = performance.now() - started;
-    const original = await originalOf(state.source);
-    if (original.rows !== decoded.rows || original.columns !== decoded.columns ||
-        original.frames.length !== decoded.frames.length || original.samples !== decoded.samples) {
-      throw new ApiError("the decoded image does not have the original's size or frames");
-    }
-    const newImage = !state.original || state.original.rows !== original.rows || state.original.columns !== original.columns;
-    Object.assign(state, { original, decoded, result, frame: Math.min(state.frame, original.frames.length - 1),
-      timing: { ...serverTiming(compressed), ...serverTiming(decodedResponse), roundTrip } });
-    $("frame").max = original.frames.length - 1;
-    $("frame").value = state.frame;
-    $("frame-field").hidden = original.frames.length < 2;
-    if (newImage || $("preset").value === "auto") setPreset("auto");
-    if (newImage) fit();
-    show();
-    document.body.dataset.state = "shown";
   });
+}
+
+async function compare(source, query, number) {
+  if (!state.organClasses) state.organClasses = (await (await call("Models", "/v1/models")).json()).organ_classes;
+  const started = performance.now();
+  const compressed = await call(`Compress (${query.get("mode")})`, `/v1/compress?${query}`,
+    { method: "POST", body: source.buffer, type: DICOM, accept: "application/json" });
+  const result = await compressed.json();
+  const bitstream = Uint8Array.from(atob(result.bitstream), (c) => c.charCodeAt(0));
+  const decodedResponse = await call("Decompress", "/v1/decompress",
+    { method: "POST", body: bitstream, type: "application/octet-stream", accept: DICOM });
+  const decoded = readDicom(await decodedResponse.arrayBuffer());
+  const roundTrip = performance.now() - started;
+  const original = await originalOf(source);
+  if (state.run !== number || state.source !== source) return;  // another run has begun: its answer counts
+  if (original.rows !== decoded.rows || original.columns !== decoded.columns ||
+      original.frames.length !== decoded.frames.length || original.samples !== decoded.samples) {
+    throw new ApiError("the decoded image does not have the original's size, frames or samples");
+  }
+  const newImage = state.original !== original;
+  Object.assign(state, { original, decoded, result, quality: query.get("quality"), frameCache: new Map(),
+    frame: Math.min(state.frame, original.frames.length - 1),
+    timing: { ...serverTiming(compressed), ...serverTiming(decodedResponse), roundTrip } });
+  state.all = original.frames.reduce((sum, frame, i) => {
+    const e = errors(frame, decoded.frames[i]);
+    return { squared: sum.squared + e.squared, max: Math.max(sum.max, e.max), count: sum.count + e.count };
+  }, { squared: 0, max: 0, count: 0 });
+  $("frame").max = original.frames.length - 1;
+  $("frame").value = state.frame;
+  $("frame-field").hidden = original.frames.length < 2;
+  const colour = original.samples === 3;
+  for (const id of ["preset", "window-width", "window-level"]) $(id).disabled = colour;
+  $("window-note").hidden = !colour;
+  $("preset").querySelector("[value=header]").disabled = !original.window;
+  if (newImage) {
+    setPreset(original.window && original.modality === "CT" ? "header" : "auto");
+    fit();
+  } else if ($("preset").value === "auto") {
+    setPreset("auto");
+  }
+  show();
+  document.body.dataset.state = "shown";
+}
+
+// No image: what was shown belonged to another image or mode.
+function clear() {
+  Object.assign(state, { original: null, decoded: null, result: null, frameCache: null });
+  for (const view of Object.values(views)) view.show(null, null);
+  $("figures").querySelector("tbody").replaceChildren();
+  $("legend").replaceChildren();
+  $("findings-summary").textContent = "No analysis yet.";
+  $("frame-field").hidden = true;
+  document.body.dataset.state = "ready";
 }
 
 $("controls").addEventListener("submit", (event) => { event.preventDefault(); run(); });
@@ -190,51 +250,83 @@ function setPreset(name) {
   const { original } = state;
   if (!original) return;
   const window = name === "auto" ? autoWindow(original, original.frames[state.frame])
-    : name === "header" ? original.window || autoWindow(original, original.frames[state.frame])
-      : PRESETS[name] || state.window;
+    : name === "header" ? original.window : PRESETS[name] || state.window;
   setWindow(window);
 }
 
 function setWindow(window) {
-  state.window = { width: Math.max(1, window.width), level: window.level };
-  $("window-width").value = Math.round(state.window.width * 100) / 100;
-  $("window-level").value = Math.round(state.window.level * 100) / 100;
-  if (state.original) show();
+  state.window = { width: window.width, level: window.level };
+  $("window-width").value = Math.round(window.width * 100) / 100;
+  $("window-level").value = Math.round(window.level * 100) / 100;
+  if (state.original) showImages();
 }
 
 $("preset").addEventListener("change", () => setPreset($("preset").value));
 for (const id of ["window-width", "window-level"]) {
   $(id).addEventListener("change", () => {
+    const width = Number($("window-width").value), level = Number($("window-level").value);
+    if (!(width > 0) || !Number.isFinite(level) || $("window-width").value === "" || $("window-level").value === "") {
+      message("The window needs a width above 0 and a level (both in modality units, e.g. HU).", "info");
+      setWindow(state.window);  // back to the window shown
+      return;
+    }
+    message("");
     $("preset").value = "manual";
-    setWindow({ width: Number($("window-width").value), level: Number($("window-level").value) });
+    setWindow({ width, level });
   });
 }
 $("frame").addEventListener("input", () => {
   state.frame = Number($("frame").value);
   show();
 });
-for (const id of ["show-lesions", "show-organs", "show-boxes"]) $(id).addEventListener("change", () => show());
+for (const id of ["show-lesions", "show-organs", "show-boxes"]) {
+  $(id).addEventListener("change", () => {
+    state.frameCache = new Map();
+    show();
+  });
+}
 
 interact(Object.values(views), shared, (dx, dy) => {
+  if (!state.original || state.original.samples === 3) return;
   $("preset").value = "manual";
-  const gain = Math.max(state.window.width, 1) / 200;
-  setWindow({ width: state.window.width + dx * gain, level: state.window.level + dy * gain });
+  const gain = state.window.width / 200;
+  setWindow({ width: Math.max(1, state.window.width + dx * gain), level: state.window.level + dy * gain });
 }, () => state.original && fit());
 
+// What a frame's views need beyond the window, made once per frame and run: errors, difference, overlay.
+function frameParts(frame) {
+  if (!state.frameCache.has(frame)) {
+    const { original, decoded, result } = state;
+    const before = original.frames[frame], after = decoded.frames[frame];
+    const frameErrors = errors(before, after);
+    const findings = result.analysis ? result.analysis.frames.find((f) => f.frame === frame) : null;
+    const overlay = findings ? findingsOverlay(findings, state.organClasses,
+      { lesions: $("show-lesions").checked, organs: $("show-organs").checked, boxes: $("show-boxes").checked }) : null;
+    const difference = renderDifference(original, before, after, Math.max(frameErrors.max, 1));
+    state.frameCache.set(frame, { frameErrors, findings, overlay, difference });
+  }
+  return state.frameCache.get(frame);
+}
+
+// Original and decoded through the window (what a window change redraws).
+function showImages() {
+  const { original, decoded, frame } = state;
+  const { overlay } = frameParts(frame);
+  views.original.show(render(original, original.frames[frame], state.window), null);
+  views.decoded.show(render(decoded, decoded.frames[frame], state.window), overlay && overlay.draw);
+}
+
 function show() {
-  const { original, decoded, result, frame } = state;
-  const before = original.frames[frame], after = decoded.frames[frame];
-  const frameErrors = errors(before, after);
-  const findings = result.analysis ? result.analysis.frames.find((f) => f.frame === frame) : null;
-  const overlay = findings ? findingsOverlay(findings, state.organClasses,
-    { lesions: $("show-lesions").checked, organs: $("show-organs").checked, boxes: $("show-boxes").checked }) : null;
-  views.original.show(render(original, before, state.window), null);
-  views.decoded.show(render(decoded, after, state.window), overlay && overlay.draw);
-  views.difference.show(renderDifference(original, before, after, Math.max(frameErrors.max, 1)));
+  const { original, result, frame } = state;
+  const { frameErrors, findings, overlay, difference } = frameParts(frame);
+  showImages();
+  views.difference.show(difference, null);
   $("frame-label").textContent = `${frame + 1} / ${original.frames.length}`;
-  $("decoded-caption").textContent = `Decoded (${result.mode}${result.mode === "lossy" ? `, quality code ${result.quality_code}`
-    : result.mode === "near-lossless" ? `, τ = ${result.max_error}` : ""}) + analysis`;
-  $("difference-caption").textContent = `Difference (decoded − original), full scale ±${Math.max(frameErrors.max, 1)} (square root)`;
+  const operatingPoint = result.mode === "lossy" ? `, quality ${state.quality} (code ${result.quality_code})`
+    : result.mode === "near-lossless" ? `, τ = ${result.max_error}` : "";
+  $("decoded-caption").textContent = `Decoded (${result.mode}${operatingPoint}) + analysis`;
+  $("difference-caption").textContent =
+    `Difference (decoded − original), full scale ±${Math.max(frameErrors.max, 1)} (square root)`;
   figures(frameErrors);
   legend(findings, overlay);
 }
@@ -258,11 +350,7 @@ function psnr({ squared, count }, bitsStored) {
 }
 
 function figures(frameErrors) {
-  const { original, decoded, result, timing } = state;
-  const all = original.frames.reduce((sum, frame, i) => {
-    const e = errors(frame, decoded.frames[i]);
-    return { squared: sum.squared + e.squared, max: Math.max(sum.max, e.max), count: sum.count + e.count };
-  }, { squared: 0, max: 0, count: 0 });
+  const { original, result, timing, all } = state;
   const ms = (value) => (value === undefined ? "–" : `${value.toFixed(1)} ms`);
   const rows = [
     ["image", `${original.columns} × ${original.rows}, ${original.frames.length} frame(s), ${original.samples} sample(s), ` +

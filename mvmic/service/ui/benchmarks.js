@@ -4,40 +4,41 @@
 import { ApiError, call } from "./api.js";
 
 const $ = (id) => document.getElementById(id);
-let loaded = false;
 
+// (Re)loads both sections: each opening of the tab shows the latest runs.
 export async function loadBenchmarks() {
-  if (loaded) return;
-  loaded = true;
   await Promise.all([
-    section("rd-status", async () => {
+    section("rd-status", "rd-bd", async () => {
       const rd = await (await call("Benchmarks", "/v1/benchmarks/rd")).json();
-      await image("rd-plot", "/v1/benchmarks/rd.png");
       bdTable(rd);
+      await image("rd-plot", "/v1/benchmarks/rd.png").catch(() => {});  // the table stands without the plot
       return `${rd.split} split, ${rd.frames} frames, ${Math.round(rd.wall_seconds)} s. Median per-frame BD-rate ` +
         "(PSNR on the native range; negative: fewer bits for the same PSNR).";
     }),
-    section("tasks-status", async () => {
+    section("tasks-status", "tasks-table", async () => {
       const tasks = await (await call("Benchmarks", "/v1/benchmarks/tasks")).json();
       tasksTable(tasks);
       await image("tasks-figure", "/v1/benchmarks/tasks.png").catch(() => {});  // the figure is optional
-      return `${tasks.split} split, every ${tasks.every} synthetic frame(s); organ labels: ${tasks.organ_labels}.`;
+      const synthetic = tasks.every ? `every ${tasks.every}th synthetic frame` : "every synthetic frame";
+      return `${tasks.split} split, ${synthetic}; organ labels: ${tasks.organ_labels}.`;
     }),
   ]);
 }
 
-async function section(statusId, load) {
+async function section(statusId, tableId, load) {
+  $(tableId).hidden = true;
   try {
     $(statusId).textContent = await load();
   } catch (error) {
     if (!(error instanceof ApiError)) throw error;
     $(statusId).textContent = error.message;
-    loaded = false;  // try again when the tab is opened again
   }
 }
 
 async function image(id, path) {
+  $(id).hidden = true;
   const blob = await (await call("Benchmarks", path)).blob();  // fetched with the token, which <img src> cannot send
+  if ($(id).src) URL.revokeObjectURL($(id).src);
   $(id).src = URL.createObjectURL(blob);
   $(id).hidden = false;
 }
