@@ -322,7 +322,7 @@ function show() {
   showImages();
   views.difference.show(difference, null);
   $("frame-label").textContent = `${frame + 1} / ${original.frames.length}`;
-  const operatingPoint = result.mode === "lossy" ? `, quality ${state.quality} (code ${result.quality_code})`
+  const operatingPoint = result.mode === "lossy" ? `, quality ${state.quality}, code ${result.quality_code}`
     : result.mode === "near-lossless" ? `, τ = ${result.max_error}` : "";
   $("decoded-caption").textContent = `Decoded (${result.mode}${operatingPoint}) + analysis`;
   $("difference-caption").textContent =
