@@ -275,6 +275,32 @@ def test_the_window_width_must_be_positive(page, service: str, corpus_dir: Path)
         assert (page.input_value("#window-width"), page.input_value("#window-level")) == shown
 
 
+@pytest.mark.parametrize("oddity", [{"WindowWidth": "", "WindowCenter": ""}, {"WindowWidth": "0", "WindowCenter": "40"},
+                                    {"WindowWidth": "-400", "WindowCenter": "40"}, {"RescaleSlope": ""},
+                                    {"RescaleSlope": "0"}, {"NumberOfFrames": "0"},
+                                    {"WindowWidth": "350", "WindowCenter": "40"}],  # a window as it should be
+                         ids=lambda oddity: "-".join(f"{k}={v!r}" for k, v in oddity.items()))
+def test_empty_or_invalid_header_values_are_read_as_absent(page, service: str, corpus_dir: Path, tmp_path: Path,
+                                                           oddity: dict) -> None:
+    # the service codes these CTs; the page must not draw them black or as a mask, nor fail
+    dataset = pydicom.dcmread(_path(corpus_dir, SMALL_CT))
+    for keyword, value in oddity.items():
+        setattr(dataset, keyword, value)
+    path = tmp_path / "odd.dcm"
+    dataset.save_as(path)
+    _open(page, service)
+    page.check("#show-lesions")  # before any image: the choice waits for one
+    page.uncheck("#show-lesions")
+    _compress(page, path)
+    assert page.is_hidden("#message")
+    valid = oddity.get("WindowWidth") == "350"
+    assert page.is_disabled("#preset >> option[value=header]") != valid
+    assert page.input_value("#preset") == ("header" if valid else "auto")
+    assert float(page.input_value("#window-width")) == 350 if valid else float(page.input_value("#window-width")) > 0
+    for canvas in ("original", "decoded"):
+        assert len(np.unique(_pixels(page, canvas)[..., 0])) > 20, f"the {canvas} view shows no image"
+
+
 @pytest.mark.parametrize("path", [get_testdata_file("SC_ybr_full_422_uncompressed.dcm"),
                                   REPO / "data" / "corpus" / "images" / f"{ENHANCED_CT}.dcm"],
                          ids=["YBR_FULL_422", "enhanced-CT"])
@@ -309,7 +335,8 @@ def test_an_instance_is_picked_from_the_pacs_through_qido(page, service: str, or
     page.click("#pacs-search")
     study = page.locator("#studies tbody tr", has_text=str(getattr(dataset, "StudyDate", "")))
     study.first.click()
-    page.locator("#instances tbody tr").first.click()
+    page.locator("#instances tbody tr").first.focus()  # reached by Tab, picked by Enter
+    page.keyboard.press("Enter")
     page.wait_for_selector("body[data-state=shown]")
     page.wait_for_selector("#busy", state="hidden")
     assert page.inner_text("#source-name").startswith("PACS: series")
@@ -332,17 +359,26 @@ def test_the_benchmarks_tab_shows_the_last_runs(page, service: str) -> None:
 
 
 def test_the_benchmarks_tab_says_what_is_missing(page, service: str, results_dir: Path) -> None:
+    _open(page, service)
+    page.click("#tab-benchmarks")
+    _until(page, "() => document.getElementById('rd-plot').naturalWidth > 0")
     moved = results_dir / "tasks.json.away"
     (results_dir / "tasks" / "tasks.json").rename(moved)
+    rd = results_dir / "rd" / "rd.json"
+    intact = rd.read_bytes()
+    rd.write_bytes(intact[:100])  # cut short
     try:
-        _open(page, service)
-        page.click("#tab-benchmarks")
-        _until(page, "() => document.getElementById('tasks-status').textContent !== 'Not loaded.'")
+        page.click("#tab-compare")
+        page.click("#tab-benchmarks")  # loaded again
+        _until(page, "() => !['Not loaded.', 'Loading…'].includes(document.getElementById('tasks-status').textContent)")
         assert page.inner_text("#tasks-status") == ("Benchmarks: 404 this server holds no results of `mvmic bench tasks` "
                                                     "(tasks/tasks.json in MVMIC_RESULTS_DIR): run `mvmic bench tasks` first")
         assert page.get_attribute("#tasks-table", "hidden") is not None
+        assert page.inner_text("#rd-status") == "Benchmarks: 500 the benchmark's rd.json cannot be read: JSONDecodeError"
+        assert page.is_hidden("#rd-plot") and page.is_hidden("#rd-bd")  # nothing of the load before
     finally:
         moved.rename(results_dir / "tasks" / "tasks.json")
+        rd.write_bytes(intact)
 
 
 def test_the_page_sends_the_token_the_user_types(page, guarded_service, corpus_dir: Path) -> None:
@@ -352,8 +388,6 @@ def test_the_page_sends_the_token_the_user_types(page, guarded_service, corpus_d
     assert page.inner_text("#message") == "Models: 401 missing or wrong bearer token"
     page.fill("#token", guarded_service.token)
     page.dispatch_event("#token", "change")
-    page.evaluate("document.body.dataset.state = 'ready'")
-    page.click("#run")
-    page.wait_for_selector("body[data-state=shown]")
+    _compress(page, _path(corpus_dir, SMALL_CT))  # the same file chosen again
     assert page.locator("#message").is_hidden()
     assert _figure(page, "bits per pixel")

@@ -43,8 +43,12 @@ async function busy(what, job) {
     await job();
     return true;
   } catch (error) {
-    if (!(error instanceof ApiError || error instanceof DicomError)) console.error(error);
-    message(error.message);
+    if (error instanceof ApiError || error instanceof DicomError) {
+      message(error.message);
+    } else {
+      console.error(error);
+      message(`The page could not show this image (${error.message}).`);
+    }
     return false;
   } finally {
     state.working = false;
@@ -67,7 +71,10 @@ function choose(buffer, name) {
 }
 
 async function chooseFile(file) {
-  if (file) choose(await file.arrayBuffer(), file.name);
+  if (!file) return;
+  const buffer = await file.arrayBuffer();
+  $("file").value = "";  // the same file chosen again (after a refusal, say) is a new choice
+  choose(buffer, file.name);
 }
 
 $("file").addEventListener("change", () => chooseFile($("file").files[0]));
@@ -85,6 +92,18 @@ document.addEventListener("drop", (event) => {
 // (a description may hold a name): study date, modalities, counts; series and instance numbers, modality, size.
 const tag = (dataset, key) => (dataset[key] && dataset[key].Value ? dataset[key].Value[0] : "");
 const QIDO = { accept: "application/dicom+json" };
+
+// A row picked by click, or by Enter or Space once focused (Tab reaches it).
+function selectable(row, pick) {
+  row.tabIndex = 0;
+  row.addEventListener("click", pick);
+  row.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      pick();
+    }
+  });
+}
 $("pacs-search").addEventListener("click", () => busy("Searching the PACS", async () => {
   message("");
   const response = await call("QIDO-RS", "/dicomweb/studies?includefield=00201206&includefield=00201208", QIDO);
@@ -95,7 +114,7 @@ $("pacs-search").addEventListener("click", () => busy("Searching the PACS", asyn
     const row = body.insertRow();
     for (const text of [tag(study, "00080020"), (study["00080061"]?.Value || []).join(", "), tag(study, "00201206"),
       tag(study, "00201208")]) row.insertCell().textContent = text;
-    row.addEventListener("click", () => listInstances(tag(study, "0020000D")));
+    selectable(row, () => listInstances(tag(study, "0020000D")));
   }
   $("instances").hidden = true;
   $("pacs").hidden = false;
@@ -114,7 +133,7 @@ function listInstances(study) {
         instance["00280010"] ? `${tag(instance, "00280011")} × ${tag(instance, "00280010")}` : ""]) {
         row.insertCell().textContent = text;
       }
-      row.addEventListener("click", () => retrieve(study, tag(instance, "0020000E"), tag(instance, "00080018"),
+      selectable(row, () => retrieve(study, tag(instance, "0020000E"), tag(instance, "00080018"),
         `PACS: series ${tag(instance, "00200011")}, instance ${tag(instance, "00200013")}`));
     }
     $("instances").hidden = false;
@@ -277,10 +296,11 @@ for (const id of ["window-width", "window-level"]) {
 }
 $("frame").addEventListener("input", () => {
   state.frame = Number($("frame").value);
-  show();
+  if (state.original) show();
 });
 for (const id of ["show-lesions", "show-organs", "show-boxes"]) {
   $(id).addEventListener("change", () => {
+    if (!state.original) return;  // the choice holds for the next image
     state.frameCache = new Map();
     show();
   });

@@ -8,14 +8,14 @@ const $ = (id) => document.getElementById(id);
 // (Re)loads both sections: each opening of the tab shows the latest runs.
 export async function loadBenchmarks() {
   await Promise.all([
-    section("rd-status", "rd-bd", async () => {
+    section("rd-status", ["rd-bd", "rd-plot"], async () => {
       const rd = await (await call("Benchmarks", "/v1/benchmarks/rd")).json();
       bdTable(rd);
       await image("rd-plot", "/v1/benchmarks/rd.png").catch(() => {});  // the table stands without the plot
       return `${rd.split} split, ${rd.frames} frames, ${Math.round(rd.wall_seconds)} s. Median per-frame BD-rate ` +
         "(PSNR on the native range; negative: fewer bits for the same PSNR).";
     }),
-    section("tasks-status", "tasks-table", async () => {
+    section("tasks-status", ["tasks-table", "tasks-figure"], async () => {
       const tasks = await (await call("Benchmarks", "/v1/benchmarks/tasks")).json();
       tasksTable(tasks);
       await image("tasks-figure", "/v1/benchmarks/tasks.png").catch(() => {});  // the figure is optional
@@ -25,13 +25,16 @@ export async function loadBenchmarks() {
   ]);
 }
 
-async function section(statusId, tableId, load) {
-  $(tableId).hidden = true;
+// Loads a section; what it showed before stays hidden unless this load shows it again.
+async function section(statusId, shownIds, load) {
+  for (const id of shownIds) $(id).hidden = true;
+  $(statusId).textContent = "Loading…";
   try {
     $(statusId).textContent = await load();
   } catch (error) {
-    if (!(error instanceof ApiError)) throw error;
-    $(statusId).textContent = error.message;
+    for (const id of shownIds) $(id).hidden = true;
+    $(statusId).textContent = error instanceof ApiError ? error.message
+      : `The results could not be shown: ${error.message}.`;  // a results file of another shape
   }
 }
 

@@ -140,12 +140,19 @@ function skipImplicit(view, offset) {
 function value(view, { vr, start, length }) {
   if (vr === "US") return length >= 2 ? view.getUint16(start, true) : undefined;
   const text = new TextDecoder("latin1").decode(new Uint8Array(view.buffer, start, length)).replace(/[\0 ]+$/, "").trim();
-  if (vr === "DS" || vr === "IS") return text.split("\\").map(Number);
+  // an empty value is no value (a Type 3 window left empty), not 0
+  if (vr === "DS" || vr === "IS") return text.split("\\").map((part) => (part.trim() === "" ? NaN : Number(part)));
   return text;
 }
 
 function first(values, fallback) {
   return Array.isArray(values) && values.length && Number.isFinite(values[0]) ? values[0] : fallback;
+}
+
+// The header's window (PS3.3 C.11.2), when it is one: a width above 0 and a level.
+function headerWindow(a) {
+  const width = first(a.WindowWidth, NaN), level = first(a.WindowCenter, NaN);
+  return width > 0 && Number.isFinite(level) ? { width, level } : null;
 }
 
 function image(a, pixels) {
@@ -154,7 +161,7 @@ function image(a, pixels) {
   if (!rows || !columns || ![8, 16].includes(bitsAllocated)) {
     throw new DicomError(`not an image the page shows (rows ${rows}, columns ${columns}, bits allocated ${bitsAllocated})`);
   }
-  const frames = first(a.NumberOfFrames, 1);
+  const frames = Math.max(1, first(a.NumberOfFrames, 1));  // 0 read as 1, as pydicom reads it
   const signed = a.PixelRepresentation === 1;
   const perFrame = rows * columns * samples;
   // YBR_FULL_422 stores Y1 Y2 Cb Cr for each pair of pixels (PS3.3 C.7.6.3.1.2): two samples a pixel
@@ -187,7 +194,7 @@ function image(a, pixels) {
     rows, columns, samples, frames: out, bitsStored, signed,
     modality: a.Modality || "",
     photometric: subsampled ? "YBR_FULL" : a.PhotometricInterpretation || "MONOCHROME2",
-    slope: first(a.RescaleSlope, 1), intercept: first(a.RescaleIntercept, 0),
-    window: a.WindowWidth && a.WindowCenter ? { width: first(a.WindowWidth, 0), level: first(a.WindowCenter, 0) } : null,
+    slope: first(a.RescaleSlope, 1) || 1, intercept: first(a.RescaleIntercept, 0),
+    window: headerWindow(a),
   };
 }

@@ -141,10 +141,22 @@ export class View {
   }
 }
 
-// Wheel zoom, drag pan, shift+drag window/level (``onWindow(dWidth, dLevel)``), double-click fit, on every view.
+const PAN_KEYS = { ArrowLeft: [40, 0], ArrowRight: [-40, 0], ArrowUp: [0, 40], ArrowDown: [0, -40] };
+
+// Wheel zoom, drag pan, shift+drag window/level (``onWindow(dWidth, dLevel)``), double-click fit, on every view;
+// from the keyboard once a view has the focus: + and - zoom, the arrows pan, 0 fits.
 export function interact(views, shared, onWindow, onFit) {
   for (const view of views) {
     const canvas = view.canvas;
+    canvas.tabIndex = 0;
+    canvas.addEventListener("keydown", (event) => {
+      if (event.key === "+" || event.key === "=") shared.zoomAt(1.25, shared.cx, shared.cy);
+      else if (event.key === "-") shared.zoomAt(0.8, shared.cx, shared.cy);
+      else if (event.key === "0") onFit();
+      else if (PAN_KEYS[event.key]) shared.panBy(...PAN_KEYS[event.key]);
+      else return;
+      event.preventDefault();
+    });
     canvas.addEventListener("wheel", (event) => {
       event.preventDefault();
       const [x, y] = view.imagePoint(event);
