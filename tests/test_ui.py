@@ -66,7 +66,8 @@ def browser() -> Iterator:
     if shutil.which(CHROMIUM) is None:
         pytest.fail(f"no {CHROMIUM}: install Debian's chromium (make test-tools does, as root)")
     with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM)
+        # /dev/shm is 64 MB in a container: chromium keeps its shared memory in /tmp instead
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--disable-dev-shm-usage"])
         yield browser
         browser.close()
 
