@@ -126,12 +126,18 @@ def _path(corpus_dir: Path, entry_id: str) -> Path:
     return corpus_dir / "images" / f"{entry_id}.dcm"
 
 
-def _decoded_by_the_api(url: str, path: Path, params: dict) -> tuple[dict, np.ndarray]:
-    """The API's JSON answer for ``path`` and its decoded pixels, as any client gets them."""
+def _api_round_trip(url: str, path: Path, params: dict) -> tuple[dict, bytes]:
+    """The API's JSON answer for ``path`` and the decoded instance, as any client gets them."""
     reply = httpx.post(f"{url}/v1/compress", params=params, content=path.read_bytes(),
                        headers={"Content-Type": "application/dicom"}, timeout=120).json()
     decoded = httpx.post(f"{url}/v1/decompress", content=base64.b64decode(reply["bitstream"]), timeout=120)
-    return reply, pydicom.dcmread(io.BytesIO(decoded.content)).pixel_array
+    return reply, decoded.content
+
+
+def _decoded_by_the_api(url: str, path: Path, params: dict) -> tuple[dict, np.ndarray]:
+    """The API's JSON answer for ``path`` and its decoded pixels (pydicom's pixel_array)."""
+    reply, decoded = _api_round_trip(url, path, params)
+    return reply, pydicom.dcmread(io.BytesIO(decoded)).pixel_array
 
 
 def test_a_ct_shows_original_decoded_difference_and_the_apis_figures(page, service: str, corpus_dir: Path) -> None:
@@ -308,10 +314,8 @@ def test_empty_or_invalid_header_values_are_read_as_absent(page, service: str, c
 def test_subsampled_colour_and_enhanced_ct_are_read_as_the_codec_reads_them(page, service: str, path) -> None:
     _open(page, service)
     _compress(page, Path(path))
-    reply = httpx.post(f"{service}/v1/compress", params={"quality": 4}, content=Path(path).read_bytes(),
-                       headers={"Content-Type": "application/dicom"}, timeout=120).json()
-    decoded = httpx.post(f"{service}/v1/decompress", content=base64.b64decode(reply["bitstream"]), timeout=120)
-    original, result = read_dicom(Path(path).read_bytes()), read_dicom(decoded.content)
+    _, decoded = _api_round_trip(service, Path(path), {"quality": 4})
+    original, result = read_dicom(Path(path).read_bytes()), read_dicom(decoded)
     peak = 2 ** original.format.bits_stored - 1
     assert _figure(page, "PSNR, all frames") == f"{psnr(original.pixels, result.pixels, peak):.2f} dB"
     dataset = pydicom.dcmread(path)

@@ -15,7 +15,7 @@ T = TypeVar("T")
 
 
 class ServerTiming:
-    """The steps of one request, in the order they ran; ``header`` is the Server-Timing value."""
+    """The steps of one request, in the order they ran; ``headers`` holds their Server-Timing header."""
 
     def __init__(self) -> None:
         self.steps: list[tuple[str, float]] = []

@@ -38,10 +38,9 @@ async def decompress(request: Request, models: Models, settings: AppSettings, wo
     negotiate(request.headers.get("accept"), (DICOM,))
     body = await read_body(request, settings.max_body_bytes)
     timing = ServerTiming()
-    if body.startswith(MAGIC):
-        dataset = await timing.measure("decode", workers.run(mvm_to_dicom, body, models.codec))
-    else:
-        dataset = await timing.measure("decode", workers.run(instance_to_dicom, read_dataset(body), models.codec))
+    job = (workers.run(mvm_to_dicom, body, models.codec) if body.startswith(MAGIC)
+           else workers.run(instance_to_dicom, read_dataset(body), models.codec))
+    dataset = await timing.measure("decode", job)
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return Response(buffer.getvalue(), media_type=DICOM, headers=timing.headers)

@@ -16,6 +16,7 @@ import { PRESETS, SharedView, View, autoWindow, interact, render, renderDifferen
 
 const $ = (id) => document.getElementById(id);
 const DICOM = "application/dicom";
+const CONTROLS = ["run", "file", "pacs-search"];  // what starts a run: disabled while one goes
 const state = { source: null, original: null, decoded: null, result: null, frame: 0, run: 0, working: false,
   window: { width: 400, level: 40 }, organClasses: null, frameCache: null };
 const shared = new SharedView();
@@ -38,7 +39,7 @@ async function busy(what, job) {
   state.working = true;
   $("busy").hidden = false;
   $("busy").textContent = `${what}…`;
-  for (const id of ["run", "file", "pacs-search"]) $(id).disabled = true;
+  for (const id of CONTROLS) $(id).disabled = true;
   try {
     await job();
     return true;
@@ -53,7 +54,7 @@ async function busy(what, job) {
   } finally {
     state.working = false;
     $("busy").hidden = true;
-    for (const id of ["run", "file", "pacs-search"]) $(id).disabled = false;
+    for (const id of CONTROLS) $(id).disabled = false;
   }
 }
 
@@ -63,7 +64,7 @@ function choose(buffer, name) {
     message("Wait for the image being processed.", "info");
     return;
   }
-  state.source = { buffer, name, original: null };
+  state.source = { buffer, original: null };
   state.frame = 0;
   $("source-name").textContent = name;
   $("pacs").hidden = true;
@@ -217,13 +218,12 @@ async function compare(source, query, number) {
     throw new ApiError("the decoded image does not have the original's size, frames or samples");
   }
   const newImage = state.original !== original;
-  Object.assign(state, { original, decoded, result, quality: query.get("quality"), frameCache: new Map(),
+  const frameErrors = original.frames.map((frame, i) => errors(frame, decoded.frames[i]));
+  Object.assign(state, { original, decoded, result, quality: query.get("quality"), frameCache: new Map(), frameErrors,
     frame: Math.min(state.frame, original.frames.length - 1),
-    timing: { ...serverTiming(compressed), ...serverTiming(decodedResponse), roundTrip } });
-  state.all = original.frames.reduce((sum, frame, i) => {
-    const e = errors(frame, decoded.frames[i]);
-    return { squared: sum.squared + e.squared, max: Math.max(sum.max, e.max), count: sum.count + e.count };
-  }, { squared: 0, max: 0, count: 0 });
+    timing: { ...serverTiming(compressed), ...serverTiming(decodedResponse), roundTrip },
+    all: frameErrors.reduce((sum, e) => ({ squared: sum.squared + e.squared, max: Math.max(sum.max, e.max),
+      count: sum.count + e.count }), { squared: 0, max: 0, count: 0 }) });
   $("frame").max = original.frames.length - 1;
   $("frame").value = state.frame;
   $("frame-field").hidden = original.frames.length < 2;
@@ -243,7 +243,7 @@ async function compare(source, query, number) {
 
 // No image: what was shown belonged to another image or mode.
 function clear() {
-  Object.assign(state, { original: null, decoded: null, result: null, frameCache: null });
+  Object.assign(state, { original: null, decoded: null, result: null, frameCache: null, frameErrors: null });
   for (const view of Object.values(views)) view.show(null, null);
   $("figures").querySelector("tbody").replaceChildren();
   $("legend").replaceChildren();
@@ -318,7 +318,7 @@ function frameParts(frame) {
   if (!state.frameCache.has(frame)) {
     const { original, decoded, result } = state;
     const before = original.frames[frame], after = decoded.frames[frame];
-    const frameErrors = errors(before, after);
+    const frameErrors = state.frameErrors[frame];
     const findings = result.analysis ? result.analysis.frames.find((f) => f.frame === frame) : null;
     const overlay = findings ? findingsOverlay(findings, state.organClasses,
       { lesions: $("show-lesions").checked, organs: $("show-organs").checked, boxes: $("show-boxes").checked }) : null;

@@ -52,17 +52,17 @@ export function maskCanvas(mask, colour, alpha = 110) {
 
 // The overlay of one frame's findings: a function (context, scale) for View.show, and the legend's entries.
 export function findingsOverlay(findings, organClasses, show) {
+  const colourOf = (label) => label === "lesion" ? LESION
+    : ORGAN_COLOURS[Math.max(0, organClasses.indexOf(label)) % ORGAN_COLOURS.length];
   const layers = [];
   const legend = [];
   if (show.lesions) layers.push(maskCanvas(findings.segmentation, LESION));
   legend.push({ label: `lesion mask: ${findings.segmented_pixels} pixels`, colour: LESION });
   for (const organ of findings.organs) {
-    const colour = ORGAN_COLOURS[Math.max(0, organClasses.indexOf(organ.label)) % ORGAN_COLOURS.length];
+    const colour = colourOf(organ.label);
     if (show.organs) layers.push(maskCanvas(organ.segmentation, colour));
     legend.push({ label: `${organ.label}: ${organ.pixels} pixels`, colour });
   }
-  const colourOf = (label) => label === "lesion" ? LESION
-    : ORGAN_COLOURS[Math.max(0, organClasses.indexOf(label)) % ORGAN_COLOURS.length];
   const draw = (context, scale) => {
     context.imageSmoothingEnabled = false;
     for (const layer of layers) context.drawImage(layer, 0, 0);
